@@ -1,0 +1,362 @@
+//! The `GpuPool` API (`gpupool.io/v1alpha1`): spec, status and the CRD generated from them.
+//!
+//! Validation lives in the schema (patterns, bounds, enums) and in CEL rules, so the API server
+//! rejects a bad GpuPool at admission with a message that names the field.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "gpupool.io";
+pub const VERSION: &str = "v1alpha1";
+pub const KIND: &str = "GpuPool";
+pub const API_VERSION_FULL: &str = "gpupool.io/v1alpha1";
+
+/// A pool of GPU nodes that gpupool makes ready to run GPU work: it deploys the NVIDIA device
+/// plugin to the pool's nodes (unless their image already ships one) and reports whether the
+/// nodes' `nvidia.com/gpu` resources are schedulable.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "gpupool.io",
+    version = "v1alpha1",
+    kind = "GpuPool",
+    plural = "gpupools",
+    status = "GpuPoolStatus",
+    shortname = "gpool",
+    category = "gpu",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether every node of the pool has schedulable GPUs"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodes","description":"Nodes selected by the pool"}"#,
+    printcolumn = r#"{"name":"GPU-Nodes","type":"integer","jsonPath":".status.nodesWithGpus","description":"Nodes with schedulable GPUs"}"#,
+    printcolumn = r#"{"name":"GPUs","type":"integer","jsonPath":".status.gpusAllocatable","description":"Allocatable nvidia.com/gpu over the pool's nodes"}"#,
+    printcolumn = r#"{"name":"Plugin","type":"string","jsonPath":".status.devicePlugin.mode","description":"Managed: gpupool runs the device plugin; Skipped: the node image ships it"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","description":"Why the pool is (not) ready"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.devicePlugin) || !has(self.devicePlugin.image) || self.nodeImage != 'Specialized'",
+     "message": "spec.devicePlugin.image has no effect when spec.nodeImage is Specialized (the node image ships the device plugin); remove it or set nodeImage to Auto or Standard"},
+]))]
+pub struct GpuPoolSpec {
+    /// Which nodes form the pool, as a standard label selector (matchLabels and/or
+    /// matchExpressions). It must select something: an empty selector would claim every node of
+    /// the cluster. On AKS select the node pool, e.g. `matchLabels: {kubernetes.azure.com/agentpool: gpu}`.
+    pub node_selector: PoolSelector,
+
+    /// Whether the nodes' image already ships the NVIDIA device plugin. `Auto` (default) decides per
+    /// node from the AKS label `kubernetes.azure.com/node-image-version` (a GPU-dedicated image
+    /// definition such as `AKSUbuntu-1804gpucontainerd-…` ships the plugin); `Standard` always
+    /// deploys the plugin; `Specialized` never does (AKS specialized GPU image, `--gpu-driver none`
+    /// pools with their own plugin, or a managed GPU add-on).
+    #[serde(default)]
+    pub node_image: NodeImage,
+
+    /// How the device plugin DaemonSet is run on the pool's nodes (ignored when no plugin is deployed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_plugin: Option<DevicePluginSpec>,
+
+    /// The number of `nvidia.com/gpu` each node must have allocatable (e.g. 4 for Standard_NC24).
+    /// A node with fewer is reported and keeps the pool from being Ready. When unset, one is enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub expected_gpus_per_node: Option<i32>,
+}
+
+/// A standard Kubernetes label selector. The requirements are ANDed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+     "message": "spec.nodeSelector must not be empty: set matchLabels or matchExpressions (an empty selector would select every node), e.g. matchLabels: {kubernetes.azure.com/agentpool: gpu}"},
+]))]
+pub struct PoolSelector {
+    /// Labels a node must carry with exactly these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(k, k.size() <= 316 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))",
+         "message": "spec.nodeSelector.matchLabels: every key must be a valid label key ([prefix/]name, name at most 63 characters of alphanumerics, '-', '_' or '.')"},
+        {"rule": "self.all(k, self[k].size() <= 63 && self[k].matches('^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$'))",
+         "message": "spec.nodeSelector.matchLabels: every value must be a valid label value (at most 63 characters of alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric)"},
+    ]))]
+    pub match_labels: BTreeMap<String, String>,
+
+    /// Label requirements a node must meet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub match_expressions: Vec<SelectorRequirement>,
+}
+
+/// One requirement of a label selector: `key operator values`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+     "message": "spec.nodeSelector.matchExpressions[].values must be non-empty for operators In and NotIn and must be empty for Exists and DoesNotExist"},
+]))]
+pub struct SelectorRequirement {
+    /// The label key.
+    #[schemars(length(min = 1, max = 316))]
+    #[schemars(regex(
+        pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+    ))]
+    pub key: String,
+    /// How the key relates to the values.
+    pub operator: SelectorOperator,
+    /// The values for In and NotIn; empty for Exists and DoesNotExist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("items" = {"type": "string", "maxLength": 63, "pattern": "^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"}))]
+    pub values: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum SelectorOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+/// What the pool's node image provides.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum NodeImage {
+    /// Detect per node from `kubernetes.azure.com/node-image-version`.
+    #[default]
+    Auto,
+    /// A standard image: gpupool deploys the device plugin.
+    Standard,
+    /// An image that ships the device plugin: gpupool deploys none.
+    Specialized,
+}
+
+/// How the NVIDIA device plugin DaemonSet is run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DevicePluginSpec {
+    /// The device plugin image. Defaults to the operator's `--default-plugin-image`
+    /// (`nvcr.io/nvidia/k8s-device-plugin:v0.18.0`). The AKS article's
+    /// `mcr.microsoft.com/oss/nvidia/k8s-device-plugin:1.11` also works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[schemars(regex(
+        pattern = r"^[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+    ))]
+    pub image: Option<String>,
+
+    /// Tolerations added to the plugin pods, beside the ones gpupool derives from the NoSchedule
+    /// and NoExecute taints found on the pool's nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<PluginToleration>,
+
+    /// PriorityClass of the plugin pods. Defaults to `system-node-critical`, so the plugin is not
+    /// evicted before the workloads that need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(
+        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    ))]
+    pub priority_class_name: Option<String>,
+
+    /// Compute resources of the plugin container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Environment variables of the plugin container (e.g. `FAIL_ON_INIT_ERROR`, `DEVICE_LIST_STRATEGY`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub env: Vec<EnvVar>,
+}
+
+/// A toleration for the plugin pods.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+     "message": "spec.devicePlugin.tolerations[].value must be empty when operator is Exists"},
+    {"rule": "self.operator != 'Equal' || (has(self.key) && self.key != '')",
+     "message": "spec.devicePlugin.tolerations[].key is required when operator is Equal"},
+]))]
+pub struct PluginToleration {
+    /// The taint key; empty with operator Exists tolerates every taint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 316))]
+    pub key: Option<String>,
+    /// Equal (default) or Exists.
+    #[serde(default)]
+    pub operator: TolerationOperator,
+    /// The taint value, for operator Equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub value: Option<String>,
+    /// NoSchedule, PreferNoSchedule or NoExecute; empty matches every effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<TaintEffect>,
+    /// For NoExecute: how long the pod stays bound after the taint appears; unset means forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub toleration_seconds: Option<i64>,
+}
+
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+)]
+pub enum TolerationOperator {
+    #[default]
+    Equal,
+    Exists,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+impl TaintEffect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaintEffect::NoSchedule => "NoSchedule",
+            TaintEffect::PreferNoSchedule => "PreferNoSchedule",
+            TaintEffect::NoExecute => "NoExecute",
+        }
+    }
+}
+
+/// What gpupool observed and decided for the pool.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuPoolStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Nodes selected by `spec.nodeSelector`.
+    #[serde(default)]
+    pub nodes: i32,
+    /// Selected nodes that can run GPU work now: Ready, schedulable, with the expected
+    /// `nvidia.com/gpu` allocatable.
+    #[serde(default)]
+    pub nodes_with_gpus: i32,
+    /// Sum of `nvidia.com/gpu` capacity over the selected nodes.
+    #[serde(default)]
+    pub gpus_capacity: i64,
+    /// Sum of `nvidia.com/gpu` allocatable over the selected nodes.
+    #[serde(default)]
+    pub gpus_allocatable: i64,
+    /// How the nodes' image was classified: Standard, Specialized, Mixed, or Unknown (no nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_image: Option<String>,
+    /// The device plugin gpupool runs (or deliberately does not run) for this pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_plugin: Option<DevicePluginStatus>,
+    /// Nodes that keep the pool from being fully ready, or need an admin's look (at most 20,
+    /// sorted by name; `problemNodesTotal` has the full count).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub problem_nodes: Vec<ProblemNode>,
+    /// How many nodes have problems, including those not listed in `problemNodes`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub problem_nodes_total: i32,
+    /// Ready, DevicePluginReady and GpusSchedulable are always present; Reconciling, Stalled and
+    /// Conflict only while they are True.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// The device plugin for the pool.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DevicePluginStatus {
+    /// Managed: gpupool runs the plugin DaemonSet. Skipped: it runs none, see `reason`.
+    pub mode: PluginMode,
+    /// Why this mode (CamelCase).
+    pub reason: String,
+    /// The DaemonSet gpupool manages for the pool, as namespace/name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_set: Option<String>,
+    /// The plugin image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Nodes that should run the plugin pod.
+    #[serde(default)]
+    pub desired: i32,
+    /// Nodes whose plugin pod is ready.
+    #[serde(default)]
+    pub ready: i32,
+    /// Nodes running the current pod template.
+    #[serde(default)]
+    pub updated: i32,
+}
+
+/// Whether gpupool runs the device plugin for a pool.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum PluginMode {
+    #[default]
+    Managed,
+    Skipped,
+}
+
+impl PluginMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginMode::Managed => "Managed",
+            PluginMode::Skipped => "Skipped",
+        }
+    }
+}
+
+/// A node that needs attention.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProblemNode {
+    pub name: String,
+    /// CamelCase reason, e.g. NoGpuCapacity, FewerGpusThanExpected, AllocatableBelowCapacity,
+    /// NotReady, Cordoned, WaitingForGpus, SelectedByOtherPool, ForeignDevicePlugin.
+    pub reason: String,
+    pub message: String,
+}
+
+/// A status condition, as the Kubernetes API conventions define it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When `status` last changed.
+    pub last_transition_time: Time,
+    /// CamelCase, machine-readable.
+    pub reason: String,
+    /// What happened and what to do next.
+    pub message: String,
+}

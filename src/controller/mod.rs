@@ -1,0 +1,323 @@
+//! The I/O shell: watches feed in-memory caches, and each reconcile runs
+//! observe (from the caches, no API calls) → decide (pure) → apply (at most one DaemonSet write)
+//! → report (a status write only when the status changed).
+
+pub mod apply;
+pub mod triggers;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::DeleteParams;
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tracing::{info, warn};
+
+use crate::api::GpuPool;
+use crate::decide::action::{controller_uid, daemonset_action};
+use crate::decide::claims::{ForeignPlugin, PoolRef};
+use crate::decide::daemonset::daemonset_name;
+use crate::decide::nodes::{NodeFacts, trim_node};
+use crate::decide::selector::selects;
+use crate::decide::status::{StatusInputs, compute_status};
+use crate::decide::{Settings, decide, is_device_plugin, owned_by_gpupool};
+use apply::{ApplyError, MANAGER, apply_daemonset, write_status};
+use triggers::NodeTriggers;
+
+/// How long a Stalled pool waits before it is looked at again (a spec change wakes it at once).
+const STALLED_RETRY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("writing status: {0}")]
+    Status(#[source] kube::Error),
+}
+
+/// Shared state of the reconciles.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    /// Periodic re-check of every pool, a safety net for missed watch events.
+    pub resync: Duration,
+    pub pools: Store<GpuPool>,
+    pub nodes: Store<Node>,
+    pub daemonsets: Store<DaemonSet>,
+    pub triggers: Arc<NodeTriggers>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// Options of the controller loop.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub settings: Settings,
+    pub resync: Duration,
+    /// Node events within this window are coalesced into one reconcile per pool.
+    pub debounce: Duration,
+}
+
+/// Strips DaemonSets that are neither ours nor a device plugin down to their identity, and drops
+/// managedFields from all but ours (only ours are checked for edits by others).
+fn trim_daemonset(ds: &mut DaemonSet) {
+    let ours = owned_by_gpupool(ds);
+    if !ours {
+        ds.metadata.managed_fields = None;
+        if !is_device_plugin(ds) {
+            ds.spec = None;
+            ds.status = None;
+            ds.metadata.annotations = None;
+            ds.metadata.labels = None;
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    options: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let pools_api: Api<GpuPool> = Api::all(client.clone());
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let ds_api: Api<DaemonSet> = Api::all(client.clone());
+
+    let (nodes, node_writer) = reflector::store();
+    let node_events = watcher(nodes_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(trim_node)
+        .reflect(node_writer)
+        .touched_objects();
+    let (daemonsets, ds_writer) = reflector::store();
+    let ds_events = watcher(ds_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(trim_daemonset)
+        .reflect(ds_writer)
+        .touched_objects();
+
+    let controller = Controller::new(pools_api, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().debounce(options.debounce));
+    let pools = controller.store();
+    let triggers = Arc::new(NodeTriggers::default());
+
+    let node_mapper = {
+        let (pools, nodes, triggers) = (pools.clone(), nodes.clone(), triggers.clone());
+        move |node: Node| {
+            let exists = nodes.get(&ObjectRef::from_obj(&node)).is_some();
+            let facts = NodeFacts::from_node(&node);
+            let all = pools.state();
+            triggers
+                .pools_for_node(&facts, exists, all.iter().map(|p| p.as_ref()))
+                .into_iter()
+                .map(|name| ObjectRef::<GpuPool>::new(&name))
+                .collect::<Vec<_>>()
+        }
+    };
+    let ds_mapper = {
+        let pools = pools.clone();
+        move |ds: DaemonSet| -> Vec<ObjectRef<GpuPool>> {
+            if owned_by_gpupool(&ds) {
+                ds.owner_references()
+                    .iter()
+                    .filter(|r| r.controller == Some(true))
+                    .map(|r| ObjectRef::new(&r.name))
+                    .collect()
+            } else if is_device_plugin(&ds) {
+                // A device plugin gpupool does not own may cover any pool's nodes; such DaemonSets
+                // are few and rarely change.
+                pools
+                    .state()
+                    .iter()
+                    .map(|p| ObjectRef::from_obj(p.as_ref()))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        }
+    };
+
+    let ctx = Arc::new(Context {
+        client,
+        settings: options.settings,
+        resync: options.resync,
+        pools,
+        nodes,
+        daemonsets,
+        triggers,
+        failures: Mutex::new(HashMap::new()),
+    });
+
+    controller
+        .watches_stream(node_events, node_mapper)
+        .watches_stream(ds_events, ds_mapper)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                match e {
+                    kube::runtime::controller::Error::ReconcilerFailed(err, obj) => {
+                        warn!(pool = %obj.name, error = %err, "reconcile failed; retrying with backoff")
+                    }
+                    other => warn!(error = %other, "controller event"),
+                }
+            }
+        })
+        .await;
+}
+
+/// Observe → decide → apply → report, for one pool.
+pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let name = pool.name_any();
+    if pool.metadata.deletion_timestamp.is_some() {
+        // The garbage collector removes the DaemonSet through its owner reference.
+        ctx.triggers.forget_pool(&name);
+        return Ok(Action::await_change());
+    }
+    // Decisions on a half-filled cache would report nodes missing that are merely not listed yet.
+    let _ = ctx.nodes.wait_until_ready().await;
+    let _ = ctx.daemonsets.wait_until_ready().await;
+
+    // Observe: everything from the caches.
+    let all_nodes = ctx.nodes.state();
+    let facts: Vec<NodeFacts> = all_nodes
+        .iter()
+        .filter(|n| selects(&pool.spec.node_selector, n.labels()))
+        .map(|n| NodeFacts::from_node(n))
+        .collect();
+    let members: Vec<&NodeFacts> = facts.iter().collect();
+    let pools: Vec<PoolRef> = ctx
+        .pools
+        .state()
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| PoolRef {
+            name: p.name_any(),
+            created: p.creation_timestamp().map(|t| t.0),
+            selector: p.spec.node_selector.clone(),
+        })
+        .collect();
+    let all_daemonsets = ctx.daemonsets.state();
+    let foreign: Vec<ForeignPlugin> = all_daemonsets
+        .iter()
+        .filter(|ds| {
+            !owned_by_gpupool(ds)
+                && is_device_plugin(ds)
+                && ds.metadata.deletion_timestamp.is_none()
+        })
+        .filter_map(|ds| {
+            let pod = ds.spec.as_ref()?.template.spec.clone()?;
+            Some(ForeignPlugin {
+                id: format!("{}/{}", ds.namespace().unwrap_or_default(), ds.name_any()),
+                pod,
+            })
+        })
+        .collect();
+    let namespace = ctx.settings.plugin_namespace.clone();
+    let live = ctx
+        .daemonsets
+        .get(&ObjectRef::new(&daemonset_name(&name)).within(&namespace));
+    let pool_uid = pool.metadata.uid.clone().unwrap_or_default();
+
+    // Decide.
+    let decision = decide(&pool, &members, &pools, &foreign, &ctx.settings);
+    let action = daemonset_action(
+        decision.desired.as_ref(),
+        live.as_deref(),
+        &pool_uid,
+        MANAGER,
+    );
+
+    // Apply.
+    let applied = apply_daemonset(&ctx.client, &namespace, action, live.as_deref()).await?;
+    if let Some(change) = &applied.change {
+        info!(pool = %name, "{change}");
+    }
+    // A DaemonSet left behind in another namespace (the plugin namespace flag changed).
+    for stale in all_daemonsets.iter().filter(|ds| {
+        controller_uid(ds) == Some(pool_uid.as_str())
+            && ds.namespace().as_deref() != Some(namespace.as_str())
+    }) {
+        let ns = stale.namespace().unwrap_or_default();
+        apply::delete(
+            &ctx.client,
+            &ns,
+            &stale.name_any(),
+            &DeleteParams::background(),
+        )
+        .await?;
+        info!(pool = %name, "removed DaemonSet {ns}/{} from the previous plugin namespace", stale.name_any());
+    }
+
+    // Report.
+    let previous = pool.status.clone().unwrap_or_default();
+    let outcome = compute_status(&StatusInputs {
+        generation: pool.metadata.generation,
+        previous: &previous.conditions,
+        now: Timestamp::now(),
+        grace: ctx.settings.gpu_grace_period,
+        expected_gpus: pool.spec.expected_gpus_per_node,
+        selector: &pool.spec.node_selector,
+        nodes: &members,
+        plugin: &decision.plugin,
+        claims: &decision.claims,
+        daemonset: &applied.state,
+        image: Some(decision.image.clone()),
+        stall: applied.stall.as_ref(),
+    });
+    if pool.status.as_ref() != Some(&outcome.status) {
+        write_status(&ctx.client, &name, &outcome.status)
+            .await
+            .map_err(ReconcileError::Status)?;
+        let ready = outcome
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready");
+        info!(
+            pool = %name,
+            nodes = outcome.status.nodes,
+            gpus = outcome.status.gpus_allocatable,
+            ready = ready.map(|c| c.status.as_str()).unwrap_or("Unknown"),
+            reason = ready.map(|c| c.reason.as_str()).unwrap_or(""),
+            "status updated"
+        );
+    }
+    ctx.triggers
+        .record_members(&name, facts.iter().map(|n| n.name.clone()));
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&name);
+
+    let next = if applied.stall.is_some() {
+        STALLED_RETRY
+    } else if matches!(
+        applied.state,
+        crate::decide::status::PluginState::Pending { .. }
+    ) {
+        // A replaced DaemonSet is recreated once its deletion is visible; the watch usually
+        // brings that first, this is the fallback.
+        Duration::from_secs(2)
+    } else {
+        outcome
+            .recheck_after
+            .map_or(ctx.resync, |t| t.min(ctx.resync))
+    };
+    Ok(Action::requeue(next))
+}
+
+/// Transient errors: exponential backoff per pool (1 s doubling to 5 min), never a hot loop.
+pub fn error_policy(pool: Arc<GpuPool>, _error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+    let n = failures.entry(pool.name_any()).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));
+    Action::requeue(delay)
+}

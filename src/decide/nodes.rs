@@ -1,0 +1,284 @@
+//! The few facts about a Node that gpupool decides on, and the trimming that keeps the node cache
+//! small (5,000 nodes must fit in a small replica).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Taint};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::jiff::Timestamp;
+
+/// The extended resource the NVIDIA device plugin registers.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// The AKS label that names the node image (and tells the GPU-dedicated image apart).
+pub const NODE_IMAGE_LABEL: &str = "kubernetes.azure.com/node-image-version";
+
+/// A node as gpupool sees it: plain data, built from the API object once per reconcile.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NodeFacts {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<NodeTaint>,
+    pub unschedulable: bool,
+    pub ready: NodeReadiness,
+    /// `nvidia.com/gpu` capacity; None when the node reports none at all.
+    pub gpu_capacity: Option<i64>,
+    pub gpu_allocatable: Option<i64>,
+    pub created: Option<Timestamp>,
+    pub deleting: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeTaint {
+    pub key: String,
+    pub value: String,
+    pub effect: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NodeReadiness {
+    Ready,
+    NotReady,
+    Unknown,
+}
+
+impl NodeFacts {
+    pub fn from_node(node: &Node) -> NodeFacts {
+        let meta = &node.metadata;
+        let spec = node.spec.as_ref();
+        let status = node.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            .map_or(NodeReadiness::Unknown, |c| match c.status.as_str() {
+                "True" => NodeReadiness::Ready,
+                "False" => NodeReadiness::NotReady,
+                _ => NodeReadiness::Unknown,
+            });
+        let gpu = |list: Option<&BTreeMap<String, Quantity>>| {
+            list.and_then(|m| m.get(GPU_RESOURCE))
+                .map(|q| parse_count(&q.0))
+        };
+        NodeFacts {
+            name: meta.name.clone().unwrap_or_default(),
+            labels: meta.labels.clone().unwrap_or_default(),
+            taints: spec
+                .and_then(|s| s.taints.as_ref())
+                .map(|ts| ts.iter().map(NodeTaint::from).collect())
+                .unwrap_or_default(),
+            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            ready,
+            gpu_capacity: gpu(status.and_then(|s| s.capacity.as_ref())),
+            gpu_allocatable: gpu(status.and_then(|s| s.allocatable.as_ref())),
+            created: meta.creation_timestamp.as_ref().map(|t| t.0),
+            deleting: meta.deletion_timestamp.is_some(),
+        }
+    }
+
+    /// `nvidia.com/gpu` allocatable, treating "not reported" as zero.
+    pub fn gpus_allocatable(&self) -> i64 {
+        self.gpu_allocatable.unwrap_or(0)
+    }
+
+    pub fn gpus_capacity(&self) -> i64 {
+        self.gpu_capacity.unwrap_or(0)
+    }
+}
+
+impl From<&Taint> for NodeTaint {
+    fn from(t: &Taint) -> Self {
+        NodeTaint {
+            key: t.key.clone(),
+            value: t.value.clone().unwrap_or_default(),
+            effect: t.effect.clone(),
+        }
+    }
+}
+
+/// Parses a device count. Extended resources are whole numbers; anything else a node might carry
+/// (garbage, fractions, suffixes) counts as zero GPUs rather than failing the reconcile.
+pub fn parse_count(q: &str) -> i64 {
+    let q = q.trim();
+    if let Ok(n) = q.parse::<i64>() {
+        return n.max(0);
+    }
+    // Decimal SI suffixes are legal for quantities ("1k"); devices never use them, but be exact.
+    let (digits, mult) = match q.char_indices().last() {
+        Some((i, 'k')) => (&q[..i], 1_000),
+        Some((i, 'M')) => (&q[..i], 1_000_000),
+        _ => return 0,
+    };
+    digits
+        .parse::<i64>()
+        .map_or(0, |n| n.saturating_mul(mult).max(0))
+}
+
+/// Strips a Node down to what gpupool reads, before it enters the cache: no managedFields,
+/// annotations, images, addresses or system info, no other resources, only the Ready condition
+/// without its heartbeat time. This keeps 5,000 cached nodes in a few MiB.
+pub fn trim_node(node: &mut Node) {
+    let meta = &mut node.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
+    if let Some(spec) = node.spec.as_mut() {
+        *spec = NodeSpec {
+            taints: spec.taints.take(),
+            unschedulable: spec.unschedulable,
+            ..NodeSpec::default()
+        };
+    }
+    if let Some(status) = node.status.as_mut() {
+        let keep_gpu = |m: Option<BTreeMap<String, Quantity>>| {
+            m.map(|m| {
+                m.into_iter()
+                    .filter(|(k, _)| k == GPU_RESOURCE)
+                    .collect::<BTreeMap<_, _>>()
+            })
+        };
+        let ready = status.conditions.take().and_then(|cs| {
+            cs.into_iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| NodeCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    reason: c.reason,
+                    ..NodeCondition::default()
+                })
+        });
+        *status = NodeStatus {
+            capacity: keep_gpu(status.capacity.take()),
+            allocatable: keep_gpu(status.allocatable.take()),
+            conditions: ready.map(|c| vec![c]),
+            ..NodeStatus::default()
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn node_with_gpu(capacity: &str, allocatable: &str) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                labels: Some([("agentpool".to_string(), "gpu".to_string())].into()),
+                annotations: Some([("big".to_string(), "x".repeat(1000))].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: Some("10.0.0.0/24".into()),
+                taints: Some(vec![Taint {
+                    key: "sku".into(),
+                    value: Some("gpu".into()),
+                    effect: "NoSchedule".into(),
+                    time_added: None,
+                }]),
+                ..NodeSpec::default()
+            }),
+            status: Some(NodeStatus {
+                capacity: Some(
+                    [
+                        ("cpu".to_string(), Quantity("6".into())),
+                        (GPU_RESOURCE.to_string(), Quantity(capacity.into())),
+                    ]
+                    .into(),
+                ),
+                allocatable: Some(
+                    [(GPU_RESOURCE.to_string(), Quantity(allocatable.into()))].into(),
+                ),
+                conditions: Some(vec![
+                    NodeCondition {
+                        type_: "MemoryPressure".into(),
+                        status: "False".into(),
+                        ..NodeCondition::default()
+                    },
+                    NodeCondition {
+                        type_: "Ready".into(),
+                        status: "True".into(),
+                        last_heartbeat_time: Some(
+                            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                                Timestamp::UNIX_EPOCH,
+                            ),
+                        ),
+                        ..NodeCondition::default()
+                    },
+                ]),
+                ..NodeStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn facts_read_gpus_taints_and_readiness() {
+        let facts = NodeFacts::from_node(&node_with_gpu("8", "7"));
+        assert_eq!(facts.gpu_capacity, Some(8));
+        assert_eq!(facts.gpu_allocatable, Some(7));
+        assert_eq!(facts.ready, NodeReadiness::Ready);
+        assert_eq!(
+            facts.taints,
+            vec![NodeTaint {
+                key: "sku".into(),
+                value: "gpu".into(),
+                effect: "NoSchedule".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn trimming_keeps_every_fact_and_drops_the_rest() {
+        let mut node = node_with_gpu("8", "8");
+        let before = NodeFacts::from_node(&node);
+        trim_node(&mut node);
+        assert_eq!(NodeFacts::from_node(&node), before);
+        assert!(node.metadata.annotations.is_none());
+        assert_eq!(
+            node.status
+                .as_ref()
+                .unwrap()
+                .capacity
+                .as_ref()
+                .unwrap()
+                .len(),
+            1
+        );
+        let conditions = node.status.as_ref().unwrap().conditions.as_ref().unwrap();
+        assert_eq!(conditions.len(), 1);
+        assert!(
+            conditions[0].last_heartbeat_time.is_none(),
+            "heartbeats must not reach the cache"
+        );
+        assert!(node.spec.as_ref().unwrap().pod_cidr.is_none());
+    }
+
+    #[test]
+    fn malformed_gpu_quantities_count_as_zero() {
+        assert_eq!(parse_count("4"), 4);
+        assert_eq!(parse_count(" 2 "), 2);
+        assert_eq!(parse_count("1k"), 1000);
+        assert_eq!(parse_count("-3"), 0);
+        assert_eq!(parse_count("1.5"), 0);
+        assert_eq!(parse_count("banana"), 0);
+        assert_eq!(parse_count(""), 0);
+        let facts = NodeFacts::from_node(&node_with_gpu("lots", "???"));
+        assert_eq!((facts.gpus_capacity(), facts.gpus_allocatable()), (0, 0));
+    }
+
+    #[test]
+    fn a_node_without_status_has_unknown_readiness_and_no_gpus() {
+        let node = Node {
+            metadata: ObjectMeta {
+                name: Some("bare".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let facts = NodeFacts::from_node(&node);
+        assert_eq!(facts.ready, NodeReadiness::Unknown);
+        assert_eq!(facts.gpu_capacity, None);
+        assert!(facts.labels.is_empty());
+    }
+}

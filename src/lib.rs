@@ -1,0 +1,6 @@
+//! gpupool: a Kubernetes operator that makes GPU node pools ready to run GPU work.
+
+pub mod api;
+pub mod controller;
+pub mod crd;
+pub mod decide;
