@@ -29,6 +29,7 @@ pub const API_VERSION_FULL: &str = "gpupool.io/v1alpha1";
     shortname = "gpool",
     category = "gpu",
     derive = "PartialEq",
+    doc = "A pool of GPU nodes that gpupool makes ready to run GPU work (see spec and status).",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether every node of the pool has schedulable GPUs"}"#,
     printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodes","description":"Nodes selected by the pool"}"#,
     printcolumn = r#"{"name":"GPU-Nodes","type":"integer","jsonPath":".status.nodesWithGpus","description":"Nodes with schedulable GPUs"}"#,
