@@ -124,18 +124,39 @@ build_kwok() {
   fi
   cd "$work"
   with_progress "kwok ${KWOK_VERSION}" go build -trimpath -ldflags "-s -w" -o "$BIN/kwok" sigs.k8s.io/kwok/cmd/kwok
-  # kwok needs its stage definitions at run time; copy them next to the binary.
+}
+
+# kwok needs its Stage definitions at run time; copy exactly the ones the test harness uses next to
+# the binary (not the kustomization.yaml files that sit beside them: they are not kwok config).
+KWOK_STAGES=(node-initialize.yaml node-heartbeat-with-lease.yaml pod-ready.yaml pod-complete.yaml pod-delete.yaml)
+
+have_kwok_stages() {
+  for f in "${KWOK_STAGES[@]}"; do [[ -f "$BIN/kwok-stages/$f" ]] || return 1; done
+  [[ ! -e "$BIN/kwok-stages/kustomization.yaml" ]]
+}
+
+install_kwok_stages() {
+  local work="$CACHE/src/kwok-${KWOK_VERSION}"
+  [[ -f "$work/go.mod" ]] || die "kwok wrapper module missing in $work (remove $BIN/kwok to rebuild it)"
   local moddir
-  moddir=$(go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
-  mkdir -p "$BIN/kwok-stages"
+  moddir=$(cd "$work" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok) || die "cannot locate the sigs.k8s.io/kwok module"
+  rm -rf "$BIN/kwok-stages.tmp"
+  mkdir -p "$BIN/kwok-stages.tmp"
   cp "$moddir"/kustomize/stage/node/fast/node-initialize.yaml \
-     "$moddir"/kustomize/stage/node/heartbeat-with-lease/*.yaml \
-     "$moddir"/kustomize/stage/pod/fast/*.yaml "$BIN/kwok-stages/" 2>/dev/null || true
-  chmod u+w "$BIN"/kwok-stages/*
+     "$moddir"/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+     "$moddir"/kustomize/stage/pod/fast/pod-ready.yaml \
+     "$moddir"/kustomize/stage/pod/fast/pod-complete.yaml \
+     "$moddir"/kustomize/stage/pod/fast/pod-delete.yaml \
+     "$BIN/kwok-stages.tmp/" || die "copying kwok stages from $moddir failed"
+  chmod u+w "$BIN"/kwok-stages.tmp/*
+  rm -rf "$BIN/kwok-stages"
+  mv "$BIN/kwok-stages.tmp" "$BIN/kwok-stages"
+  log "kwok stages installed in $BIN/kwok-stages"
 }
 
 have_all etcd || build_etcd
 have_all kwok || build_kwok
+have_kwok_stages || install_kwok_stages
 have_all kube-apiserver kube-controller-manager kube-scheduler kubectl || build_kubernetes
 
 have_all "${BINARIES[@]}" || die "some binaries are missing from $BIN after the build"

@@ -1,0 +1,320 @@
+//! The harness against a real control plane: kwok nodes, scheduling, controllers, RBAC.
+//!
+//! All tests share one plane and isolate themselves by node name and namespace.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use testenv::nodes::{self, GpuNode};
+use testenv::{ControlPlane, wait_for};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn namespace(client: &kube::Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name }
+    }))
+    .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+async fn ready_node(client: &kube::Client, name: &str) -> Node {
+    let api: Api<Node> = Api::all(client.clone());
+    wait_for(&format!("node {name} to become Ready"), TIMEOUT, || async {
+        api.get_opt(name).await.unwrap().filter(nodes::is_ready)
+    })
+    .await
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// 1) A tainted 8-GPU kwok node becomes Ready and keeps the GPU capacity we registered.
+#[tokio::test]
+async fn gpu_node_becomes_ready_with_its_gpus() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.client().await;
+    let created = nodes::create_node(
+        &client,
+        &GpuNode::aks("t1-gpu-8", "gpu")
+            .gpus(8)
+            .taint("sku", "gpu", "NoSchedule"),
+    )
+    .await
+    .unwrap();
+    // Capacity is there from creation on, before kwok has seen the node.
+    assert_eq!(nodes::gpu_resources(&created), (Some(8), Some(8)));
+
+    let node = ready_node(&client, "t1-gpu-8").await;
+    assert_eq!(nodes::gpu_resources(&node), (Some(8), Some(8)));
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels["kubernetes.azure.com/agentpool"], "gpu");
+    assert_eq!(labels["kubernetes.azure.com/accelerator"], "nvidia");
+    assert_eq!(
+        labels["kubernetes.azure.com/node-image-version"],
+        nodes::STANDARD_IMAGE
+    );
+    let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+    assert!(
+        taints.iter().any(|t| t.key == "sku"
+            && t.value.as_deref() == Some("gpu")
+            && t.effect == "NoSchedule"),
+        "taints: {taints:?}"
+    );
+}
+
+/// 2) A DaemonSet tolerating the taint gets a Running+Ready pod on the node: the controller
+/// manager, the scheduler and kwok all work. Deleting the pod makes it go away (and the
+/// DaemonSet controller replaces it).
+#[tokio::test]
+async fn daemonset_pod_runs_on_tainted_gpu_node() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.client().await;
+    namespace(&client, "t2-daemonset").await;
+    nodes::create_node(
+        &client,
+        &GpuNode::aks("t2-gpu", "gpu")
+            .taint("sku", "gpu", "NoSchedule")
+            .label("t2", "yes"),
+    )
+    .await
+    .unwrap();
+
+    let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "driver" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "driver" } },
+            "template": {
+                "metadata": { "labels": { "app": "driver" } },
+                "spec": {
+                    "nodeSelector": { "t2": "yes" },
+                    "tolerations": [{ "key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule" }],
+                    "containers": [{ "name": "driver", "image": "example.invalid/driver:1" }]
+                }
+            }
+        }
+    }))
+    .unwrap();
+    Api::<DaemonSet>::namespaced(client.clone(), "t2-daemonset")
+        .create(&PostParams::default(), &ds)
+        .await
+        .unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "t2-daemonset");
+    let pod = wait_for(
+        "the DaemonSet pod on t2-gpu to be Running and Ready",
+        TIMEOUT,
+        || async {
+            pods.list(&ListParams::default().labels("app=driver"))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("t2-gpu")
+                        && pod_ready(p)
+                })
+        },
+    )
+    .await;
+    let first = pod.metadata.name.clone().unwrap();
+
+    pods.delete(&first, &DeleteParams::default()).await.unwrap();
+    wait_for(
+        "the deleted pod to be gone and replaced",
+        TIMEOUT,
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app=driver"))
+                .await
+                .unwrap();
+            let gone = list
+                .items
+                .iter()
+                .all(|p| p.metadata.name.as_deref() != Some(&first));
+            let replaced = list.items.iter().any(pod_ready);
+            (gone && replaced).then_some(())
+        },
+    )
+    .await;
+}
+
+/// A Job's pod on a kwok node runs and completes.
+#[tokio::test]
+async fn job_completes_on_kwok_node() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.client().await;
+    namespace(&client, "t-job").await;
+    nodes::create_node(
+        &client,
+        &GpuNode::aks("t-job-gpu", "gpujob").label("tjob", "yes"),
+    )
+    .await
+    .unwrap();
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "validate" },
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "nodeSelector": { "tjob": "yes" },
+                    "containers": [{
+                        "name": "validate",
+                        "image": "example.invalid/cuda-validator:1",
+                        "resources": { "limits": { "nvidia.com/gpu": "1" } }
+                    }]
+                }
+            }
+        }
+    }))
+    .unwrap();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "t-job");
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    wait_for("the Job to succeed", TIMEOUT, || async {
+        jobs.get("validate")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.succeeded)
+            .filter(|n| *n >= 1)
+    })
+    .await;
+}
+
+/// 3) `set_gpus` changes capacity/allocatable and kwok's status heartbeats keep the values.
+#[tokio::test]
+async fn set_gpus_survives_kwok_heartbeats() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.client().await;
+    nodes::create_node(
+        &client,
+        &GpuNode::aks("t3-gpu", "gpu").gpus(2).no_gpus_yet(),
+    )
+    .await
+    .unwrap();
+    let node = ready_node(&client, "t3-gpu").await;
+    assert_eq!(nodes::gpu_resources(&node), (None, None));
+    assert_eq!(
+        node.metadata.labels.unwrap_or_default()["accelerator"],
+        "nvidia",
+        "a GPU machine is labelled as such before its device plugin registers"
+    );
+
+    nodes::set_gpus(&client, "t3-gpu", 2, 1).await.unwrap();
+    let api: Api<Node> = Api::all(client.clone());
+    let heartbeat = |n: &Node| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            .and_then(|c| c.last_heartbeat_time.clone())
+    };
+    let after_patch = api.get("t3-gpu").await.unwrap();
+    assert_eq!(nodes::gpu_resources(&after_patch), (Some(2), Some(1)));
+    let before = heartbeat(&after_patch);
+
+    let beaten = wait_for(
+        "kwok's next node status heartbeat",
+        Duration::from_millis(testenv::NODE_STATUS_HEARTBEAT_MS * 3),
+        || async {
+            let n = api.get("t3-gpu").await.unwrap();
+            (heartbeat(&n) != before).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(nodes::gpu_resources(&beaten), (Some(2), Some(1)));
+    assert!(nodes::is_ready(&beaten));
+
+    // GPUs falling off the bus.
+    nodes::set_gpus(&client, "t3-gpu", 2, 0).await.unwrap();
+    assert_eq!(
+        nodes::gpu_resources(&api.get("t3-gpu").await.unwrap()),
+        (Some(2), Some(0))
+    );
+    nodes::delete_node(&client, "t3-gpu").await.unwrap();
+    nodes::delete_node(&client, "t3-gpu").await.unwrap(); // idempotent
+}
+
+/// 4) A ServiceAccount without RBAC is forbidden to list nodes through its kubeconfig.
+#[tokio::test]
+async fn service_account_without_rbac_is_forbidden() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.client().await;
+    namespace(&client, "t4-rbac").await;
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "nobody" }
+    }))
+    .unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), "t4-rbac")
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+
+    let path = plane
+        .kubeconfig_for_service_account("t4-rbac", "nobody")
+        .await
+        .unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let sa_client = kube::Client::try_from(config).unwrap();
+    match Api::<Node>::all(sa_client)
+        .list(&ListParams::default())
+        .await
+    {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 403, "{status:?}");
+            assert!(
+                status
+                    .message
+                    .contains("system:serviceaccount:t4-rbac:nobody"),
+                "{status:?}"
+            );
+        }
+        other => panic!("expected 403 Forbidden, got {other:?}"),
+    }
+
+    // kubectl works with the admin kubeconfig.
+    let out = plane
+        .kubectl()
+        .args(["auth", "can-i", "list", "nodes"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "yes",
+        "{out:?}"
+    );
+}
+
+/// Extra processes log into the plane's log folder and stop on request.
+#[tokio::test]
+async fn child_process_logs_and_stops() {
+    let plane = ControlPlane::shared().await;
+    let log = plane.dir().join("logs/child-test.log");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "echo started as $KUBECONFIG; exec sleep 1000"])
+        .env("KUBECONFIG", plane.kubeconfig_path());
+    let mut child = testenv::ChildProcess::spawn("child-test", cmd, &log).unwrap();
+    wait_for("the child to log", TIMEOUT, || async {
+        child.log_tail(5).contains("started as").then_some(())
+    })
+    .await;
+    assert!(child.try_wait().is_none());
+    let status = child.stop(Duration::from_secs(5)).await.unwrap();
+    assert!(!status.success(), "sleep was terminated: {status:?}");
+    assert!(plane.logs_tail(3).contains("kube-apiserver"));
+}
