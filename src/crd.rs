@@ -33,7 +33,13 @@ mod tests {
         assert_eq!(crd.spec.scope, "Cluster");
         let version = &crd.spec.versions[0];
         assert!(version.subresources.as_ref().unwrap().status.is_some());
-        let columns: Vec<_> = version.additional_printer_columns.as_ref().unwrap().iter().map(|c| c.name.as_str()).collect();
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
         for wanted in ["Ready", "Nodes", "GPUs", "Plugin", "Age"] {
             assert!(columns.contains(&wanted), "missing printer column {wanted}");
         }

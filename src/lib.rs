@@ -4,3 +4,5 @@ pub mod api;
 pub mod controller;
 pub mod crd;
 pub mod decide;
+pub mod server;
+pub mod telemetry;

@@ -3,10 +3,16 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use gpupool::controller::{self, RunOptions};
 use gpupool::decide::Settings;
 use gpupool::decide::daemonset::DEFAULT_PLUGIN_IMAGE;
-use tracing::info;
+use gpupool::server::{self, Health};
+use gpupool::telemetry::Metrics;
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// Kubernetes operator that makes GPU node pools ready to run GPU work: it deploys the NVIDIA
@@ -28,7 +34,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator against the cluster of $KUBECONFIG (or in-cluster config).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the GpuPool CustomResourceDefinition (YAML).
     Crd,
 }
@@ -55,6 +61,24 @@ struct RunArgs {
     /// Node events within this window are coalesced into one reconcile per pool.
     #[arg(long, env = "GPUPOOL_DEBOUNCE", default_value = "200ms", value_parser = humantime::parse_duration)]
     debounce: Duration,
+    /// Address of the HTTP endpoint serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "GPUPOOL_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// Elect a leader through a Lease, so that of several replicas only one writes.
+    #[arg(long, env = "GPUPOOL_LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "GPUPOOL_LEASE_NAME", default_value = "gpupool-operator")]
+    lease_name: String,
+    /// Namespace of the leader-election Lease (defaults to $POD_NAMESPACE, else gpupool-system).
+    #[arg(long, env = "GPUPOOL_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// How long a leader's Lease stays valid without renewal; a standby takes over after it.
+    #[arg(long, env = "GPUPOOL_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// How long in-flight reconciles get to finish after SIGTERM.
+    #[arg(long, env = "GPUPOOL_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -84,33 +108,168 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Run(args) => {
             init_logging(cli.log_format, &cli.log_level);
-            let client = match kube::Client::try_default().await {
-                Ok(c) => c,
+            match run(*args).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!(
-                        "gpupool-operator: cannot reach the cluster (KUBECONFIG or in-cluster config): {e}"
-                    );
-                    return std::process::ExitCode::from(2);
+                    error!("{e}");
+                    std::process::ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the cluster (KUBECONFIG or in-cluster config): {e}"))?;
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "gpupool".into()),
+            std::process::id()
+        )
+    });
+    info!(
+        plugin_namespace = %args.plugin_namespace,
+        default_plugin_image = %args.default_plugin_image,
+        leader_elect = args.leader_elect,
+        %identity,
+        "gpupool-operator {} starting", env!("CARGO_PKG_VERSION")
+    );
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let server = tokio::spawn(server::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let options = RunOptions {
+        settings: Settings {
+            plugin_namespace: args.plugin_namespace.clone(),
+            default_plugin_image: args.default_plugin_image.clone(),
+            gpu_grace_period: args.gpu_grace_period,
+        },
+        metrics,
+        health: health.clone(),
+        instance: Some(identity.clone()),
+        resync: args.resync_period,
+        debounce: args.debounce,
+    };
+
+    let result = if args.leader_elect {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "gpupool-system".into());
+        let duration = args.lease_duration.as_secs().max(2);
+        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&namespace)
+            .with_identity(&identity)
+            .with_duration(duration)
+            .with_grace((duration / 3).max(1))
+            .build()
+            .await
+            .map_err(|e| {
+                format!(
+                    "leader election: cannot use Lease {namespace}/{}: {e}",
+                    args.lease_name
+                )
+            })?;
+        let (mut leading, lease_task) = manager.watch().await;
+        health.leadership_known.store(true, Ordering::Release);
+        info!(lease = %format!("{namespace}/{}", args.lease_name), "waiting for leadership");
+        let mut stop = stop_rx.clone();
+        let became_leader = tokio::select! {
+            r = leading.wait_for(|leader| *leader) => r.is_ok(),
+            _ = stop.wait_for(|s| *s) => false,
+        };
+        let outcome = if became_leader {
+            info!("became leader");
+            health.leader.store(true, Ordering::Release);
+            let mut lost = leading.clone();
+            let lost_or_stopped = {
+                let stop = stop_rx.clone();
+                async move {
+                    tokio::select! {
+                        _ = lost.wait_for(|leader| !*leader) => {},
+                        _ = stopped(stop) => {},
+                    }
                 }
             };
-            info!(
-                plugin_namespace = %args.plugin_namespace,
-                default_plugin_image = %args.default_plugin_image,
-                "gpupool-operator {} starting", env!("CARGO_PKG_VERSION")
-            );
-            let options = RunOptions {
-                settings: Settings {
-                    plugin_namespace: args.plugin_namespace,
-                    default_plugin_image: args.default_plugin_image,
-                    gpu_grace_period: args.gpu_grace_period,
-                },
-                resync: args.resync_period,
-                debounce: args.debounce,
-            };
-            controller::run(client, options, shutdown_signal()).await;
-            info!("gpupool-operator stopped");
-            std::process::ExitCode::SUCCESS
+            run_controller(
+                client,
+                options,
+                lost_or_stopped,
+                stop_rx.clone(),
+                args.shutdown_timeout,
+            )
+            .await;
+            if *stop_rx.borrow() {
+                Ok(())
+            } else {
+                // Another replica may be writing already: stop at once and restart as a standby.
+                Err(
+                    "lost leadership; exiting so that this replica restarts as a standby"
+                        .to_string(),
+                )
+            }
+        } else {
+            Ok(())
+        };
+        // Closing the channel releases the Lease, so a standby takes over without waiting for expiry.
+        drop(leading);
+        match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+            Ok(Ok(Ok(_))) => info!("released the leader Lease"),
+            Ok(Ok(Err(e))) => warn!("releasing the leader Lease: {e}"),
+            _ => warn!("releasing the leader Lease timed out"),
         }
+        outcome
+    } else {
+        health.leadership_known.store(true, Ordering::Release);
+        health.leader.store(true, Ordering::Release);
+        run_controller(
+            client,
+            options,
+            stopped(stop_rx.clone()),
+            stop_rx.clone(),
+            args.shutdown_timeout,
+        )
+        .await;
+        Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    info!("gpupool-operator stopped");
+    result
+}
+
+/// Runs the controller until `until` resolves; after a stop request, in-flight reconciles get
+/// `grace` to finish.
+async fn run_controller(
+    client: kube::Client,
+    options: RunOptions,
+    until: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let controller = controller::run(client, options, until);
+    tokio::pin!(controller);
+    tokio::select! {
+        _ = &mut controller => return,
+        _ = stop.wait_for(|s| *s) => {},
+    }
+    if tokio::time::timeout(grace, controller).await.is_err() {
+        warn!("in-flight reconciles did not finish within {grace:?}; exiting anyway");
     }
 }
 

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::api::{API_VERSION_FULL, GpuPool, GpuPoolStatus, KIND};
 use crate::decide::action::DaemonSetAction;
+use crate::decide::events::DaemonSetChange;
 use crate::decide::status::{LiveDaemonSet, PluginState, Stall};
 
 /// The field manager gpupool writes with.
@@ -24,8 +25,8 @@ pub enum ApplyError {
 pub struct Applied {
     pub state: PluginState,
     pub stall: Option<Stall>,
-    /// A short description of the write made, for logs and events.
-    pub change: Option<String>,
+    /// The write made, for logs and events.
+    pub change: Option<DaemonSetChange>,
 }
 
 pub fn live_state(ds: &DaemonSet) -> LiveDaemonSet {
@@ -107,9 +108,9 @@ pub async fn apply_daemonset(
                     state: PluginState::Live(live_state(&applied)),
                     stall: None,
                     change: Some(if live.is_some() {
-                        format!("updated DaemonSet {namespace}/{name}")
+                        DaemonSetChange::Updated(format!("{namespace}/{name}"))
                     } else {
-                        format!("created DaemonSet {namespace}/{name}")
+                        DaemonSetChange::Created(format!("{namespace}/{name}"))
                     }),
                 }),
                 Err(e) => match stall_for(&e, namespace, "apply DaemonSets") {
@@ -139,10 +140,10 @@ pub async fn apply_daemonset(
                     name: format!("{ns}/{name}"),
                 },
                 stall: None,
-                change: Some(format!(
-                    "replacing DaemonSet {ns}/{name}, edited by {}",
-                    edited_by.join(", ")
-                )),
+                change: Some(DaemonSetChange::Replaced {
+                    name: format!("{ns}/{name}"),
+                    edited_by,
+                }),
             })
         }
         DaemonSetAction::Delete {
@@ -153,7 +154,7 @@ pub async fn apply_daemonset(
             Ok(Applied {
                 state: PluginState::NotDeployed,
                 stall: None,
-                change: Some(format!("removed DaemonSet {ns}/{name}")),
+                change: Some(DaemonSetChange::Removed(format!("{ns}/{name}"))),
             })
         }
     }

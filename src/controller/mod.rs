@@ -13,8 +13,10 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
 use kube::api::DeleteParams;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -24,10 +26,13 @@ use crate::api::GpuPool;
 use crate::decide::action::{controller_uid, daemonset_action};
 use crate::decide::claims::{ForeignPlugin, PoolRef};
 use crate::decide::daemonset::daemonset_name;
+use crate::decide::events::pool_events;
 use crate::decide::nodes::{NodeFacts, trim_node};
 use crate::decide::selector::selects;
 use crate::decide::status::{StatusInputs, compute_status};
 use crate::decide::{Settings, decide, is_device_plugin, owned_by_gpupool};
+use crate::server::Health;
+use crate::telemetry::Metrics;
 use apply::{ApplyError, MANAGER, apply_daemonset, write_status};
 use triggers::NodeTriggers;
 
@@ -45,6 +50,10 @@ pub enum ReconcileError {
 /// Shared state of the reconciles.
 pub struct Context {
     pub client: Client,
+    pub metrics: Arc<Metrics>,
+    recorder: Recorder,
+    /// When each node not yet serving GPUs was first seen in a pool: (pool, node) -> time.
+    gpu_waits: Mutex<HashMap<(String, String), std::time::Instant>>,
     pub settings: Settings,
     /// Periodic re-check of every pool, a safety net for missed watch events.
     pub resync: Duration,
@@ -56,9 +65,13 @@ pub struct Context {
 }
 
 /// Options of the controller loop.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RunOptions {
     pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// Name of this replica in the Events it publishes.
+    pub instance: Option<String>,
     pub resync: Duration,
     /// Node events within this window are coalesced into one reconcile per pool.
     pub debounce: Duration,
@@ -143,7 +156,34 @@ pub async fn run(
         }
     };
 
+    {
+        let (pools, nodes, daemonsets, health) = (
+            pools.clone(),
+            nodes.clone(),
+            daemonsets.clone(),
+            options.health.clone(),
+        );
+        tokio::spawn(async move {
+            let _ = pools.wait_until_ready().await;
+            let _ = nodes.wait_until_ready().await;
+            let _ = daemonsets.wait_until_ready().await;
+            health
+                .caches_synced
+                .store(true, std::sync::atomic::Ordering::Release);
+            info!("caches synced");
+        });
+    }
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "gpupool-operator".into(),
+            instance: options.instance.clone(),
+        },
+    );
     let ctx = Arc::new(Context {
+        metrics: options.metrics.clone(),
+        recorder,
+        gpu_waits: Mutex::new(HashMap::new()),
         client,
         settings: options.settings,
         resync: options.resync,
@@ -158,7 +198,7 @@ pub async fn run(
         .watches_stream(node_events, node_mapper)
         .watches_stream(ds_events, ds_mapper)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(measured_reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 match e {
@@ -172,12 +212,27 @@ pub async fn run(
         .await;
 }
 
+async fn measured_reconcile(
+    pool: Arc<GpuPool>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = std::time::Instant::now();
+    let result = reconcile(pool, ctx.clone()).await;
+    ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    result
+}
+
 /// Observe → decide → apply → report, for one pool.
 pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let name = pool.name_any();
     if pool.metadata.deletion_timestamp.is_some() {
         // The garbage collector removes the DaemonSet through its owner reference.
         ctx.triggers.forget_pool(&name);
+        ctx.metrics.forget_pool(&name);
+        ctx.gpu_waits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(p, _), _| p != &name);
         return Ok(Action::await_change());
     }
     // Decisions on a half-filled cache would report nodes missing that are merely not listed yet.
@@ -239,6 +294,7 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
     if let Some(change) = &applied.change {
         info!(pool = %name, "{change}");
     }
+    let change = applied.change.clone();
     // A DaemonSet left behind in another namespace (the plugin namespace flag changed).
     for stale in all_daemonsets.iter().filter(|ds| {
         controller_uid(ds) == Some(pool_uid.as_str())
@@ -289,6 +345,24 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
             "status updated"
         );
     }
+    for event in pool_events(pool.status.as_ref(), &outcome.status, change.as_ref()) {
+        let ev = Event {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.into(),
+            note: Some(event.note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
+            warn!(pool = %name, error = %e, "cannot publish event");
+        }
+    }
+    ctx.metrics.set_pool(&name, &outcome.status);
+    record_gpu_waits(&ctx, &name, &facts, &outcome.serving);
     ctx.triggers
         .record_members(&name, facts.iter().map(|n| n.name.clone()));
     ctx.failures
@@ -311,6 +385,26 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
             .map_or(ctx.resync, |t| t.min(ctx.resync))
     };
     Ok(Action::requeue(next))
+}
+
+/// Feeds the time-to-GPUs histogram: a node first seen in the pool without schedulable GPUs
+/// starts a clock that stops when it serves. Nodes already serving when first seen are skipped.
+fn record_gpu_waits(ctx: &Context, pool: &str, members: &[NodeFacts], serving: &[String]) {
+    let now = std::time::Instant::now();
+    let mut waits = ctx.gpu_waits.lock().unwrap_or_else(|e| e.into_inner());
+    let serving: std::collections::HashSet<&str> = serving.iter().map(String::as_str).collect();
+    for node in members {
+        let key = (pool.to_string(), node.name.clone());
+        if serving.contains(node.name.as_str()) {
+            if let Some(since) = waits.remove(&key) {
+                ctx.metrics.node_got_gpus(now - since);
+            }
+        } else {
+            waits.entry(key).or_insert(now);
+        }
+    }
+    let names: std::collections::HashSet<&str> = members.iter().map(|n| n.name.as_str()).collect();
+    waits.retain(|(p, n), _| p != pool || names.contains(n.as_str()));
 }
 
 /// Transient errors: exponential backoff per pool (1 s doubling to 5 min), never a hot loop.

@@ -5,6 +5,7 @@
 pub mod action;
 pub mod claims;
 pub mod daemonset;
+pub mod events;
 pub mod image;
 pub mod nodes;
 pub mod scheduling;

@@ -77,6 +77,8 @@ pub struct StatusInputs<'a> {
 pub struct StatusOutcome {
     pub status: GpuPoolStatus,
     pub recheck_after: Option<Duration>,
+    /// Nodes that can run GPU work now (for the time-to-GPUs metric).
+    pub serving: Vec<String>,
 }
 
 /// How one node stands.
@@ -168,6 +170,7 @@ pub fn compute_status(i: &StatusInputs) -> StatusOutcome {
     };
 
     let mut serving = 0;
+    let mut serving_nodes = Vec::new();
     let mut in_service = 0;
     let mut failing: Vec<(String, &'static str)> = Vec::new();
     let mut waiting: Vec<String> = Vec::new();
@@ -175,10 +178,12 @@ pub fn compute_status(i: &StatusInputs) -> StatusOutcome {
     for node in i.nodes {
         match node_health(node, i.expected_gpus, i.now, i.grace) {
             NodeHealth::Serving => {
+                serving_nodes.push(node.name.clone());
                 serving += 1;
                 in_service += 1;
             }
             NodeHealth::Degraded(reason, message) => {
+                serving_nodes.push(node.name.clone());
                 serving += 1;
                 in_service += 1;
                 problem(&node.name, reason, message);
@@ -447,6 +452,7 @@ pub fn compute_status(i: &StatusInputs) -> StatusOutcome {
     StatusOutcome {
         status,
         recheck_after,
+        serving: serving_nodes,
     }
 }
 

@@ -1,0 +1,255 @@
+//! Prometheus metrics, with the controller-runtime names dashboards already know, plus per-pool
+//! gauges. Label values are bounded: the controller name, a result, and pool names (a deleted
+//! pool's series are removed).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::api::{GpuPoolStatus, PluginMode};
+
+pub const CONTROLLER: &str = "gpupool";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    controller: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControllerLabels {
+    controller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+}
+
+type PoolGauge = Family<PoolLabels, Gauge>;
+
+pub struct Metrics {
+    registry: Registry,
+    reconcile_total: Family<ResultLabels, Counter>,
+    reconcile_errors: Family<ControllerLabels, Counter>,
+    reconcile_time: Family<ControllerLabels, Histogram>,
+    pool_nodes: PoolGauge,
+    pool_nodes_with_gpus: PoolGauge,
+    pool_gpus_capacity: PoolGauge,
+    pool_gpus_allocatable: PoolGauge,
+    pool_ready: PoolGauge,
+    pool_plugin_managed: PoolGauge,
+    node_gpu_wait: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let reconcile_total = Family::<ResultLabels, Counter>::default();
+        let reconcile_errors = Family::<ControllerLabels, Counter>::default();
+        let reconcile_time = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        // Registered without a prefix so the names are exactly controller-runtime's.
+        registry.register(
+            "controller_runtime_reconcile",
+            "Total number of reconciliations per controller",
+            reconcile_total.clone(),
+        );
+        registry.register(
+            "controller_runtime_reconcile_errors",
+            "Total number of reconciliation errors per controller",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "controller_runtime_reconcile_time_seconds",
+            "Length of time per reconciliation per controller",
+            reconcile_time.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = PoolGauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let pool_nodes = gauge(
+            &mut registry,
+            "gpupool_pool_nodes",
+            "Nodes selected by the pool",
+        );
+        let pool_nodes_with_gpus = gauge(
+            &mut registry,
+            "gpupool_pool_nodes_with_gpus",
+            "Nodes of the pool with schedulable GPUs",
+        );
+        let pool_gpus_capacity = gauge(
+            &mut registry,
+            "gpupool_pool_gpus_capacity",
+            "nvidia.com/gpu capacity over the pool's nodes",
+        );
+        let pool_gpus_allocatable = gauge(
+            &mut registry,
+            "gpupool_pool_gpus_allocatable",
+            "nvidia.com/gpu allocatable over the pool's nodes",
+        );
+        let pool_ready = gauge(
+            &mut registry,
+            "gpupool_pool_ready",
+            "1 when the pool's Ready condition is True",
+        );
+        let pool_plugin_managed = gauge(
+            &mut registry,
+            "gpupool_pool_plugin_managed",
+            "1 when gpupool runs the device plugin for the pool",
+        );
+        let node_gpu_wait = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register(
+            "gpupool_node_gpu_wait_seconds",
+            "Time from a node joining a pool without GPUs to its nvidia.com/gpu being schedulable",
+            node_gpu_wait.clone(),
+        );
+        Metrics {
+            registry,
+            reconcile_total,
+            reconcile_errors,
+            reconcile_time,
+            pool_nodes,
+            pool_nodes_with_gpus,
+            pool_gpus_capacity,
+            pool_gpus_allocatable,
+            pool_ready,
+            pool_plugin_managed,
+            node_gpu_wait,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn reconciled(&self, ok: bool, took: Duration) {
+        let controller = CONTROLLER.to_string();
+        let result = if ok { "success" } else { "error" };
+        self.reconcile_total
+            .get_or_create(&ResultLabels {
+                controller: controller.clone(),
+                result: result.into(),
+            })
+            .inc();
+        if !ok {
+            self.reconcile_errors
+                .get_or_create(&ControllerLabels {
+                    controller: controller.clone(),
+                })
+                .inc();
+        }
+        self.reconcile_time
+            .get_or_create(&ControllerLabels { controller })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn set_pool(&self, pool: &str, status: &GpuPoolStatus) {
+        let l = PoolLabels { pool: pool.into() };
+        self.pool_nodes
+            .get_or_create(&l)
+            .set(i64::from(status.nodes));
+        self.pool_nodes_with_gpus
+            .get_or_create(&l)
+            .set(i64::from(status.nodes_with_gpus));
+        self.pool_gpus_capacity
+            .get_or_create(&l)
+            .set(status.gpus_capacity);
+        self.pool_gpus_allocatable
+            .get_or_create(&l)
+            .set(status.gpus_allocatable);
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        self.pool_ready.get_or_create(&l).set(i64::from(ready));
+        let managed = status
+            .device_plugin
+            .as_ref()
+            .is_some_and(|d| d.mode == PluginMode::Managed);
+        self.pool_plugin_managed
+            .get_or_create(&l)
+            .set(i64::from(managed));
+    }
+
+    pub fn forget_pool(&self, pool: &str) {
+        let l = PoolLabels { pool: pool.into() };
+        for g in [
+            &self.pool_nodes,
+            &self.pool_nodes_with_gpus,
+            &self.pool_gpus_capacity,
+            &self.pool_gpus_allocatable,
+            &self.pool_ready,
+            &self.pool_plugin_managed,
+        ] {
+            g.remove(&l);
+        }
+    }
+
+    pub fn node_got_gpus(&self, waited: Duration) {
+        self.node_gpu_wait.observe(waited.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Condition, DevicePluginStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn names_match_controller_runtime_and_deleted_pools_disappear() {
+        let m = Metrics::default();
+        m.reconciled(true, Duration::from_millis(3));
+        m.reconciled(false, Duration::from_millis(3));
+        let status = GpuPoolStatus {
+            nodes: 3,
+            gpus_allocatable: 12,
+            device_plugin: Some(DevicePluginStatus {
+                mode: PluginMode::Managed,
+                ..Default::default()
+            }),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                observed_generation: None,
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                reason: "Ready".into(),
+                message: String::new(),
+            }],
+            ..Default::default()
+        };
+        m.set_pool("gpu", &status);
+        let text = m.encode();
+        for line in [
+            r#"controller_runtime_reconcile_total{controller="gpupool",result="success"} 1"#,
+            r#"controller_runtime_reconcile_total{controller="gpupool",result="error"} 1"#,
+            r#"controller_runtime_reconcile_errors_total{controller="gpupool"} 1"#,
+            r#"controller_runtime_reconcile_time_seconds_count{controller="gpupool"} 2"#,
+            r#"gpupool_pool_nodes{pool="gpu"} 3"#,
+            r#"gpupool_pool_gpus_allocatable{pool="gpu"} 12"#,
+            r#"gpupool_pool_ready{pool="gpu"} 1"#,
+            r#"gpupool_pool_plugin_managed{pool="gpu"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        m.forget_pool("gpu");
+        assert!(!m.encode().contains(r#"pool="gpu""#));
+    }
+}

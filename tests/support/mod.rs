@@ -1,0 +1,303 @@
+//! Shared fixtures of the integration tests: one real control plane and one operator process per
+//! test binary, and helpers that wait on observable state with deadlines.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gpupool::api::{Condition, GpuPool};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use testenv::{ChildProcess, ControlPlane, wait_for};
+use tokio::sync::OnceCell;
+
+pub const PLUGIN_NAMESPACE: &str = "gpu-resources";
+/// Generous: the plane runs on 2 cores next to the compiler in CI.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Env {
+    pub plane: &'static ControlPlane,
+    pub client: Client,
+}
+
+static READY: OnceCell<()> = OnceCell::const_new();
+static OPERATOR: std::sync::OnceLock<std::sync::Mutex<Option<ChildProcess>>> =
+    std::sync::OnceLock::new();
+
+/// The shared plane with the CRD installed, the plugin namespace created and one operator
+/// running (as its own process, the released binary's code path).
+pub async fn env() -> Env {
+    let plane = ControlPlane::shared().await;
+    READY
+        .get_or_init(|| async {
+            let client = plane.client().await;
+            install_crd(plane).await;
+            let ns: Api<Namespace> = Api::all(client.clone());
+            let body: Namespace =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": PLUGIN_NAMESPACE}}))
+                    .unwrap();
+            match ns.create(&PostParams::default(), &body).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => panic!("creating namespace {PLUGIN_NAMESPACE}: {e}"),
+            }
+            let operator = start_operator(
+                plane,
+                plane.kubeconfig_path().to_path_buf(),
+                "operator",
+                &[],
+            );
+            OPERATOR.get_or_init(|| std::sync::Mutex::new(Some(operator)));
+        })
+        .await;
+    Env {
+        plane,
+        client: plane.client().await,
+    }
+}
+
+/// Applies `crds/gpupool.yaml` (the committed file, as a user would) and waits until it is served.
+pub async fn install_crd(plane: &ControlPlane) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/gpupool.yaml");
+    let out = plane
+        .kubectl()
+        .args(["apply", "--server-side", "-f", path])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl apply CRD: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = plane
+        .kubectl()
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/gpupools.gpupool.io",
+        ])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "CRD not established: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts `gpupool-operator run` against the plane with test-friendly timings.
+pub fn start_operator(
+    plane: &ControlPlane,
+    kubeconfig: PathBuf,
+    name: &str,
+    extra: &[&str],
+) -> ChildProcess {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gpupool-operator"));
+    cmd.env("KUBECONFIG", kubeconfig)
+        .env("GPUPOOL_LOG", "info,gpupool=debug")
+        .args([
+            "run",
+            "--gpu-grace-period",
+            "3s",
+            "--debounce",
+            "100ms",
+            "--resync-period",
+            "5m",
+        ])
+        .args(extra);
+    ChildProcess::spawn(
+        name,
+        cmd,
+        &plane.dir().join("logs").join(format!("{name}.log")),
+    )
+    .expect("operator starts")
+}
+
+/// The operator's log, for failure messages.
+pub fn operator_log(plane: &ControlPlane) -> String {
+    std::fs::read_to_string(plane.dir().join("logs/operator.log"))
+        .map(|s| {
+            s.lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+pub async fn create_pool(client: &Client, yaml: &str) -> GpuPool {
+    let pool: GpuPool = serde_yaml::from_str(yaml).expect("test pool YAML parses");
+    let api: Api<GpuPool> = Api::all(client.clone());
+    api.create(&PostParams::default(), &pool)
+        .await
+        .expect("pool is accepted")
+}
+
+pub async fn get_pool(client: &Client, name: &str) -> GpuPool {
+    Api::<GpuPool>::all(client.clone())
+        .get(name)
+        .await
+        .expect("pool exists")
+}
+
+pub async fn patch_pool(client: &Client, name: &str, patch: serde_json::Value) {
+    Api::<GpuPool>::all(client.clone())
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("pool patch is accepted");
+}
+
+pub fn condition<'a>(pool: &'a GpuPool, type_: &str) -> Option<&'a Condition> {
+    pool.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+/// Waits until `pred` holds for the pool (and its status describes the current generation).
+pub async fn wait_pool(
+    env: &Env,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&GpuPool) -> bool,
+) -> GpuPool {
+    let api: Api<GpuPool> = Api::all(env.client.clone());
+    let mut last = None;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(pool) = api.get(name).await {
+            let current = pool.status.as_ref().and_then(|s| s.observed_generation)
+                == pool.metadata.generation;
+            if current && pred(&pool) {
+                return pool;
+            }
+            last = Some(pool);
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "timed out waiting for GpuPool {name}: {what}\nlast status: {}\noperator log:\n{}",
+                last.and_then(|p| p.status)
+                    .map(|s| serde_yaml::to_string(&s).unwrap())
+                    .unwrap_or_default(),
+                operator_log(env.plane)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn wait_condition(
+    env: &Env,
+    pool: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> GpuPool {
+    wait_pool(env, pool, &format!("{type_}={status} ({reason:?})"), |p| {
+        condition(p, type_)
+            .is_some_and(|c| c.status == status && reason.is_none_or(|r| c.reason == r))
+    })
+    .await
+}
+
+pub fn plugin_name(pool: &str) -> String {
+    gpupool::decide::daemonset::daemonset_name(pool)
+}
+
+pub async fn get_daemonset(client: &Client, name: &str) -> Option<DaemonSet> {
+    Api::<DaemonSet>::namespaced(client.clone(), PLUGIN_NAMESPACE)
+        .get_opt(name)
+        .await
+        .expect("API answers")
+}
+
+pub async fn wait_daemonset(
+    env: &Env,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&DaemonSet) -> bool,
+) -> DaemonSet {
+    wait_for(
+        &format!("DaemonSet {name}: {what}\n{}", operator_log(env.plane)),
+        TIMEOUT,
+        || async { get_daemonset(&env.client, name).await.filter(|ds| pred(ds)) },
+    )
+    .await
+}
+
+pub async fn wait_daemonset_gone(env: &Env, name: &str) {
+    wait_for(
+        &format!("DaemonSet {name} to be removed"),
+        TIMEOUT,
+        || async {
+            get_daemonset(&env.client, name)
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await
+}
+
+/// Nodes running a device-plugin pod (any DaemonSet whose pods carry `name=nvidia-device-plugin-ds`), with the count per node.
+pub async fn plugin_pods_per_node(
+    client: &Client,
+    namespace: Option<&str>,
+) -> std::collections::BTreeMap<String, usize> {
+    let api: Api<Pod> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let pods = api
+        .list(&ListParams::default().labels("name=nvidia-device-plugin-ds"))
+        .await
+        .expect("list pods");
+    let mut per_node = std::collections::BTreeMap::new();
+    for pod in pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            *per_node.entry(node).or_insert(0) += 1;
+        }
+    }
+    per_node
+}
+
+pub fn node_names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// The DaemonSet's node-affinity requirements and tolerations, for assertions.
+pub fn placement(ds: &DaemonSet) -> (serde_json::Value, Vec<String>) {
+    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let affinity = serde_json::to_value(pod.affinity.as_ref().unwrap()).unwrap();
+    let tolerations = pod
+        .tolerations
+        .iter()
+        .flatten()
+        .map(|t| {
+            format!(
+                "{}={}:{}",
+                t.key.clone().unwrap_or_default(),
+                t.value.clone().unwrap_or_default(),
+                t.effect.clone().unwrap_or_default()
+            )
+        })
+        .collect();
+    (affinity, tolerations)
+}
+
+pub fn name_of(pool: &GpuPool) -> String {
+    pool.name_any()
+}
