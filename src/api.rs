@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -14,6 +15,15 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "gpupool.io";
 pub const VERSION: &str = "v1alpha1";
 pub const KIND: &str = "GpuPool";
+/// A Kubernetes quantity ("100m", "128Mi", 2), validated as the built-in types are, since a CRD
+/// schema does not check quantities by itself. (The pattern applies to the string form only.)
+fn quantity_schema() -> serde_json::Value {
+    serde_json::json!({
+        "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+        "x-kubernetes-int-or-string": true
+    })
+}
+
 pub const API_VERSION_FULL: &str = "gpupool.io/v1alpha1";
 
 /// A pool of GPU nodes that gpupool makes ready to run GPU work: it deploys the NVIDIA device
@@ -79,11 +89,10 @@ pub struct PoolSelector {
     /// Labels a node must carry with exactly these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend("additionalProperties" = {"type": "string", "maxLength": 63, "pattern": "^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"}))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self.all(k, k.size() <= 316 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))",
          "message": "spec.nodeSelector.matchLabels: every key must be a valid label key ([prefix/]name, name at most 63 characters of alphanumerics, '-', '_' or '.')"},
-        {"rule": "self.all(k, self[k].size() <= 63 && self[k].matches('^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$'))",
-         "message": "spec.nodeSelector.matchLabels: every value must be a valid label value (at most 63 characters of alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric)"},
     ]))]
     pub match_labels: BTreeMap<String, String>,
 
@@ -167,12 +176,38 @@ pub struct DevicePluginSpec {
 
     /// Compute resources of the plugin container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<PluginResources>,
 
     /// Environment variables of the plugin container (e.g. `FAIL_ON_INIT_ERROR`, `DEVICE_LIST_STRATEGY`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub env: Vec<EnvVar>,
+}
+
+/// Requests and limits of the plugin container, e.g. `requests: {cpu: 10m, memory: 32Mi}`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginResources {
+    /// The most the plugin container may use.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    #[schemars(extend("additionalProperties" = quantity_schema()))]
+    pub limits: BTreeMap<String, Quantity>,
+    /// What the scheduler reserves for the plugin container.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    #[schemars(extend("additionalProperties" = quantity_schema()))]
+    pub requests: BTreeMap<String, Quantity>,
+}
+
+impl PluginResources {
+    pub fn to_requirements(&self) -> ResourceRequirements {
+        ResourceRequirements {
+            limits: (!self.limits.is_empty()).then(|| self.limits.clone()),
+            requests: (!self.requests.is_empty()).then(|| self.requests.clone()),
+            claims: None,
+        }
+    }
 }
 
 /// A toleration for the plugin pods.

@@ -155,7 +155,7 @@ async fn invalid_gpupools_are_rejected_with_a_message_naming_the_field() {
     let plane = ControlPlane::shared().await;
     install_crd(plane).await;
     let client = plane.client().await;
-    let api: Api<serde_json::Value> = Api::all_with(
+    let api: Api<kube::api::DynamicObject> = Api::all_with(
         client,
         &kube::discovery::ApiResource {
             group: "gpupool.io".into(),
@@ -168,6 +168,7 @@ async fn invalid_gpupools_are_rejected_with_a_message_naming_the_field() {
     let mut failures = Vec::new();
     for (i, (what, spec, expected)) in catalogue().into_iter().enumerate() {
         let body = json!({"apiVersion": "gpupool.io/v1alpha1", "kind": "GpuPool", "metadata": {"name": format!("bad-{i}")}, "spec": spec});
+        let body: kube::api::DynamicObject = serde_json::from_value(body).unwrap();
         match api.create(&PostParams::default(), &body).await {
             Ok(_) => failures.push(format!("{what}: accepted")),
             Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {

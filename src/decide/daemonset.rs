@@ -119,7 +119,7 @@ pub fn desired_daemonset(p: &PluginPlacement) -> DaemonSet {
         name: "nvidia-device-plugin-ctr".into(),
         image: Some(p.image()),
         env: (!spec.env.is_empty()).then(|| spec.env.clone()),
-        resources: spec.resources.clone(),
+        resources: spec.resources.as_ref().map(|r| r.to_requirements()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities {
