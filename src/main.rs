@@ -55,6 +55,10 @@ struct RunArgs {
     /// than progressing (GPUs can take minutes to register).
     #[arg(long, env = "GPUPOOL_GPU_GRACE_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
     gpu_grace_period: Duration,
+    /// How long the plugin DaemonSet may take to get every pod updated and ready before the pool
+    /// reports it stuck (a missing PriorityClass, image pull errors, crash loops) instead of progressing.
+    #[arg(long, env = "GPUPOOL_ROLLOUT_DEADLINE", default_value = "5m", value_parser = humantime::parse_duration)]
+    rollout_deadline: Duration,
     /// Every pool is re-checked at least this often, even without events.
     #[arg(long, env = "GPUPOOL_RESYNC_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
     resync_period: Duration,
@@ -158,6 +162,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             plugin_namespace: args.plugin_namespace.clone(),
             default_plugin_image: args.default_plugin_image.clone(),
             gpu_grace_period: args.gpu_grace_period,
+            rollout_deadline: args.rollout_deadline,
         },
         metrics,
         health: health.clone(),

@@ -20,7 +20,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::GpuPool;
 use crate::decide::action::{controller_uid, daemonset_action};
@@ -133,6 +133,28 @@ pub async fn run(
                 .collect::<Vec<_>>()
         }
     };
+    // A pool created, changed or deleted can move contested nodes between pools.
+    let (pool_events_reader, pool_events_writer) = reflector::store();
+    let pool_events = watcher(
+        Api::<GpuPool>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(pool_events_writer)
+    .touched_objects();
+    let pool_mapper = {
+        let triggers = triggers.clone();
+        move |pool: GpuPool| -> Vec<ObjectRef<GpuPool>> {
+            let exists = pool_events_reader
+                .get(&ObjectRef::from_obj(&pool))
+                .is_some();
+            triggers
+                .pools_sharing_nodes(&pool.name_any(), exists)
+                .into_iter()
+                .map(|name| ObjectRef::new(&name))
+                .collect()
+        }
+    };
     let ds_mapper = {
         let pools = pools.clone();
         move |ds: DaemonSet| -> Vec<ObjectRef<GpuPool>> {
@@ -197,6 +219,7 @@ pub async fn run(
     controller
         .watches_stream(node_events, node_mapper)
         .watches_stream(ds_events, ds_mapper)
+        .watches_stream(pool_events, pool_mapper)
         .graceful_shutdown_on(shutdown)
         .run(measured_reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -291,9 +314,6 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
 
     // Apply.
     let applied = apply_daemonset(&ctx.client, &namespace, action, live.as_deref()).await?;
-    if let Some(change) = &applied.change {
-        info!(pool = %name, "{change}");
-    }
     let change = applied.change.clone();
     // A DaemonSet left behind in another namespace (the plugin namespace flag changed).
     for stale in all_daemonsets.iter().filter(|ds| {
@@ -318,6 +338,7 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
         previous: &previous.conditions,
         now: Timestamp::now(),
         grace: ctx.settings.gpu_grace_period,
+        rollout_deadline: ctx.settings.rollout_deadline,
         expected_gpus: pool.spec.expected_gpus_per_node,
         selector: &pool.spec.node_selector,
         nodes: &members,
@@ -327,23 +348,11 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
         image: Some(decision.image.clone()),
         stall: applied.stall.as_ref(),
     });
-    if pool.status.as_ref() != Some(&outcome.status) {
+    let status_changed = pool.status.as_ref() != Some(&outcome.status);
+    if status_changed {
         write_status(&ctx.client, &name, &outcome.status)
             .await
             .map_err(ReconcileError::Status)?;
-        let ready = outcome
-            .status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready");
-        info!(
-            pool = %name,
-            nodes = outcome.status.nodes,
-            gpus = outcome.status.gpus_allocatable,
-            ready = ready.map(|c| c.status.as_str()).unwrap_or("Unknown"),
-            reason = ready.map(|c| c.reason.as_str()).unwrap_or(""),
-            "status updated"
-        );
     }
     for event in pool_events(pool.status.as_ref(), &outcome.status, change.as_ref()) {
         let ev = Event {
@@ -384,6 +393,20 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
             .recheck_after
             .map_or(ctx.resync, |t| t.min(ctx.resync))
     };
+    // One line per reconcile: info when something was written, debug otherwise.
+    let ready = outcome
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready");
+    let (ready_status, reason) =
+        ready.map_or(("Unknown", ""), |c| (c.status.as_str(), c.reason.as_str()));
+    let daemonset = change.as_ref().map(ToString::to_string).unwrap_or_default();
+    if status_changed || change.is_some() {
+        info!(pool = %name, nodes = outcome.status.nodes, gpus = outcome.status.gpus_allocatable, ready = ready_status, reason, daemonset, status_written = status_changed, requeue = ?next, "reconciled");
+    } else {
+        debug!(pool = %name, nodes = outcome.status.nodes, gpus = outcome.status.gpus_allocatable, ready = ready_status, reason, requeue = ?next, "reconciled, nothing to change");
+    }
     Ok(Action::requeue(next))
 }
 

@@ -73,6 +73,36 @@ impl NodeTriggers {
             .insert(pool.to_string(), nodes.into_iter().collect());
     }
 
+    /// The other pools that shared nodes with `pool` at their last reconciles: a pool created,
+    /// changed or deleted can move nodes between them, so they must look again. A pool that no
+    /// longer exists is forgotten here (a deleted pool is never reconciled again).
+    pub fn pools_sharing_nodes(&self, pool: &str, exists: bool) -> Vec<String> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<String> = match inner.members.get(pool) {
+            Some(mine) if !mine.is_empty() => inner
+                .members
+                .iter()
+                .filter(|(other, theirs)| {
+                    other.as_str() != pool && {
+                        let (small, large) = if theirs.len() < mine.len() {
+                            (*theirs, mine)
+                        } else {
+                            (mine, *theirs)
+                        };
+                        small.iter().any(|n| large.contains(n))
+                    }
+                })
+                .map(|(other, _)| other.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !exists {
+            inner.members.remove(pool);
+        }
+        out.sort();
+        out
+    }
+
     pub fn forget_pool(&self, pool: &str) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.members.remove(pool);
@@ -128,6 +158,22 @@ mod tests {
             t.pools_for_node(&relabelled, true, &pools),
             vec!["gpu".to_string(), "other".to_string()]
         );
+    }
+
+    #[test]
+    fn pools_sharing_nodes_are_found_and_deleted_pools_forgotten() {
+        let t = NodeTriggers::default();
+        t.record_members("a", ["n1".to_string(), "n2".to_string()]);
+        t.record_members("b", ["n2".to_string()]);
+        t.record_members("c", ["n3".to_string()]);
+        assert_eq!(t.pools_sharing_nodes("a", true), vec!["b".to_string()]);
+        assert_eq!(t.pools_sharing_nodes("b", false), vec!["a".to_string()]);
+        assert!(
+            t.pools_sharing_nodes("a", true).is_empty(),
+            "b is forgotten"
+        );
+        let n2 = node_labelled("n2", &[]);
+        assert_eq!(t.pools_for_node(&n2, false, &[]), vec!["a".to_string()]);
     }
 
     #[test]

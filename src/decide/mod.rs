@@ -28,6 +28,8 @@ pub struct Settings {
     pub plugin_namespace: String,
     pub default_plugin_image: String,
     pub gpu_grace_period: std::time::Duration,
+    /// How long the plugin DaemonSet may take to become ready before it counts as stuck.
+    pub rollout_deadline: std::time::Duration,
 }
 
 /// What gpupool wants for one pool.
@@ -196,6 +198,7 @@ mod tests {
             plugin_namespace: "gpu-resources".into(),
             default_plugin_image: daemonset::DEFAULT_PLUGIN_IMAGE.into(),
             gpu_grace_period: std::time::Duration::from_secs(600),
+            rollout_deadline: std::time::Duration::from_secs(300),
         }
     }
 

@@ -63,6 +63,8 @@ pub struct StatusInputs<'a> {
     pub previous: &'a [Condition],
     pub now: Timestamp,
     pub grace: Duration,
+    /// How long the plugin may take to roll out before it counts as stuck.
+    pub rollout_deadline: Duration,
     pub expected_gpus: Option<i32>,
     pub selector: &'a PoolSelector,
     pub nodes: &'a [&'a NodeFacts],
@@ -246,6 +248,12 @@ pub fn compute_status(i: &StatusInputs) -> StatusOutcome {
         Vec::new()
     };
     let mut progressing: Vec<String> = Vec::new();
+    let mut next_deadline: Option<Timestamp> = None;
+    let not_ready_since = i
+        .previous
+        .iter()
+        .find(|c| c.type_ == DEVICE_PLUGIN_READY && c.status == "False")
+        .map(|c| c.last_transition_time.0);
     let plugin_cond: (bool, &str, String) = if let Some(stall) = i.stall {
         (false, stall.reason, stall.message.clone())
     } else if !duplicate_on.is_empty() {
@@ -289,28 +297,51 @@ pub fn compute_status(i: &StatusInputs) -> StatusOutcome {
                     ),
                 )
             }
-            PluginState::Live(ds) if ds.updated < ds.desired => {
-                progressing.push(format!("DaemonSet {} is rolling out", ds.name));
-                (
-                    false,
-                    "DaemonSetProgressing",
-                    format!(
-                        "{} rolling out: {} of {} plugin pods updated, {} ready",
-                        ds.name, ds.updated, ds.desired, ds.ready
-                    ),
-                )
+            PluginState::Live(ds) if ds.updated < ds.desired || ds.ready < ds.desired => {
+                // Pods need time to be created, pulled and started; past the rollout deadline
+                // (measured from when the plugin stopped being ready) it is a failure, not progress.
+                let since = not_ready_since.unwrap_or(i.now);
+                let deadline = since
+                    .checked_add(
+                        SignedDuration::try_from(i.rollout_deadline).unwrap_or(SignedDuration::MAX),
+                    )
+                    .unwrap_or(Timestamp::MAX);
+                let namespace = ds.name.split('/').next().unwrap_or_default();
+                let counts = format!(
+                    "{} of {} plugin pods updated, {} ready",
+                    ds.updated, ds.desired, ds.ready
+                );
+                if deadline > i.now {
+                    progressing.push(format!("DaemonSet {} is rolling out", ds.name));
+                    next_deadline = Some(deadline);
+                    (
+                        false,
+                        "DaemonSetProgressing",
+                        format!("{} rolling out: {counts}", ds.name),
+                    )
+                } else if ds.updated < ds.desired {
+                    (
+                        false,
+                        "DaemonSetRolloutStuck",
+                        format!(
+                            "{}: {counts} for longer than {}: the DaemonSet controller cannot create the pods; its FailedCreate events (kubectl -n {namespace} describe daemonset {}) name the cause, e.g. a missing PriorityClass (spec.devicePlugin.priorityClassName), a quota or an admission policy",
+                            ds.name,
+                            humantime::format_duration(i.rollout_deadline),
+                            ds.name.split('/').nth(1).unwrap_or_default()
+                        ),
+                    )
+                } else {
+                    (
+                        false,
+                        "PluginPodsNotReady",
+                        format!(
+                            "{}: {counts} for longer than {}: check the pods with kubectl -n {namespace} get pods -l name=nvidia-device-plugin-ds and their logs (image pull errors, crash loops)",
+                            ds.name,
+                            humantime::format_duration(i.rollout_deadline)
+                        ),
+                    )
+                }
             }
-            PluginState::Live(ds) if ds.ready < ds.desired => (
-                false,
-                "PluginPodsNotReady",
-                format!(
-                    "{} of {} plugin pods of {} are ready: check them with kubectl -n {} get pods -l name=nvidia-device-plugin-ds",
-                    ds.ready,
-                    ds.desired,
-                    ds.name,
-                    ds.name.split('/').next().unwrap_or_default()
-                ),
-            ),
             PluginState::Live(ds) => (
                 true,
                 "DaemonSetReady",
@@ -445,7 +476,11 @@ pub fn compute_status(i: &StatusInputs) -> StatusOutcome {
             })
             .collect(),
     };
-    let recheck_after = next_grace_end.map(|end| {
+    let next_check = match (next_grace_end, next_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let recheck_after = next_check.map(|end| {
         let secs = end.duration_since(i.now).as_secs_f64().max(0.0);
         Duration::from_secs_f64(secs) + Duration::from_secs(1)
     });
@@ -610,6 +645,7 @@ mod tests {
                 previous: &self.previous,
                 now: now(),
                 grace: GRACE,
+                rollout_deadline: Duration::from_secs(300),
                 expected_gpus: self.expected,
                 selector: &sel,
                 nodes: &refs,
@@ -778,17 +814,53 @@ mod tests {
         assert_eq!(cond(&s, RECONCILING).unwrap().status, "True");
         assert_eq!(cond(&s, READY).unwrap().status, "False");
 
+        // Pods starting up are progress, until the rollout deadline...
         case.daemonset = live(2, 1);
-        let s = case.run().status;
+        let out = case.run();
         assert_eq!(
-            cond(&s, DEVICE_PLUGIN_READY).unwrap().reason,
-            "PluginPodsNotReady"
+            cond(&out.status, DEVICE_PLUGIN_READY).unwrap().reason,
+            "DaemonSetProgressing"
         );
+        assert_eq!(cond(&out.status, RECONCILING).unwrap().status, "True");
+        assert_eq!(
+            out.recheck_after,
+            Some(Duration::from_secs(301)),
+            "looked at again when the deadline passes"
+        );
+        // ...after which, with the plugin not ready since long before, they are a failure.
+        let mut earlier = out.status.conditions.clone();
+        for c in &mut earlier {
+            c.last_transition_time = Time("2026-11-23T11:00:00Z".parse().unwrap());
+        }
+        case.previous = earlier;
+        let s = case.run().status;
+        let plugin = cond(&s, DEVICE_PLUGIN_READY).unwrap();
+        assert_eq!(plugin.reason, "PluginPodsNotReady");
+        assert!(plugin.message.contains("5m"), "{}", plugin.message);
         assert!(
             cond(&s, RECONCILING).is_none(),
             "pods that do not get ready are not progress"
         );
-        assert_eq!(s.device_plugin.as_ref().unwrap().ready, 1);
+        // Pods that cannot even be created (updated < desired) are a stuck rollout.
+        case.daemonset = PluginState::Live(LiveDaemonSet {
+            name: "ns/ds".into(),
+            generation: 1,
+            observed_generation: 1,
+            desired: 1,
+            ready: 0,
+            updated: 0,
+        });
+        let s = case.run().status;
+        let plugin = cond(&s, DEVICE_PLUGIN_READY).unwrap();
+        assert_eq!(plugin.reason, "DaemonSetRolloutStuck");
+        assert!(
+            plugin.message.contains("PriorityClass"),
+            "{}",
+            plugin.message
+        );
+        case.daemonset = live(2, 1);
+        case.previous.clear();
+        assert_eq!(case.run().status.device_plugin.unwrap().ready, 1);
 
         case.daemonset = PluginState::Pending {
             name: "ns/ds".into(),

@@ -105,8 +105,12 @@ pub fn start_operator(
             "3s",
             "--debounce",
             "100ms",
+            "--rollout-deadline",
+            "10s",
             "--resync-period",
             "5m",
+            "--metrics-addr",
+            "127.0.0.1:0",
         ])
         .args(extra);
     ChildProcess::spawn(
