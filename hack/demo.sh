@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The gpupool demo: a local simulated AKS cluster on a real control plane, with the operator.
+#
+#   hack/demo.sh           # run until Ctrl-C, printing the pools as they converge
+#   hack/demo.sh --check   # exit 0 once every example pool is Ready (used by CI), 1 on timeout
+#
+# What happens: builds (or reuses) the control plane (etcd, kube-apiserver, controller-manager,
+# scheduler, kwok) and the operator, starts a cluster with a standard GPU pool `gpu` (3 nodes
+# tainted sku=gpu:NoSchedule whose GPUs register ~20 s later, as a device plugin coming up
+# does), a specialized-image pool `gpuspecial` (2 nodes) and 2 CPU nodes, runs the operator,
+# applies examples/, and shows `kubectl get gpupools` and the conditions converging.
+# Ctrl-C tears everything down and leaves no process behind.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+check=false
+[[ "${1:-}" == "--check" ]] && check=true
+
+log() { echo "[demo] $*" >&2; }
+
+if ! command -v openssl >/dev/null 2>&1; then
+  log "installing openssl (the control plane generates its keys with it)"
+  apt-get update -qq >/dev/null && apt-get install -y -qq openssl >/dev/null
+fi
+bin_dir=$(hack/build-control-plane.sh | tail -n 1)
+export GPUPOOL_CONTROL_PLANE_BIN="$bin_dir"
+kubectl="$bin_dir/kubectl"
+
+log "building the operator and the simulated cluster"
+cargo build -q --bin gpupool-operator
+cargo build -q -p testenv --bin devcluster
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+
+state=$(mktemp -d -t gpupool-demo-XXXXXX)
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  log "tearing down"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$state"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$target_dir/debug/devcluster" --state-dir "$state" --ready-file "$state/ready" --register-gpus-after 20 \
+  >"$state/devcluster.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 240); do
+  [[ -s "$state/ready" ]] && break
+  kill -0 "${pids[0]}" 2>/dev/null || { cat "$state/devcluster.log" >&2; log "the cluster failed to start"; exit 1; }
+  sleep 0.5
+done
+[[ -s "$state/ready" ]] || { cat "$state/devcluster.log" >&2; log "the cluster did not come up in 120 s"; exit 1; }
+export KUBECONFIG="$state/kubeconfig"
+
+"$kubectl" apply --server-side -f crds/gpupool.yaml >/dev/null
+"$kubectl" wait --for=condition=Established --timeout=60s crd/gpupools.gpupool.io >/dev/null
+"$kubectl" create namespace gpu-resources >/dev/null
+
+"$target_dir/debug/gpupool-operator" run --metrics-addr 127.0.0.1:0 --gpu-grace-period 2m \
+  >"$state/operator.log" 2>&1 &
+pids+=($!)
+"$kubectl" apply -f examples/
+
+cat >&2 <<MSG
+
+[demo] The cluster is up. In another shell:
+    export KUBECONFIG=$KUBECONFIG
+    $kubectl get gpupools -o wide
+    $kubectl describe gpupool gpu
+    $kubectl -n gpu-resources get daemonsets,pods -o wide
+  Operator log: $state/operator.log
+  The 'gpu' pool's GPUs register about 20 s after start; watch it go from WaitingForGpus to Ready.
+
+MSG
+
+show() {
+  echo "---- $(date +%T)"
+  "$kubectl" get gpupools -o wide
+  "$kubectl" get gpupools -o jsonpath='{range .items[*]}{.metadata.name}{": "}{range .status.conditions[*]}{.type}={.status}({.reason}) {end}{"\n"}{end}'
+}
+
+deadline=$((SECONDS + 180))
+while true; do
+  show
+  if $check; then
+    ready=$("$kubectl" get gpupools -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$' || true)
+    if [[ "$ready" == 2 ]]; then
+      log "both example pools are Ready"
+      exit 0
+    fi
+    if (( SECONDS > deadline )); then
+      log "timed out waiting for the example pools to be Ready; operator log:"
+      tail -n 40 "$state/operator.log" >&2
+      exit 1
+    fi
+    sleep 2
+  else
+    sleep 5
+  fi
+done
