@@ -47,13 +47,19 @@ pub enum ReconcileError {
     Status(#[source] kube::Error),
 }
 
+/// When each node not yet serving GPUs was first seen in a pool: (pool, node) -> time.
+type GpuWaits = HashMap<(String, String), std::time::Instant>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Shared state of the reconciles.
 pub struct Context {
     pub client: Client,
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
-    /// When each node not yet serving GPUs was first seen in a pool: (pool, node) -> time.
-    gpu_waits: Mutex<HashMap<(String, String), std::time::Instant>>,
+    gpu_waits: Arc<Mutex<GpuWaits>>,
     pub settings: Settings,
     /// Periodic re-check of every pool, a safety net for missed watch events.
     pub resync: Duration,
@@ -142,12 +148,38 @@ pub async fn run(
     .default_backoff()
     .reflect(pool_events_writer)
     .touched_objects();
+    // Readiness: the pool, node and DaemonSet caches hold a full list.
+    {
+        let (pools, nodes, daemonsets, health) = (
+            pool_events_reader.clone(),
+            nodes.clone(),
+            daemonsets.clone(),
+            options.health.clone(),
+        );
+        tokio::spawn(async move {
+            let _ = pools.wait_until_ready().await;
+            let _ = nodes.wait_until_ready().await;
+            let _ = daemonsets.wait_until_ready().await;
+            health
+                .caches_synced
+                .store(true, std::sync::atomic::Ordering::Release);
+            info!("caches synced");
+        });
+    }
+    let gpu_waits: Arc<Mutex<GpuWaits>> = Arc::default();
     let pool_mapper = {
-        let triggers = triggers.clone();
+        let (triggers, metrics, gpu_waits) =
+            (triggers.clone(), options.metrics.clone(), gpu_waits.clone());
         move |pool: GpuPool| -> Vec<ObjectRef<GpuPool>> {
             let exists = pool_events_reader
                 .get(&ObjectRef::from_obj(&pool))
                 .is_some();
+            if !exists {
+                // A deleted pool (no finalizer) is never reconciled again: drop its state here.
+                let name = pool.name_any();
+                metrics.forget_pool(&name);
+                lock(&gpu_waits).retain(|(p, _), _| p != &name);
+            }
             triggers
                 .pools_sharing_nodes(&pool.name_any(), exists)
                 .into_iter()
@@ -178,23 +210,6 @@ pub async fn run(
         }
     };
 
-    {
-        let (pools, nodes, daemonsets, health) = (
-            pools.clone(),
-            nodes.clone(),
-            daemonsets.clone(),
-            options.health.clone(),
-        );
-        tokio::spawn(async move {
-            let _ = pools.wait_until_ready().await;
-            let _ = nodes.wait_until_ready().await;
-            let _ = daemonsets.wait_until_ready().await;
-            health
-                .caches_synced
-                .store(true, std::sync::atomic::Ordering::Release);
-            info!("caches synced");
-        });
-    }
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -205,7 +220,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         metrics: options.metrics.clone(),
         recorder,
-        gpu_waits: Mutex::new(HashMap::new()),
+        gpu_waits,
         client,
         settings: options.settings,
         resync: options.resync,
@@ -252,10 +267,7 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
         // The garbage collector removes the DaemonSet through its owner reference.
         ctx.triggers.forget_pool(&name);
         ctx.metrics.forget_pool(&name);
-        ctx.gpu_waits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(p, _), _| p != &name);
+        lock(&ctx.gpu_waits).retain(|(p, _), _| p != &name);
         return Ok(Action::await_change());
     }
     // Decisions on a half-filled cache would report nodes missing that are merely not listed yet.
@@ -374,10 +386,7 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
     record_gpu_waits(&ctx, &name, &facts, &outcome.serving);
     ctx.triggers
         .record_members(&name, facts.iter().map(|n| n.name.clone()));
-    ctx.failures
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&name);
+    lock(&ctx.failures).remove(&name);
 
     let next = if applied.stall.is_some() {
         STALLED_RETRY
@@ -414,7 +423,7 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
 /// starts a clock that stops when it serves. Nodes already serving when first seen are skipped.
 fn record_gpu_waits(ctx: &Context, pool: &str, members: &[NodeFacts], serving: &[String]) {
     let now = std::time::Instant::now();
-    let mut waits = ctx.gpu_waits.lock().unwrap_or_else(|e| e.into_inner());
+    let mut waits = lock(&ctx.gpu_waits);
     let serving: std::collections::HashSet<&str> = serving.iter().map(String::as_str).collect();
     for node in members {
         let key = (pool.to_string(), node.name.clone());
@@ -432,7 +441,7 @@ fn record_gpu_waits(ctx: &Context, pool: &str, members: &[NodeFacts], serving: &
 
 /// Transient errors: exponential backoff per pool (1 s doubling to 5 min), never a hot loop.
 pub fn error_policy(pool: Arc<GpuPool>, _error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+    let mut failures = lock(&ctx.failures);
     let n = failures.entry(pool.name_any()).or_insert(0);
     *n = n.saturating_add(1);
     let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));

@@ -99,6 +99,8 @@ pub fn start_operator(
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gpupool-operator"));
     cmd.env("KUBECONFIG", kubeconfig)
         .env("GPUPOOL_LOG", "info,gpupool=debug")
+        // The leader-election identity and the Events' reporting instance, as the Deployment sets it.
+        .env("POD_NAME", name)
         .args([
             "run",
             "--gpu-grace-period",
@@ -109,10 +111,11 @@ pub fn start_operator(
             "10s",
             "--resync-period",
             "5m",
-            "--metrics-addr",
-            "127.0.0.1:0",
         ])
         .args(extra);
+    if !extra.contains(&"--metrics-addr") {
+        cmd.args(["--metrics-addr", "127.0.0.1:0"]);
+    }
     ChildProcess::spawn(
         name,
         cmd,
