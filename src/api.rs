@@ -334,6 +334,9 @@ pub struct DevicePluginStatus {
     pub mode: PluginMode,
     /// Why this mode (CamelCase).
     pub reason: String,
+    /// Why this mode, in words: what was detected on which nodes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
     /// The DaemonSet gpupool manages for the pool, as namespace/name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon_set: Option<String>,

@@ -80,18 +80,20 @@ pub fn claim_nodes(
             .iter()
             .filter(|p| p.name != this.name && selects(&p.selector, &node.labels))
             .collect();
-        if !rivals.is_empty() {
-            rivals.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
-            if rivals[0].precedence() < this.precedence() {
+        rivals.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
+        match rivals.first() {
+            Some(oldest) if oldest.precedence() < this.precedence() => {
                 claims
                     .served_by_other_pool
-                    .insert(node.name.clone(), rivals[0].name.clone());
-            } else {
+                    .insert(node.name.clone(), oldest.name.clone());
+            }
+            Some(_) => {
                 claims.also_selected_by.insert(
                     node.name.clone(),
                     rivals.iter().map(|p| p.name.clone()).collect(),
                 );
             }
+            None => {}
         }
         let covering: Vec<String> = foreign
             .iter()

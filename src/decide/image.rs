@@ -67,7 +67,7 @@ pub fn decide_plugin(
     for node in nodes {
         match classify(node) {
             ImageKind::Standard => {
-                standard_versions.insert(node.labels[NODE_IMAGE_LABEL].clone());
+                standard_versions.extend(node.labels.get(NODE_IMAGE_LABEL).cloned());
             }
             ImageKind::Specialized => specialized_nodes.push(node.name.clone()),
             ImageKind::Unlabelled => {}

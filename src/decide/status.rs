@@ -551,6 +551,7 @@ fn device_plugin_status(i: &StatusInputs) -> DevicePluginStatus {
     DevicePluginStatus {
         mode: i.plugin.mode,
         reason: i.plugin.reason.into(),
+        message: i.plugin.message.clone(),
         daemon_set: name,
         image: if i.plugin.mode == PluginMode::Managed {
             i.image.clone()
