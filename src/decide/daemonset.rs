@@ -300,6 +300,19 @@ mod tests {
         }
     }
 
+    fn affinity_terms(ds: &DaemonSet) -> Vec<NodeSelectorTerm> {
+        pod(ds)
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|na| {
+                na.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .map(|r| r.node_selector_terms.clone())
+            .unwrap_or_default()
+    }
+
     fn pod(ds: &DaemonSet) -> &PodSpec {
         ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
     }
@@ -380,17 +393,7 @@ mod tests {
         let mut p = placement(&sel, None);
         p.excluded_nodes = &excluded;
         let ds = desired_daemonset(&p);
-        let terms = &pod(&ds)
-            .affinity
-            .as_ref()
-            .unwrap()
-            .node_affinity
-            .as_ref()
-            .unwrap()
-            .required_during_scheduling_ignored_during_execution
-            .as_ref()
-            .unwrap()
-            .node_selector_terms;
+        let terms = affinity_terms(&ds);
         assert_eq!(terms.len(), 1);
         let expr = &terms[0].match_expressions.as_ref().unwrap()[0];
         assert_eq!(
@@ -413,17 +416,7 @@ mod tests {
         let mut p = placement(&sel, None);
         p.allowed_image_versions = Some(&versions);
         let ds = desired_daemonset(&p);
-        let terms = &pod(&ds)
-            .affinity
-            .as_ref()
-            .unwrap()
-            .node_affinity
-            .as_ref()
-            .unwrap()
-            .required_during_scheduling_ignored_during_execution
-            .as_ref()
-            .unwrap()
-            .node_selector_terms;
+        let terms = affinity_terms(&ds);
         assert_eq!(terms.len(), 2, "no image label OR a standard image");
         let last = |t: &NodeSelectorTerm| {
             t.match_expressions
@@ -443,17 +436,7 @@ mod tests {
         let empty = BTreeSet::new();
         p.allowed_image_versions = Some(&empty);
         let ds = desired_daemonset(&p);
-        let terms = &pod(&ds)
-            .affinity
-            .as_ref()
-            .unwrap()
-            .node_affinity
-            .as_ref()
-            .unwrap()
-            .required_during_scheduling_ignored_during_execution
-            .as_ref()
-            .unwrap()
-            .node_selector_terms;
+        let terms = affinity_terms(&ds);
         assert_eq!(terms.len(), 1, "an In term needs values");
     }
 
