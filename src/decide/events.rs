@@ -93,29 +93,34 @@ pub fn pool_events(
             note: truncate(&conflict.message),
         });
     }
+    let ready = find(Some(next), READY);
+    let ready_before = find(previous, READY).map(|c| c.status.as_str());
+    let ready_flipped = ready.is_some_and(|r| {
+        ready_before != Some(r.status.as_str()) && (ready_before.is_some() || r.status == "True")
+    });
+    if let Some(ready) = ready.filter(|_| ready_flipped) {
+        let (warning, reason) = if ready.status == "True" {
+            (false, "Ready")
+        } else {
+            (true, "NotReady")
+        };
+        events.push(PoolEvent {
+            warning,
+            reason,
+            note: truncate(&format!("{}: {}", ready.reason, ready.message)),
+        });
+    }
+    // A pool that just turned NotReady already says why; a later change of the reason (or a
+    // stall while Ready stays False) gets its own event.
     if let Some(stalled) = find(Some(next), STALLED)
         && find(previous, STALLED).map(|c| &c.reason) != Some(&stalled.reason)
+        && !ready_flipped
     {
         events.push(PoolEvent {
             warning: true,
             reason: "Stalled",
             note: truncate(&format!("{}: {}", stalled.reason, stalled.message)),
         });
-    }
-    if let Some(ready) = find(Some(next), READY) {
-        let before = find(previous, READY).map(|c| c.status.as_str());
-        if before != Some(ready.status.as_str()) && (before.is_some() || ready.status == "True") {
-            let (warning, reason) = if ready.status == "True" {
-                (false, "Ready")
-            } else {
-                (true, "NotReady")
-            };
-            events.push(PoolEvent {
-                warning,
-                reason,
-                note: truncate(&format!("{}: {}", ready.reason, ready.message)),
-            });
-        }
     }
     events
 }
@@ -222,7 +227,16 @@ mod tests {
             .iter()
             .map(|e| e.reason)
             .collect();
-        assert_eq!(reasons, vec!["Stalled", "NotReady"]);
+        assert_eq!(reasons, vec!["NotReady"], "the flip says it once");
+        let waiting = status(
+            vec![cond(READY, "False", "WaitingForGpus")],
+            PluginMode::Managed,
+        );
+        let reasons: Vec<_> = pool_events(Some(&waiting), &before, None)
+            .iter()
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(reasons, vec!["Stalled"], "stalling while not Ready is news");
     }
 
     #[test]

@@ -425,6 +425,16 @@ pub fn compute_status(i: &StatusInputs) -> StatusOutcome {
             ),
         )
     };
+    // kstatus (Flux) reads only Reconciling and Stalled: a pool that is not Ready and not making
+    // progress is Stalled, so GitOps tools show it as failed rather than healthy. Cordoning every
+    // node is an admin's deliberate choice, not a failure.
+    let stalled: Option<(String, String)> = match i.stall {
+        Some(stall) => Some((stall.reason.into(), stall.message.clone())),
+        None if !ready.0 && progressing.is_empty() && ready.1 != "AllNodesCordoned" => {
+            Some((ready.1.into(), ready.2.clone()))
+        }
+        None => None,
+    };
     conditions.push((READY, ready.0, ready.1.to_string(), ready.2));
     conditions.push((
         DEVICE_PLUGIN_READY,
@@ -446,8 +456,8 @@ pub fn compute_status(i: &StatusInputs) -> StatusOutcome {
         };
         conditions.push((RECONCILING, true, reason.into(), progressing.join("; ")));
     }
-    if let Some(stall) = i.stall {
-        conditions.push((STALLED, true, stall.reason.into(), stall.message.clone()));
+    if let Some((reason, message)) = stalled {
+        conditions.push((STALLED, true, reason, message));
     }
     if i.claims.has_conflicts() {
         conditions.push((
@@ -889,6 +899,35 @@ mod tests {
         );
         case.stall = None;
         assert!(cond(&case.run().status, STALLED).is_none());
+    }
+
+    /// kstatus reads Reconciling and Stalled only: every not-Ready pool shows exactly one of them,
+    /// except when an admin cordoned every node on purpose.
+    #[test]
+    fn not_ready_means_reconciling_or_stalled() {
+        let failing = Case::new(vec![old_node("a", 1, 1), old_node("lost", 0, 0)])
+            .run()
+            .status;
+        let stalled = cond(&failing, STALLED).expect("a failure stalls");
+        assert_eq!(stalled.reason, "GpusMissing");
+        assert!(stalled.message.contains("lost"), "{}", stalled.message);
+        assert!(cond(&failing, RECONCILING).is_none());
+
+        let mut fresh = gpu_node("fresh", 0, 0);
+        fresh.created = Some("2026-11-23T11:59:00Z".parse().unwrap());
+        let waiting = Case::new(vec![fresh]).run().status;
+        assert!(cond(&waiting, RECONCILING).is_some() && cond(&waiting, STALLED).is_none());
+
+        let mut cordoned = old_node("c", 1, 1);
+        cordoned.unschedulable = true;
+        let all_cordoned = Case::new(vec![cordoned]).run().status;
+        assert_eq!(cond(&all_cordoned, READY).unwrap().status, "False");
+        assert!(
+            cond(&all_cordoned, STALLED).is_none() && cond(&all_cordoned, RECONCILING).is_none()
+        );
+
+        let healthy = Case::new(vec![old_node("a", 1, 1)]).run().status;
+        assert!(cond(&healthy, STALLED).is_none() && cond(&healthy, RECONCILING).is_none());
     }
 
     #[test]
