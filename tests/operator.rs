@@ -305,6 +305,9 @@ async fn a_node_losing_its_gpus_makes_the_pool_not_ready_and_is_named() {
     let pool = wait_condition(&env, "lost", "Ready", "False", Some("GpusMissing")).await;
     let ready = condition(&pool, "Ready").unwrap();
     assert!(ready.message.contains("lost-gpu-1"), "{}", ready.message);
+    let stalled = condition(&pool, "Stalled")
+        .expect("a pool losing GPUs is failed, not current, for GitOps tools");
+    assert_eq!(stalled.reason, "GpusMissing");
     assert_eq!(
         condition(&pool, "DevicePluginReady").unwrap().status,
         "True",
@@ -670,4 +673,54 @@ async fn long_pool_names_get_legal_daemonset_names() {
     assert!(ds.metadata.name.unwrap().len() <= 63);
     wait_condition(&env, &name, "Ready", "True", None).await;
     let _ = Duration::ZERO;
+}
+
+#[tokio::test]
+async fn an_auto_pool_never_puts_its_plugin_on_a_specialized_image_node() {
+    let env = env().await;
+    let c = &env.client;
+    create_node(c, &GpuNode::aks("mixed-std-0", "mixedpool"))
+        .await
+        .unwrap();
+    create_pool(c, &standard_pool_yaml("mixed", "mixedpool")).await;
+    wait_condition(&env, "mixed", "Ready", "True", None).await;
+
+    // A node with the GPU-dedicated image joins: it ships its own plugin.
+    create_node(
+        c,
+        &GpuNode::aks("mixed-special-0", "mixedpool").specialized(),
+    )
+    .await
+    .unwrap();
+    let pool = wait_pool(&env, "mixed", "2 nodes, mixed images, Ready", |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.nodes == 2 && s.node_image.as_deref() == Some("Mixed"))
+            && condition(p, "Ready").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let plugin = pool
+        .status
+        .as_ref()
+        .unwrap()
+        .device_plugin
+        .as_ref()
+        .unwrap();
+    assert_eq!(plugin.reason, "MixedImagesDetected");
+    assert!(
+        plugin.message.contains("mixed-special-0"),
+        "{}",
+        plugin.message
+    );
+    assert_eq!(pool.status.as_ref().unwrap().gpus_allocatable, 2);
+    let ds = wait_daemonset(&env, &plugin_name("mixed"), "1 pod", |ds| {
+        ds.status
+            .as_ref()
+            .is_some_and(|s| s.desired_number_scheduled == 1 && s.number_ready == 1)
+    })
+    .await;
+    assert_eq!(ds.status.unwrap().desired_number_scheduled, 1);
+    let per_node = plugin_pods_per_node(c, Some(PLUGIN_NAMESPACE)).await;
+    assert_eq!(per_node.get("mixed-special-0"), None, "{per_node:?}");
+    assert_eq!(per_node.get("mixed-std-0"), Some(&1));
 }
