@@ -620,6 +620,15 @@ async fn nothing_is_written_when_nothing_changed() {
     .await;
     let before = get_pool(c, &gpupool_name(&before)).await;
     let ds_before = get_daemonset(c, &plugin_name("quiet")).await.unwrap();
+    // The reconcile that wrote Ready publishes its events right after; wait for them.
+    let events_before = wait_for("the pool's creation events", TIMEOUT, || async {
+        let events = events_about(c, "quiet").await;
+        events
+            .iter()
+            .any(|(reason, _)| reason == "Ready")
+            .then_some(events)
+    })
+    .await;
 
     // Irrelevant node changes (an annotation, as heartbeats and other controllers make).
     let nodes: Api<Node> = Api::all(c.clone());
@@ -649,6 +658,11 @@ async fn nothing_is_written_when_nothing_changed() {
     assert_eq!(
         ds_after.metadata.generation, ds_before.metadata.generation,
         "DaemonSet rewritten without a change"
+    );
+    assert_eq!(
+        events_about(c, "quiet").await,
+        events_before,
+        "no events in steady state"
     );
 }
 
@@ -723,4 +737,25 @@ async fn an_auto_pool_never_puts_its_plugin_on_a_specialized_image_node() {
     let per_node = plugin_pods_per_node(c, Some(PLUGIN_NAMESPACE)).await;
     assert_eq!(per_node.get("mixed-special-0"), None, "{per_node:?}");
     assert_eq!(per_node.get("mixed-std-0"), Some(&1));
+}
+
+/// (reason, count) of the Events about a pool, as `kubectl describe` shows them.
+async fn events_about(c: &kube::Client, pool: &str) -> Vec<(String, i32)> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), "default");
+    let mut out: Vec<(String, i32)> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pool))
+        .map(|e| {
+            (
+                e.reason.unwrap_or_default(),
+                e.series.map_or(1, |s| s.count),
+            )
+        })
+        .collect();
+    out.sort();
+    out
 }
