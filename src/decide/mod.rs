@@ -8,6 +8,8 @@ pub mod daemonset;
 pub mod events;
 pub mod image;
 pub mod nodes;
+#[cfg(test)]
+mod proptests;
 pub mod scheduling;
 pub mod selector;
 pub mod status;

@@ -101,15 +101,33 @@ pub fn parse_count(q: &str) -> i64 {
     if let Ok(n) = q.parse::<i64>() {
         return n.max(0);
     }
-    // Decimal SI suffixes are legal for quantities ("1k"); devices never use them, but be exact.
-    let (digits, mult) = match q.char_indices().last() {
-        Some((i, 'k')) => (&q[..i], 1_000),
-        Some((i, 'M')) => (&q[..i], 1_000_000),
-        _ => return 0,
-    };
-    digits
-        .parse::<i64>()
-        .map_or(0, |n| n.saturating_mul(mult).max(0))
+    // Suffixes are legal for integer quantities ("1k", "2Ei"); devices never use them, but be
+    // exact (saturating: the API server accepts anything up to i64::MAX).
+    const SUFFIXES: [(&str, i64); 12] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("Ei", 1 << 60),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000),
+        ("E", 1_000_000_000_000_000_000),
+    ];
+    SUFFIXES
+        .iter()
+        .find_map(|(suffix, mult)| {
+            let digits = q.strip_suffix(suffix)?;
+            Some(
+                digits
+                    .parse::<i64>()
+                    .map_or(0, |n| n.saturating_mul(*mult).max(0)),
+            )
+        })
+        .unwrap_or(0)
 }
 
 /// Strips a Node down to what gpupool reads, before it enters the cache: no managedFields,
@@ -259,6 +277,10 @@ mod tests {
         assert_eq!(parse_count("4"), 4);
         assert_eq!(parse_count(" 2 "), 2);
         assert_eq!(parse_count("1k"), 1000);
+        assert_eq!(parse_count("2Ki"), 2048);
+        assert_eq!(parse_count("2Ei"), 2 << 60);
+        assert_eq!(parse_count("10E"), i64::MAX, "saturates");
+        assert_eq!(parse_count("9223372036854775807"), i64::MAX);
         assert_eq!(parse_count("-3"), 0);
         assert_eq!(parse_count("1.5"), 0);
         assert_eq!(parse_count("banana"), 0);

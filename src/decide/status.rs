@@ -238,8 +238,16 @@ pub fn compute_status(i: &StatusInputs) -> StatusOutcome {
         );
     }
 
-    let gpus_capacity: i64 = i.nodes.iter().map(|n| n.gpus_capacity()).sum();
-    let gpus_allocatable: i64 = i.nodes.iter().map(|n| n.gpus_allocatable()).sum();
+    // Saturating: a node may report any integer the API server accepts (up to i64::MAX), and a
+    // plain sum of two such would overflow (a panic in debug builds, a negative count in release).
+    let gpus_capacity: i64 = i
+        .nodes
+        .iter()
+        .fold(0, |sum, n| sum.saturating_add(n.gpus_capacity()));
+    let gpus_allocatable: i64 = i
+        .nodes
+        .iter()
+        .fold(0, |sum, n| sum.saturating_add(n.gpus_allocatable()));
 
     // DevicePluginReady
     let duplicate_on: Vec<String> = if i.plugin.mode == PluginMode::Skipped {
@@ -1043,5 +1051,14 @@ mod tests {
         assert_eq!(s.problem_nodes_total, 50);
         let msg = &cond(&s, READY).unwrap().message;
         assert!(msg.contains("and 40 more"), "{msg}");
+    }
+
+    #[test]
+    fn gpu_sums_saturate_instead_of_overflowing() {
+        let huge = old_node("huge-0", i64::MAX, i64::MAX);
+        let huge2 = old_node("huge-1", i64::MAX, i64::MAX);
+        let out = Case::new(vec![huge, huge2]).run();
+        assert_eq!(out.status.gpus_capacity, i64::MAX);
+        assert_eq!(out.status.gpus_allocatable, i64::MAX);
     }
 }

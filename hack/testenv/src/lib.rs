@@ -16,6 +16,7 @@
 //! Processes never outlive the test process: they are forked from one long-lived thread with
 //! `PR_SET_PDEATHSIG`, and [`Drop`] stops them too.
 
+pub mod bench;
 mod child;
 pub mod nodes;
 mod pki;
@@ -151,6 +152,37 @@ const DROP_GRACE: Duration = Duration::from_secs(1);
 /// way a rolling restart does, short enough to keep fault tests fast.
 const RESTART_GRACE: Duration = Duration::from_secs(2);
 
+/// How to start a plane; [`Options::default`] is what [`ControlPlane::start`] uses. Benchmarks and
+/// fault tests use the rest.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Period of kwok's node status heartbeat (each fake node's status is rewritten this often,
+    /// plus up to 120% jitter). Default [`NODE_STATUS_HEARTBEAT_MS`].
+    pub node_status_heartbeat: Duration,
+    /// `--node-lease-duration-seconds` of kwok (leases are renewed every quarter of it).
+    pub node_lease_duration_seconds: u32,
+    /// An audit policy (YAML) for kube-apiserver; events go to [`ControlPlane::audit_log_path`]
+    /// as JSON lines. None: no auditing.
+    pub audit_policy: Option<String>,
+    /// Extra kube-apiserver flags (e.g. `--watch-cache=false`), appended last so they win.
+    pub apiserver_args: Vec<String>,
+    /// Extra kube-controller-manager flags (e.g. `--node-monitor-grace-period=5m` when node
+    /// leases are renewed slowly at scale), appended last.
+    pub controller_manager_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            node_status_heartbeat: Duration::from_millis(NODE_STATUS_HEARTBEAT_MS),
+            node_lease_duration_seconds: 40,
+            audit_policy: None,
+            apiserver_args: Vec::new(),
+            controller_manager_args: Vec::new(),
+        }
+    }
+}
+
 /// A running private control plane. Dropping it stops every process and deletes its directory
 /// (set `GPUPOOL_TESTENV_KEEP=1` to keep the directory, with logs and etcd data, for debugging).
 pub struct ControlPlane {
@@ -180,6 +212,11 @@ impl ControlPlane {
     /// loopback ports in a fresh temp dir, and returns once the API server is ready and the
     /// controller-manager has created the `default` ServiceAccount (pods can be created then).
     pub async fn start() -> Result<ControlPlane, Error> {
+        Self::start_with(Options::default()).await
+    }
+
+    /// [`ControlPlane::start`] with [`Options`] (heartbeat period, audit log, API server flags).
+    pub async fn start_with(options: Options) -> Result<ControlPlane, Error> {
         let bin_dir = bin_dir()?;
         let base = std::env::temp_dir().join("gpupool-testenv");
         std::fs::create_dir_all(&base)
@@ -271,37 +308,55 @@ impl ControlPlane {
                 "--log-level=warn".into(),
             ]),
         );
-        let apiserver = spec(
-            APISERVER,
-            args([
-                format!("--etcd-servers={etcd_client_url}"),
-                format!("--cert-dir={}", root.join("pki").display()),
-                format!("--tls-cert-file={}", pki.server_crt.display()),
-                format!("--tls-private-key-file={}", pki.server_key.display()),
-                format!("--secure-port={api_port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--authorization-mode=Node,RBAC".into(),
-                format!("--token-auth-file={}", token_file.display()),
-                "--service-account-issuer=https://kubernetes.default.svc".into(),
-                format!("--service-account-key-file={}", pki.sa_pub.display()),
-                format!(
-                    "--service-account-signing-key-file={}",
-                    pki.sa_key.display()
-                ),
-                // No API Priority and Fairness and generous in-flight limits: tests and
-                // benchmarks must measure the operator, not the apiserver's throttling.
-                "--enable-priority-and-fairness=false".into(),
-                "--max-requests-inflight=3000".into(),
-                "--max-mutating-requests-inflight=1000".into(),
-                "--allow-privileged=true".into(),
-                "--profiling=false".into(),
-                // The `kubernetes` Service's endpoints cannot hold a loopback address (the
-                // reconciler would log an error every 10 s), and nothing runs in-cluster here.
-                "--endpoint-reconciler-type=none".into(),
-            ]),
-        );
+        let audit_log = root.join("logs/audit.log");
+        let mut apiserver_args = args([
+            format!("--etcd-servers={etcd_client_url}"),
+            format!("--cert-dir={}", root.join("pki").display()),
+            format!("--tls-cert-file={}", pki.server_crt.display()),
+            format!("--tls-private-key-file={}", pki.server_key.display()),
+            format!("--secure-port={api_port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=Node,RBAC".into(),
+            format!("--token-auth-file={}", token_file.display()),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={}", pki.sa_pub.display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_key.display()
+            ),
+            // No API Priority and Fairness and generous in-flight limits: tests and
+            // benchmarks must measure the operator, not the apiserver's throttling.
+            "--enable-priority-and-fairness=false".into(),
+            "--max-requests-inflight=3000".into(),
+            "--max-mutating-requests-inflight=1000".into(),
+            "--allow-privileged=true".into(),
+            "--profiling=false".into(),
+            // The `kubernetes` Service's endpoints cannot hold a loopback address (the
+            // reconciler would log an error every 10 s), and nothing runs in-cluster here.
+            "--endpoint-reconciler-type=none".into(),
+        ]);
+        if let Some(policy) = &options.audit_policy {
+            let policy_path = root.join("audit-policy.yaml");
+            std::fs::write(&policy_path, policy)
+                .map_err(|e| Error::io(format!("writing {}", policy_path.display()), e))?;
+            apiserver_args.extend(
+                [
+                    format!("--audit-policy-file={}", policy_path.display()),
+                    format!("--audit-log-path={}", audit_log.display()),
+                    "--audit-log-format=json".into(),
+                    "--audit-log-maxsize=0".into(),
+                    // Batches keep auditing off the request path at benchmark rates.
+                    "--audit-log-mode=batch".into(),
+                    "--audit-log-batch-max-wait=1s".into(),
+                    "--audit-log-batch-max-size=1000".into(),
+                ]
+                .map(OsString::from),
+            );
+        }
+        apiserver_args.extend(options.apiserver_args.iter().map(OsString::from));
+        let apiserver = spec(APISERVER, apiserver_args);
         let scheduler_config = root.join("kube-scheduler.yaml");
         std::fs::write(
             &scheduler_config,
@@ -314,25 +369,24 @@ impl ControlPlane {
             ),
         )
         .map_err(|e| Error::io(format!("writing {}", scheduler_config.display()), e))?;
-        let controller_manager = spec(
-            CONTROLLER_MANAGER,
-            args([
-                format!("--kubeconfig={}", kcm_kubeconfig.display()),
-                "--use-service-account-credentials=true".into(),
-                format!(
-                    "--service-account-private-key-file={}",
-                    pki.sa_key.display()
-                ),
-                format!("--root-ca-file={}", pki.ca_crt.display()),
-                "--controllers=*".into(),
-                "--leader-elect=false".into(),
-                "--bind-address=127.0.0.1".into(),
-                // No serving endpoint: nothing scrapes it, and it saves a port.
-                "--secure-port=0".into(),
-                "--kube-api-qps=200".into(),
-                "--kube-api-burst=400".into(),
-            ]),
-        );
+        let mut controller_manager_args = args([
+            format!("--kubeconfig={}", kcm_kubeconfig.display()),
+            "--use-service-account-credentials=true".into(),
+            format!(
+                "--service-account-private-key-file={}",
+                pki.sa_key.display()
+            ),
+            format!("--root-ca-file={}", pki.ca_crt.display()),
+            "--controllers=*".into(),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+            // No serving endpoint: nothing scrapes it, and it saves a port.
+            "--secure-port=0".into(),
+            "--kube-api-qps=200".into(),
+            "--kube-api-burst=400".into(),
+        ]);
+        controller_manager_args.extend(options.controller_manager_args.iter().map(OsString::from));
+        let controller_manager = spec(CONTROLLER_MANAGER, controller_manager_args);
         let scheduler = spec(
             SCHEDULER,
             args([
@@ -340,7 +394,7 @@ impl ControlPlane {
                 "--secure-port=0".into(),
             ]),
         );
-        let kwok_stages = stages::prepare(&bin_dir, &root)?;
+        let kwok_stages = stages::prepare(&bin_dir, &root, options.node_status_heartbeat)?;
         let kwok = spec(
             KWOK,
             args([
@@ -348,7 +402,10 @@ impl ControlPlane {
                 format!("--config={}", kwok_stages.display()),
                 // Only nodes made by `nodes::create_node` are fake; anything else is left alone.
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
-                "--node-lease-duration-seconds=40".into(),
+                format!(
+                    "--node-lease-duration-seconds={}",
+                    options.node_lease_duration_seconds
+                ),
                 // Pod IPs; kept apart from the service range.
                 "--cidr=10.244.0.0/16".into(),
             ]),
@@ -412,6 +469,50 @@ impl ControlPlane {
     /// Admin kubeconfig (user `admin`, group `system:masters`); self-contained.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// Where kube-apiserver writes audit events (JSON lines) when [`Options::audit_policy`] is set.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.root.join("logs/audit.log")
+    }
+
+    /// Compacts etcd's history up to its current revision (physically), so any watch or list
+    /// asking for an older resourceVersion gets `410 Gone` from etcd. Returns that revision.
+    pub async fn compact_etcd(&self) -> Result<i64, Error> {
+        let addr = self
+            .etcd_client_url
+            .strip_prefix("http://")
+            .unwrap_or(&self.etcd_client_url)
+            .to_owned();
+        // etcd's gRPC gateway: JSON over plain HTTP on the client URL; keys are base64.
+        let range = etcd_post(&addr, "/v3/kv/range", r#"{"key":"AA==","limit":1}"#).await?;
+        let revision = range
+            .get("header")
+            .and_then(|h| h.get("revision"))
+            .and_then(|r| {
+                r.as_str()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .or(r.as_i64())
+            })
+            .ok_or_else(|| Error::Command {
+                what: "etcd range (reading the current revision)".into(),
+                detail: range.to_string(),
+            })?;
+        etcd_post(
+            &addr,
+            "/v3/kv/compaction",
+            &format!(r#"{{"revision":"{revision}","physical":true}}"#),
+        )
+        .await?;
+        Ok(revision)
+    }
+
+    /// Process ids of the running components (name, pid), for resource accounting.
+    pub fn component_pids(&self) -> Vec<(&'static str, u32)> {
+        self.procs()
+            .iter()
+            .map(|r| (r.name, r.child.id()))
+            .collect()
     }
 
     /// A new admin client. A kube `Client` belongs to the tokio runtime it was made in, and each
@@ -703,6 +804,36 @@ fn write_kubeconfig(
         detail: e.to_string(),
     })?;
     process::write_private(path, text.as_bytes())
+}
+
+/// Plain-HTTP JSON POST to etcd's gRPC gateway; returns the parsed response body.
+async fn etcd_post(addr: &str, path: &str, body: &str) -> Result<serde_json::Value, Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fail = |detail: String| Error::Command {
+        what: format!("etcd POST {path}"),
+        detail,
+    };
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| fail(format!("connecting to {addr}: {e}")))?;
+    let request = format!(
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let (head, payload) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(fail(response));
+    }
+    serde_json::from_str(payload).map_err(|e| fail(format!("{e}: {payload}")))
 }
 
 /// Plain-HTTP `GET /health` against etcd's client URL.

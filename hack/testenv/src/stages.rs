@@ -29,7 +29,11 @@ pub const NODE_STATUS_HEARTBEAT_MS: u64 = 10_000;
 const NODE_STATUS_HEARTBEAT_JITTER_MS: u64 = 12_000;
 
 /// Writes `<out_dir>/kwok-stages.yaml` from the stage files in `<bin_dir>/kwok-stages`.
-pub(crate) fn prepare(bin_dir: &Path, out_dir: &Path) -> Result<PathBuf, Error> {
+pub(crate) fn prepare(
+    bin_dir: &Path,
+    out_dir: &Path,
+    heartbeat: std::time::Duration,
+) -> Result<PathBuf, Error> {
     let src = bin_dir.join("kwok-stages");
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&src)
         .map_err(|e| {
@@ -66,7 +70,7 @@ pub(crate) fn prepare(bin_dir: &Path, out_dir: &Path) -> Result<PathBuf, Error> 
                 .unwrap_or_default()
                 .to_owned();
             if name == "node-heartbeat-with-lease" {
-                set_delay(&mut doc);
+                set_delay(&mut doc, heartbeat);
             }
             names.push(name);
             docs.push(doc);
@@ -99,17 +103,14 @@ pub(crate) fn prepare(bin_dir: &Path, out_dir: &Path) -> Result<PathBuf, Error> 
     Ok(path)
 }
 
-fn set_delay(stage: &mut Value) {
+fn set_delay(stage: &mut Value, heartbeat: std::time::Duration) {
+    let period = u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX);
+    // The same jitter-to-period ratio as the default (12 s on 10 s).
+    let jitter = period.saturating_mul(NODE_STATUS_HEARTBEAT_JITTER_MS) / NODE_STATUS_HEARTBEAT_MS;
     if let Some(spec) = stage.get_mut("spec").and_then(Value::as_mapping_mut) {
         let mut delay = serde_yaml::Mapping::new();
-        delay.insert(
-            "durationMilliseconds".into(),
-            NODE_STATUS_HEARTBEAT_MS.into(),
-        );
-        delay.insert(
-            "jitterDurationMilliseconds".into(),
-            NODE_STATUS_HEARTBEAT_JITTER_MS.into(),
-        );
+        delay.insert("durationMilliseconds".into(), period.into());
+        delay.insert("jitterDurationMilliseconds".into(), jitter.into());
         spec.insert("delay".into(), Value::Mapping(delay));
     }
 }
