@@ -208,6 +208,10 @@ pub fn compute_status(i: &StatusInputs) -> StatusOutcome {
             NodeHealth::OutOfService(reason, message) => problem(&node.name, reason, message),
         }
     }
+    // The nodes come in cache order, which changes as nodes come and go: sort the names the
+    // messages list, so the same nodes always give the same status (and no needless write).
+    failing.sort();
+    waiting.sort();
     for (node, pool) in &i.claims.served_by_other_pool {
         problem(
             node,
@@ -980,6 +984,24 @@ mod tests {
         let mut again = Case::new(vec![old_node("a", 1, 1), old_node("b", 0, 0)]);
         again.previous = first.conditions.clone();
         assert_eq!(again.run().status, first, "no change, so no status write");
+    }
+
+    #[test]
+    fn node_order_does_not_change_the_status() {
+        let mut fresh_a = gpu_node("fresh-a", 0, 0);
+        fresh_a.created = Some("2026-11-23T11:58:00Z".parse().unwrap());
+        let mut fresh_b = fresh_a.clone();
+        fresh_b.name = "fresh-b".into();
+        let waiting = |nodes: Vec<NodeFacts>| Case::new(nodes).run().status;
+        assert_eq!(
+            waiting(vec![fresh_a.clone(), fresh_b.clone()]),
+            waiting(vec![fresh_b, fresh_a])
+        );
+        let failing = |nodes: Vec<NodeFacts>| Case::new(nodes).run().status;
+        assert_eq!(
+            failing(vec![old_node("a", 0, 0), old_node("b", 0, 0)]),
+            failing(vec![old_node("b", 0, 0), old_node("a", 0, 0)])
+        );
     }
 
     #[test]
