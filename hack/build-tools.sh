@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Builds the pinned packaging tools from Go modules (no Docker, no downloads besides the Go module
+# proxy) into a cache folder outside the repo, keyed by versions, the way build-control-plane.sh
+# builds Kubernetes. Idempotent: a second run only checks that the binaries exist. Prints the bin
+# folder on its last line of stdout.
+#
+#   hack/build-tools.sh            # build (or reuse) and print the bin folder
+#
+# Tools:
+#   helm      helm.sh/helm/v3 (lint, template and install the chart in charts/)
+#   kstatus   hack/tools/kstatus/main.go: prints what sigs.k8s.io/cli-utils/pkg/kstatus/status
+#             (the library Flux and kpt use to judge health) computes for an object read from
+#             stdin (YAML or JSON): Current, InProgress, Failed, ... and the message
+#
+# Environment:
+#   GPUPOOL_CACHE   cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/gpupool), shared with
+#                   build-control-plane.sh
+#   GPUPOOL_TOOLS_BIN  folder with existing `helm` and `kstatus` binaries: used as is
+set -euo pipefail
+
+# Pinned versions (bump here; the cache folder is keyed by them).
+HELM_VERSION=v3.22.0
+CLI_UTILS_VERSION=v0.37.2
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+KSTATUS_SRC="$ROOT/hack/tools/kstatus/main.go"
+
+log() { echo "[tools] $*" >&2; }
+die() { echo "[tools] error: $*" >&2; exit 1; }
+
+if [[ -n "${GPUPOOL_TOOLS_BIN:-}" ]]; then
+  for b in helm kstatus; do
+    [[ -x "$GPUPOOL_TOOLS_BIN/$b" ]] || die "GPUPOOL_TOOLS_BIN=$GPUPOOL_TOOLS_BIN has no executable '$b'"
+  done
+  log "using tools from GPUPOOL_TOOLS_BIN=$GPUPOOL_TOOLS_BIN"
+  echo "$GPUPOOL_TOOLS_BIN"
+  exit 0
+fi
+
+command -v go >/dev/null 2>&1 || die "Go is not installed (need Go >= 1.26 on PATH to build helm and kstatus)"
+[[ -f "$KSTATUS_SRC" ]] || die "missing $KSTATUS_SRC"
+
+CACHE="${GPUPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gpupool}"
+BIN="$CACHE/bin/tools_helm-${HELM_VERSION}_cli-utils-${CLI_UTILS_VERSION}"
+mkdir -p "$BIN"
+
+export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+
+# Only one build at a time per cache folder (tests of several binaries may call this at once).
+exec 9>"$BIN/.lock"
+if ! flock -n 9; then
+  log "another build-tools.sh is running; waiting for it"
+  flock 9
+fi
+
+# Runs a long command while printing a heartbeat, so a cold build does not look hung.
+with_progress() {
+  local what=$1; shift
+  local start=$SECONDS
+  "$@" &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 30 &
+    wait $! 2>/dev/null || true
+    kill -0 "$pid" 2>/dev/null && log "$what: still building ($((SECONDS - start))s)"
+  done
+  wait "$pid" || die "$what failed"
+  log "$what: done in $((SECONDS - start))s"
+}
+
+build_helm() {
+  local work="$CACHE/src/helm-${HELM_VERSION}"
+  mkdir -p "$work"
+  if [[ ! -f "$work/go.mod" ]]; then
+    log "preparing wrapper module for helm.sh/helm/v3 ${HELM_VERSION}"
+    (
+      cd "$work"
+      printf 'module gpupool.local/helm-build\n\ngo 1.26.0\n' > go.mod.tmp
+      mv go.mod.tmp go.mod
+      go get "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" >&2
+    ) || { rm -f "$work/go.mod"; die "resolving helm.sh/helm/v3 ${HELM_VERSION} modules failed"; }
+  fi
+  local ldflags
+  ldflags=$(helm_ldflags "$work") || die "cannot determine the k8s.io/client-go version helm ${HELM_VERSION} uses"
+  (
+    cd "$work"
+    with_progress "helm ${HELM_VERSION}" go build -trimpath -ldflags "$ldflags" -o "$BIN/helm.tmp" helm.sh/helm/v3/cmd/helm
+  ) || die "building helm failed"
+  mv "$BIN/helm.tmp" "$BIN/helm"
+  echo "$ldflags" > "$BIN/helm.ldflags"
+}
+
+# As helm's Makefile: the version, and the Kubernetes version `helm template` and `helm lint`
+# assume without a cluster (client-go v0.X.Y -> 1.X; the default otherwise is 1.20, which fails
+# charts that declare a kubeVersion).
+helm_ldflags() {
+  local client_go
+  client_go=$(cd "$1" && go list -m -f '{{.Version}}' k8s.io/client-go) || return 1
+  local minor=${client_go#v0.}; minor=${minor%%.*}
+  local ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+  ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  local pkg
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ldflags+=" -X ${pkg}.k8sVersionMajor=1 -X ${pkg}.k8sVersionMinor=${minor}"
+  done
+  echo "$ldflags"
+}
+
+have_helm() {
+  [[ -x "$BIN/helm" && -f "$BIN/helm.ldflags" && -f "$CACHE/src/helm-${HELM_VERSION}/go.mod" ]] || return 1
+  [[ "$(cat "$BIN/helm.ldflags")" == "$(helm_ldflags "$CACHE/src/helm-${HELM_VERSION}")" ]]
+}
+
+src_hash() { sha256sum "$KSTATUS_SRC" | cut -d' ' -f1; }
+
+have_kstatus() {
+  [[ -x "$BIN/kstatus" && -f "$BIN/kstatus.src.sha256" && "$(cat "$BIN/kstatus.src.sha256")" == "$(src_hash)" ]]
+}
+
+build_kstatus() {
+  local work="$CACHE/src/kstatus-cli-utils-${CLI_UTILS_VERSION}"
+  mkdir -p "$work"
+  cp "$KSTATUS_SRC" "$work/main.go"
+  if [[ ! -f "$work/go.sum" ]]; then
+    log "preparing module for kstatus (sigs.k8s.io/cli-utils ${CLI_UTILS_VERSION})"
+    (
+      cd "$work"
+      printf 'module gpupool.local/kstatus\n\ngo 1.26.0\n' > go.mod
+      go get "sigs.k8s.io/cli-utils@${CLI_UTILS_VERSION}" >&2
+      go mod tidy >&2
+    ) || { rm -f "$work/go.mod" "$work/go.sum"; die "resolving sigs.k8s.io/cli-utils ${CLI_UTILS_VERSION} modules failed"; }
+  fi
+  (
+    cd "$work"
+    with_progress "kstatus (cli-utils ${CLI_UTILS_VERSION})" go build -trimpath -ldflags "-s -w" -o "$BIN/kstatus.tmp" .
+  ) || die "building kstatus failed (if you changed $KSTATUS_SRC's imports, remove $work/go.sum to re-resolve)"
+  mv "$BIN/kstatus.tmp" "$BIN/kstatus"
+  src_hash > "$BIN/kstatus.src.sha256"
+}
+
+have_helm || build_helm
+have_kstatus || build_kstatus
+
+"$BIN/helm" version --short >/dev/null 2>&1 || die "$BIN/helm does not run (remove it to rebuild)"
+log "tools ready in $BIN"
+echo "$BIN"
