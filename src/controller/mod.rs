@@ -68,6 +68,11 @@ pub struct Context {
     pub daemonsets: Store<DaemonSet>,
     pub triggers: Arc<NodeTriggers>,
     failures: Mutex<HashMap<String, u32>>,
+    /// True once the pool, node and DaemonSet caches hold a full list. Reconciles wait on this
+    /// and never on `Store::wait_until_ready` itself: that future keeps a single waker, so of
+    /// many concurrent waiters only the last one is ever woken (kube-runtime 5's `DelayedInit`
+    /// wraps a oneshot channel) and the rest would hang for good.
+    synced: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Options of the controller loop.
@@ -148,7 +153,9 @@ pub async fn run(
     .default_backoff()
     .reflect(pool_events_writer)
     .touched_objects();
-    // Readiness: the pool, node and DaemonSet caches hold a full list.
+    // Readiness: the pool, node and DaemonSet caches hold a full list. This task is the only
+    // waiter on each of these stores (see `Context::synced`).
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
     {
         let (pools, nodes, daemonsets, health) = (
             pool_events_reader.clone(),
@@ -163,6 +170,7 @@ pub async fn run(
             health
                 .caches_synced
                 .store(true, std::sync::atomic::Ordering::Release);
+            let _ = synced_tx.send(true);
             info!("caches synced");
         });
     }
@@ -229,6 +237,7 @@ pub async fn run(
         daemonsets,
         triggers,
         failures: Mutex::new(HashMap::new()),
+        synced,
     });
 
     controller
@@ -271,8 +280,7 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
         return Ok(Action::await_change());
     }
     // Decisions on a half-filled cache would report nodes missing that are merely not listed yet.
-    let _ = ctx.nodes.wait_until_ready().await;
-    let _ = ctx.daemonsets.wait_until_ready().await;
+    let _ = ctx.synced.clone().wait_for(|synced| *synced).await;
 
     // Observe: everything from the caches.
     let all_nodes = ctx.nodes.state();
