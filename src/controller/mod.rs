@@ -29,7 +29,7 @@ use crate::decide::daemonset::daemonset_name;
 use crate::decide::events::pool_events;
 use crate::decide::nodes::{NodeFacts, trim_node};
 use crate::decide::selector::selects;
-use crate::decide::status::{StatusInputs, compute_status};
+use crate::decide::status::{PluginState, Stall, StatusInputs, compute_status};
 use crate::decide::{Settings, decide, is_device_plugin, owned_by_gpupool};
 use crate::server::Health;
 use crate::telemetry::Metrics;
@@ -332,24 +332,40 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
         MANAGER,
     );
 
-    // Apply.
-    let applied = apply_daemonset(&ctx.client, &namespace, action, live.as_deref()).await?;
-    let change = applied.change.clone();
-    // A DaemonSet left behind in another namespace (the plugin namespace flag changed).
+    // Apply. A DaemonSet of this pool left in another namespace (the plugin namespace flag
+    // changed) goes first, so that no node ever runs two plugins.
+    let mut stale_stall = None;
     for stale in all_daemonsets.iter().filter(|ds| {
         controller_uid(ds) == Some(pool_uid.as_str())
             && ds.namespace().as_deref() != Some(namespace.as_str())
     }) {
-        let ns = stale.namespace().unwrap_or_default();
-        apply::delete(
-            &ctx.client,
-            &ns,
-            &stale.name_any(),
-            &DeleteParams::background(),
-        )
-        .await?;
-        info!(pool = %name, "removed DaemonSet {ns}/{} from the previous plugin namespace", stale.name_any());
+        let (ns, stale_name) = (stale.namespace().unwrap_or_default(), stale.name_any());
+        match apply::delete(&ctx.client, &ns, &stale_name, &DeleteParams::background()).await {
+            Ok(()) => {
+                info!(pool = %name, "removed DaemonSet {ns}/{stale_name} from the previous plugin namespace")
+            }
+            Err(ApplyError::Transient(kube::Error::Api(status))) if status.code == 403 => {
+                stale_stall = Some(Stall {
+                    reason: "StaleDaemonSet",
+                    message: format!(
+                        "this pool's DaemonSet {ns}/{stale_name} is left in the previous plugin namespace and the operator may not delete it (its RBAC covers {namespace} only); delete it: kubectl -n {ns} delete daemonset {stale_name}"
+                    ),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
+    let applied = match stale_stall {
+        Some(stall) => apply::Applied {
+            state: live.as_deref().map_or(PluginState::NotDeployed, |ds| {
+                PluginState::Live(apply::live_state(ds))
+            }),
+            stall: Some(stall),
+            change: None,
+        },
+        None => apply_daemonset(&ctx.client, &namespace, action, live.as_deref()).await?,
+    };
+    let change = applied.change.clone();
 
     // Report.
     let previous = pool.status.clone().unwrap_or_default();
@@ -398,10 +414,7 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
 
     let next = if applied.stall.is_some() {
         STALLED_RETRY
-    } else if matches!(
-        applied.state,
-        crate::decide::status::PluginState::Pending { .. }
-    ) {
+    } else if matches!(applied.state, PluginState::Pending { .. }) {
         // A replaced DaemonSet is recreated once its deletion is visible; the watch usually
         // brings that first, this is the fallback.
         Duration::from_secs(2)

@@ -437,14 +437,11 @@ pub fn compute_status(i: &StatusInputs) -> StatusOutcome {
             ),
         )
     };
-    // kstatus (Flux) reads only Reconciling and Stalled: a pool that is not Ready and not making
-    // progress is Stalled, so GitOps tools show it as failed rather than healthy. Cordoning every
-    // node is an admin's deliberate choice, not a failure.
+    // kstatus (Flux) reads Reconciling and Stalled: a pool that is not Ready and not making
+    // progress is Stalled, so GitOps tools show it as failed rather than in progress forever.
     let stalled: Option<(String, String)> = match i.stall {
         Some(stall) => Some((stall.reason.into(), stall.message.clone())),
-        None if !ready.0 && progressing.is_empty() && ready.1 != "AllNodesCordoned" => {
-            Some((ready.1.into(), ready.2.clone()))
-        }
+        None if !ready.0 && progressing.is_empty() => Some((ready.1.into(), ready.2.clone())),
         None => None,
     };
     conditions.push((READY, ready.0, ready.1.to_string(), ready.2));
@@ -913,8 +910,7 @@ mod tests {
         assert!(cond(&case.run().status, STALLED).is_none());
     }
 
-    /// kstatus reads Reconciling and Stalled only: every not-Ready pool shows exactly one of them,
-    /// except when an admin cordoned every node on purpose.
+    /// For kstatus every not-Ready pool shows exactly one of Reconciling and Stalled.
     #[test]
     fn not_ready_means_reconciling_or_stalled() {
         let failing = Case::new(vec![old_node("a", 1, 1), old_node("lost", 0, 0)])
@@ -934,9 +930,12 @@ mod tests {
         cordoned.unschedulable = true;
         let all_cordoned = Case::new(vec![cordoned]).run().status;
         assert_eq!(cond(&all_cordoned, READY).unwrap().status, "False");
-        assert!(
-            cond(&all_cordoned, STALLED).is_none() && cond(&all_cordoned, RECONCILING).is_none()
+        assert_eq!(
+            cond(&all_cordoned, STALLED).unwrap().reason,
+            "AllNodesCordoned",
+            "it will not get better by itself"
         );
+        assert!(cond(&all_cordoned, RECONCILING).is_none());
 
         let healthy = Case::new(vec![old_node("a", 1, 1)]).run().status;
         assert!(cond(&healthy, STALLED).is_none() && cond(&healthy, RECONCILING).is_none());
