@@ -238,12 +238,19 @@ fn node_affinity(p: &PluginPlacement) -> Affinity {
             terms
         }
     };
+    // One requirement per excluded node (ANDed within the term): the API server accepts a
+    // `metadata.name` field requirement only with exactly one value ("must be only one value
+    // when `operator` is 'In' or 'NotIn' for node field selector"), so a single NotIn listing
+    // two nodes would make the whole DaemonSet invalid.
     let fields = (!p.excluded_nodes.is_empty()).then(|| {
-        vec![NodeSelectorRequirement {
-            key: "metadata.name".into(),
-            operator: "NotIn".into(),
-            values: Some(p.excluded_nodes.to_vec()),
-        }]
+        p.excluded_nodes
+            .iter()
+            .map(|node| NodeSelectorRequirement {
+                key: "metadata.name".into(),
+                operator: "NotIn".into(),
+                values: Some(vec![node.clone()]),
+            })
+            .collect::<Vec<_>>()
     });
     Affinity {
         node_affinity: Some(NodeAffinity {
@@ -389,7 +396,7 @@ mod tests {
     #[test]
     fn placement_is_the_pool_selector_minus_excluded_nodes() {
         let sel = selector(&[("kubernetes.azure.com/agentpool", "gpu")]);
-        let excluded = vec!["n3".to_string()];
+        let excluded = vec!["n3".to_string(), "n7".to_string()];
         let mut p = placement(&sel, None);
         p.excluded_nodes = &excluded;
         let ds = desired_daemonset(&p);
@@ -400,12 +407,16 @@ mod tests {
             (expr.key.as_str(), expr.operator.as_str()),
             ("kubernetes.azure.com/agentpool", "In")
         );
-        let field = &terms[0].match_fields.as_ref().unwrap()[0];
-        assert_eq!(
-            (field.key.as_str(), field.operator.as_str()),
-            ("metadata.name", "NotIn")
-        );
-        assert_eq!(field.values, Some(excluded));
+        // One single-valued requirement per node: the only form the API server accepts.
+        let fields = terms[0].match_fields.as_ref().unwrap();
+        assert_eq!(fields.len(), 2);
+        for (field, node) in fields.iter().zip(&excluded) {
+            assert_eq!(
+                (field.key.as_str(), field.operator.as_str()),
+                ("metadata.name", "NotIn")
+            );
+            assert_eq!(field.values, Some(vec![node.clone()]));
+        }
     }
 
     #[test]
