@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
@@ -103,6 +103,30 @@ fn trim_daemonset(ds: &mut DaemonSet) {
     }
 }
 
+/// Marks objects of Delete events (after the reflector has applied them), so the mappers can
+/// tell a deletion from an object listed while the store is being re-filled.
+const DELETED_MARK: &str = "gpupool.io/internal-deleted-event";
+
+fn mark_deleted<K: Resource>(event: watcher::Event<K>) -> watcher::Event<K> {
+    match event {
+        watcher::Event::Delete(mut obj) => {
+            obj.meta_mut()
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(DELETED_MARK.into(), String::new());
+            watcher::Event::Delete(obj)
+        }
+        other => other,
+    }
+}
+
+fn is_deleted_event<K: Resource>(obj: &K) -> bool {
+    obj.meta()
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(DELETED_MARK))
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -118,6 +142,7 @@ pub async fn run(
         .default_backoff()
         .modify(trim_node)
         .reflect(node_writer)
+        .map_ok(mark_deleted)
         .touched_objects();
     let (daemonsets, ds_writer) = reflector::store();
     let ds_events = watcher(ds_api, watcher::Config::default().any_semantic())
@@ -132,9 +157,12 @@ pub async fn run(
     let triggers = Arc::new(NodeTriggers::default());
 
     let node_mapper = {
-        let (pools, nodes, triggers) = (pools.clone(), nodes.clone(), triggers.clone());
+        let (pools, triggers) = (pools.clone(), triggers.clone());
         move |node: Node| {
-            let exists = nodes.get(&ObjectRef::from_obj(&node)).is_some();
+            // Not a store lookup: during a (re-)list the store is swapped in only at the end, so
+            // every listed node would look deleted, lose its fingerprint, and make its pools
+            // reconcile again at its next heartbeat (one reconcile per node after each start).
+            let exists = !is_deleted_event(&node);
             let facts = NodeFacts::from_node(&node);
             let all = pools.state();
             triggers
@@ -152,6 +180,7 @@ pub async fn run(
     )
     .default_backoff()
     .reflect(pool_events_writer)
+    .map_ok(mark_deleted)
     .touched_objects();
     // Readiness: the pool, node and DaemonSet caches hold a full list. This task is the only
     // waiter on each of these stores (see `Context::synced`).
@@ -179,9 +208,9 @@ pub async fn run(
         let (triggers, metrics, gpu_waits) =
             (triggers.clone(), options.metrics.clone(), gpu_waits.clone());
         move |pool: GpuPool| -> Vec<ObjectRef<GpuPool>> {
-            let exists = pool_events_reader
-                .get(&ObjectRef::from_obj(&pool))
-                .is_some();
+            // Not a store lookup: during a re-list (e.g. after 410 Gone) the store is swapped in
+            // only at the end, and every pool would look deleted and lose its recorded members.
+            let exists = !is_deleted_event(&pool);
             if !exists {
                 // A deleted pool (no finalizer) is never reconciled again: drop its state here.
                 let name = pool.name_any();
