@@ -308,3 +308,20 @@ pub fn placement(ds: &DaemonSet) -> (serde_json::Value, Vec<String>) {
 pub fn name_of(pool: &GpuPool) -> String {
     pool.name_any()
 }
+
+/// Process id of the shared operator started by [`env`] (None before that).
+pub fn operator_pid() -> Option<u32> {
+    let cell = OPERATOR.get()?;
+    let guard = cell.lock().unwrap_or_else(|e| e.into_inner());
+    guard.as_ref().map(ChildProcess::id)
+}
+
+/// How the shared operator exited, or None while it runs (or before [`env`] started it).
+pub fn operator_exit() -> Option<String> {
+    let cell = OPERATOR.get()?;
+    let mut guard = cell.lock().unwrap_or_else(|e| e.into_inner());
+    guard
+        .as_mut()
+        .and_then(ChildProcess::try_wait)
+        .map(|s| s.to_string())
+}

@@ -720,7 +720,7 @@ async fn run_on(plane: &ControlPlane, opts: &BenchOptions, user: &str) -> Result
                     .await
                     .map_err(|e| format!("creating node {}: {e}", node.name))?;
                 let n = created.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if n % 1000 == 0 {
+                if n.is_multiple_of(1000) {
                     log(format!("  {n} nodes"));
                 }
                 Ok::<(), String>(())
@@ -947,9 +947,10 @@ async fn run_on(plane: &ControlPlane, opts: &BenchOptions, user: &str) -> Result
         phase_mark,
     ));
 
-    // Phase 2: one node at a time, allocatable down by one (or back up), until the pool shows it.
+    // Phase 2: one node at a time, allocatable down by one until the pool shows it, then back
+    // up until the pool shows that (so the cluster is healthy again for the quiet period).
     log(format!(
-        "phase 2: changing nvidia.com/gpu allocatable on {} nodes",
+        "phase 2: changing nvidia.com/gpu allocatable on {} nodes (down, then back up)",
         opts.samples
     ));
     phase_mark = Instant::now();
@@ -957,29 +958,47 @@ async fn run_on(plane: &ControlPlane, opts: &BenchOptions, user: &str) -> Result
     for k in 0..opts.samples {
         let j = (k * stride + k % opts.pools) % opts.nodes;
         let (cap, alloc) = gpus[j];
-        let new_alloc = if alloc == cap { alloc - 1 } else { cap };
-        gpus[j] = (cap, new_alloc);
-        let want = expected(&gpus)[j % opts.pools].clone();
-        let pool = pool_name(j % opts.pools);
-        let t0 = Instant::now();
-        nodes::set_gpus(&client, &node_name(j), cap, new_alloc)
-            .await
-            .map_err(|e| format!("set_gpus {}: {e}", node_name(j)))?;
-        let at = until(
-            &format!("{pool} to show {} allocatable GPUs", want.allocatable),
-            Duration::from_secs(60),
-            Duration::from_millis(2),
-            || async {
-                let (seen, at) = board.get(&pool)?;
-                (seen.allocatable == Some(want.allocatable) && at >= t0).then_some(at)
-            },
-        )
-        .await?;
-        report
-            .gpu_change_to_status
-            .samples
-            .push(at.saturating_duration_since(t0));
+        for new_alloc in [alloc - 1, alloc] {
+            gpus[j] = (cap, new_alloc);
+            let want = expected(&gpus)[j % opts.pools].clone();
+            let pool = pool_name(j % opts.pools);
+            let t0 = Instant::now();
+            nodes::set_gpus(&client, &node_name(j), cap, new_alloc)
+                .await
+                .map_err(|e| format!("set_gpus {}: {e}", node_name(j)))?;
+            let at = until(
+                &format!("{pool} to show {} allocatable GPUs", want.allocatable),
+                Duration::from_secs(60),
+                Duration::from_millis(2),
+                || async {
+                    let (seen, at) = board.get(&pool)?;
+                    (seen.allocatable == Some(want.allocatable) && at >= t0).then_some(at)
+                },
+            )
+            .await?;
+            report
+                .gpu_change_to_status
+                .samples
+                .push(at.saturating_duration_since(t0));
+        }
     }
+    // Let every pool settle (statuses current, nothing in flight) before the quiet period.
+    until(
+        "every pool current after the GPU changes",
+        opts.timeout,
+        Duration::from_millis(100),
+        || async {
+            let want = expected(&gpus);
+            (0..opts.pools)
+                .all(|i| {
+                    board
+                        .get(&pool_name(i))
+                        .is_some_and(|(s, _)| s.current(&want[i]))
+                })
+                .then_some(())
+        },
+    )
+    .await?;
     windows.push(end_phase(
         &mut report,
         &mut cpu_mark,

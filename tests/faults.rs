@@ -1,0 +1,633 @@
+//! Faults: the operator SIGKILLed repeatedly while pools and nodes churn, kube-apiserver and etcd
+//! restarted under it (with etcd compacted, so its watches expire with 410 Gone), and garbage on
+//! nodes. Tests that break the plane start their own; the garbage test shares the plane and the
+//! operator of the other integration tests.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gpupool::api::GpuPool;
+use gpupool::decide::nodes::NodeFacts;
+use gpupool::decide::selector::selects;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use support::*;
+use testenv::nodes::{GpuNode, create_node, delete_node, set_gpus};
+use testenv::{ChildProcess, ControlPlane, Options};
+
+/// Bound for convergence after a restart; generous for a 2-core machine running other planes.
+const CONVERGE: Duration = Duration::from_secs(90);
+
+fn pool_yaml(name: &str, selector: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: gpupool.io/v1alpha1\nkind: GpuPool\nmetadata:\n  name: {name}\nspec:\n  nodeSelector:\n{selector}{extra}"
+    )
+}
+
+fn by_agentpool(agentpool: &str) -> String {
+    format!("    matchLabels:\n      kubernetes.azure.com/agentpool: {agentpool}\n")
+}
+
+async fn own_plane(options: Options) -> (ControlPlane, Client) {
+    let plane = ControlPlane::start_with(options)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    install_crd(&plane).await;
+    let client = plane.client().await;
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": PLUGIN_NAMESPACE}}))
+            .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    (plane, client)
+}
+
+/// Everything wrong with the cluster right now, as far as the operator is responsible: pools
+/// whose status is not current or not correct vs the nodes, pools without their DaemonSet,
+/// duplicate DaemonSets for a pool, and DaemonSets whose owner pool does not exist.
+async fn convergence_problems(client: &Client) -> Vec<String> {
+    let pools = Api::<GpuPool>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let nodes: Vec<NodeFacts> = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items.iter().map(NodeFacts::from_node).collect())
+        .unwrap_or_default();
+    let daemonsets = Api::<DaemonSet>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    let live: BTreeMap<String, &GpuPool> = pools
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| (p.uid().unwrap_or_default(), p))
+        .collect();
+    for pool in live.values() {
+        let name = pool.name_any();
+        let members: Vec<&NodeFacts> = nodes
+            .iter()
+            .filter(|n| selects(&pool.spec.node_selector, &n.labels))
+            .collect();
+        let allocatable: i64 = members.iter().map(|n| n.gpus_allocatable()).sum();
+        let Some(status) = pool.status.as_ref() else {
+            problems.push(format!("{name}: no status"));
+            continue;
+        };
+        if status.observed_generation != pool.metadata.generation {
+            problems.push(format!(
+                "{name}: observedGeneration {:?} != generation {:?}",
+                status.observed_generation, pool.metadata.generation
+            ));
+        }
+        if status.nodes as usize != members.len() || status.gpus_allocatable != allocatable {
+            problems.push(format!(
+                "{name}: status says {} nodes / {} GPUs, the cluster has {} / {}",
+                status.nodes,
+                status.gpus_allocatable,
+                members.len(),
+                allocatable
+            ));
+        }
+        let managed = status
+            .device_plugin
+            .as_ref()
+            .is_some_and(|d| d.mode.as_str() == "Managed");
+        let has_ds = daemonsets.iter().any(|ds| {
+            ds.name_any() == plugin_name(&name)
+                && gpupool::decide::action::controller_uid(ds) == pool.uid().as_deref()
+        });
+        if managed && !has_ds {
+            problems.push(format!("{name}: its DaemonSet is missing"));
+        }
+    }
+    let mut per_owner: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for ds in daemonsets
+        .iter()
+        .filter(|ds| gpupool::decide::owned_by_gpupool(ds))
+    {
+        let uid = gpupool::decide::action::controller_uid(ds)
+            .unwrap_or_default()
+            .to_string();
+        per_owner.entry(uid).or_default().push(ds.name_any());
+    }
+    for (uid, names) in per_owner {
+        match live.get(&uid) {
+            None => problems.push(format!(
+                "orphaned DaemonSet(s) {names:?} (owner uid {uid} is gone)"
+            )),
+            Some(pool) if names.len() > 1 => problems.push(format!(
+                "duplicate DaemonSets {names:?} for pool {}",
+                pool.name_any()
+            )),
+            Some(_) => {}
+        }
+    }
+    problems
+}
+
+async fn wait_converged(client: &Client, what: &str, log: &dyn Fn() -> String) {
+    let started = Instant::now();
+    let deadline = started + CONVERGE;
+    let mut next_report = started + Duration::from_secs(5);
+    loop {
+        let problems = convergence_problems(client).await;
+        if problems.is_empty() {
+            return;
+        }
+        if Instant::now() > next_report {
+            eprintln!(
+                "still converging {what} after {:?}: {}",
+                started.elapsed(),
+                problems.join("; ")
+            );
+            next_report += Duration::from_secs(5);
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "not converged {what} after {CONVERGE:?}:\n{}\noperator log:\n{}",
+                problems.join("\n"),
+                log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Polls plugin pods per node until stopped; records every node seen with more than one.
+/// A double is `(node, first seen, last seen)` over consecutive polls.
+struct DoubleWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    doubles: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
+    polls: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DoubleWatch {
+    fn start(client: Client) -> DoubleWatch {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let doubles: Arc<Mutex<Vec<(String, Instant, Instant)>>> = Arc::default();
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = {
+            let (stop, doubles, polls) = (stop.clone(), doubles.clone(), polls.clone());
+            tokio::spawn(async move {
+                let mut open: BTreeMap<String, usize> = BTreeMap::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let api: Api<k8s_openapi::api::core::v1::Pod> =
+                        Api::namespaced(client.clone(), PLUGIN_NAMESPACE);
+                    if let Ok(pods) = api
+                        .list(&ListParams::default().labels("name=nvidia-device-plugin-ds"))
+                        .await
+                    {
+                        let now = Instant::now();
+                        let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+                        for pod in pods
+                            .items
+                            .iter()
+                            .filter(|p| p.metadata.deletion_timestamp.is_none())
+                        {
+                            if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone())
+                            {
+                                *per_node.entry(node).or_insert(0) += 1;
+                            }
+                        }
+                        let mut d = doubles.lock().unwrap();
+                        let mut still = BTreeMap::new();
+                        for (node, _) in per_node.into_iter().filter(|(_, n)| *n > 1) {
+                            match open.get(&node) {
+                                Some(&i) => {
+                                    d[i].2 = now;
+                                    still.insert(node, i);
+                                }
+                                None => {
+                                    d.push((node.clone(), now, now));
+                                    still.insert(node, d.len() - 1);
+                                }
+                            }
+                        }
+                        open = still;
+                        polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        };
+        DoubleWatch {
+            stop,
+            doubles,
+            polls,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (usize, Vec<(String, Instant, Instant)>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.task.await;
+        let doubles = self.doubles.lock().unwrap().clone();
+        (
+            self.polls.load(std::sync::atomic::Ordering::Relaxed),
+            doubles,
+        )
+    }
+}
+
+async fn relabel(client: &Client, node: &str, agentpool: &str) {
+    let patch = serde_json::json!({"metadata": {"labels": {
+        "kubernetes.azure.com/agentpool": agentpool, "agentpool": agentpool
+    }}});
+    Api::<Node>::all(client.clone())
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+async fn delete_pool(client: &Client, name: &str) {
+    match Api::<GpuPool>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => panic!("deleting pool {name}: {e}"),
+    }
+}
+
+fn log_tail(op: &ChildProcess) -> String {
+    op.log_tail(40)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_repeatedly_while_pools_and_nodes_churn_it_always_converges() {
+    let (plane, c) = own_plane(Options::default()).await;
+    let agentpools = ["ka", "kb", "kc"];
+    for (p, agentpool) in agentpools.iter().enumerate() {
+        for i in 0..3 {
+            let mut node = GpuNode::aks(&format!("k-{agentpool}-{i}"), agentpool).gpus(1 + i);
+            if i == 0 {
+                // The overlapping pool "k-zone" selects zone=z1 across agent pools.
+                node = node.label("zone", "z1");
+            }
+            if p == 2 {
+                node = node.taint("sku", "gpu", "NoSchedule");
+            }
+            create_node(&c, &node).await.unwrap();
+        }
+    }
+    let mut op = start_operator(&plane, plane.kubeconfig_path().to_path_buf(), "op-0", &[]);
+    for agentpool in agentpools {
+        create_pool(
+            &c,
+            &pool_yaml(&format!("k-{agentpool}"), &by_agentpool(agentpool), ""),
+        )
+        .await;
+    }
+    // Younger and overlapping: it must leave k-ka-0 and k-kb-0 to the older pools.
+    let zone_pool = pool_yaml("k-zone", "    matchLabels:\n      zone: z1\n", "");
+    create_pool(&c, &zone_pool).await;
+    wait_converged(&c, "initially", &|| log_tail(&op)).await;
+    let doubles = DoubleWatch::start(c.clone());
+
+    let mut extra_nodes: Vec<String> = Vec::new();
+    for round in 0..5u32 {
+        let agentpool = agentpools[round as usize % 3];
+        // Churn while the operator is up, and kill it in the middle of it.
+        let new_node = format!("k-new-{round}");
+        create_node(&c, &GpuNode::aks(&new_node, agentpool).gpus(2))
+            .await
+            .unwrap();
+        extra_nodes.push(new_node);
+        set_gpus(&c, &format!("k-{agentpool}-1"), 4, 3 - round % 2)
+            .await
+            .unwrap();
+        match round {
+            0 => {
+                patch_pool(
+                    &c,
+                    "k-ka",
+                    serde_json::json!({"spec": {"expectedGpusPerNode": 2, "devicePlugin": {"env": [{"name": "ROUND", "value": "0"}]}}}),
+                )
+                .await
+            }
+            1 => delete_pool(&c, "k-zone").await,
+            2 => {
+                create_pool(&c, &zone_pool).await;
+            }
+            3 => delete_pool(&c, "k-kb").await,
+            _ => {
+                create_pool(&c, &pool_yaml("k-kb", &by_agentpool("kb"), "")).await;
+            }
+        }
+        assert!(
+            op.try_wait().is_none(),
+            "the operator died on its own:\n{}",
+            log_tail(&op)
+        );
+        op.kill();
+        // More churn while it is down.
+        let moved = format!("k-{}-2", agentpools[(round as usize + 1) % 3]);
+        relabel(&c, &moved, agentpools[(round as usize + 2) % 3]).await;
+        if round >= 2 {
+            let gone = extra_nodes.remove(0);
+            delete_node(&c, &gone).await.unwrap();
+        }
+        if round == 2 {
+            patch_pool(
+                &c,
+                "k-kc",
+                serde_json::json!({"spec": {"nodeSelector": {"matchExpressions": [{"key": "kubernetes.azure.com/agentpool", "operator": "In", "values": ["kc", "ka"]}]}}}),
+            )
+            .await;
+        }
+        if round == 4 {
+            patch_pool(
+                &c,
+                "k-kc",
+                serde_json::json!({"spec": {"nodeSelector": {"matchExpressions": null}}}),
+            )
+            .await;
+        }
+        op = start_operator(
+            &plane,
+            plane.kubeconfig_path().to_path_buf(),
+            &format!("op-{}", round + 1),
+            &[],
+        );
+        let started = Instant::now();
+        wait_converged(&c, &format!("after restart {}", round + 1), &|| {
+            log_tail(&op)
+        })
+        .await;
+        eprintln!(
+            "round {round}: converged {:?} after the restart",
+            started.elapsed()
+        );
+    }
+    let (polls, found) = doubles.finish().await;
+    assert!(polls > 10, "the pod poller barely ran ({polls} polls)");
+    let report: Vec<String> = found
+        .iter()
+        .map(|(node, from, to)| format!("{node}: two plugin pods for {:?}", *to - *from))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "a node ran two device-plugin pods ({polls} polls):\n{}",
+        report.join("\n")
+    );
+    assert!(op.try_wait().is_none(), "{}", log_tail(&op));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apiserver_and_etcd_restart_with_expired_watches_it_reconnects_and_converges() {
+    // Without the watch cache, watches are served by etcd itself, so resuming one from a
+    // compacted revision is answered with 410 Gone — deterministically. Node heartbeats are
+    // slowed down so nothing advances the operator's watches between the writes below and the
+    // compaction.
+    let (plane, c) = own_plane(Options {
+        apiserver_args: vec!["--watch-cache=false".into()],
+        node_status_heartbeat: Duration::from_secs(600),
+        ..Options::default()
+    })
+    .await;
+    for i in 0..2 {
+        create_node(&c, &GpuNode::aks(&format!("r-gpu-{i}"), "rpool"))
+            .await
+            .unwrap();
+    }
+    let mut op = start_operator(
+        &plane,
+        plane.kubeconfig_path().to_path_buf(),
+        "operator",
+        &["--log-level", "info,gpupool=debug,kube_runtime=debug"],
+    );
+    let pid = op.id();
+    create_pool(&c, &pool_yaml("r", &by_agentpool("rpool"), "")).await;
+    wait_converged(&c, "before the restart", &|| log_tail(&op)).await;
+
+    // Advance etcd past every revision the operator has seen, compact, restart.
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    for i in 0..3 {
+        let cm: ConfigMap =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": format!("bump-{i}")}}))
+                .unwrap();
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let revision = plane.compact_etcd().await.unwrap();
+    plane
+        .restart_apiserver()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let c = plane.client().await;
+
+    // Changes after the restart: a node joins, another loses a GPU, a new pool appears.
+    create_node(&c, &GpuNode::aks("r-gpu-2", "rpool").gpus(2))
+        .await
+        .unwrap();
+    set_gpus(&c, "r-gpu-0", 1, 0).await.unwrap();
+    create_node(&c, &GpuNode::aks("r2-gpu-0", "r2pool"))
+        .await
+        .unwrap();
+    create_pool(&c, &pool_yaml("r2", &by_agentpool("r2pool"), "")).await;
+    wait_converged(&c, "after the restart", &|| log_tail(&op)).await;
+    let r = get_pool(&c, "r").await;
+    assert_eq!(
+        (
+            r.status.as_ref().unwrap().nodes,
+            r.status.as_ref().unwrap().gpus_allocatable
+        ),
+        (3, 3)
+    );
+    assert!(
+        op.try_wait().is_none(),
+        "the operator exited:\n{}",
+        log_tail(&op)
+    );
+    assert_eq!(op.id(), pid);
+    let log = std::fs::read_to_string(op.log_path()).unwrap();
+    let expired = log
+        .lines()
+        .filter(|l| l.contains("410") || l.contains("Expired") || l.contains("too old"))
+        .count();
+    eprintln!("etcd compacted at revision {revision}; {expired} log lines about expired watches");
+    assert!(
+        expired > 0,
+        "no watch expired (410 Gone) after compaction and restart, so re-listing went untested:\n{}",
+        log_tail(&op)
+    );
+    op.stop(Duration::from_secs(5)).await;
+}
+
+/// Nodes as the API server stores them, bypassing the harness's well-formed builder.
+async fn create_raw_node(client: &Client, body: serde_json::Value) -> Result<Node, String> {
+    let node: Node = serde_json::from_value(body).map_err(|e| e.to_string())?;
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn garbage_on_nodes_never_crashes_the_operator() {
+    let env = env().await;
+    let c = &env.client;
+    let pid = operator_pid().expect("the shared operator runs");
+    let base_labels = |name: &str| {
+        serde_json::json!({
+            "kubernetes.azure.com/agentpool": "garbage", "kubernetes.io/hostname": name
+        })
+    };
+    let fake = serde_json::json!({"kwok.x-k8s.io/node": "fake"});
+    let mut accepted: Vec<String> = Vec::new();
+    let mut rejected: Vec<String> = Vec::new();
+    let mut create = |what: &str, result: Result<Node, String>| match result {
+        Ok(n) => accepted.push(format!("{what} ({})", n.name_any())),
+        Err(e) => rejected.push(format!("{what}: {e}")),
+    };
+
+    // GPU quantities: whatever the API server lets through.
+    for (i, q) in [
+        "lots",
+        "1.5",
+        "500m",
+        "-1",
+        "1k",
+        "2Ei",
+        "1e3",
+        "9223372036854775807",
+        "9223372036854775807",
+        "99999999999999999999999",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("garbage-q{i}");
+        let body = serde_json::json!({
+            "metadata": {"name": name, "labels": base_labels(&name), "annotations": fake},
+            "status": {"capacity": {"nvidia.com/gpu": q, "cpu": "4", "pods": "110"},
+                       "allocatable": {"nvidia.com/gpu": q, "cpu": "4", "pods": "110"}}
+        });
+        create(
+            &format!("nvidia.com/gpu {q}"),
+            create_raw_node(c, body).await,
+        );
+    }
+    // No status at all, never managed by kwok: readiness unknown forever.
+    let body = serde_json::json!({"metadata": {"name": "garbage-nostatus", "labels": base_labels("garbage-nostatus")}});
+    create("no status", create_raw_node(c, body).await);
+    // Odd but legal labels: 100 of them, maximal keys and values, dots, dashes, underscores.
+    let mut labels = base_labels("garbage-labels");
+    for i in 0..100 {
+        let prefix = format!("{}.example.com", "p".repeat(200));
+        let key = format!("{prefix}/{}-{i:03}", "k".repeat(55));
+        labels[key] = serde_json::json!(format!("{}_.-{i:03}x", "v".repeat(56)));
+    }
+    labels["accelerator"] = serde_json::json!("");
+    let body = serde_json::json!({"metadata": {"name": "garbage-labels", "labels": labels, "annotations": fake}});
+    create("100 maximal labels", create_raw_node(c, body).await);
+    // A huge annotation (the cache drops annotations).
+    let body = serde_json::json!({"metadata": {"name": "garbage-annotation", "labels": base_labels("garbage-annotation"),
+        "annotations": {"kwok.x-k8s.io/node": "fake", "example.com/blob": "x".repeat(200_000)}}});
+    create("200 kB annotation", create_raw_node(c, body).await);
+    // 100 taints of every effect, one with an empty value and one with a very long key.
+    let taints: Vec<serde_json::Value> = (0..100)
+        .map(|i| {
+            let effect = ["NoSchedule", "NoExecute", "PreferNoSchedule"][i % 3];
+            serde_json::json!({
+                "key": format!("garbage.example.com/t{i}"),
+                "value": if i % 2 == 0 { format!("v{i}") } else { String::new() },
+                "effect": effect,
+            })
+        })
+        .collect();
+    let body = serde_json::json!({"metadata": {"name": "garbage-taints", "labels": base_labels("garbage-taints"), "annotations": fake},
+        "spec": {"taints": taints},
+        "status": {"capacity": {"nvidia.com/gpu": "1"}, "allocatable": {"nvidia.com/gpu": "1"}}});
+    create("100 taints", create_raw_node(c, body).await);
+    // Conditions that make no sense.
+    let body = serde_json::json!({"metadata": {"name": "garbage-conditions", "labels": base_labels("garbage-conditions")},
+    "status": {"conditions": [
+        {"type": "Ready", "status": "Maybe"}, {"type": "Ready", "status": "True"}, {"type": "", "status": ""}
+    ]}});
+    create("nonsense conditions", create_raw_node(c, body).await);
+    eprintln!(
+        "accepted by the API server:\n  {}\nrejected by the API server:\n  {}",
+        accepted.join("\n  "),
+        rejected.join("\n  ")
+    );
+    assert!(
+        rejected
+            .iter()
+            .any(|r| r.starts_with("nvidia.com/gpu lots")),
+        "the API server is expected to reject a non-numeric quantity"
+    );
+
+    create_pool(c, &pool_yaml("garbage", &by_agentpool("garbage"), "")).await;
+    let members = accepted.len();
+    let pool = wait_pool(&env, "garbage", "every garbage node counted", |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.nodes as usize == members)
+    })
+    .await;
+    eprintln!(
+        "garbage pool status:\n{}",
+        serde_yaml::to_string(&pool.status).unwrap()
+    );
+    let status = pool.status.as_ref().unwrap();
+    assert!(
+        status.gpus_allocatable >= 0 && status.gpus_capacity >= 0,
+        "GPU sums overflowed: {status:?}"
+    );
+    let ds = wait_daemonset(&env, &plugin_name("garbage"), "created", |_| true).await;
+    let (_, tolerations) = placement(&ds);
+    for i in (0..100).filter(|i| i % 3 != 2) {
+        assert!(
+            tolerations
+                .iter()
+                .any(|t| t.starts_with(&format!("garbage.example.com/t{i}="))),
+            "taint t{i} is not tolerated: {tolerations:?}"
+        );
+    }
+
+    // Garbage changing under it: labels flip, GPUs change, nodes vanish.
+    relabel(c, "garbage-labels", "garbage2").await;
+    delete_node(c, "garbage-nostatus").await.unwrap();
+    let _ = Api::<Node>::all(c.clone())
+        .patch_status(
+            "garbage-taints",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"allocatable": {"nvidia.com/gpu": "0"}}})),
+        )
+        .await;
+    wait_pool(&env, "garbage", "the changes counted", |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.nodes as usize == members - 2)
+    })
+    .await;
+
+    // Still the same process, still reconciling other pools.
+    assert_eq!(operator_exit(), None, "{}", operator_log(env.plane));
+    assert_eq!(operator_pid(), Some(pid));
+    create_node(c, &GpuNode::aks("garbage-after-0", "garbageafter"))
+        .await
+        .unwrap();
+    create_pool(
+        c,
+        &pool_yaml("garbage-after", &by_agentpool("garbageafter"), ""),
+    )
+    .await;
+    wait_condition(&env, "garbage-after", "Ready", "True", None).await;
+    let names: BTreeSet<String> = accepted.iter().cloned().collect();
+    assert!(!names.is_empty());
+}
