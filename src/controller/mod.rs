@@ -30,7 +30,7 @@ use crate::decide::events::pool_events;
 use crate::decide::nodes::{NodeFacts, trim_node};
 use crate::decide::selector::selects;
 use crate::decide::status::{PluginState, Stall, StatusInputs, compute_status};
-use crate::decide::{Settings, decide, is_device_plugin, owned_by_gpupool};
+use crate::decide::{Settings, decide, is_device_plugin, is_foreign_plugin, owned_by_gpupool};
 use crate::server::Health;
 use crate::telemetry::Metrics;
 use apply::{ApplyError, MANAGER, apply_daemonset, write_status};
@@ -227,15 +227,18 @@ pub async fn run(
     let ds_mapper = {
         let pools = pools.clone();
         move |ds: DaemonSet| -> Vec<ObjectRef<GpuPool>> {
-            if owned_by_gpupool(&ds) {
-                ds.owner_references()
-                    .iter()
-                    .filter(|r| r.controller == Some(true))
-                    .map(|r| ObjectRef::new(&r.name))
-                    .collect()
+            let owners: Vec<ObjectRef<GpuPool>> = ds
+                .owner_references()
+                .iter()
+                .filter(|r| owned_by_gpupool(&ds) && r.controller == Some(true))
+                .map(|r| ObjectRef::new(&r.name))
+                .filter(|owner| pools.get(owner).is_some())
+                .collect();
+            if !owners.is_empty() {
+                owners
             } else if is_device_plugin(&ds) {
-                // A device plugin gpupool does not own may cover any pool's nodes; such DaemonSets
-                // are few and rarely change.
+                // A device plugin gpupool does not own (or one whose pool is gone) may cover any
+                // pool's nodes; such DaemonSets are few and rarely change.
                 pools
                     .state()
                     .iter()
@@ -331,12 +334,17 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
         })
         .collect();
     let all_daemonsets = ctx.daemonsets.state();
+    let live_pool_uids: std::collections::HashSet<String> = ctx
+        .pools
+        .state()
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
     let foreign: Vec<ForeignPlugin> = all_daemonsets
         .iter()
         .filter(|ds| {
-            !owned_by_gpupool(ds)
-                && is_device_plugin(ds)
-                && ds.metadata.deletion_timestamp.is_none()
+            is_foreign_plugin(ds, &live_pool_uids)
+                && controller_uid(ds) != pool.metadata.uid.as_deref()
         })
         .filter_map(|ds| {
             let pod = ds.spec.as_ref()?.template.spec.clone()?;

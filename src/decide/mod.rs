@@ -94,6 +94,20 @@ pub fn owned_by_gpupool(ds: &DaemonSet) -> bool {
         .any(|r| r.kind == KIND && r.api_version == API_VERSION_FULL && r.controller == Some(true))
 }
 
+/// Whether a DaemonSet is a device plugin some pool must keep its own plugin away from: one
+/// gpupool does not own, or one whose owning GpuPool is gone (its pods run until the garbage
+/// collector removes them, so a younger overlapping pool must not take its nodes before that).
+pub fn is_foreign_plugin(
+    ds: &DaemonSet,
+    live_pool_uids: &std::collections::HashSet<String>,
+) -> bool {
+    if owned_by_gpupool(ds) {
+        action::controller_uid(ds).is_none_or(|uid| !live_pool_uids.contains(uid))
+    } else {
+        is_device_plugin(ds)
+    }
+}
+
 /// Whether a DaemonSet runs an NVIDIA device plugin (by image or by the names the article, the
 /// plugin's manifests and the GPU Operator use).
 pub fn is_device_plugin(ds: &DaemonSet) -> bool {
@@ -272,6 +286,24 @@ mod tests {
             "registry.k8s.io/kube-proxy:v1.36.3"
         )));
         assert!(!owned_by_gpupool(&ds("x", "y")));
+    }
+
+    #[test]
+    fn a_plugin_whose_pool_is_gone_stays_foreign_until_collected() {
+        let mut pool = pool(NodeImage::Standard);
+        pool.metadata.uid = Some("old-uid".into());
+        let mut a = gpu_node("a", 1, 1);
+        a.taints.clear();
+        let orphan = decide(&pool, &[&a], &[], &[], &settings()).desired.unwrap();
+        let live: std::collections::HashSet<String> = ["old-uid".to_string()].into();
+        assert!(
+            !is_foreign_plugin(&orphan, &live),
+            "its pool exists: it is that pool's own"
+        );
+        assert!(
+            is_foreign_plugin(&orphan, &Default::default()),
+            "its pool is gone: keep away until the GC removes it"
+        );
     }
 
     #[test]
