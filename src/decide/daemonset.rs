@@ -308,15 +308,8 @@ mod tests {
     }
 
     fn affinity_terms(ds: &DaemonSet) -> Vec<NodeSelectorTerm> {
-        pod(ds)
-            .affinity
-            .as_ref()
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|na| {
-                na.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            })
-            .map(|r| r.node_selector_terms.clone())
+        crate::decide::scheduling::required_node_terms(pod(ds))
+            .map(<[NodeSelectorTerm]>::to_vec)
             .unwrap_or_default()
     }
 

@@ -90,19 +90,8 @@ pub fn daemon_pod_would_run_on(pod: &PodSpec, node: &NodeFacts) -> bool {
     {
         return false;
     }
-    let required = pod
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| {
-            na.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    if let Some(required) = required
-        && !required
-            .node_selector_terms
-            .iter()
-            .any(|term| term_matches(term, node))
+    if let Some(terms) = required_node_terms(pod)
+        && !terms.iter().any(|term| term_matches(term, node))
     {
         return false;
     }
@@ -112,6 +101,17 @@ pub fn daemon_pod_would_run_on(pod: &PodSpec, node: &NodeFacts) -> bool {
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
         .filter(|t| !is_system_taint(&t.key))
         .all(|t| tolerations.iter().any(|tol| tolerates(tol, t)))
+}
+
+/// The terms of the pod's required node affinity (ORed), if it has any.
+pub fn required_node_terms(pod: &PodSpec) -> Option<&[NodeSelectorTerm]> {
+    pod.affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()
+        .map(|r| r.node_selector_terms.as_slice())
 }
 
 /// A node selector term: all of its requirements hold. A term without requirements matches

@@ -62,31 +62,9 @@ pub async fn env() -> Env {
 /// Applies `crds/gpupool.yaml` (the committed file, as a user would) and waits until it is served.
 pub async fn install_crd(plane: &ControlPlane) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/gpupool.yaml");
-    let out = plane
-        .kubectl()
-        .args(["apply", "--server-side", "-f", path])
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "kubectl apply CRD: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = plane
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/gpupools.gpupool.io",
-        ])
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "CRD not established: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    plane
+        .apply_crd(std::path::Path::new(path), "gpupools.gpupool.io")
+        .expect("the committed CRD installs");
 }
 
 /// Starts `gpupool-operator run` against the plane with test-friendly timings.

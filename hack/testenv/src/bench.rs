@@ -633,34 +633,9 @@ pub async fn run(opts: BenchOptions) -> Result<Report, String> {
 async fn run_on(plane: &ControlPlane, opts: &BenchOptions, user: &str) -> Result<Report, String> {
     let client = plane.client().await;
     let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds/gpupool.yaml");
-    let out = plane
-        .kubectl()
-        .args(["apply", "--server-side", "-f"])
-        .arg(&crd)
-        .output()
+    plane
+        .apply_crd(&crd, "gpupools.gpupool.io")
         .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "kubectl apply CRD: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let out = plane
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/gpupools.gpupool.io",
-        ])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "CRD not established: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
     let ns_api: Api<Namespace> = Api::all(client.clone());
     for ns in [PLUGIN_NAMESPACE, OPERATOR_NAMESPACE] {
         let body: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))

@@ -544,6 +544,45 @@ impl ControlPlane {
     }
 
     /// `kubectl --kubeconfig <admin kubeconfig>`; add arguments and run it.
+    /// Applies a CRD manifest (server-side, as a user would) and waits until `crd_name` is
+    /// Established, i.e. served.
+    pub fn apply_crd(&self, manifest: &Path, crd_name: &str) -> Result<(), Error> {
+        let run = |what: &str, args: &[&std::ffi::OsStr]| -> Result<(), Error> {
+            let out = self
+                .kubectl()
+                .args(args)
+                .output()
+                .map_err(|e| Error::io("running kubectl", e))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(Error::Command {
+                    what: what.into(),
+                    detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+                })
+            }
+        };
+        run(
+            "kubectl apply CRD",
+            &[
+                "apply".as_ref(),
+                "--server-side".as_ref(),
+                "-f".as_ref(),
+                manifest.as_os_str(),
+            ],
+        )?;
+        let target = format!("crd/{crd_name}");
+        run(
+            "waiting for the CRD to be established",
+            &[
+                "wait".as_ref(),
+                "--for=condition=Established".as_ref(),
+                "--timeout=60s".as_ref(),
+                target.as_ref(),
+            ],
+        )
+    }
+
     pub fn kubectl(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new(self.bin_dir.join("kubectl"));
         cmd.arg("--kubeconfig").arg(&self.kubeconfig);
