@@ -108,10 +108,16 @@ fn init_logging(format: LogFormat, filter: &str) {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => {
-            print!("{}", gpupool::crd::crd_yaml());
-            std::process::ExitCode::SUCCESS
-        }
+        Command::Crd => match gpupool::crd::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cannot serialize the CRD: {e}");
+                std::process::ExitCode::from(1)
+            }
+        },
         Command::Run(args) => {
             init_logging(cli.log_format, &cli.log_level);
             match run(*args).await {

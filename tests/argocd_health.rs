@@ -16,14 +16,14 @@ fn live(name: &str) -> Value {
     use serde::Deserialize;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/argocd/live-pools.yaml");
     let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    yaml_serde::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).unwrap())
         .find(|p| p["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no pool {name} in {path}"))
 }
 
 fn yaml(text: &str) -> Value {
-    serde_yaml::from_str(text).unwrap()
+    yaml_serde::from_str(text).unwrap()
 }
 
 #[track_caller]
@@ -48,7 +48,7 @@ fn the_argocd_cm_snippet_carries_the_shipped_script() {
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/argocd/argocd-cm-patch.yaml"
     );
-    let cm: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cm: Value = yaml_serde::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(
         (&cm["kind"], &cm["metadata"]["name"]),
         (&Value::from("ConfigMap"), &Value::from("argocd-cm"))

@@ -583,7 +583,7 @@ async fn garbage_on_nodes_never_crashes_the_operator() {
     .await;
     eprintln!(
         "garbage pool status:\n{}",
-        serde_yaml::to_string(&pool.status).unwrap()
+        yaml_serde::to_string(&pool.status).unwrap()
     );
     let status = pool.status.as_ref().unwrap();
     assert!(

@@ -844,7 +844,7 @@ async fn helm_chart_lints_renders_installs_and_runs_the_operator() {
     .await
     .unwrap();
     let mut example: Value =
-        serde_yaml::from_str(&read(&repo("examples/aks-standard-pool.yaml"))).unwrap();
+        yaml_serde::from_str(&read(&repo("examples/aks-standard-pool.yaml"))).unwrap();
     example["metadata"]["name"] = json!("helm-gpu");
     example["spec"]["nodeSelector"]["matchLabels"]["kubernetes.azure.com/agentpool"] =
         json!("helmgpu");
@@ -1389,7 +1389,7 @@ fn crd_established(plane: &ControlPlane) {
 fn kubectl_apply(plane: &ControlPlane, flags: &[&str], docs: &[Value]) -> String {
     let text: String = docs
         .iter()
-        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .map(|d| format!("---\n{}", yaml_serde::to_string(d).unwrap()))
         .collect();
     run_with_stdin(
         plane.kubectl().arg("apply").args(flags).args(["-f", "-"]),
@@ -1467,7 +1467,7 @@ fn read(path: &Path) -> String {
 /// Every non-empty document of a YAML stream, as JSON values.
 fn yaml_docs(text: &str) -> Vec<Value> {
     use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(text)
+    yaml_serde::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).expect("valid YAML"))
         .filter(|v| !v.is_null())
         .collect()

@@ -119,7 +119,7 @@ pub fn operator_log(plane: &ControlPlane) -> String {
 }
 
 pub async fn create_pool(client: &Client, yaml: &str) -> GpuPool {
-    let pool: GpuPool = serde_yaml::from_str(yaml).expect("test pool YAML parses");
+    let pool: GpuPool = yaml_serde::from_str(yaml).expect("test pool YAML parses");
     let api: Api<GpuPool> = Api::all(client.clone());
     api.create(&PostParams::default(), &pool)
         .await
@@ -171,7 +171,7 @@ pub async fn wait_pool(
             panic!(
                 "timed out waiting for GpuPool {name}: {what}\nlast status: {}\noperator log:\n{}",
                 last.and_then(|p| p.status)
-                    .map(|s| serde_yaml::to_string(&s).unwrap())
+                    .map(|s| yaml_serde::to_string(&s).unwrap())
                     .unwrap_or_default(),
                 operator_log(env.plane)
             );

@@ -838,7 +838,7 @@ fn write_kubeconfig(
         }],
         "current-context": "gpupool-testenv",
     });
-    let text = serde_yaml::to_string(&doc).map_err(|e| Error::Config {
+    let text = yaml_serde::to_string(&doc).map_err(|e| Error::Config {
         what: format!("serializing kubeconfig {}", path.display()),
         detail: e.to_string(),
     })?;

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize as _;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use crate::Error;
 
@@ -55,7 +55,7 @@ pub(crate) fn prepare(
     for path in &entries {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        for de in serde_yaml::Deserializer::from_str(&text) {
+        for de in yaml_serde::Deserializer::from_str(&text) {
             let mut doc = Value::deserialize(de).map_err(|e| Error::Config {
                 what: format!("parsing kwok stage file {}", path.display()),
                 detail: e.to_string(),
@@ -93,7 +93,7 @@ pub(crate) fn prepare(
     let mut out = String::new();
     for doc in &docs {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(doc).map_err(|e| Error::Config {
+        out.push_str(&yaml_serde::to_string(doc).map_err(|e| Error::Config {
             what: "serializing kwok stages".into(),
             detail: e.to_string(),
         })?);
@@ -108,7 +108,7 @@ fn set_delay(stage: &mut Value, heartbeat: std::time::Duration) {
     // The same jitter-to-period ratio as the default (12 s on 10 s).
     let jitter = period.saturating_mul(NODE_STATUS_HEARTBEAT_JITTER_MS) / NODE_STATUS_HEARTBEAT_MS;
     if let Some(spec) = stage.get_mut("spec").and_then(Value::as_mapping_mut) {
-        let mut delay = serde_yaml::Mapping::new();
+        let mut delay = yaml_serde::Mapping::new();
         delay.insert("durationMilliseconds".into(), period.into());
         delay.insert("jitterDurationMilliseconds".into(), jitter.into());
         spec.insert("delay".into(), Value::Mapping(delay));
