@@ -4,5 +4,6 @@ pub mod api;
 pub mod controller;
 pub mod crd;
 pub mod decide;
+pub mod index;
 pub mod server;
 pub mod telemetry;

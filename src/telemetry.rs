@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::api::{GpuPoolStatus, PluginMode};
+use crate::api::{ConditionType, GpuPoolStatus, PluginMode};
 
 pub const CONTROLLER: &str = "gpupool";
 
@@ -165,10 +165,7 @@ impl Metrics {
         self.pool_gpus_allocatable
             .get_or_create(&l)
             .set(status.gpus_allocatable);
-        let ready = status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let ready = status.is_true(ConditionType::Ready);
         self.pool_ready.get_or_create(&l).set(i64::from(ready));
         let managed = status
             .device_plugin
@@ -210,7 +207,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Condition, DevicePluginStatus};
+    use crate::api::{Condition, ConditionStatus, DevicePluginStatus, Reason};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     #[test]
@@ -226,11 +223,11 @@ mod tests {
                 ..Default::default()
             }),
             conditions: vec![Condition {
-                type_: "Ready".into(),
-                status: "True".into(),
+                type_: ConditionType::Ready.to_string(),
+                status: ConditionStatus::True.to_string(),
                 observed_generation: None,
                 last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-                reason: "Ready".into(),
+                reason: Reason::Ready.to_string(),
                 message: String::new(),
             }],
             ..Default::default()

@@ -106,23 +106,18 @@ async fn convergence_problems(client: &Client) -> Vec<String> {
             .device_plugin
             .as_ref()
             .is_some_and(|d| d.mode.as_str() == "Managed");
-        let has_ds = daemonsets.iter().any(|ds| {
-            ds.name_any() == plugin_name(&name)
-                && gpupool::decide::action::controller_uid(ds) == pool.uid().as_deref()
-        });
+        let has_ds = daemonsets
+            .iter()
+            .any(|ds| ds.name_any() == plugin_name(&name) && owner_uid(ds) == pool.uid());
         if managed && !has_ds {
             problems.push(format!("{name}: its DaemonSet is missing"));
         }
     }
     let mut per_owner: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for ds in daemonsets
-        .iter()
-        .filter(|ds| gpupool::decide::owned_by_gpupool(ds))
-    {
-        let uid = gpupool::decide::action::controller_uid(ds)
-            .unwrap_or_default()
-            .to_string();
-        per_owner.entry(uid).or_default().push(ds.name_any());
+    for ds in daemonsets.iter() {
+        if let Some(uid) = owner_uid(ds) {
+            per_owner.entry(uid).or_default().push(ds.name_any());
+        }
     }
     for (uid, names) in per_owner {
         match live.get(&uid) {
@@ -632,4 +627,11 @@ async fn garbage_on_nodes_never_crashes_the_operator() {
     wait_condition(&env, "garbage-after", "Ready", "True", None).await;
     let names: BTreeSet<String> = accepted.iter().cloned().collect();
     assert!(!names.is_empty());
+}
+
+/// The uid of the GpuPool controlling a DaemonSet, if one does.
+fn owner_uid(ds: &DaemonSet) -> Option<String> {
+    gpupool::decide::model::DaemonSetFacts::from_daemonset(ds)
+        .pool_owner
+        .map(|o| o.uid)
 }

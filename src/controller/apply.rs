@@ -1,177 +1,192 @@
-//! The write side of a reconcile: carry out a DaemonSet action and write the status, each one API
-//! call at most. Errors are sorted into those only an admin can fix (a [`Stall`]) and transient
-//! ones (retried with backoff).
+//! `apply`: the writes a plan calls for, in order, and the status write. The one place where API
+//! errors are sorted into those only an admin can fix (a [`Stall`], retried slowly) and
+//! transient ones (retried with backoff).
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::api::{API_VERSION_FULL, GpuPool, GpuPoolStatus, KIND};
+use crate::api::{API_VERSION_FULL, GpuPool, GpuPoolStatus, KIND, Reason};
+use crate::decide::Plan;
 use crate::decide::action::DaemonSetAction;
-use crate::decide::events::DaemonSetChange;
-use crate::decide::status::{LiveDaemonSet, PluginState, Stall};
-
-/// The field manager gpupool writes with.
-pub const MANAGER: &str = "gpupool-operator";
+use crate::decide::model::{
+    Applied, DaemonSetChange, DaemonSetFacts, MANAGER, ObjectId, PluginState, Stall,
+};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("transient API error: {0}")]
-    Transient(#[source] kube::Error),
-}
+#[error("transient API error: {0}")]
+pub struct TransientError(#[source] pub kube::Error);
 
-/// What the apply step achieved.
-pub struct Applied {
-    pub state: PluginState,
-    pub stall: Option<Stall>,
-    /// The write made, for logs and events.
-    pub change: Option<DaemonSetChange>,
-}
-
-pub fn live_state(ds: &DaemonSet) -> LiveDaemonSet {
-    let status = ds.status.as_ref();
-    LiveDaemonSet {
-        name: format!(
-            "{}/{}",
-            ds.metadata.namespace.as_deref().unwrap_or_default(),
-            ds.metadata.name.as_deref().unwrap_or_default()
-        ),
-        generation: ds.metadata.generation.unwrap_or(0),
-        observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),
-        desired: status.map_or(0, |s| s.desired_number_scheduled),
-        ready: status.map_or(0, |s| s.number_ready),
-        updated: status.and_then(|s| s.updated_number_scheduled).unwrap_or(0),
-    }
+/// Which write failed, to say what an admin should do about it.
+enum Write<'a> {
+    ApplyDaemonSet {
+        namespace: &'a str,
+    },
+    DeleteStale {
+        id: &'a ObjectId,
+        namespace: &'a str,
+    },
 }
 
 /// Classifies an API error: a rejection only a change by an admin can fix becomes a Stall.
-fn stall_for(err: &kube::Error, namespace: &str, what: &str) -> Option<Stall> {
+fn stall_for(err: &kube::Error, write: Write) -> Option<Stall> {
     let kube::Error::Api(status) = err else {
         return None;
     };
-    match status.code {
+    let (reason, message) = match (status.code, write) {
+        (403, Write::DeleteStale { id, namespace }) => (
+            Reason::StaleDaemonSet,
+            format!(
+                "this pool's DaemonSet {id} is left in the previous plugin namespace and the operator may not delete it (its RBAC covers {namespace} only); delete it: kubectl -n {} delete daemonset {}",
+                id.namespace, id.name
+            ),
+        ),
+        (_, Write::DeleteStale { .. }) => return None,
         // An apply creates what is missing, so a 404 can only mean the namespace is.
-        404 => Some(Stall {
-            reason: "PluginNamespaceNotFound",
-            message: format!(
+        (404, Write::ApplyDaemonSet { namespace }) => (
+            Reason::PluginNamespaceNotFound,
+            format!(
                 "namespace {namespace} does not exist: create it (kubectl create namespace {namespace}) or start the operator with --plugin-namespace naming an existing one"
             ),
-        }),
-        403 => Some(Stall {
-            reason: "Forbidden",
-            message: format!(
-                "the operator may not {what}: {}; check its ClusterRole",
+        ),
+        (403, Write::ApplyDaemonSet { .. }) => (
+            Reason::Forbidden,
+            format!(
+                "the operator may not apply DaemonSets: {}; check its ClusterRole",
                 status.message
             ),
-        }),
-        400 | 422 => Some(Stall {
-            reason: "DaemonSetRejected",
-            message: format!(
+        ),
+        (400 | 422, Write::ApplyDaemonSet { .. }) => (
+            Reason::DaemonSetRejected,
+            format!(
                 "the API server rejected the device plugin DaemonSet: {}; fix spec.devicePlugin",
                 status.message
             ),
-        }),
-        _ => None,
-    }
+        ),
+        _ => return None,
+    };
+    Some(Stall { reason, message })
 }
 
-pub async fn apply_daemonset(
+fn live_state(live: Option<&DaemonSetFacts>) -> PluginState {
+    live.map_or(PluginState::NotDeployed, |ds| PluginState::Live {
+        id: ds.id.clone(),
+        rollout: ds.rollout.clone(),
+    })
+}
+
+/// Carries out the plan's DaemonSet writes: stale DaemonSets first, then the pool's own.
+pub async fn apply(
     client: &Client,
     namespace: &str,
-    action: DaemonSetAction,
-    live: Option<&DaemonSet>,
-) -> Result<Applied, ApplyError> {
-    let api: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
+    plan: &Plan,
+) -> Result<Applied, TransientError> {
+    let live = plan.live.as_deref();
+    for stale in &plan.delete_stale {
+        if let Err(e) = delete(client, stale, &DeleteParams::background()).await {
+            return match stall_for(
+                &e,
+                Write::DeleteStale {
+                    id: stale,
+                    namespace,
+                },
+            ) {
+                Some(stall) => Ok(Applied {
+                    state: live_state(live),
+                    stall: Some(stall),
+                    change: None,
+                }),
+                None => Err(TransientError(e)),
+            };
+        }
+        tracing::info!(daemonset = %stale, "removed this pool's DaemonSet from the previous plugin namespace");
+    }
     let keep = |state, stall| Applied {
         state,
         stall,
         change: None,
     };
-    match action {
-        DaemonSetAction::Nothing => Ok(keep(
-            live.map_or(PluginState::NotDeployed, |ds| {
-                PluginState::Live(live_state(ds))
+    Ok(match &plan.daemonset {
+        DaemonSetAction::Nothing => keep(live_state(live), None),
+        DaemonSetAction::Wait => keep(
+            live.map_or(PluginState::NotDeployed, |ds| PluginState::Pending {
+                id: ds.id.clone(),
             }),
             None,
-        )),
-        DaemonSetAction::Wait => {
-            let name = live.map(|ds| live_state(ds).name).unwrap_or_default();
-            Ok(keep(PluginState::Pending { name }, None))
-        }
-        DaemonSetAction::Blocked(stall) => Ok(keep(PluginState::NotDeployed, Some(stall))),
-        DaemonSetAction::Apply(ds) => {
-            let name = ds.metadata.name.clone().unwrap_or_default();
-            let params = PatchParams::apply(MANAGER).force();
-            match api.patch(&name, &params, &Patch::Apply(&*ds)).await {
-                Ok(applied) => Ok(Applied {
-                    state: PluginState::Live(live_state(&applied)),
-                    stall: None,
-                    change: Some(if live.is_some() {
-                        DaemonSetChange::Updated(format!("{namespace}/{name}"))
-                    } else {
-                        DaemonSetChange::Created(format!("{namespace}/{name}"))
-                    }),
+        ),
+        DaemonSetAction::Blocked(stall) => keep(PluginState::NotDeployed, Some(stall.clone())),
+        DaemonSetAction::Apply(ds) => match apply_daemonset(client, ds).await {
+            Ok(DaemonSetFacts { id, rollout, .. }) => Applied {
+                change: Some(match live {
+                    Some(_) => DaemonSetChange::Updated(id.clone()),
+                    None => DaemonSetChange::Created(id.clone()),
                 }),
-                Err(e) => match stall_for(&e, namespace, "apply DaemonSets") {
-                    Some(stall) => Ok(keep(PluginState::NotDeployed, Some(stall))),
-                    None => Err(ApplyError::Transient(e)),
-                },
-            }
-        }
-        DaemonSetAction::Replace {
-            namespace: ns,
-            name,
-            edited_by,
-        } => {
-            let uid = live.and_then(|ds| ds.metadata.uid.clone());
+                state: PluginState::Live { id, rollout },
+                stall: None,
+            },
+            Err(e) => match stall_for(&e, Write::ApplyDaemonSet { namespace }) {
+                Some(stall) => keep(PluginState::NotDeployed, Some(stall)),
+                None => return Err(TransientError(e)),
+            },
+        },
+        DaemonSetAction::Replace { id, uid, edited_by } => {
+            // The pods stay and the new DaemonSet adopts them: no gap in GPU service.
             let params = DeleteParams {
-                // The pods stay and the new DaemonSet adopts them: no gap in GPU service.
                 propagation_policy: Some(PropagationPolicy::Orphan),
-                preconditions: uid.map(|uid| kube::api::Preconditions {
-                    uid: Some(uid),
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.clone()),
                     resource_version: None,
                 }),
                 ..DeleteParams::default()
             };
-            delete(client, &ns, &name, &params).await?;
-            Ok(Applied {
-                state: PluginState::Pending {
-                    name: format!("{ns}/{name}"),
-                },
+            delete(client, id, &params).await.map_err(TransientError)?;
+            let change = DaemonSetChange::Replaced {
+                id: id.clone(),
+                edited_by: edited_by.clone(),
+            };
+            Applied {
+                state: PluginState::Pending { id: id.clone() },
                 stall: None,
-                change: Some(DaemonSetChange::Replaced {
-                    name: format!("{ns}/{name}"),
-                    edited_by,
-                }),
-            })
+                change: Some(change),
+            }
         }
-        DaemonSetAction::Delete {
-            namespace: ns,
-            name,
-        } => {
-            delete(client, &ns, &name, &DeleteParams::background()).await?;
-            Ok(Applied {
+        DaemonSetAction::Delete { id } => {
+            delete(client, id, &DeleteParams::background())
+                .await
+                .map_err(TransientError)?;
+            let change = DaemonSetChange::Removed(id.clone());
+            Applied {
                 state: PluginState::NotDeployed,
                 stall: None,
-                change: Some(DaemonSetChange::Removed(format!("{ns}/{name}"))),
-            })
+                change: Some(change),
+            }
         }
-    }
+    })
 }
 
-pub async fn delete(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    params: &DeleteParams,
-) -> Result<(), ApplyError> {
+/// Server-side apply of the desired DaemonSet; returns what the API server made of it.
+async fn apply_daemonset(client: &Client, ds: &DaemonSet) -> Result<DaemonSetFacts, kube::Error> {
+    let namespace = ds.metadata.namespace.as_deref().unwrap_or_default();
+    let name = ds.metadata.name.as_deref().unwrap_or_default();
     let api: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
-    match api.delete(name, params).await {
+    let applied = api
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(ds),
+        )
+        .await?;
+    Ok(DaemonSetFacts::from_daemonset(&applied))
+}
+
+async fn delete(client: &Client, id: &ObjectId, params: &DeleteParams) -> Result<(), kube::Error> {
+    let api: Api<DaemonSet> = Api::namespaced(client.clone(), &id.namespace);
+    match api.delete(&id.name, params).await {
         Ok(_) => Ok(()),
         // Already gone (or replaced meanwhile: the uid precondition failed): the next pass sees it.
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-        Err(e) => Err(ApplyError::Transient(e)),
+        Err(e) => Err(e),
     }
 }
 

@@ -1,111 +1,96 @@
-//! Which pools a node event concerns. A node event reaches every pool whose selector matches the
-//! node now or matched it at the pool's last reconcile, and only when something gpupool decides
-//! on changed (labels, taints, cordon, Ready, `nvidia.com/gpu`): kubelet heartbeats and image
-//! lists never cause a reconcile.
+//! Which pools a change concerns. A node change reaches every pool whose selector matches the
+//! node now or matched it before; a DaemonSet change reaches its pool, or every pool when it is a
+//! device plugin gpupool does not own; a pool change reaches the pools it shared nodes with.
+//! Heartbeats change no kept fact (see `index`), so they reach nothing.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use kube::ResourceExt;
 
 use crate::api::GpuPool;
+use crate::decide::model::DaemonSetFacts;
 use crate::decide::nodes::NodeFacts;
 use crate::decide::selector::selects;
+use crate::index::Change;
 
-#[derive(Default)]
-pub struct NodeTriggers {
-    inner: Mutex<Inner>,
+use super::context::lock;
+
+/// Pools to look at for a node change.
+pub fn pools_for_node(change: &Change<NodeFacts>, pools: &[Arc<GpuPool>]) -> BTreeSet<String> {
+    let (old, new) = change.states();
+    pools
+        .iter()
+        .filter(|p| {
+            [old, new]
+                .into_iter()
+                .flatten()
+                .any(|n| selects(&p.spec.node_selector, &n.labels))
+        })
+        .map(|p| p.name_any())
+        .collect()
 }
 
-#[derive(Default)]
-struct Inner {
-    /// Fingerprint of each node's facts at its last event.
-    fingerprints: HashMap<String, u64>,
-    /// The nodes each pool selected at its last reconcile.
-    members: HashMap<String, HashSet<String>>,
-}
-
-fn fingerprint(facts: &NodeFacts) -> u64 {
-    let mut h = DefaultHasher::new();
-    facts.hash(&mut h);
-    h.finish()
-}
-
-impl NodeTriggers {
-    /// The pools to reconcile for an event about `node`. `exists` is false when the node was
-    /// deleted. Returns nothing when none of the node's facts changed.
-    pub fn pools_for_node<'a>(
-        &self,
-        node: &NodeFacts,
-        exists: bool,
-        pools: impl IntoIterator<Item = &'a GpuPool>,
-    ) -> Vec<String> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if exists {
-            let print = fingerprint(node);
-            if inner.fingerprints.insert(node.name.clone(), print) == Some(print) {
-                return Vec::new();
-            }
-        } else {
-            inner.fingerprints.remove(&node.name);
-        }
-        let mut out: HashSet<String> = inner
-            .members
-            .iter()
-            .filter(|(_, nodes)| nodes.contains(&node.name))
-            .map(|(pool, _)| pool.clone())
-            .collect();
-        for pool in pools {
-            if exists && selects(&pool.spec.node_selector, &node.labels) {
-                out.insert(pool.metadata.name.clone().unwrap_or_default());
-            }
-        }
-        let mut out: Vec<String> = out.into_iter().collect();
-        out.sort();
-        out
-    }
-
-    /// Records the nodes a pool selected at its reconcile.
-    pub fn record_members(&self, pool: &str, nodes: impl IntoIterator<Item = String>) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner
-            .members
-            .insert(pool.to_string(), nodes.into_iter().collect());
-    }
-
-    /// The other pools that shared nodes with `pool` at their last reconciles: a pool created,
-    /// changed or deleted can move nodes between them, so they must look again. A pool that no
-    /// longer exists is forgotten here (a deleted pool is never reconciled again).
-    pub fn pools_sharing_nodes(&self, pool: &str, exists: bool) -> Vec<String> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<String> = match inner.members.get(pool) {
-            Some(mine) if !mine.is_empty() => inner
-                .members
+/// Pools to look at for a DaemonSet change: the pool that owns it, or every pool when it is a
+/// device plugin no existing pool owns (it may cover any pool's nodes; such DaemonSets are few
+/// and rarely change).
+pub fn pools_for_daemonset(
+    change: &Change<DaemonSetFacts>,
+    pools: &[Arc<GpuPool>],
+) -> BTreeSet<String> {
+    let (old, new) = change.states();
+    let mut out = BTreeSet::new();
+    for ds in [old, new].into_iter().flatten() {
+        let owner = ds.pool_owner.as_ref().and_then(|o| {
+            pools
                 .iter()
-                .filter(|(other, theirs)| {
-                    other.as_str() != pool && {
-                        let (small, large) = if theirs.len() < mine.len() {
-                            (*theirs, mine)
-                        } else {
-                            (mine, *theirs)
-                        };
-                        small.iter().any(|n| large.contains(n))
-                    }
-                })
-                .map(|(other, _)| other.clone())
-                .collect(),
-            _ => Vec::new(),
-        };
-        if !exists {
-            inner.members.remove(pool);
+                .find(|p| p.metadata.uid.as_deref() == Some(o.uid.as_str()))
+        });
+        match owner {
+            Some(pool) => {
+                out.insert(pool.name_any());
+            }
+            None if ds.plugin_pod.is_some() => out.extend(pools.iter().map(|p| p.name_any())),
+            None => {}
         }
-        out.sort();
-        out
+    }
+    out
+}
+
+/// The nodes each pool selected at its last reconcile: a pool that is created, changed or
+/// deleted can move nodes between the pools it shares them with.
+#[derive(Default)]
+pub struct PoolMembers {
+    members: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl PoolMembers {
+    pub fn record(&self, pool: &str, nodes: impl IntoIterator<Item = String>) {
+        lock(&self.members).insert(pool.to_string(), nodes.into_iter().collect());
     }
 
-    pub fn forget_pool(&self, pool: &str) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.members.remove(pool);
+    pub fn forget(&self, pool: &str) {
+        lock(&self.members).remove(pool);
+    }
+
+    /// The other pools that shared nodes with `pool` at their last reconciles.
+    pub fn sharing_nodes_with(&self, pool: &str) -> BTreeSet<String> {
+        let members = lock(&self.members);
+        let Some(mine) = members.get(pool).filter(|m| !m.is_empty()) else {
+            return BTreeSet::new();
+        };
+        members
+            .iter()
+            .filter(|(other, theirs)| {
+                let (small, large) = if theirs.len() < mine.len() {
+                    (*theirs, mine)
+                } else {
+                    (mine, *theirs)
+                };
+                other.as_str() != pool && small.iter().any(|n| large.contains(n))
+            })
+            .map(|(other, _)| other.clone())
+            .collect()
     }
 }
 
@@ -115,8 +100,8 @@ mod tests {
     use crate::api::GpuPoolSpec;
     use crate::decide::testing::{node_labelled, selector};
 
-    fn pool(name: &str, labels: &[(&str, &str)]) -> GpuPool {
-        GpuPool::new(
+    fn pool(name: &str, labels: &[(&str, &str)]) -> Arc<GpuPool> {
+        let mut p = GpuPool::new(
             name,
             GpuPoolSpec {
                 node_selector: selector(labels),
@@ -124,67 +109,91 @@ mod tests {
                 device_plugin: None,
                 expected_gpus_per_node: None,
             },
-        )
+        );
+        p.metadata.uid = Some(format!("uid-{name}"));
+        Arc::new(p)
+    }
+
+    fn names(set: BTreeSet<String>) -> Vec<String> {
+        set.into_iter().collect()
     }
 
     #[test]
-    fn unchanged_facts_trigger_nothing() {
-        let t = NodeTriggers::default();
-        let pools = [pool("gpu", &[("agentpool", "gpu")])];
-        let n = node_labelled("n1", &[("agentpool", "gpu")]);
-        assert_eq!(t.pools_for_node(&n, true, &pools), vec!["gpu".to_string()]);
-        assert!(
-            t.pools_for_node(&n, true, &pools).is_empty(),
-            "a heartbeat changes no fact"
-        );
-        let mut changed = n.clone();
-        changed.gpu_allocatable = Some(3);
-        assert_eq!(
-            t.pools_for_node(&changed, true, &pools),
-            vec!["gpu".to_string()]
-        );
-    }
-
-    #[test]
-    fn a_node_leaving_a_pool_still_reaches_it() {
-        let t = NodeTriggers::default();
+    fn a_node_change_reaches_the_pools_it_leaves_and_joins() {
         let pools = [
             pool("gpu", &[("agentpool", "gpu")]),
             pool("other", &[("agentpool", "other")]),
+            pool("cpu", &[("agentpool", "cpu")]),
         ];
-        t.record_members("gpu", ["n1".to_string()]);
-        let relabelled = node_labelled("n1", &[("agentpool", "other")]);
+        let relabel = Change::Applied {
+            old: Some(Arc::new(node_labelled("n1", &[("agentpool", "gpu")]))),
+            new: Arc::new(node_labelled("n1", &[("agentpool", "other")])),
+        };
+        assert_eq!(names(pools_for_node(&relabel, &pools)), ["gpu", "other"]);
+        let gone = Change::Deleted(Arc::new(node_labelled("n1", &[("agentpool", "cpu")])));
+        assert_eq!(names(pools_for_node(&gone, &pools)), ["cpu"]);
+    }
+
+    #[test]
+    fn a_daemonset_change_reaches_its_pool_or_every_pool() {
+        use crate::decide::model::{ObjectId, PoolOwner, Rollout};
+        let pools = [pool("a", &[("x", "1")]), pool("b", &[("x", "2")])];
+        let ds = |owner: Option<&str>, plugin: bool| DaemonSetFacts {
+            id: ObjectId {
+                namespace: "ns".into(),
+                name: "ds".into(),
+            },
+            uid: "ds".into(),
+            deleting: false,
+            pool_owner: owner.map(|uid| PoolOwner {
+                name: "a".into(),
+                uid: uid.into(),
+            }),
+            desired_hash: None,
+            spec_editors: vec![],
+            rollout: Rollout::default(),
+            plugin_pod: plugin.then(Default::default),
+        };
+        let change = |d| Change::Applied {
+            old: None,
+            new: Arc::new(d),
+        };
         assert_eq!(
-            t.pools_for_node(&relabelled, true, &pools),
-            vec!["gpu".to_string(), "other".to_string()]
+            names(pools_for_daemonset(
+                &change(ds(Some("uid-a"), true)),
+                &pools
+            )),
+            ["a"]
         );
-    }
-
-    #[test]
-    fn pools_sharing_nodes_are_found_and_deleted_pools_forgotten() {
-        let t = NodeTriggers::default();
-        t.record_members("a", ["n1".to_string(), "n2".to_string()]);
-        t.record_members("b", ["n2".to_string()]);
-        t.record_members("c", ["n3".to_string()]);
-        assert_eq!(t.pools_sharing_nodes("a", true), vec!["b".to_string()]);
-        assert_eq!(t.pools_sharing_nodes("b", false), vec!["a".to_string()]);
+        assert_eq!(
+            names(pools_for_daemonset(&change(ds(None, true)), &pools)),
+            ["a", "b"],
+            "a foreign plugin"
+        );
+        assert_eq!(
+            names(pools_for_daemonset(
+                &change(ds(Some("uid-gone"), true)),
+                &pools
+            )),
+            ["a", "b"],
+            "an orphaned plugin"
+        );
         assert!(
-            t.pools_sharing_nodes("a", true).is_empty(),
-            "b is forgotten"
+            pools_for_daemonset(&change(ds(None, false)), &pools).is_empty(),
+            "not a plugin"
         );
-        let n2 = node_labelled("n2", &[]);
-        assert_eq!(t.pools_for_node(&n2, false, &[]), vec!["a".to_string()]);
     }
 
     #[test]
-    fn a_deleted_node_reaches_the_pools_it_was_in() {
-        let t = NodeTriggers::default();
-        let pools = [pool("gpu", &[("agentpool", "gpu")])];
-        let n = node_labelled("n1", &[("agentpool", "gpu")]);
-        t.pools_for_node(&n, true, &pools);
-        t.record_members("gpu", ["n1".to_string()]);
-        assert_eq!(t.pools_for_node(&n, false, &pools), vec!["gpu".to_string()]);
-        t.forget_pool("gpu");
-        assert!(t.pools_for_node(&n, false, &pools).is_empty());
+    fn pools_sharing_nodes_are_found_and_forgotten_pools_drop_out() {
+        let m = PoolMembers::default();
+        m.record("a", ["n1".to_string(), "n2".to_string()]);
+        m.record("b", ["n2".to_string()]);
+        m.record("c", ["n3".to_string()]);
+        assert_eq!(names(m.sharing_nodes_with("a")), ["b"]);
+        assert_eq!(names(m.sharing_nodes_with("b")), ["a"]);
+        m.forget("b");
+        assert!(m.sharing_nodes_with("a").is_empty());
+        assert!(m.sharing_nodes_with("unknown").is_empty());
     }
 }

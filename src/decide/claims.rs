@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::PoolSelector;
+use kube::ResourceExt;
+
+use crate::api::{GpuPool, PoolSelector};
 use crate::decide::nodes::NodeFacts;
 use crate::decide::scheduling::daemon_pod_would_run_on;
 use crate::decide::selector::selects;
@@ -15,11 +17,21 @@ use crate::decide::selector::selects;
 #[derive(Clone, Debug)]
 pub struct PoolRef {
     pub name: String,
+    pub uid: String,
     pub created: Option<Timestamp>,
     pub selector: PoolSelector,
 }
 
 impl PoolRef {
+    pub fn of(pool: &GpuPool) -> PoolRef {
+        PoolRef {
+            name: pool.name_any(),
+            uid: pool.metadata.uid.clone().unwrap_or_default(),
+            created: pool.creation_timestamp().map(|t| t.0),
+            selector: pool.spec.node_selector.clone(),
+        }
+    }
+
     /// The oldest pool wins a contested node (then the name, so the order is total): adding a
     /// new, overlapping pool never moves nodes away from a pool that already serves them.
     fn precedence(&self) -> (bool, Option<Timestamp>, &str) {

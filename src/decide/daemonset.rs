@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::api::{
     API_VERSION_FULL, DevicePluginSpec, KIND, PluginToleration, PoolSelector, TolerationOperator,
 };
+use crate::decide::model::DESIRED_HASH_ANNOTATION;
 use crate::decide::nodes::NODE_IMAGE_LABEL;
 use crate::decide::scheduling::base_tolerations;
 use crate::decide::selector::affinity_requirements;
@@ -27,8 +28,6 @@ pub const DEFAULT_PLUGIN_IMAGE: &str = "nvcr.io/nvidia/k8s-device-plugin:v0.18.0
 pub const DEFAULT_PRIORITY_CLASS: &str = "system-node-critical";
 /// Label on our DaemonSets and their pods naming the pool (a label-safe form of its name).
 pub const POOL_LABEL: &str = "gpupool.io/pool";
-/// Annotation holding a hash of everything gpupool set, to tell "nothing to do" without a diff.
-pub const DESIRED_HASH_ANNOTATION: &str = "gpupool.io/desired-hash";
 const DEVICE_PLUGIN_PATH: &str = "/var/lib/kubelet/device-plugins";
 const NAME_PREFIX: &str = "nvidia-device-plugin-";
 const MAX_NAME: usize = 63;
@@ -58,11 +57,12 @@ fn pool_key_with_room(pool: &str, room: usize) -> String {
     format!("{prefix}-{}", &hash[..8])
 }
 
-/// FNV-1a: a stable, dependency-free hash (unlike std's, it never changes between releases).
+/// FNV-1a 64: stable across releases (unlike std's hasher), so names and hashes never change
+/// under a running pool.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    })
+    let mut hasher = fnv::FnvHasher::default();
+    std::hash::Hasher::write(&mut hasher, bytes);
+    std::hash::Hasher::finish(&hasher)
 }
 
 /// Everything the desired DaemonSet depends on.
@@ -207,8 +207,9 @@ pub fn desired_daemonset(p: &PluginPlacement) -> DaemonSet {
 
 /// Hash of the desired object (before the hash annotation is added).
 fn desired_hash(ds: &DaemonSet) -> String {
-    // Serializing k8s-openapi types is deterministic (fixed field order, sorted maps).
-    let json = serde_json::to_vec(ds).unwrap_or_default();
+    // Serializing k8s-openapi types is deterministic (fixed field order, sorted maps), and
+    // cannot fail: they hold no maps with non-string keys and no failing Serialize impls.
+    let json = serde_json::to_vec(ds).expect("a DaemonSet serializes to JSON");
     format!("{:016x}", fnv1a(&json))
 }
 
@@ -492,6 +493,14 @@ mod tests {
             pod.tolerations.as_ref().unwrap()[3].toleration_seconds,
             Some(30)
         );
+    }
+
+    #[test]
+    fn the_name_hash_is_fnv1a_64() {
+        // Published FNV-1a test vectors: names of existing DaemonSets must never change.
+        assert_eq!(fnv1a(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x85944171f73967e8);
     }
 
     #[test]

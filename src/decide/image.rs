@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::api::{NodeImage, PluginMode};
+use crate::api::{NodeImage, PluginMode, Reason};
 use crate::decide::nodes::{NODE_IMAGE_LABEL, NodeFacts};
 
 /// What a node's image says about the device plugin.
@@ -40,15 +40,23 @@ pub fn classify(node: &NodeFacts) -> ImageKind {
     }
 }
 
+/// How a pool's node images were classified (`status.nodeImage`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::Display)]
+pub enum DetectedImage {
+    Standard,
+    Specialized,
+    Mixed,
+    /// No nodes to detect from.
+    Unknown,
+}
+
 /// The plugin decision for a pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginDecision {
     pub mode: PluginMode,
-    /// CamelCase reason for the mode.
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
-    /// How the nodes' images were classified: Standard, Specialized, Mixed or Unknown.
-    pub detected: &'static str,
+    pub detected: DetectedImage,
     /// In Auto mode, the plugin may only run on nodes without the image label or with one of
     /// these (standard) image versions, so a node with a GPU-dedicated image never gets a
     /// second plugin, not even for the moment before the next reconcile. None: no restriction.
@@ -75,14 +83,14 @@ pub fn decide_plugin(
     }
     let standard = nodes.len() - specialized_nodes.len();
     let detected = match (standard, specialized_nodes.len()) {
-        (0, 0) => "Unknown",
-        (_, 0) => "Standard",
-        (0, _) => "Specialized",
-        _ => "Mixed",
+        (0, 0) => DetectedImage::Unknown,
+        (_, 0) => DetectedImage::Standard,
+        (0, _) => DetectedImage::Specialized,
+        _ => DetectedImage::Mixed,
     };
     let base = PluginDecision {
         mode: PluginMode::Managed,
-        reason: "",
+        reason: Reason::StandardImageRequested,
         message: String::new(),
         detected,
         allowed_image_versions: None,
@@ -90,13 +98,13 @@ pub fn decide_plugin(
     };
     match requested {
         NodeImage::Standard => PluginDecision {
-            reason: "StandardImageRequested",
+            reason: Reason::StandardImageRequested,
             message: "spec.nodeImage is Standard: gpupool runs the NVIDIA device plugin on every node of the pool".into(),
             ..base
         },
         NodeImage::Specialized => PluginDecision {
             mode: PluginMode::Skipped,
-            reason: "SpecializedImageRequested",
+            reason: Reason::SpecializedImageRequested,
             message: "spec.nodeImage is Specialized: the node image provides the device plugin, so gpupool deploys none".into(),
             ..base
         },
@@ -106,7 +114,7 @@ pub fn decide_plugin(
             let mode = previous.unwrap_or(PluginMode::Managed);
             PluginDecision {
                 mode,
-                reason: "NoNodesToDetect",
+                reason: Reason::NoNodesToDetect,
                 message: format!(
                     "the pool has no nodes to detect the image from; keeping mode {} until nodes join (on AKS the label {NODE_IMAGE_LABEL} decides)",
                     mode.as_str()
@@ -117,7 +125,7 @@ pub fn decide_plugin(
         }
         NodeImage::Auto if standard == 0 => PluginDecision {
             mode: PluginMode::Skipped,
-            reason: "SpecializedImageDetected",
+            reason: Reason::SpecializedImageDetected,
             message: format!(
                 "all {} nodes run a GPU-dedicated image that ships the device plugin ({NODE_IMAGE_LABEL} names a gpu image), so gpupool deploys none; set spec.nodeImage to Standard to override",
                 specialized_nodes.len()
@@ -126,19 +134,19 @@ pub fn decide_plugin(
             ..base
         },
         NodeImage::Auto if !specialized_nodes.is_empty() => PluginDecision {
-            reason: "MixedImagesDetected",
+            reason: Reason::MixedImagesDetected,
             message: format!(
                 "{} nodes run a standard image and get the device plugin; {} run a GPU-dedicated image that ships it and are left alone: {}",
                 standard,
                 specialized_nodes.len(),
-                crate::decide::name_list(&specialized_nodes, 10)
+                crate::decide::model::name_list(&specialized_nodes, 10)
             ),
             allowed_image_versions: Some(standard_versions),
             specialized_nodes,
             ..base
         },
         NodeImage::Auto => PluginDecision {
-            reason: "StandardImageDetected",
+            reason: Reason::StandardImageDetected,
             message: format!("the {standard} nodes run a standard image without a device plugin, so gpupool deploys one"),
             allowed_image_versions: Some(standard_versions),
             ..base
@@ -194,8 +202,8 @@ mod tests {
             (d.mode, d.reason, d.detected),
             (
                 PluginMode::Skipped,
-                "SpecializedImageDetected",
-                "Specialized"
+                Reason::SpecializedImageDetected,
+                DetectedImage::Specialized
             )
         );
 
@@ -203,7 +211,11 @@ mod tests {
         let d = decide_plugin(NodeImage::Auto, &[&a, &c], None);
         assert_eq!(
             (d.mode, d.reason, d.detected),
-            (PluginMode::Managed, "MixedImagesDetected", "Mixed")
+            (
+                PluginMode::Managed,
+                Reason::MixedImagesDetected,
+                DetectedImage::Mixed
+            )
         );
         assert_eq!(d.specialized_nodes, vec!["a".to_string()]);
         assert_eq!(
@@ -218,7 +230,11 @@ mod tests {
         let d = decide_plugin(NodeImage::Auto, &[&plain], None);
         assert_eq!(
             (d.mode, d.reason, d.detected),
-            (PluginMode::Managed, "StandardImageDetected", "Standard")
+            (
+                PluginMode::Managed,
+                Reason::StandardImageDetected,
+                DetectedImage::Standard
+            )
         );
     }
 
@@ -249,7 +265,7 @@ mod tests {
         );
         assert_eq!(
             decide_plugin(NodeImage::Auto, &[], None).detected,
-            "Unknown"
+            DetectedImage::Unknown
         );
     }
 }

@@ -1,9 +1,10 @@
-//! The few facts about a Node that gpupool decides on, and the trimming that keeps the node cache
-//! small (5,000 nodes must fit in a small replica).
+//! The few facts about a Node that gpupool decides on. Only these are kept (the Node object is
+//! dropped as soon as they are read), so 5,000 nodes fit in a small replica and an update that
+//! changes none of them (a heartbeat) is no change at all.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Taint};
+use k8s_openapi::api::core::v1::{Node, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
 
@@ -130,53 +131,10 @@ pub fn parse_count(q: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// Strips a Node down to what gpupool reads, before it enters the cache: no managedFields,
-/// annotations, images, addresses or system info, no other resources, only the Ready condition
-/// without its heartbeat time. This keeps 5,000 cached nodes in a few MiB.
-pub fn trim_node(node: &mut Node) {
-    let meta = &mut node.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    meta.generate_name = None;
-    if let Some(spec) = node.spec.as_mut() {
-        *spec = NodeSpec {
-            taints: spec.taints.take(),
-            unschedulable: spec.unschedulable,
-            ..NodeSpec::default()
-        };
-    }
-    if let Some(status) = node.status.as_mut() {
-        let keep_gpu = |m: Option<BTreeMap<String, Quantity>>| {
-            m.map(|m| {
-                m.into_iter()
-                    .filter(|(k, _)| k == GPU_RESOURCE)
-                    .collect::<BTreeMap<_, _>>()
-            })
-        };
-        let ready = status.conditions.take().and_then(|cs| {
-            cs.into_iter()
-                .find(|c| c.type_ == "Ready")
-                .map(|c| NodeCondition {
-                    type_: c.type_,
-                    status: c.status,
-                    reason: c.reason,
-                    ..NodeCondition::default()
-                })
-        });
-        *status = NodeStatus {
-            capacity: keep_gpu(status.capacity.take()),
-            allocatable: keep_gpu(status.allocatable.take()),
-            conditions: ready.map(|c| vec![c]),
-            ..NodeStatus::default()
-        };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn node_with_gpu(capacity: &str, allocatable: &str) -> Node {
@@ -244,32 +202,6 @@ mod tests {
                 effect: "NoSchedule".into()
             }]
         );
-    }
-
-    #[test]
-    fn trimming_keeps_every_fact_and_drops_the_rest() {
-        let mut node = node_with_gpu("8", "8");
-        let before = NodeFacts::from_node(&node);
-        trim_node(&mut node);
-        assert_eq!(NodeFacts::from_node(&node), before);
-        assert!(node.metadata.annotations.is_none());
-        assert_eq!(
-            node.status
-                .as_ref()
-                .unwrap()
-                .capacity
-                .as_ref()
-                .unwrap()
-                .len(),
-            1
-        );
-        let conditions = node.status.as_ref().unwrap().conditions.as_ref().unwrap();
-        assert_eq!(conditions.len(), 1);
-        assert!(
-            conditions[0].last_heartbeat_time.is_none(),
-            "heartbeats must not reach the cache"
-        );
-        assert!(node.spec.as_ref().unwrap().pod_cidr.is_none());
     }
 
     #[test]

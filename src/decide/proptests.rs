@@ -16,18 +16,18 @@ use crate::api::{
     Condition, GpuPool, GpuPoolSpec, NodeImage, PluginMode, PoolSelector, SelectorOperator,
     SelectorRequirement,
 };
+use crate::api::{ConditionStatus, ConditionType, Reason};
+use crate::decide::action::DaemonSetAction;
 use crate::decide::claims::{ForeignPlugin, NodeClaims, PoolRef};
 use crate::decide::image::{ImageKind, classify, decide_plugin};
+use crate::decide::model::{Applied, DaemonSetFacts, ObjectId, PluginState, Rollout, Stall};
 use crate::decide::nodes::{NODE_IMAGE_LABEL, NodeFacts, NodeReadiness, NodeTaint};
 use crate::decide::scheduling::{
     base_tolerations, daemon_pod_would_run_on, tolerates, tolerations_for_taints,
 };
 use crate::decide::selector::selects;
-use crate::decide::status::{
-    DEVICE_PLUGIN_READY, GPUS_SCHEDULABLE, LiveDaemonSet, PluginState, READY, RECONCILING, STALLED,
-    Stall, StatusInputs, compute_status,
-};
-use crate::decide::{Decision, Settings, decide};
+use crate::decide::{Observed, Plan, Settings, plan, report};
+use std::sync::Arc;
 
 fn config() -> Config {
     Config {
@@ -192,6 +192,7 @@ fn pools(max: usize) -> impl Strategy<Value = Vec<PoolRef>> {
             .enumerate()
             .map(|(i, (selector, created))| PoolRef {
                 name: format!("p{i}"),
+                uid: format!("uid-p{i}"),
                 created: created.map(|c| Timestamp::from_second(1_700_000_000 + c).unwrap()),
                 selector,
             })
@@ -261,24 +262,54 @@ fn gpupool(p: &PoolRef, node_image: NodeImage) -> GpuPool {
 }
 
 /// What the controller does for one pool: its members are the nodes it selects.
-fn decide_for(
+fn plan_for(
     p: &PoolRef,
     node_image: NodeImage,
     nodes: &[NodeFacts],
     pools: &[PoolRef],
     foreign: &[ForeignPlugin],
-) -> Decision {
-    let members: Vec<&NodeFacts> = nodes
-        .iter()
-        .filter(|n| selects(&p.selector, &n.labels))
-        .collect();
-    decide(
-        &gpupool(p, node_image),
-        &members,
-        pools,
-        foreign,
-        &settings(),
-    )
+) -> Plan {
+    let observed = Observed {
+        pool: Arc::new(gpupool(p, node_image)),
+        nodes: nodes
+            .iter()
+            .filter(|n| selects(&p.selector, &n.labels))
+            .cloned()
+            .map(Arc::new)
+            .collect(),
+        other_pools: pools.iter().filter(|o| o.name != p.name).cloned().collect(),
+        plugin_daemonsets: foreign
+            .iter()
+            .map(|f| Arc::new(foreign_daemonset(f)))
+            .collect(),
+        pool_uids: pools.iter().map(|p| p.uid.clone()).collect(),
+        now: Timestamp::UNIX_EPOCH,
+    };
+    plan(&observed, &settings())
+}
+
+fn foreign_daemonset(f: &ForeignPlugin) -> DaemonSetFacts {
+    let (namespace, name) = f.id.split_once('/').expect("namespace/name");
+    DaemonSetFacts {
+        id: ObjectId {
+            namespace: namespace.into(),
+            name: name.into(),
+        },
+        uid: f.id.clone(),
+        deleting: false,
+        pool_owner: None,
+        desired_hash: None,
+        spec_editors: vec![],
+        rollout: Rollout::default(),
+        plugin_pod: Some(f.pod.clone()),
+    }
+}
+
+fn desired(plan: &Plan) -> Option<&DaemonSet> {
+    match &plan.daemonset {
+        DaemonSetAction::Apply(ds) => Some(ds),
+        _ => None,
+    }
 }
 
 fn pod(ds: &DaemonSet) -> &PodSpec {
@@ -313,9 +344,9 @@ proptest! {
         pools[0].created = Some(Timestamp::from_second(1_800_000_000).unwrap());
         let this = pools[0].clone();
         let node_image = if auto { NodeImage::Auto } else { NodeImage::Standard };
-        let d = decide_for(&this, node_image, &nodes, &pools, &foreign);
+        let d = plan_for(&this, node_image, &nodes, &pools, &foreign);
         let excluded = d.claims.excluded_nodes();
-        let Some(ds) = d.desired.as_ref() else {
+        let Some(ds) = desired(&d) else {
             prop_assert_eq!(d.plugin.mode, PluginMode::Skipped);
             prop_assert!(auto, "only Auto pools skip the plugin here");
             let members = nodes.iter().filter(|n| selects(&this.selector, &n.labels));
@@ -379,9 +410,8 @@ proptest! {
             pools
                 .iter()
                 .filter_map(|p| {
-                    decide_for(p, NodeImage::Standard, nodes, pools, &foreign)
-                        .desired
-                        .map(|ds| (p.name.clone(), ds))
+                    desired(&plan_for(p, NodeImage::Standard, nodes, pools, &foreign))
+                        .map(|ds| (p.name.clone(), ds.clone()))
                 })
                 .collect()
         };
@@ -425,7 +455,7 @@ proptest! {
                 prop::sample::select(vec![NodeImage::Auto, NodeImage::Standard, NodeImage::Specialized]),
                 0usize..4,
                 (0i64..3, 0i64..3, 0i32..4, 0i32..4, 0i32..4),
-                prop::option::of(prop::sample::select(vec!["DaemonSetRejected", "Forbidden", "DaemonSetNameTaken"])),
+                prop::option::of(prop::sample::select(vec![Reason::DaemonSetRejected, Reason::Forbidden, Reason::DaemonSetNameTaken])),
                 1i64..900,
                 prop::option::of(1i32..4),
                 (prop::collection::btree_set(0usize..6, 0..3), prop::collection::btree_set(0usize..6, 0..3)),
@@ -451,46 +481,58 @@ proptest! {
             for i in foreign.iter().filter(|i| **i < nodes.len()) {
                 claims.foreign_plugins.insert(nodes[*i].name.clone(), vec!["kube-system/seed".into()]);
             }
+            let id = ObjectId { namespace: "gpu-resources".into(), name: "p".into() };
             let daemonset = match (plugin.mode, state) {
                 (PluginMode::Skipped, _) | (_, 0) => PluginState::NotDeployed,
-                (_, 1) => PluginState::Pending { name: "gpu-resources/p".into() },
-                _ => PluginState::Live(LiveDaemonSet {
-                    name: "gpu-resources/p".into(),
+                (_, 1) => PluginState::Pending { id },
+                _ => PluginState::Live { id, rollout: Rollout {
                     generation: 1 + generation_step,
                     observed_generation: 1 + generation_step - lag.min(generation_step + 1),
                     desired,
                     ready: ready.min(desired),
                     updated: updated.min(desired),
-                }),
+                }},
             };
             let stall = stall.map(|reason| Stall { reason, message: format!("{reason} happened") });
             let generation = Some(1 + generation_step);
-            let outcome = compute_status(&StatusInputs {
-                generation,
-                previous: &previous,
-                now,
-                grace: Duration::from_secs(600),
-                rollout_deadline: Duration::from_secs(300),
-                expected_gpus: expected,
-                selector: &selector,
-                nodes: &refs,
-                plugin: &plugin,
-                claims: &claims,
-                daemonset: &daemonset,
-                image: Some("img".into()),
-                stall: stall.as_ref(),
+            let mut pool = GpuPool::new("p", GpuPoolSpec {
+                node_selector: selector.clone(),
+                node_image,
+                device_plugin: None,
+                expected_gpus_per_node: expected,
             });
+            pool.metadata.generation = generation;
+            pool.status = Some(crate::api::GpuPoolStatus { conditions: previous.clone(), ..Default::default() });
+            let observed = Observed {
+                pool: Arc::new(pool),
+                nodes: nodes.iter().cloned().map(Arc::new).collect(),
+                other_pools: vec![],
+                plugin_daemonsets: vec![],
+                pool_uids: Default::default(),
+                now,
+            };
+            let plan = Plan {
+                plugin: plugin.clone(),
+                claims,
+                image: "img".into(),
+                delete_stale: vec![],
+                daemonset: DaemonSetAction::Nothing,
+                live: None,
+            };
+            let applied = Applied { state: daemonset, stall: stall.clone(), change: None };
+            let outcome = report(&observed, &plan, &applied, &settings());
             let conditions = &outcome.status.conditions;
-            let find = |t: &str| conditions.iter().find(|c| c.type_ == t);
+            let find = |t: ConditionType| conditions.iter().find(|c| c.type_ == t.as_str());
             let types: BTreeSet<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
             prop_assert_eq!(types.len(), conditions.len(), "duplicate condition types: {:?}", conditions);
-            for always in [READY, DEVICE_PLUGIN_READY, GPUS_SCHEDULABLE] {
+            let summary = [ConditionType::Ready, ConditionType::DevicePluginReady, ConditionType::GpusSchedulable];
+            for always in summary {
                 prop_assert!(find(always).is_some(), "{} missing", always);
             }
             for c in conditions {
-                prop_assert!(c.status == "True" || c.status == "False", "{:?}", c);
-                if ![READY, DEVICE_PLUGIN_READY, GPUS_SCHEDULABLE].contains(&c.type_.as_str()) {
-                    prop_assert_eq!(c.status.as_str(), "True", "{} is present only while True", &c.type_);
+                prop_assert!(c.has_status(ConditionStatus::True) || c.has_status(ConditionStatus::False), "{:?}", c);
+                if !summary.iter().any(|t| t.as_str() == c.type_) {
+                    prop_assert!(c.is_true(), "{} is present only while True", &c.type_);
                 }
                 prop_assert_eq!(c.observed_generation, generation);
                 prop_assert!(!c.reason.is_empty() && c.reason.chars().next().unwrap().is_ascii_uppercase(), "reason {:?}", c.reason);
@@ -500,21 +542,22 @@ proptest! {
                     _ => prop_assert_eq!(c.last_transition_time.0, now_s, "{} flipped or appeared now", &c.type_),
                 }
             }
-            let is_true = |t: &str| find(t).is_some_and(|c| c.status == "True");
-            prop_assert!(!(is_true(STALLED) && is_true(RECONCILING)), "Stalled and Reconciling both True: {:?}", conditions);
+            let is_true = |t: ConditionType| find(t).is_some_and(|c| c.is_true());
+            let (stalled, reconciling) = (ConditionType::Stalled, ConditionType::Reconciling);
+            prop_assert!(!(is_true(stalled) && is_true(reconciling)), "Stalled and Reconciling both True: {:?}", conditions);
             if let Some(stall) = &stall {
-                prop_assert!(is_true(STALLED), "a stall is reported: {:?}", conditions);
-                prop_assert_eq!(find(STALLED).map(|c| c.reason.as_str()), Some(stall.reason));
+                prop_assert!(is_true(stalled), "a stall is reported: {:?}", conditions);
+                prop_assert_eq!(find(stalled).map(|c| c.reason.as_str()), Some(stall.reason.as_str()));
             }
             // kstatus: a pool that is not Ready is either progressing or failed (except when
             // every node is cordoned on purpose).
-            let ready = find(READY).unwrap();
-            if ready.status == "False" && ready.reason != "AllNodesCordoned" {
-                prop_assert!(is_true(STALLED) != is_true(RECONCILING), "not Ready needs exactly one of Reconciling/Stalled: {:?}", conditions);
+            let ready = find(ConditionType::Ready).unwrap();
+            if !ready.is_true() && ready.reason != Reason::AllNodesCordoned.as_str() {
+                prop_assert!(is_true(stalled) != is_true(reconciling), "not Ready needs exactly one of Reconciling/Stalled: {:?}", conditions);
             }
-            if is_true(READY) {
-                prop_assert!(is_true(DEVICE_PLUGIN_READY), "Ready without the plugin ready: {:?}", conditions);
-                prop_assert!(is_true(GPUS_SCHEDULABLE) || nodes.is_empty(), "Ready without schedulable GPUs: {:?}", conditions);
+            if ready.is_true() {
+                prop_assert!(is_true(ConditionType::DevicePluginReady), "Ready without the plugin ready: {:?}", conditions);
+                prop_assert!(is_true(ConditionType::GpusSchedulable) || nodes.is_empty(), "Ready without schedulable GPUs: {:?}", conditions);
             }
             previous = outcome.status.conditions.clone();
             previous_mode = outcome.status.device_plugin.as_ref().map(|d| d.mode);

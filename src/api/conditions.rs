@@ -1,0 +1,135 @@
+//! Every condition type and reason gpupool writes (conditions, problem nodes, events). They are
+//! API: dashboards, alerts, `kubectl wait` and GitOps tools match on them, so they are enums here
+//! and a rename is a compile error rather than a silent break. The status keeps them as strings,
+//! so that an older operator can still read a status written by a newer one.
+
+use strum::{Display, EnumString, IntoStaticStr};
+
+/// The `type` of a pool condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Display, EnumString, IntoStaticStr)]
+pub enum ConditionType {
+    /// The pool can run GPU work (always present).
+    Ready,
+    /// The device plugin runs where it should, or the node image ships it (always present).
+    DevicePluginReady,
+    /// Every in-service node has its GPUs allocatable (always present).
+    GpusSchedulable,
+    /// Work in progress (only while True; kstatus reads it).
+    Reconciling,
+    /// Not Ready and not making progress: an admin must act (only while True; kstatus reads it).
+    Stalled,
+    /// Nodes are contested by other pools or foreign plugins (only while True).
+    Conflict,
+}
+
+impl ConditionType {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// The `status` of a condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Display, EnumString, IntoStaticStr)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    pub fn from_bool(ok: bool) -> Self {
+        if ok {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        }
+    }
+}
+
+/// The CamelCase `reason` of a condition, a problem node or an event.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Display, EnumString, IntoStaticStr,
+)]
+pub enum Reason {
+    // Ready
+    Ready,
+    NoNodes,
+    // DevicePluginReady: why a plugin is (not) deployed
+    StandardImageRequested,
+    SpecializedImageRequested,
+    StandardImageDetected,
+    SpecializedImageDetected,
+    MixedImagesDetected,
+    NoNodesToDetect,
+    // DevicePluginReady: the DaemonSet
+    DaemonSetReady,
+    DaemonSetPending,
+    DaemonSetProgressing,
+    DaemonSetRolloutStuck,
+    PluginPodsNotReady,
+    DuplicateDevicePlugin,
+    // GpusSchedulable
+    GpusSchedulable,
+    GpusMissing,
+    NodesNotReady,
+    WaitingForGpus,
+    AllNodesCordoned,
+    // Reconciling
+    Progressing,
+    // Stalled by a write the API server refused
+    DaemonSetRejected,
+    PluginNamespaceNotFound,
+    Forbidden,
+    DaemonSetNameTaken,
+    StaleDaemonSet,
+    // Conflict
+    NodesSelectedByOtherPools,
+    ForeignDevicePlugin,
+    NodesSelectedByOtherPoolsAndForeignDevicePlugin,
+    // Problem nodes
+    NoGpuCapacity,
+    NoAllocatableGpus,
+    FewerGpusThanExpected,
+    AllocatableBelowCapacity,
+    NotReady,
+    Cordoned,
+    Deleting,
+    SelectedByOtherPool,
+    // Events
+    DaemonSetCreated,
+    DaemonSetUpdated,
+    DaemonSetReplaced,
+    DaemonSetRemoved,
+    PluginModeChanged,
+    Conflict,
+    Stalled,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_variant_names() {
+        assert_eq!(
+            ConditionType::DevicePluginReady.as_str(),
+            "DevicePluginReady"
+        );
+        assert_eq!(ConditionStatus::from_bool(false).as_str(), "False");
+        assert_eq!(
+            Reason::NodesSelectedByOtherPoolsAndForeignDevicePlugin.to_string(),
+            "NodesSelectedByOtherPoolsAndForeignDevicePlugin"
+        );
+        assert_eq!("GpusMissing".parse::<Reason>(), Ok(Reason::GpusMissing));
+    }
+}

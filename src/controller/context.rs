@@ -1,0 +1,171 @@
+//! What the reconciles share: the API client, the cluster as the watches keep it, and the
+//! per-pool bookkeeping that must be dropped when a pool goes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use tokio::sync::watch;
+
+use crate::api::GpuPool;
+use crate::decide::Settings;
+use crate::index::{DaemonSetIndex, NodeIndex};
+use crate::server::Health;
+use crate::telemetry::Metrics;
+
+use super::RunOptions;
+use super::triggers::PoolMembers;
+
+/// Which watches have delivered a complete list at least once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Synced {
+    pub pools: bool,
+    pub nodes: bool,
+    pub daemonsets: bool,
+}
+
+impl Synced {
+    pub fn all(self) -> bool {
+        self.pools && self.nodes && self.daemonsets
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// Every pool is looked at at least this often, a safety net for missed events.
+    pub resync: Duration,
+    pub pools: Store<GpuPool>,
+    pub nodes: RwLock<NodeIndex>,
+    pub daemonsets: RwLock<DaemonSetIndex>,
+    pub members: PoolMembers,
+    synced: watch::Sender<Synced>,
+    health: Arc<Health>,
+    /// When each node not yet serving GPUs was first seen in a pool: (pool, node) -> time.
+    gpu_waits: Mutex<HashMap<(String, String), Instant>>,
+    /// Retry delays of pools whose last reconcile failed.
+    backoffs: Mutex<HashMap<String, ExponentialBackoff>>,
+}
+
+/// A poisoned lock only means a panic elsewhere; the data is plain and still consistent.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Context {
+    pub fn new(client: Client, options: &RunOptions, pools: Store<GpuPool>) -> Context {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "gpupool-operator".into(),
+                instance: options.instance.clone(),
+            },
+        );
+        Context {
+            client,
+            settings: options.settings.clone(),
+            metrics: options.metrics.clone(),
+            recorder,
+            resync: options.resync,
+            pools,
+            nodes: RwLock::default(),
+            daemonsets: RwLock::default(),
+            members: PoolMembers::default(),
+            synced: watch::Sender::new(Synced::default()),
+            health: options.health.clone(),
+            gpu_waits: Mutex::default(),
+            backoffs: Mutex::default(),
+        }
+    }
+
+    pub fn nodes(&self) -> std::sync::RwLockReadGuard<'_, NodeIndex> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn nodes_mut(&self) -> std::sync::RwLockWriteGuard<'_, NodeIndex> {
+        self.nodes.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn daemonsets(&self) -> std::sync::RwLockReadGuard<'_, DaemonSetIndex> {
+        self.daemonsets.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn daemonsets_mut(&self) -> std::sync::RwLockWriteGuard<'_, DaemonSetIndex> {
+        self.daemonsets.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.borrow().all()
+    }
+
+    /// Records that a watch delivered its first complete list.
+    pub fn mark_synced(&self, f: impl FnOnce(&mut Synced)) {
+        self.synced.send_modify(f);
+        if self.is_synced()
+            && !self
+                .health
+                .caches_synced
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            tracing::info!("caches synced");
+        }
+    }
+
+    /// Waits until every watch has delivered a complete list: decisions on a half-filled cache
+    /// would report nodes missing that are merely not listed yet.
+    pub async fn wait_synced(&self) {
+        let _ = self.synced.subscribe().wait_for(|s| s.all()).await;
+    }
+
+    /// Drops everything kept for a pool that is gone.
+    pub fn forget_pool(&self, pool: &str) {
+        self.metrics.forget_pool(pool);
+        self.members.forget(pool);
+        lock(&self.gpu_waits).retain(|(p, _), _| p != pool);
+        lock(&self.backoffs).remove(pool);
+    }
+
+    /// Feeds the time-to-GPUs histogram: a node first seen in the pool without schedulable GPUs
+    /// starts a clock that stops when it serves. Nodes already serving when first seen are skipped.
+    pub fn record_gpu_waits(&self, pool: &str, members: &[String], serving: &[String]) {
+        let now = Instant::now();
+        let mut waits = lock(&self.gpu_waits);
+        for node in members {
+            let key = (pool.to_string(), node.clone());
+            if serving.binary_search(node).is_ok() {
+                if let Some(since) = waits.remove(&key) {
+                    self.metrics.node_got_gpus(now - since);
+                }
+            } else {
+                waits.entry(key).or_insert(now);
+            }
+        }
+        waits.retain(|(p, n), _| p != pool || members.binary_search(n).is_ok());
+    }
+
+    /// The next retry delay of a failing pool: exponential from 1 s to 5 min, with jitter so
+    /// that pools failing together do not retry together.
+    pub fn next_retry(&self, pool: &str) -> Duration {
+        let mut backoffs = lock(&self.backoffs);
+        let backoff = backoffs.entry(pool.to_string()).or_insert_with(|| {
+            ExponentialBuilder::new()
+                .with_min_delay(Duration::from_secs(1))
+                .with_max_delay(Duration::from_secs(300))
+                .with_jitter()
+                .without_max_times()
+                .build()
+        });
+        backoff.next().unwrap_or(Duration::from_secs(300))
+    }
+
+    /// A successful reconcile starts the backoff over.
+    pub fn reset_retry(&self, pool: &str) {
+        lock(&self.backoffs).remove(pool);
+    }
+}

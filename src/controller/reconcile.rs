@@ -1,0 +1,133 @@
+//! One reconcile of one pool: observe → plan → apply → report, then publish what changed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::Resource;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use tracing::{debug, info, warn};
+
+use crate::api::{ConditionType, GpuPool};
+use crate::decide::model::{Applied, PluginState};
+use crate::decide::{StatusOutcome, plan, report};
+
+use super::apply::{TransientError, apply, write_status};
+use super::context::Context;
+use super::observe::observe;
+
+/// How long a Stalled pool waits before it is looked at again (a spec change wakes it at once).
+const STALLED_RETRY: Duration = Duration::from_secs(60);
+/// A replaced DaemonSet is recreated once its deletion is visible; the watch usually brings that
+/// first, this is the fallback.
+const PENDING_RETRY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Apply(#[from] TransientError),
+    #[error("writing status: {0}")]
+    Status(#[source] kube::Error),
+}
+
+pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_pool(pool, &ctx).await;
+    ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    result
+}
+
+async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let name = pool.name_any();
+    if pool.metadata.deletion_timestamp.is_some() {
+        // The garbage collector removes the DaemonSet through its owner reference.
+        ctx.forget_pool(&name);
+        return Ok(Action::await_change());
+    }
+    ctx.wait_synced().await;
+    let observed = observe(ctx, pool);
+    let plan = plan(&observed, &ctx.settings);
+    let applied = apply(&ctx.client, &ctx.settings.plugin_namespace, &plan).await?;
+    let outcome = report(&observed, &plan, &applied, &ctx.settings);
+    let written = publish(ctx, &observed.pool, &outcome).await?;
+
+    let members: Vec<String> = observed.nodes.iter().map(|n| n.name.clone()).collect();
+    ctx.metrics.set_pool(&name, &outcome.status);
+    ctx.record_gpu_waits(&name, &members, &outcome.serving);
+    ctx.members.record(&name, members);
+    ctx.reset_retry(&name);
+    let next = next_look(&applied, &outcome, ctx.resync);
+    log_outcome(&name, &applied, &outcome, written, next);
+    Ok(Action::requeue(next))
+}
+
+/// Writes the status (only when it changed) and publishes the events. Returns whether the
+/// status was written.
+async fn publish(
+    ctx: &Context,
+    pool: &GpuPool,
+    outcome: &StatusOutcome,
+) -> Result<bool, ReconcileError> {
+    let changed = pool.status.as_ref() != Some(&outcome.status);
+    if changed {
+        write_status(&ctx.client, &pool.name_any(), &outcome.status)
+            .await
+            .map_err(ReconcileError::Status)?;
+    }
+    for event in &outcome.events {
+        let ev = Event {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.to_string(),
+            note: Some(event.note.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
+            warn!(pool = %pool.name_any(), error = %e, "cannot publish event");
+        }
+    }
+    Ok(changed)
+}
+
+fn next_look(applied: &Applied, outcome: &StatusOutcome, resync: Duration) -> Duration {
+    if applied.stall.is_some() {
+        STALLED_RETRY
+    } else if matches!(applied.state, PluginState::Pending { .. }) {
+        PENDING_RETRY
+    } else {
+        outcome.recheck_after.map_or(resync, |t| t.min(resync))
+    }
+}
+
+/// One line per reconcile: info when something was written, debug otherwise.
+fn log_outcome(
+    pool: &str,
+    applied: &Applied,
+    outcome: &StatusOutcome,
+    written: bool,
+    next: Duration,
+) {
+    let s = &outcome.status;
+    let ready = s.condition(ConditionType::Ready);
+    let (ready, reason) = ready.map_or(("Unknown", ""), |c| (c.status.as_str(), c.reason.as_str()));
+    let daemonset = applied
+        .change
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    if written || applied.change.is_some() {
+        info!(pool, nodes = s.nodes, gpus = s.gpus_allocatable, ready, reason, daemonset, status_written = written, requeue = ?next, "reconciled");
+    } else {
+        debug!(pool, nodes = s.nodes, gpus = s.gpus_allocatable, ready, reason, requeue = ?next, "reconciled, nothing to change");
+    }
+}
+
+/// Transient errors: exponential backoff per pool, never a hot loop.
+pub fn error_policy(pool: Arc<GpuPool>, _error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    Action::requeue(ctx.next_retry(&pool.name_any()))
+}

@@ -1,0 +1,176 @@
+//! The watches: each event updates what gpupool keeps of the cluster and turns into the pools to
+//! reconcile. Nothing is reconciled for changes seen before every watch has listed once (every
+//! pool is reconciled after that anyway).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector::{ObjectRef, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tracing::warn;
+
+use crate::api::GpuPool;
+use crate::decide::model::DaemonSetFacts;
+use crate::decide::nodes::NodeFacts;
+use crate::index::{Change, Keyed, Tracked};
+
+use super::context::Context;
+use super::triggers::{pools_for_daemonset, pools_for_node};
+
+type Triggers = Vec<ObjectRef<GpuPool>>;
+
+fn refs(names: BTreeSet<String>) -> Triggers {
+    names.iter().map(|n| ObjectRef::new(n)).collect()
+}
+
+fn map_event<A, B>(event: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Event<B> {
+    match event {
+        watcher::Event::Apply(a) => watcher::Event::Apply(f(a)),
+        watcher::Event::Delete(a) => watcher::Event::Delete(f(a)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(a) => watcher::Event::InitApply(f(a)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+fn is_init_done<K>(event: &watcher::Event<K>) -> bool {
+    matches!(event, watcher::Event::InitDone)
+}
+
+fn config() -> watcher::Config {
+    watcher::Config::default().any_semantic()
+}
+
+/// Node events: only the facts gpupool decides on are kept (the Node is dropped at once).
+pub fn nodes(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
+    watcher(Api::<Node>::all(client), config())
+        .default_backoff()
+        .map(move |event| match event {
+            Ok(event) => {
+                let event = map_event(event, |n| NodeFacts::from_node(&n));
+                let done = is_init_done(&event);
+                let changes = ctx.nodes_mut().apply(event);
+                if done {
+                    ctx.mark_synced(|s| s.nodes = true);
+                }
+                on_node_changes(&ctx, &changes)
+            }
+            Err(e) => {
+                warn!(error = %e, "node watch failed; retrying");
+                Vec::new()
+            }
+        })
+}
+
+fn on_node_changes(ctx: &Context, changes: &[Change<NodeFacts>]) -> Triggers {
+    if !ctx.is_synced() || changes.is_empty() {
+        return Vec::new();
+    }
+    let pools = ctx.pools.state();
+    refs(
+        changes
+            .iter()
+            .flat_map(|c| pools_for_node(c, &pools))
+            .collect(),
+    )
+}
+
+/// DaemonSet events.
+pub fn daemonsets(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
+    watcher(Api::<DaemonSet>::all(client), config())
+        .default_backoff()
+        .map(move |event| match event {
+            Ok(event) => {
+                let event = map_event(event, |ds| DaemonSetFacts::from_daemonset(&ds));
+                let done = is_init_done(&event);
+                let changes = ctx.daemonsets_mut().apply(event);
+                if done {
+                    ctx.mark_synced(|s| s.daemonsets = true);
+                }
+                if !ctx.is_synced() {
+                    return Vec::new();
+                }
+                let pools = ctx.pools.state();
+                refs(
+                    changes
+                        .iter()
+                        .flat_map(|c| pools_for_daemonset(c, &pools))
+                        .collect(),
+                )
+            }
+            Err(e) => {
+                warn!(error = %e, "DaemonSet watch failed; retrying");
+                Vec::new()
+            }
+        })
+}
+
+/// A pool as the pool watch keeps it: enough to tell it apart and index its selector.
+#[derive(Clone, Debug, PartialEq)]
+struct PoolKey {
+    name: String,
+    selector: crate::api::PoolSelector,
+}
+
+impl Keyed for PoolKey {
+    fn key(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(&self.name)
+    }
+}
+
+/// GpuPool events, from the one pool watch that also fills the controller's store: a pool that
+/// appears, changes or goes can move nodes between the pools it shares them with, and a pool
+/// that goes (also while the watch was down) takes its metrics and bookkeeping with it.
+pub fn pools(
+    client: Client,
+    writer: Writer<GpuPool>,
+    ctx: Arc<Context>,
+) -> impl Stream<Item = Triggers> + Send {
+    let mut known: Tracked<PoolKey> = Tracked::default();
+    watcher(Api::<GpuPool>::all(client), config())
+        .default_backoff()
+        .reflect_shared(writer)
+        .map(move |event| match event {
+            Ok(event) => {
+                let event = map_event(event, |p| PoolKey {
+                    name: p.name_any(),
+                    selector: p.spec.node_selector.clone(),
+                });
+                let done = is_init_done(&event);
+                let changes = known.apply(event);
+                if done {
+                    ctx.mark_synced(|s| s.pools = true);
+                }
+                on_pool_changes(&ctx, &changes)
+            }
+            Err(e) => {
+                warn!(error = %e, "GpuPool watch failed; retrying");
+                Vec::new()
+            }
+        })
+}
+
+fn on_pool_changes(ctx: &Context, changes: &[Change<PoolKey>]) -> Triggers {
+    let mut wake = BTreeSet::new();
+    for change in changes {
+        match change {
+            Change::Applied { new, .. } => {
+                ctx.nodes_mut().index_keys_of(&new.selector);
+                wake.extend(ctx.members.sharing_nodes_with(&new.name));
+            }
+            Change::Deleted(old) => {
+                wake.extend(ctx.members.sharing_nodes_with(&old.name));
+                ctx.forget_pool(&old.name);
+            }
+        }
+    }
+    if ctx.is_synced() {
+        refs(wake)
+    } else {
+        Vec::new()
+    }
+}

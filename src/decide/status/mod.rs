@@ -1,0 +1,928 @@
+//! `report`: the pool's status (counts, problem nodes, conditions) and the events to publish,
+//! from what was observed, planned and applied. Conditions follow the Kubernetes conventions
+//! and kstatus: Ready, DevicePluginReady and GpusSchedulable are always present; Reconciling,
+//! Stalled and Conflict only while True; lastTransitionTime moves only when a status flips.
+
+mod events;
+mod nodes;
+mod plugin;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{Condition, ConditionStatus, ConditionType, GpuPoolStatus, PluginMode, Reason};
+use crate::decide::Settings;
+use crate::decide::claims::NodeClaims;
+use crate::decide::model::{Applied, name_list};
+use crate::decide::nodes::NodeFacts;
+use crate::decide::plan::{Observed, Plan};
+use crate::decide::selector::describe;
+pub use events::{PoolEvent, pool_events};
+use nodes::{Expectations, NodeSummary, summarize};
+use plugin::{PluginInputs, device_plugin_status, plugin_assessment};
+
+/// At most this many nodes are listed in `status.problemNodes`.
+pub const MAX_PROBLEM_NODES: usize = 20;
+
+/// The computed status, the events to publish, and when to look again.
+#[derive(Clone, Debug)]
+pub struct StatusOutcome {
+    pub status: GpuPoolStatus,
+    pub events: Vec<PoolEvent>,
+    /// When a grace period or a rollout deadline ends, so the pool is looked at then.
+    pub recheck_after: Option<Duration>,
+    /// Nodes that can run GPU work now (for the time-to-GPUs metric).
+    pub serving: Vec<String>,
+}
+
+/// One condition's outcome, and what it says about progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Assessment {
+    ok: bool,
+    reason: Reason,
+    message: String,
+    /// Set while not ok but getting there (a rollout, nodes within their grace period).
+    progressing: Option<String>,
+    recheck_at: Option<Timestamp>,
+}
+
+impl Assessment {
+    fn ok(reason: Reason, message: String) -> Self {
+        Assessment {
+            ok: true,
+            reason,
+            message,
+            progressing: None,
+            recheck_at: None,
+        }
+    }
+    fn failed(reason: Reason, message: String) -> Self {
+        Assessment {
+            ok: false,
+            ..Assessment::ok(reason, message)
+        }
+    }
+    fn progressing(reason: Reason, message: String, progress: String) -> Self {
+        Assessment {
+            progressing: Some(progress),
+            ..Assessment::failed(reason, message)
+        }
+    }
+}
+
+pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings) -> StatusOutcome {
+    let pool = &o.pool;
+    let previous = pool.status.clone().unwrap_or_default();
+    let nodes: Vec<&NodeFacts> = o.nodes.iter().map(AsRef::as_ref).collect();
+    let expectations = Expectations {
+        expected_gpus: pool.spec.expected_gpus_per_node,
+        now: o.now,
+        grace: settings.gpu_grace_period,
+    };
+    let summary = summarize(&nodes, expectations, &plan.claims);
+    let plugin = plugin_assessment(&PluginInputs {
+        decision: &plan.plugin,
+        claims: &plan.claims,
+        state: &applied.state,
+        stall: applied.stall.as_ref(),
+        not_ready_since: previous
+            .condition(ConditionType::DevicePluginReady)
+            .filter(|c| c.has_status(ConditionStatus::False))
+            .map(|c| c.last_transition_time.0),
+        rollout_deadline: settings.rollout_deadline,
+        now: o.now,
+    });
+    let gpus = gpus_assessment(&summary, nodes.len(), &describe(&pool.spec.node_selector));
+    let ready = ready_assessment(
+        applied.stall.is_some(),
+        &plugin,
+        &gpus,
+        &summary,
+        plan.plugin.mode,
+    );
+    let progress: Vec<String> = [&plugin, &gpus]
+        .iter()
+        .filter_map(|a| a.progressing.clone())
+        .collect();
+    let mut verdicts = vec![
+        (ConditionType::Ready, ready.clone()),
+        (ConditionType::DevicePluginReady, plugin.clone()),
+        (ConditionType::GpusSchedulable, gpus.clone()),
+    ];
+    let stalled = applied.stall.is_some() || (!ready.ok && progress.is_empty());
+    if !progress.is_empty() && !stalled {
+        let waiting_only = gpus.progressing.is_some() && plugin.progressing.is_none();
+        let reason = if waiting_only {
+            Reason::WaitingForGpus
+        } else {
+            Reason::Progressing
+        };
+        verdicts.push((
+            ConditionType::Reconciling,
+            Assessment::ok(reason, progress.join("; ")),
+        ));
+    }
+    if stalled {
+        // kstatus (Flux) reads Stalled: a pool that is not Ready and not making progress shows
+        // as failed rather than in progress forever.
+        verdicts.push((
+            ConditionType::Stalled,
+            Assessment::ok(ready.reason, ready.message.clone()),
+        ));
+    }
+    if let Some(conflict) = conflict_assessment(&plan.claims) {
+        verdicts.push((ConditionType::Conflict, conflict));
+    }
+    let status = GpuPoolStatus {
+        observed_generation: pool.metadata.generation,
+        nodes: nodes.len() as i32,
+        nodes_with_gpus: summary.serving.len() as i32,
+        gpus_capacity: summary.gpus_capacity,
+        gpus_allocatable: summary.gpus_allocatable,
+        node_image: Some(plan.plugin.detected.to_string()),
+        device_plugin: Some(device_plugin_status(
+            &plan.plugin,
+            &applied.state,
+            &plan.image,
+        )),
+        problem_nodes_total: summary.problems.len() as i32,
+        problem_nodes: summary
+            .problems
+            .values()
+            .take(MAX_PROBLEM_NODES)
+            .cloned()
+            .collect(),
+        conditions: verdicts
+            .into_iter()
+            .map(|(t, a)| condition(&previous.conditions, pool.metadata.generation, o.now, t, a))
+            .collect(),
+    };
+    let recheck_at = [summary.next_grace_end, plugin.recheck_at]
+        .into_iter()
+        .flatten()
+        .min();
+    StatusOutcome {
+        events: pool_events(pool.status.as_ref(), &status, applied.change.as_ref()),
+        status,
+        recheck_after: recheck_at.map(|at| until(o.now, at)),
+        serving: summary.serving,
+    }
+}
+
+/// From now until `at`, plus a second so the next look lands after it.
+fn until(now: Timestamp, at: Timestamp) -> Duration {
+    let secs = at.duration_since(now).as_secs_f64().max(0.0);
+    Duration::from_secs_f64(secs) + Duration::from_secs(1)
+}
+
+/// `GpusSchedulable`.
+fn gpus_assessment(s: &NodeSummary, node_count: usize, selector: &str) -> Assessment {
+    if node_count == 0 {
+        return Assessment::failed(
+            Reason::NoNodes,
+            format!(
+                "the selector {selector} matches no nodes: the pool is scaled to zero, or the selector names a label the nodes lack"
+            ),
+        );
+    }
+    if !s.failing.is_empty() {
+        let all_not_ready = s.failing.iter().all(|(_, r)| *r == Reason::NotReady);
+        let listed: Vec<String> = s
+            .failing
+            .iter()
+            .map(|(n, r)| format!("{n} ({r})"))
+            .collect();
+        return Assessment::failed(
+            if all_not_ready {
+                Reason::NodesNotReady
+            } else {
+                Reason::GpusMissing
+            },
+            format!(
+                "{} of {node_count} nodes cannot run GPU work: {}; see status.problemNodes",
+                s.failing.len(),
+                name_list(&listed, 10)
+            ),
+        );
+    }
+    if !s.waiting.is_empty() {
+        let names = name_list(&s.waiting, 10);
+        return Assessment::progressing(
+            Reason::WaitingForGpus,
+            format!(
+                "{} nodes joined recently and have no nvidia.com/gpu yet: {names}",
+                s.waiting.len()
+            ),
+            format!("waiting for GPUs on {names}"),
+        );
+    }
+    if s.in_service == 0 {
+        return Assessment::failed(
+            Reason::AllNodesCordoned,
+            format!("all {node_count} nodes are cordoned or being deleted"),
+        );
+    }
+    Assessment::ok(
+        Reason::GpusSchedulable,
+        format!(
+            "{} nodes with {} allocatable nvidia.com/gpu",
+            s.serving.len(),
+            s.gpus_allocatable
+        ),
+    )
+}
+
+/// `Ready`: the first failing condition's reason, or Ready.
+fn ready_assessment(
+    stalled_by_write: bool,
+    plugin: &Assessment,
+    gpus: &Assessment,
+    s: &NodeSummary,
+    mode: PluginMode,
+) -> Assessment {
+    if stalled_by_write || !plugin.ok {
+        return Assessment::failed(plugin.reason, plugin.message.clone());
+    }
+    if gpus.reason == Reason::NoNodes {
+        return Assessment::ok(Reason::NoNodes, gpus.message.clone());
+    }
+    if !gpus.ok {
+        return Assessment::failed(gpus.reason, gpus.message.clone());
+    }
+    Assessment::ok(
+        Reason::Ready,
+        format!(
+            "{} nodes with {} allocatable nvidia.com/gpu; device plugin {}",
+            s.serving.len(),
+            s.gpus_allocatable,
+            mode.as_str()
+        ),
+    )
+}
+
+/// `Conflict`, while nodes are contested.
+fn conflict_assessment(claims: &NodeClaims) -> Option<Assessment> {
+    if !claims.has_conflicts() {
+        return None;
+    }
+    let by_pools = !(claims.served_by_other_pool.is_empty() && claims.also_selected_by.is_empty());
+    let reason = match (by_pools, !claims.foreign_plugins.is_empty()) {
+        (true, true) => Reason::NodesSelectedByOtherPoolsAndForeignDevicePlugin,
+        (false, _) => Reason::ForeignDevicePlugin,
+        (true, false) => Reason::NodesSelectedByOtherPools,
+    };
+    Some(Assessment::ok(reason, conflict_message(claims)))
+}
+
+fn conflict_message(claims: &NodeClaims) -> String {
+    let mut parts = Vec::new();
+    let mut by_pool: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (node, pool) in &claims.served_by_other_pool {
+        by_pool.entry(pool).or_default().push(node.clone());
+    }
+    for (pool, nodes) in by_pool {
+        parts.push(format!(
+            "{} also selected by the older GpuPool {pool}, which serves them",
+            name_list(&nodes, 10)
+        ));
+    }
+    let mut by_pools: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (node, pools) in &claims.also_selected_by {
+        by_pools
+            .entry(pools.join(", "))
+            .or_default()
+            .push(node.clone());
+    }
+    for (pools, nodes) in by_pools {
+        parts.push(format!(
+            "{} also selected by GpuPool {pools}; this pool serves them",
+            name_list(&nodes, 10)
+        ));
+    }
+    let mut by_plugin: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (node, plugins) in &claims.foreign_plugins {
+        by_plugin
+            .entry(plugins.join(", "))
+            .or_default()
+            .push(node.clone());
+    }
+    for (plugins, nodes) in by_plugin {
+        parts.push(format!("device plugin DaemonSet {plugins}, not managed by gpupool, runs on {}; gpupool adds no second plugin there", name_list(&nodes, 10)));
+    }
+    format!(
+        "{}. Make GpuPool selectors disjoint and remove hand-applied device plugins to resolve this",
+        parts.join("; ")
+    )
+}
+
+/// A condition that keeps its lastTransitionTime unless its status flips.
+fn condition(
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: Timestamp,
+    type_: ConditionType,
+    a: Assessment,
+) -> Condition {
+    let status = ConditionStatus::from_bool(a.ok);
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_.as_str() && c.has_status(status))
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::from_second(now.as_second()).unwrap_or(now)));
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        observed_generation: generation,
+        last_transition_time,
+        reason: a.reason.to_string(),
+        message: a.message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use crate::api::{GpuPool, GpuPoolSpec, NodeImage};
+    use crate::decide::action::DaemonSetAction;
+    use crate::decide::image::decide_plugin;
+    use crate::decide::model::{ObjectId, PluginState, Rollout, Stall};
+    use crate::decide::nodes::NodeReadiness;
+    use crate::decide::testing::{gpu_node, selector, settings};
+
+    fn now() -> Timestamp {
+        "2026-11-23T12:00:00Z".parse().unwrap()
+    }
+
+    fn ds_id() -> ObjectId {
+        ObjectId {
+            namespace: "gpu-resources".into(),
+            name: "nvidia-device-plugin-gpu".into(),
+        }
+    }
+
+    fn live_with(rollout: Rollout) -> PluginState {
+        PluginState::Live {
+            id: ds_id(),
+            rollout,
+        }
+    }
+
+    fn live(desired: i32, ready: i32) -> PluginState {
+        live_with(Rollout {
+            generation: 1,
+            observed_generation: 1,
+            desired,
+            ready,
+            updated: desired,
+        })
+    }
+
+    struct Case {
+        nodes: Vec<NodeFacts>,
+        daemonset: PluginState,
+        claims: NodeClaims,
+        expected: Option<i32>,
+        stall: Option<Stall>,
+        previous: Vec<Condition>,
+        mode: NodeImage,
+    }
+
+    impl Case {
+        fn new(nodes: Vec<NodeFacts>) -> Case {
+            let n = nodes.len() as i32;
+            Case {
+                nodes,
+                daemonset: live(n, n),
+                claims: NodeClaims::default(),
+                expected: None,
+                stall: None,
+                previous: vec![],
+                mode: NodeImage::Standard,
+            }
+        }
+
+        fn run(&self) -> StatusOutcome {
+            let mut pool = GpuPool::new(
+                "gpu",
+                GpuPoolSpec {
+                    node_selector: selector(&[("agentpool", "gpu")]),
+                    node_image: self.mode,
+                    device_plugin: None,
+                    expected_gpus_per_node: self.expected,
+                },
+            );
+            pool.metadata.generation = Some(2);
+            pool.status = Some(GpuPoolStatus {
+                conditions: self.previous.clone(),
+                ..GpuPoolStatus::default()
+            });
+            let observed = Observed {
+                pool: Arc::new(pool),
+                nodes: self.nodes.iter().cloned().map(Arc::new).collect(),
+                other_pools: vec![],
+                plugin_daemonsets: vec![],
+                pool_uids: Default::default(),
+                now: now(),
+            };
+            let refs: Vec<&NodeFacts> = self.nodes.iter().collect();
+            let plan = Plan {
+                plugin: decide_plugin(self.mode, &refs, None),
+                claims: self.claims.clone(),
+                image: "img".into(),
+                delete_stale: vec![],
+                daemonset: DaemonSetAction::Nothing,
+                live: None,
+            };
+            let applied = Applied {
+                state: self.daemonset.clone(),
+                stall: self.stall.clone(),
+                change: None,
+            };
+            let mut settings = settings();
+            settings.gpu_grace_period = Duration::from_secs(600);
+            report(&observed, &plan, &applied, &settings)
+        }
+    }
+
+    fn cond(s: &GpuPoolStatus, t: ConditionType) -> Option<&Condition> {
+        s.condition(t)
+    }
+
+    fn state_of(s: &GpuPoolStatus, t: ConditionType) -> ConditionStatus {
+        cond(s, t)
+            .expect("condition present")
+            .status
+            .parse()
+            .expect("a known status")
+    }
+
+    fn reason_of(s: &GpuPoolStatus, t: ConditionType) -> Reason {
+        cond(s, t)
+            .expect("condition present")
+            .reason
+            .parse()
+            .expect("a known reason")
+    }
+
+    fn old_node(name: &str, cap: i64, alloc: i64) -> NodeFacts {
+        let mut n = gpu_node(name, cap, alloc);
+        n.created = Some("2026-11-23T10:00:00Z".parse().unwrap());
+        n
+    }
+
+    #[test]
+    fn healthy_pool_is_ready_with_counts() {
+        let out = Case::new(vec![old_node("a", 2, 2), old_node("b", 2, 2)]).run();
+        let s = out.status;
+        assert_eq!(
+            (
+                s.nodes,
+                s.nodes_with_gpus,
+                s.gpus_capacity,
+                s.gpus_allocatable
+            ),
+            (2, 2, 4, 4)
+        );
+        assert_eq!(state_of(&s, ConditionType::Ready), ConditionStatus::True);
+        assert_eq!(
+            reason_of(&s, ConditionType::DevicePluginReady),
+            Reason::DaemonSetReady
+        );
+        assert_eq!(
+            state_of(&s, ConditionType::GpusSchedulable),
+            ConditionStatus::True
+        );
+        assert!(
+            cond(&s, ConditionType::Reconciling).is_none()
+                && cond(&s, ConditionType::Stalled).is_none()
+                && cond(&s, ConditionType::Conflict).is_none()
+        );
+        assert_eq!(s.observed_generation, Some(2));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(2))
+        );
+        assert!(s.problem_nodes.is_empty());
+        assert_eq!(out.recheck_after, None);
+    }
+
+    #[test]
+    fn a_ready_plugin_with_zero_gpus_is_not_ready_and_names_the_node() {
+        let s = Case::new(vec![old_node("a", 1, 1), old_node("gpu-lost", 0, 0)])
+            .run()
+            .status;
+        assert_eq!(
+            state_of(&s, ConditionType::DevicePluginReady),
+            ConditionStatus::True
+        );
+        let ready = cond(&s, ConditionType::Ready).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            (
+                ConditionStatus::False.as_str(),
+                Reason::GpusMissing.as_str()
+            )
+        );
+        assert!(
+            ready.message.contains("gpu-lost (NoGpuCapacity)"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(s.problem_nodes[0].name, "gpu-lost");
+        assert_eq!(s.problem_nodes[0].reason, Reason::NoGpuCapacity.as_str());
+        assert!(
+            cond(&s, ConditionType::Reconciling).is_none(),
+            "a failure is not progress"
+        );
+    }
+
+    #[test]
+    fn a_new_node_without_gpus_is_progressing_until_the_grace_period_ends() {
+        let mut fresh = gpu_node("fresh", 0, 0);
+        fresh.created = Some("2026-11-23T11:58:00Z".parse().unwrap());
+        let out = Case::new(vec![old_node("a", 1, 1), fresh.clone()]).run();
+        let s = &out.status;
+        assert_eq!(reason_of(s, ConditionType::Ready), Reason::WaitingForGpus);
+        assert_eq!(
+            state_of(s, ConditionType::Reconciling),
+            ConditionStatus::True
+        );
+        assert_eq!(s.problem_nodes[0].reason, Reason::WaitingForGpus.as_str());
+        // 8 minutes of grace left (+1 s so the recheck lands after the deadline).
+        assert_eq!(out.recheck_after, Some(Duration::from_secs(8 * 60 + 1)));
+
+        fresh.created = Some("2026-11-23T11:40:00Z".parse().unwrap());
+        let s = Case::new(vec![old_node("a", 1, 1), fresh]).run().status;
+        assert_eq!(reason_of(&s, ConditionType::Ready), Reason::GpusMissing);
+        assert!(cond(&s, ConditionType::Reconciling).is_none());
+    }
+
+    #[test]
+    fn expected_gpus_and_unhealthy_gpus() {
+        let mut case = Case::new(vec![old_node("four", 4, 4), old_node("two", 4, 2)]);
+        case.expected = Some(4);
+        let s = case.run().status;
+        assert_eq!(reason_of(&s, ConditionType::Ready), Reason::GpusMissing);
+        assert_eq!(
+            s.problem_nodes[0].reason,
+            Reason::FewerGpusThanExpected.as_str()
+        );
+
+        // Without an expectation, one unhealthy GPU is a warning, not a failure.
+        let s = Case::new(vec![old_node("four", 4, 4), old_node("two", 4, 2)])
+            .run()
+            .status;
+        assert_eq!(state_of(&s, ConditionType::Ready), ConditionStatus::True);
+        assert_eq!(
+            s.problem_nodes[0].reason,
+            Reason::AllocatableBelowCapacity.as_str()
+        );
+        let s = Case::new(vec![old_node("none", 4, 0)]).run().status;
+        assert_eq!(
+            s.problem_nodes[0].reason,
+            Reason::NoAllocatableGpus.as_str()
+        );
+    }
+
+    #[test]
+    fn cordoned_nodes_are_reported_but_do_not_fail_the_pool() {
+        let mut cordoned = old_node("cordoned", 0, 0);
+        cordoned.unschedulable = true;
+        let s = Case::new(vec![old_node("a", 1, 1), cordoned.clone()])
+            .run()
+            .status;
+        assert_eq!(state_of(&s, ConditionType::Ready), ConditionStatus::True);
+        assert_eq!(s.problem_nodes[0].reason, Reason::Cordoned.as_str());
+        let s = Case::new(vec![cordoned]).run().status;
+        assert_eq!(
+            reason_of(&s, ConditionType::Ready),
+            Reason::AllNodesCordoned
+        );
+    }
+
+    #[test]
+    fn not_ready_nodes() {
+        let mut down = old_node("down", 1, 1);
+        down.ready = NodeReadiness::NotReady;
+        let s = Case::new(vec![old_node("a", 1, 1), down]).run().status;
+        assert_eq!(reason_of(&s, ConditionType::Ready), Reason::NodesNotReady);
+    }
+
+    #[test]
+    fn an_empty_pool_says_so_and_is_not_failing() {
+        let mut case = Case::new(vec![]);
+        case.daemonset = live(0, 0);
+        let s = case.run().status;
+        let ready = cond(&s, ConditionType::Ready).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            (ConditionStatus::True.as_str(), Reason::NoNodes.as_str())
+        );
+        assert!(ready.message.contains("agentpool=gpu"), "{}", ready.message);
+        assert_eq!(
+            reason_of(&s, ConditionType::GpusSchedulable),
+            Reason::NoNodes
+        );
+        assert!(
+            cond(&s, ConditionType::Stalled).is_none()
+                && cond(&s, ConditionType::Reconciling).is_none()
+        );
+    }
+
+    #[test]
+    fn rollout_and_unready_plugin_pods() {
+        let mut case = Case::new(vec![old_node("a", 1, 1), old_node("b", 1, 1)]);
+        case.daemonset = live_with(Rollout {
+            generation: 2,
+            observed_generation: 1,
+            desired: 2,
+            ready: 2,
+            updated: 2,
+        });
+        let s = case.run().status;
+        assert_eq!(
+            reason_of(&s, ConditionType::DevicePluginReady),
+            Reason::DaemonSetProgressing
+        );
+        assert_eq!(
+            state_of(&s, ConditionType::Reconciling),
+            ConditionStatus::True
+        );
+        assert_eq!(state_of(&s, ConditionType::Ready), ConditionStatus::False);
+
+        // Pods starting up are progress, until the rollout deadline...
+        case.daemonset = live(2, 1);
+        let out = case.run();
+        assert_eq!(
+            reason_of(&out.status, ConditionType::DevicePluginReady),
+            Reason::DaemonSetProgressing
+        );
+        assert_eq!(
+            state_of(&out.status, ConditionType::Reconciling),
+            ConditionStatus::True
+        );
+        assert_eq!(
+            out.recheck_after,
+            Some(Duration::from_secs(301)),
+            "looked at again when the deadline passes"
+        );
+        // ...after which, with the plugin not ready since long before, they are a failure.
+        let mut earlier = out.status.conditions.clone();
+        for c in &mut earlier {
+            c.last_transition_time = Time("2026-11-23T11:00:00Z".parse().unwrap());
+        }
+        case.previous = earlier;
+        let s = case.run().status;
+        let plugin = cond(&s, ConditionType::DevicePluginReady).unwrap();
+        assert_eq!(plugin.reason, Reason::PluginPodsNotReady.as_str());
+        assert!(plugin.message.contains("5m"), "{}", plugin.message);
+        assert!(
+            cond(&s, ConditionType::Reconciling).is_none(),
+            "pods that do not get ready are not progress"
+        );
+        // Pods that cannot even be created (updated < desired) are a stuck rollout.
+        case.daemonset = live_with(Rollout {
+            generation: 1,
+            observed_generation: 1,
+            desired: 1,
+            ready: 0,
+            updated: 0,
+        });
+        let s = case.run().status;
+        let plugin = cond(&s, ConditionType::DevicePluginReady).unwrap();
+        assert_eq!(plugin.reason, Reason::DaemonSetRolloutStuck.as_str());
+        assert!(
+            plugin.message.contains("PriorityClass"),
+            "{}",
+            plugin.message
+        );
+        case.daemonset = live(2, 1);
+        case.previous.clear();
+        assert_eq!(case.run().status.device_plugin.unwrap().ready, 1);
+
+        case.daemonset = PluginState::Pending { id: ds_id() };
+        let s = case.run().status;
+        assert_eq!(
+            reason_of(&s, ConditionType::DevicePluginReady),
+            Reason::DaemonSetPending
+        );
+    }
+
+    #[test]
+    fn stalled_only_while_true_and_ready_names_the_reason() {
+        let mut case = Case::new(vec![old_node("a", 1, 1)]);
+        case.stall = Some(Stall {
+            reason: Reason::DaemonSetRejected,
+            message: "the API server rejected it: x".into(),
+        });
+        let s = case.run().status;
+        assert_eq!(state_of(&s, ConditionType::Stalled), ConditionStatus::True);
+        assert_eq!(
+            reason_of(&s, ConditionType::Ready),
+            Reason::DaemonSetRejected
+        );
+        assert!(
+            cond(&s, ConditionType::Reconciling).is_none(),
+            "Stalled and Reconciling never both"
+        );
+        case.stall = None;
+        assert!(cond(&case.run().status, ConditionType::Stalled).is_none());
+    }
+
+    /// For kstatus every not-Ready pool shows exactly one of Reconciling and Stalled.
+    #[test]
+    fn not_ready_means_reconciling_or_stalled() {
+        let failing = Case::new(vec![old_node("a", 1, 1), old_node("lost", 0, 0)])
+            .run()
+            .status;
+        let stalled = cond(&failing, ConditionType::Stalled).expect("a failure stalls");
+        assert_eq!(stalled.reason, Reason::GpusMissing.as_str());
+        assert!(stalled.message.contains("lost"), "{}", stalled.message);
+        assert!(cond(&failing, ConditionType::Reconciling).is_none());
+
+        let mut fresh = gpu_node("fresh", 0, 0);
+        fresh.created = Some("2026-11-23T11:59:00Z".parse().unwrap());
+        let waiting = Case::new(vec![fresh]).run().status;
+        assert!(
+            cond(&waiting, ConditionType::Reconciling).is_some()
+                && cond(&waiting, ConditionType::Stalled).is_none()
+        );
+
+        let mut cordoned = old_node("c", 1, 1);
+        cordoned.unschedulable = true;
+        let all_cordoned = Case::new(vec![cordoned]).run().status;
+        assert_eq!(
+            state_of(&all_cordoned, ConditionType::Ready),
+            ConditionStatus::False
+        );
+        assert_eq!(
+            reason_of(&all_cordoned, ConditionType::Stalled),
+            Reason::AllNodesCordoned,
+            "it will not get better by itself"
+        );
+        assert!(cond(&all_cordoned, ConditionType::Reconciling).is_none());
+
+        let healthy = Case::new(vec![old_node("a", 1, 1)]).run().status;
+        assert!(
+            cond(&healthy, ConditionType::Stalled).is_none()
+                && cond(&healthy, ConditionType::Reconciling).is_none()
+        );
+    }
+
+    #[test]
+    fn last_transition_time_moves_only_on_flips() {
+        let case = Case::new(vec![old_node("a", 1, 1)]);
+        let first = case.run().status;
+        let mut earlier = first.conditions.clone();
+        for c in &mut earlier {
+            c.last_transition_time = Time("2026-01-01T00:00:00Z".parse().unwrap());
+            c.message = "an older message".into();
+        }
+        let mut again = Case::new(vec![old_node("a", 1, 1)]);
+        again.previous = earlier.clone();
+        let s = again.run().status;
+        assert_eq!(
+            cond(&s, ConditionType::Ready).unwrap().last_transition_time,
+            earlier[0].last_transition_time,
+            "same status keeps the time"
+        );
+
+        let mut flipped = Case::new(vec![old_node("a", 0, 0)]);
+        flipped.previous = earlier;
+        let s = flipped.run().status;
+        assert_eq!(
+            cond(&s, ConditionType::Ready)
+                .unwrap()
+                .last_transition_time
+                .0,
+            now(),
+            "a flip takes the current time"
+        );
+        assert_eq!(
+            cond(&s, ConditionType::DevicePluginReady)
+                .unwrap()
+                .last_transition_time
+                .0,
+            "2026-01-01T00:00:00Z".parse::<Timestamp>().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_same_inputs_give_the_same_status() {
+        let case = Case::new(vec![old_node("a", 1, 1), old_node("b", 0, 0)]);
+        let first = case.run().status;
+        let mut again = Case::new(vec![old_node("a", 1, 1), old_node("b", 0, 0)]);
+        again.previous = first.conditions.clone();
+        assert_eq!(again.run().status, first, "no change, so no status write");
+    }
+
+    #[test]
+    fn node_order_does_not_change_the_status() {
+        let mut fresh_a = gpu_node("fresh-a", 0, 0);
+        fresh_a.created = Some("2026-11-23T11:58:00Z".parse().unwrap());
+        let mut fresh_b = fresh_a.clone();
+        fresh_b.name = "fresh-b".into();
+        let waiting = |nodes: Vec<NodeFacts>| Case::new(nodes).run().status;
+        assert_eq!(
+            waiting(vec![fresh_a.clone(), fresh_b.clone()]),
+            waiting(vec![fresh_b, fresh_a])
+        );
+        let failing = |nodes: Vec<NodeFacts>| Case::new(nodes).run().status;
+        assert_eq!(
+            failing(vec![old_node("a", 0, 0), old_node("b", 0, 0)]),
+            failing(vec![old_node("b", 0, 0), old_node("a", 0, 0)])
+        );
+    }
+
+    #[test]
+    fn conflicts_are_reported_with_nodes_and_pools() {
+        let mut case = Case::new(vec![old_node("a", 1, 1), old_node("b", 1, 1)]);
+        case.claims
+            .served_by_other_pool
+            .insert("b".into(), "older".into());
+        case.claims.foreign_plugins.insert(
+            "a".into(),
+            vec!["gpu-resources/nvidia-device-plugin-daemonset".into()],
+        );
+        let s = case.run().status;
+        let c = cond(&s, ConditionType::Conflict).unwrap();
+        assert_eq!(
+            c.reason,
+            Reason::NodesSelectedByOtherPoolsAndForeignDevicePlugin.as_str()
+        );
+        assert!(
+            c.message
+                .contains("b also selected by the older GpuPool older"),
+            "{}",
+            c.message
+        );
+        assert!(
+            c.message
+                .contains("gpu-resources/nvidia-device-plugin-daemonset"),
+            "{}",
+            c.message
+        );
+        assert_eq!(
+            state_of(&s, ConditionType::Ready),
+            ConditionStatus::True,
+            "GPUs are still served"
+        );
+        let reasons: Vec<_> = s
+            .problem_nodes
+            .iter()
+            .map(|p| (p.name.as_str(), p.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("a", Reason::ForeignDevicePlugin.as_str()),
+                ("b", Reason::SelectedByOtherPool.as_str())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_foreign_plugin_on_a_specialized_pool_is_a_duplicate() {
+        let mut case = Case::new(vec![old_node("a", 1, 1)]);
+        case.mode = NodeImage::Specialized;
+        case.daemonset = PluginState::NotDeployed;
+        case.claims.foreign_plugins.insert(
+            "a".into(),
+            vec!["gpu-resources/nvidia-device-plugin-daemonset".into()],
+        );
+        let s = case.run().status;
+        assert_eq!(
+            reason_of(&s, ConditionType::DevicePluginReady),
+            Reason::DuplicateDevicePlugin
+        );
+        assert_eq!(state_of(&s, ConditionType::Ready), ConditionStatus::False);
+        assert_eq!(s.device_plugin.unwrap().mode, PluginMode::Skipped);
+    }
+
+    #[test]
+    fn problem_nodes_are_bounded_but_counted() {
+        let nodes: Vec<NodeFacts> = (0..50)
+            .map(|i| old_node(&format!("n{i:02}"), 0, 0))
+            .collect();
+        let s = Case::new(nodes).run().status;
+        assert_eq!(s.problem_nodes.len(), MAX_PROBLEM_NODES);
+        assert_eq!(s.problem_nodes_total, 50);
+        let msg = &cond(&s, ConditionType::Ready).unwrap().message;
+        assert!(msg.contains("and 40 more"), "{msg}");
+    }
+
+    #[test]
+    fn gpu_sums_saturate_instead_of_overflowing() {
+        let huge = old_node("huge-0", i64::MAX, i64::MAX);
+        let huge2 = old_node("huge-1", i64::MAX, i64::MAX);
+        let out = Case::new(vec![huge, huge2]).run();
+        assert_eq!(out.status.gpus_capacity, i64::MAX);
+        assert_eq!(out.status.gpus_allocatable, i64::MAX);
+    }
+}

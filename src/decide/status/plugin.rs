@@ -1,0 +1,131 @@
+//! `DevicePluginReady`: whether the device plugin runs where it should, and
+//! `status.devicePlugin`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::api::{DevicePluginStatus, PluginMode, Reason};
+use crate::decide::claims::NodeClaims;
+use crate::decide::image::PluginDecision;
+use crate::decide::model::{PluginState, Rollout, Stall, name_list};
+
+use super::Assessment;
+
+/// What the plugin condition is judged from.
+pub(super) struct PluginInputs<'a> {
+    pub decision: &'a PluginDecision,
+    pub claims: &'a NodeClaims,
+    pub state: &'a PluginState,
+    pub stall: Option<&'a Stall>,
+    /// When DevicePluginReady last turned False (the rollout deadline counts from there).
+    pub not_ready_since: Option<Timestamp>,
+    pub rollout_deadline: Duration,
+    pub now: Timestamp,
+}
+
+pub(super) fn plugin_assessment(i: &PluginInputs) -> Assessment {
+    if let Some(stall) = i.stall {
+        return Assessment::failed(stall.reason, stall.message.clone());
+    }
+    if i.decision.mode == PluginMode::Skipped && !i.claims.foreign_plugins.is_empty() {
+        return duplicate_plugin(i.claims);
+    }
+    match i.state {
+        PluginState::NotDeployed => Assessment::ok(i.decision.reason, i.decision.message.clone()),
+        PluginState::Pending { id } => {
+            let message = format!("DaemonSet {id} is being created");
+            Assessment::progressing(Reason::DaemonSetPending, message.clone(), message)
+        }
+        PluginState::Live { id, rollout } if rollout.observed_generation < rollout.generation => {
+            Assessment::progressing(
+                Reason::DaemonSetProgressing,
+                format!("the DaemonSet controller has not yet picked up the latest spec of {id}"),
+                format!("DaemonSet {id} is rolling out"),
+            )
+        }
+        PluginState::Live { id, rollout }
+            if rollout.updated < rollout.desired || rollout.ready < rollout.desired =>
+        {
+            rolling_out(i, &id.to_string(), &id.namespace, &id.name, rollout)
+        }
+        PluginState::Live { id, rollout } => Assessment::ok(
+            Reason::DaemonSetReady,
+            format!("{} plugin pods of {id} are ready", rollout.ready),
+        ),
+    }
+}
+
+fn duplicate_plugin(claims: &NodeClaims) -> Assessment {
+    let nodes: Vec<String> = claims.foreign_plugins.keys().cloned().collect();
+    let plugins: BTreeSet<&String> = claims.foreign_plugins.values().flatten().collect();
+    let plugins: Vec<&str> = plugins.into_iter().map(String::as_str).collect();
+    Assessment::failed(
+        Reason::DuplicateDevicePlugin,
+        format!(
+            "the node image ships the device plugin, yet DaemonSet {} also runs on {}: two plugins on one node make nvidia.com/gpu unreliable (the AKS article warns against this); delete that DaemonSet or keep it off these nodes",
+            plugins.join(", "),
+            name_list(&nodes, 10)
+        ),
+    )
+}
+
+/// Pods need time to be created, pulled and started; past the rollout deadline (counted from
+/// when the plugin stopped being ready) it is a failure, not progress.
+fn rolling_out(i: &PluginInputs, id: &str, namespace: &str, name: &str, r: &Rollout) -> Assessment {
+    let since = i.not_ready_since.unwrap_or(i.now);
+    let deadline = since
+        .checked_add(SignedDuration::try_from(i.rollout_deadline).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX);
+    let counts = format!(
+        "{} of {} plugin pods updated, {} ready",
+        r.updated, r.desired, r.ready
+    );
+    let waited = humantime::format_duration(i.rollout_deadline);
+    if deadline > i.now {
+        let mut a = Assessment::progressing(
+            Reason::DaemonSetProgressing,
+            format!("{id} rolling out: {counts}"),
+            format!("DaemonSet {id} is rolling out"),
+        );
+        a.recheck_at = Some(deadline);
+        a
+    } else if r.updated < r.desired {
+        Assessment::failed(
+            Reason::DaemonSetRolloutStuck,
+            format!(
+                "{id}: {counts} for longer than {waited}: the DaemonSet controller cannot create the pods; its FailedCreate events (kubectl -n {namespace} describe daemonset {name}) name the cause, e.g. a missing PriorityClass (spec.devicePlugin.priorityClassName), a quota or an admission policy"
+            ),
+        )
+    } else {
+        Assessment::failed(
+            Reason::PluginPodsNotReady,
+            format!(
+                "{id}: {counts} for longer than {waited}: check the pods with kubectl -n {namespace} get pods -l name=nvidia-device-plugin-ds and their logs (image pull errors, crash loops)"
+            ),
+        )
+    }
+}
+
+pub(super) fn device_plugin_status(
+    decision: &PluginDecision,
+    state: &PluginState,
+    image: &str,
+) -> DevicePluginStatus {
+    let (name, rollout) = match state {
+        PluginState::NotDeployed => (None, Rollout::default()),
+        PluginState::Pending { id } => (Some(id.to_string()), Rollout::default()),
+        PluginState::Live { id, rollout } => (Some(id.to_string()), rollout.clone()),
+    };
+    DevicePluginStatus {
+        mode: decision.mode,
+        reason: decision.reason.to_string(),
+        message: decision.message.clone(),
+        daemon_set: name,
+        image: (decision.mode == PluginMode::Managed).then(|| image.to_string()),
+        desired: rollout.desired,
+        ready: rollout.ready,
+        updated: rollout.updated,
+    }
+}

@@ -1,0 +1,20 @@
+//! What gpupool knows of the cluster, kept from watches: plain data, updated by watch events and
+//! read by reconciles. Each index says what an event really changed, which is what decides the
+//! pools to look at again; nothing here talks to the API server.
+
+mod nodes;
+mod tracked;
+
+pub use nodes::NodeIndex;
+pub use tracked::{Change, Keyed, Tracked};
+
+use crate::decide::model::DaemonSetFacts;
+
+impl Keyed for DaemonSetFacts {
+    fn key(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Owned(self.id.to_string())
+    }
+}
+
+/// The DaemonSets gpupool cares about: its own and other device plugins.
+pub type DaemonSetIndex = Tracked<DaemonSetFacts>;

@@ -1,0 +1,248 @@
+//! The nodes, as the facts gpupool decides on, with an index from label to nodes so that a
+//! pool's nodes are found without evaluating its selector on every node of the cluster.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use kube::runtime::watcher::Event;
+
+use crate::api::{PoolSelector, SelectorOperator};
+use crate::decide::nodes::NodeFacts;
+use crate::decide::selector::selects;
+use crate::index::{Change, Keyed, Tracked};
+
+impl Keyed for NodeFacts {
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.name)
+    }
+}
+
+/// Node names by label value, for the label keys pool selectors use.
+type LabelIndex = HashMap<String, HashMap<String, BTreeSet<String>>>;
+
+#[derive(Debug, Default)]
+pub struct NodeIndex {
+    nodes: Tracked<NodeFacts>,
+    /// Only keys some pool selects on are indexed: an AKS node has ~30 labels, a pool selects on
+    /// one or two, and 5,000 nodes must fit in a small replica.
+    by_label: LabelIndex,
+}
+
+impl NodeIndex {
+    pub fn apply(&mut self, event: Event<NodeFacts>) -> Vec<Change<NodeFacts>> {
+        let changes = self.nodes.apply(event);
+        for change in &changes {
+            let (old, new) = change.states();
+            if let Some(old) = old {
+                unindex(&mut self.by_label, old);
+            }
+            if let Some(new) = new {
+                index(&mut self.by_label, new);
+            }
+        }
+        changes
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.nodes.is_synced()
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<NodeFacts>> {
+        self.nodes.get(name)
+    }
+
+    /// Starts indexing the label keys a selector uses (a new pool's).
+    pub fn index_keys_of(&mut self, selector: &PoolSelector) {
+        for key in positive_keys(selector) {
+            if self.by_label.contains_key(key) {
+                continue;
+            }
+            let mut values: HashMap<String, BTreeSet<String>> = HashMap::new();
+            for node in self.nodes.values() {
+                if let Some(v) = node.labels.get(key) {
+                    values
+                        .entry(v.clone())
+                        .or_default()
+                        .insert(node.name.clone());
+                }
+            }
+            self.by_label.insert(key.to_string(), values);
+        }
+    }
+
+    /// The nodes the selector selects, sorted by name.
+    pub fn selected(&self, selector: &PoolSelector) -> Vec<Arc<NodeFacts>> {
+        match self.candidates(selector) {
+            Some(names) => names
+                .into_iter()
+                .filter_map(|n| self.nodes.get(n))
+                .filter(|n| selects(selector, &n.labels))
+                .cloned()
+                .collect(),
+            None => {
+                let mut all: Vec<Arc<NodeFacts>> = self
+                    .nodes
+                    .values()
+                    .filter(|n| selects(selector, &n.labels))
+                    .cloned()
+                    .collect();
+                all.sort_by(|a, b| a.name.cmp(&b.name));
+                all
+            }
+        }
+    }
+
+    /// The smallest set of node names one indexed requirement admits, or None when no
+    /// requirement can narrow the search (only NotIn/DoesNotExist, or keys not indexed yet).
+    fn candidates(&self, selector: &PoolSelector) -> Option<BTreeSet<&str>> {
+        let labels = selector
+            .match_labels
+            .iter()
+            .map(|(k, v)| (k, Some(std::slice::from_ref(v))));
+        let expressions = selector
+            .match_expressions
+            .iter()
+            .filter_map(|r| match r.operator {
+                SelectorOperator::In => Some((&r.key, Some(r.values.as_slice()))),
+                SelectorOperator::Exists => Some((&r.key, None)),
+                SelectorOperator::NotIn | SelectorOperator::DoesNotExist => None,
+            });
+        labels
+            .chain(expressions)
+            .filter_map(|(key, values)| {
+                let by_value = self.by_label.get(key)?;
+                let names: BTreeSet<&str> = match values {
+                    Some(values) => values
+                        .iter()
+                        .filter_map(|v| by_value.get(v))
+                        .flatten()
+                        .map(String::as_str)
+                        .collect(),
+                    None => by_value.values().flatten().map(String::as_str).collect(),
+                };
+                Some(names)
+            })
+            .min_by_key(BTreeSet::len)
+    }
+
+    /// Every node (for pools whose selectors cannot use the index, and for tests).
+    pub fn values(&self) -> impl Iterator<Item = &Arc<NodeFacts>> {
+        self.nodes.values()
+    }
+}
+
+/// Keys a selector requires to be present (the ones an index can narrow by).
+fn positive_keys(selector: &PoolSelector) -> impl Iterator<Item = &str> {
+    selector.match_labels.keys().map(String::as_str).chain(
+        selector
+            .match_expressions
+            .iter()
+            .filter(|r| matches!(r.operator, SelectorOperator::In | SelectorOperator::Exists))
+            .map(|r| r.key.as_str()),
+    )
+}
+
+fn index(by_label: &mut LabelIndex, node: &NodeFacts) {
+    for (key, values) in by_label.iter_mut() {
+        if let Some(v) = node.labels.get(key) {
+            values
+                .entry(v.clone())
+                .or_default()
+                .insert(node.name.clone());
+        }
+    }
+}
+
+fn unindex(by_label: &mut LabelIndex, node: &NodeFacts) {
+    for (key, values) in by_label.iter_mut() {
+        if let Some(v) = node.labels.get(key)
+            && let Some(names) = values.get_mut(v)
+        {
+            names.remove(&node.name);
+            if names.is_empty() {
+                values.remove(v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SelectorRequirement;
+    use crate::decide::testing::{node_labelled, selector};
+
+    fn names(nodes: &[Arc<NodeFacts>]) -> Vec<&str> {
+        nodes.iter().map(|n| n.name.as_str()).collect()
+    }
+
+    fn index_of(nodes: &[NodeFacts]) -> NodeIndex {
+        let mut index = NodeIndex::default();
+        for n in nodes {
+            index.apply(Event::Apply(n.clone()));
+        }
+        index
+    }
+
+    #[test]
+    fn selection_agrees_with_the_selector_indexed_or_not() {
+        let nodes = [
+            node_labelled("b", &[("agentpool", "gpu"), ("zone", "1")]),
+            node_labelled("a", &[("agentpool", "gpu"), ("zone", "2")]),
+            node_labelled("c", &[("agentpool", "cpu"), ("zone", "1")]),
+            node_labelled("d", &[("zone", "3")]),
+        ];
+        let mut index = index_of(&nodes);
+        let mut zone = selector(&[]);
+        zone.match_expressions.push(SelectorRequirement {
+            key: "zone".into(),
+            operator: SelectorOperator::In,
+            values: vec!["1".into(), "3".into()],
+        });
+        let gpu = selector(&[("agentpool", "gpu")]);
+        let mut not_gpu = selector(&[]);
+        not_gpu.match_expressions.push(SelectorRequirement {
+            key: "agentpool".into(),
+            operator: SelectorOperator::NotIn,
+            values: vec!["gpu".into()],
+        });
+        for _ in 0..2 {
+            assert_eq!(names(&index.selected(&gpu)), ["a", "b"]);
+            assert_eq!(names(&index.selected(&zone)), ["b", "c", "d"]);
+            assert_eq!(names(&index.selected(&not_gpu)), ["c", "d"]);
+            for s in [&gpu, &zone, &not_gpu] {
+                index.index_keys_of(s);
+            }
+        }
+        assert!(
+            index.candidates(&gpu).is_some_and(|c| c.len() == 2),
+            "narrowed by the index"
+        );
+    }
+
+    #[test]
+    fn the_index_follows_label_changes_and_deletions() {
+        let mut index = index_of(&[node_labelled("n1", &[("agentpool", "gpu")])]);
+        let gpu = selector(&[("agentpool", "gpu")]);
+        index.index_keys_of(&gpu);
+        index.apply(Event::Apply(node_labelled("n1", &[("agentpool", "cpu")])));
+        assert!(index.selected(&gpu).is_empty());
+        index.apply(Event::Apply(node_labelled("n2", &[("agentpool", "gpu")])));
+        assert_eq!(names(&index.selected(&gpu)), ["n2"]);
+        index.apply(Event::Delete(node_labelled("n2", &[("agentpool", "gpu")])));
+        assert!(index.selected(&gpu).is_empty());
+        assert!(
+            !index.by_label["agentpool"].contains_key("gpu"),
+            "no empty sets left behind"
+        );
+    }
+}
