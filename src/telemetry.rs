@@ -32,19 +32,53 @@ struct PoolLabels {
     pool: String,
 }
 
-type PoolGauge = Family<PoolLabels, Gauge>;
+/// How a per-pool gauge is read off the pool's status.
+type ReadStatus = fn(&GpuPoolStatus) -> i64;
+/// A per-pool gauge: its name, its help, and how it is read.
+type PoolGaugeSpec = (&'static str, &'static str, ReadStatus);
+
+const POOL_GAUGES: &[PoolGaugeSpec] = &[
+    ("gpupool_pool_nodes", "Nodes selected by the pool", |s| {
+        s.nodes.into()
+    }),
+    (
+        "gpupool_pool_nodes_with_gpus",
+        "Nodes of the pool with schedulable GPUs",
+        |s| s.nodes_with_gpus.into(),
+    ),
+    (
+        "gpupool_pool_gpus_capacity",
+        "nvidia.com/gpu capacity over the pool's nodes",
+        |s| s.gpus_capacity,
+    ),
+    (
+        "gpupool_pool_gpus_allocatable",
+        "nvidia.com/gpu allocatable over the pool's nodes",
+        |s| s.gpus_allocatable,
+    ),
+    (
+        "gpupool_pool_ready",
+        "1 when the pool's Ready condition is True",
+        |s| s.is_true(ConditionType::Ready).into(),
+    ),
+    (
+        "gpupool_pool_plugin_managed",
+        "1 when gpupool runs the device plugin for the pool",
+        |s| {
+            s.device_plugin
+                .as_ref()
+                .is_some_and(|d| d.mode == PluginMode::Managed)
+                .into()
+        },
+    ),
+];
 
 pub struct Metrics {
     registry: Registry,
     reconcile_total: Family<ResultLabels, Counter>,
     reconcile_errors: Family<ControllerLabels, Counter>,
     reconcile_time: Family<ControllerLabels, Histogram>,
-    pool_nodes: PoolGauge,
-    pool_nodes_with_gpus: PoolGauge,
-    pool_gpus_capacity: PoolGauge,
-    pool_gpus_allocatable: PoolGauge,
-    pool_ready: PoolGauge,
-    pool_plugin_managed: PoolGauge,
+    pool_gauges: Vec<(Family<PoolLabels, Gauge>, ReadStatus)>,
     node_gpu_wait: Histogram,
 }
 
@@ -72,41 +106,14 @@ impl Default for Metrics {
             "Length of time per reconciliation per controller",
             reconcile_time.clone(),
         );
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let g = PoolGauge::default();
-            registry.register(name, help, g.clone());
-            g
-        };
-        let pool_nodes = gauge(
-            &mut registry,
-            "gpupool_pool_nodes",
-            "Nodes selected by the pool",
-        );
-        let pool_nodes_with_gpus = gauge(
-            &mut registry,
-            "gpupool_pool_nodes_with_gpus",
-            "Nodes of the pool with schedulable GPUs",
-        );
-        let pool_gpus_capacity = gauge(
-            &mut registry,
-            "gpupool_pool_gpus_capacity",
-            "nvidia.com/gpu capacity over the pool's nodes",
-        );
-        let pool_gpus_allocatable = gauge(
-            &mut registry,
-            "gpupool_pool_gpus_allocatable",
-            "nvidia.com/gpu allocatable over the pool's nodes",
-        );
-        let pool_ready = gauge(
-            &mut registry,
-            "gpupool_pool_ready",
-            "1 when the pool's Ready condition is True",
-        );
-        let pool_plugin_managed = gauge(
-            &mut registry,
-            "gpupool_pool_plugin_managed",
-            "1 when gpupool runs the device plugin for the pool",
-        );
+        let pool_gauges = POOL_GAUGES
+            .iter()
+            .map(|(name, help, read)| {
+                let family = Family::<PoolLabels, Gauge>::default();
+                registry.register(*name, *help, family.clone());
+                (family, *read)
+            })
+            .collect();
         let node_gpu_wait = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         registry.register(
             "gpupool_node_gpu_wait_seconds",
@@ -118,12 +125,7 @@ impl Default for Metrics {
             reconcile_total,
             reconcile_errors,
             reconcile_time,
-            pool_nodes,
-            pool_nodes_with_gpus,
-            pool_gpus_capacity,
-            pool_gpus_allocatable,
-            pool_ready,
-            pool_plugin_managed,
+            pool_gauges,
             node_gpu_wait,
         }
     }
@@ -152,41 +154,16 @@ impl Metrics {
     }
 
     pub fn set_pool(&self, pool: &str, status: &GpuPoolStatus) {
-        let l = PoolLabels { pool: pool.into() };
-        self.pool_nodes
-            .get_or_create(&l)
-            .set(i64::from(status.nodes));
-        self.pool_nodes_with_gpus
-            .get_or_create(&l)
-            .set(i64::from(status.nodes_with_gpus));
-        self.pool_gpus_capacity
-            .get_or_create(&l)
-            .set(status.gpus_capacity);
-        self.pool_gpus_allocatable
-            .get_or_create(&l)
-            .set(status.gpus_allocatable);
-        let ready = status.is_true(ConditionType::Ready);
-        self.pool_ready.get_or_create(&l).set(i64::from(ready));
-        let managed = status
-            .device_plugin
-            .as_ref()
-            .is_some_and(|d| d.mode == PluginMode::Managed);
-        self.pool_plugin_managed
-            .get_or_create(&l)
-            .set(i64::from(managed));
+        let labels = PoolLabels { pool: pool.into() };
+        for (family, read) in &self.pool_gauges {
+            family.get_or_create(&labels).set(read(status));
+        }
     }
 
     pub fn forget_pool(&self, pool: &str) {
-        let l = PoolLabels { pool: pool.into() };
-        for g in [
-            &self.pool_nodes,
-            &self.pool_nodes_with_gpus,
-            &self.pool_gpus_capacity,
-            &self.pool_gpus_allocatable,
-            &self.pool_ready,
-            &self.pool_plugin_managed,
-        ] {
-            g.remove(&l);
+        let labels = PoolLabels { pool: pool.into() };
+        for (family, _) in &self.pool_gauges {
+            family.remove(&labels);
         }
     }
 

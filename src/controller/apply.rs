@@ -83,24 +83,12 @@ pub async fn apply(
     plan: &Plan,
 ) -> Result<Applied, TransientError> {
     let live = plan.live.as_deref();
-    for stale in &plan.delete_stale {
-        if let Err(e) = delete(client, stale, &DeleteParams::background()).await {
-            return match stall_for(
-                &e,
-                Write::DeleteStale {
-                    id: stale,
-                    namespace,
-                },
-            ) {
-                Some(stall) => Ok(Applied {
-                    state: live_state(live),
-                    stall: Some(stall),
-                    change: None,
-                }),
-                None => Err(TransientError(e)),
-            };
-        }
-        tracing::info!(daemonset = %stale, "removed this pool's DaemonSet from the previous plugin namespace");
+    if let Some(stall) = delete_stale(client, namespace, &plan.delete_stale).await? {
+        return Ok(Applied {
+            state: live_state(live),
+            stall: Some(stall),
+            change: None,
+        });
     }
     let keep = |state, stall| Applied {
         state,
@@ -131,38 +119,64 @@ pub async fn apply(
             },
         },
         DaemonSetAction::Replace { id, uid, edited_by } => {
-            // The pods stay and the new DaemonSet adopts them: no gap in GPU service.
-            let params = DeleteParams {
-                propagation_policy: Some(PropagationPolicy::Orphan),
-                preconditions: Some(Preconditions {
-                    uid: Some(uid.clone()),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            delete(client, id, &params).await.map_err(TransientError)?;
-            let change = DaemonSetChange::Replaced {
-                id: id.clone(),
-                edited_by: edited_by.clone(),
-            };
-            Applied {
-                state: PluginState::Pending { id: id.clone() },
-                stall: None,
-                change: Some(change),
-            }
+            replace(client, id, uid, edited_by).await?
         }
         DaemonSetAction::Delete { id } => {
             delete(client, id, &DeleteParams::background())
                 .await
                 .map_err(TransientError)?;
-            let change = DaemonSetChange::Removed(id.clone());
             Applied {
                 state: PluginState::NotDeployed,
                 stall: None,
-                change: Some(change),
+                change: Some(DaemonSetChange::Removed(id.clone())),
             }
         }
     })
+}
+
+/// Deletes a DaemonSet someone else edited, orphaning its pods: the new DaemonSet adopts them,
+/// so GPU service does not stop.
+async fn replace(
+    client: &Client,
+    id: &ObjectId,
+    uid: &str,
+    edited_by: &[String],
+) -> Result<Applied, TransientError> {
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Orphan),
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    delete(client, id, &params).await.map_err(TransientError)?;
+    Ok(Applied {
+        state: PluginState::Pending { id: id.clone() },
+        stall: None,
+        change: Some(DaemonSetChange::Replaced {
+            id: id.clone(),
+            edited_by: edited_by.to_vec(),
+        }),
+    })
+}
+
+/// Deletes this pool's DaemonSets left in another namespace; a stall when the operator may not.
+async fn delete_stale(
+    client: &Client,
+    namespace: &str,
+    stale: &[ObjectId],
+) -> Result<Option<Stall>, TransientError> {
+    for id in stale {
+        if let Err(e) = delete(client, id, &DeleteParams::background()).await {
+            return match stall_for(&e, Write::DeleteStale { id, namespace }) {
+                Some(stall) => Ok(Some(stall)),
+                None => Err(TransientError(e)),
+            };
+        }
+        tracing::info!(daemonset = %id, "removed this pool's DaemonSet from the previous plugin namespace");
+    }
+    Ok(None)
 }
 
 /// Server-side apply of the desired DaemonSet; returns what the API server made of it.

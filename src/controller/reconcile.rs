@@ -121,9 +121,9 @@ fn log_outcome(
         .map(ToString::to_string)
         .unwrap_or_default();
     if written || applied.change.is_some() {
-        info!(pool, nodes = s.nodes, gpus = s.gpus_allocatable, ready, reason, daemonset, status_written = written, requeue = ?next, "reconciled");
+        info!(pool = %pool, nodes = s.nodes, gpus = s.gpus_allocatable, ready, reason, daemonset, status_written = written, requeue = ?next, "reconciled");
     } else {
-        debug!(pool, nodes = s.nodes, gpus = s.gpus_allocatable, ready, reason, requeue = ?next, "reconciled, nothing to change");
+        debug!(pool = %pool, nodes = s.nodes, gpus = s.gpus_allocatable, ready, reason, requeue = ?next, "reconciled, nothing to change");
     }
 }
 

@@ -45,68 +45,66 @@ fn config() -> watcher::Config {
     watcher::Config::default().any_semantic()
 }
 
-/// Node events: only the facts gpupool decides on are kept (the Node is dropped at once).
-pub fn nodes(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
-    watcher(Api::<Node>::all(client), config())
-        .default_backoff()
-        .map(move |event| match event {
-            Ok(event) => {
-                let event = map_event(event, |n| NodeFacts::from_node(&n));
-                let done = is_init_done(&event);
-                let changes = ctx.nodes_mut().apply(event);
-                if done {
-                    ctx.mark_synced(|s| s.nodes = true);
-                }
-                on_node_changes(&ctx, &changes)
-            }
-            Err(e) => {
-                warn!(error = %e, "node watch failed; retrying");
-                Vec::new()
-            }
-        })
+/// Turns each event of a watch into triggers with `step`; watch errors are logged (the watch
+/// retries with backoff by itself).
+fn triggers_of<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    kind: &'static str,
+    mut step: impl FnMut(watcher::Event<K>) -> Triggers + Send,
+) -> impl Stream<Item = Triggers> + Send {
+    events.map(move |event| match event {
+        Ok(event) => step(event),
+        Err(e) => {
+            warn!(error = %e, kind, "watch failed; retrying");
+            Vec::new()
+        }
+    })
 }
 
-fn on_node_changes(ctx: &Context, changes: &[Change<NodeFacts>]) -> Triggers {
-    if !ctx.is_synced() || changes.is_empty() {
-        return Vec::new();
-    }
-    let pools = ctx.pools.state();
-    refs(
-        changes
-            .iter()
-            .flat_map(|c| pools_for_node(c, &pools))
-            .collect(),
-    )
+/// Node events: only the facts gpupool decides on are kept (the Node is dropped at once).
+pub fn nodes(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
+    let events = watcher(Api::<Node>::all(client), config()).default_backoff();
+    triggers_of(events, "Node", move |event| {
+        let event = map_event(event, |n| NodeFacts::from_node(&n));
+        let done = is_init_done(&event);
+        let changes = ctx.nodes_mut().apply(event);
+        if done {
+            ctx.mark_synced(|s| s.nodes = true);
+        }
+        if !ctx.is_synced() || changes.is_empty() {
+            return Vec::new();
+        }
+        let pools = ctx.pools.state();
+        refs(
+            changes
+                .iter()
+                .flat_map(|c| pools_for_node(c, &pools))
+                .collect(),
+        )
+    })
 }
 
 /// DaemonSet events.
 pub fn daemonsets(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
-    watcher(Api::<DaemonSet>::all(client), config())
-        .default_backoff()
-        .map(move |event| match event {
-            Ok(event) => {
-                let event = map_event(event, |ds| DaemonSetFacts::from_daemonset(&ds));
-                let done = is_init_done(&event);
-                let changes = ctx.daemonsets_mut().apply(event);
-                if done {
-                    ctx.mark_synced(|s| s.daemonsets = true);
-                }
-                if !ctx.is_synced() {
-                    return Vec::new();
-                }
-                let pools = ctx.pools.state();
-                refs(
-                    changes
-                        .iter()
-                        .flat_map(|c| pools_for_daemonset(c, &pools))
-                        .collect(),
-                )
-            }
-            Err(e) => {
-                warn!(error = %e, "DaemonSet watch failed; retrying");
-                Vec::new()
-            }
-        })
+    let events = watcher(Api::<DaemonSet>::all(client), config()).default_backoff();
+    triggers_of(events, "DaemonSet", move |event| {
+        let event = map_event(event, |ds| DaemonSetFacts::from_daemonset(&ds));
+        let done = is_init_done(&event);
+        let changes = ctx.daemonsets_mut().apply(event);
+        if done {
+            ctx.mark_synced(|s| s.daemonsets = true);
+        }
+        if !ctx.is_synced() || changes.is_empty() {
+            return Vec::new();
+        }
+        let pools = ctx.pools.state();
+        refs(
+            changes
+                .iter()
+                .flat_map(|c| pools_for_daemonset(c, &pools))
+                .collect(),
+        )
+    })
 }
 
 /// A pool as the pool watch keeps it: enough to tell it apart and index its selector.
@@ -131,27 +129,21 @@ pub fn pools(
     ctx: Arc<Context>,
 ) -> impl Stream<Item = Triggers> + Send {
     let mut known: Tracked<PoolKey> = Tracked::default();
-    watcher(Api::<GpuPool>::all(client), config())
+    let events = watcher(Api::<GpuPool>::all(client), config())
         .default_backoff()
-        .reflect_shared(writer)
-        .map(move |event| match event {
-            Ok(event) => {
-                let event = map_event(event, |p| PoolKey {
-                    name: p.name_any(),
-                    selector: p.spec.node_selector.clone(),
-                });
-                let done = is_init_done(&event);
-                let changes = known.apply(event);
-                if done {
-                    ctx.mark_synced(|s| s.pools = true);
-                }
-                on_pool_changes(&ctx, &changes)
-            }
-            Err(e) => {
-                warn!(error = %e, "GpuPool watch failed; retrying");
-                Vec::new()
-            }
-        })
+        .reflect_shared(writer);
+    triggers_of(events, "GpuPool", move |event| {
+        let event = map_event(event, |p| PoolKey {
+            name: p.name_any(),
+            selector: p.spec.node_selector.clone(),
+        });
+        let done = is_init_done(&event);
+        let changes = known.apply(event);
+        if done {
+            ctx.mark_synced(|s| s.pools = true);
+        }
+        on_pool_changes(&ctx, &changes)
+    })
 }
 
 fn on_pool_changes(ctx: &Context, changes: &[Change<PoolKey>]) -> Triggers {

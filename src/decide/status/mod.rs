@@ -88,54 +88,22 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
         claims: &plan.claims,
         state: &applied.state,
         stall: applied.stall.as_ref(),
-        not_ready_since: previous
-            .condition(ConditionType::DevicePluginReady)
-            .filter(|c| c.has_status(ConditionStatus::False))
-            .map(|c| c.last_transition_time.0),
+        not_ready_since: false_since(&previous, ConditionType::DevicePluginReady),
         rollout_deadline: settings.rollout_deadline,
         now: o.now,
     });
     let gpus = gpus_assessment(&summary, nodes.len(), &describe(&pool.spec.node_selector));
-    let ready = ready_assessment(
-        applied.stall.is_some(),
-        &plugin,
-        &gpus,
-        &summary,
-        plan.plugin.mode,
-    );
-    let progress: Vec<String> = [&plugin, &gpus]
-        .iter()
-        .filter_map(|a| a.progressing.clone())
-        .collect();
-    let mut verdicts = vec![
-        (ConditionType::Ready, ready.clone()),
-        (ConditionType::DevicePluginReady, plugin.clone()),
-        (ConditionType::GpusSchedulable, gpus.clone()),
+    let recheck_at = [summary.next_grace_end, plugin.recheck_at]
+        .into_iter()
+        .flatten()
+        .min();
+    let components = vec![
+        (ConditionType::DevicePluginReady, plugin),
+        (ConditionType::GpusSchedulable, gpus),
     ];
-    let stalled = applied.stall.is_some() || (!ready.ok && progress.is_empty());
-    if !progress.is_empty() && !stalled {
-        let waiting_only = gpus.progressing.is_some() && plugin.progressing.is_none();
-        let reason = if waiting_only {
-            Reason::WaitingForGpus
-        } else {
-            Reason::Progressing
-        };
-        verdicts.push((
-            ConditionType::Reconciling,
-            Assessment::ok(reason, progress.join("; ")),
-        ));
-    }
-    if stalled {
-        // kstatus (Flux) reads Stalled: a pool that is not Ready and not making progress shows
-        // as failed rather than in progress forever.
-        verdicts.push((
-            ConditionType::Stalled,
-            Assessment::ok(ready.reason, ready.message.clone()),
-        ));
-    }
-    if let Some(conflict) = conflict_assessment(&plan.claims) {
-        verdicts.push((ConditionType::Conflict, conflict));
-    }
+    let stalled_by_write = applied.stall.is_some();
+    let mut assessed = rollup(components, stalled_by_write, &summary, plan.plugin.mode);
+    assessed.extend(conflict_assessment(&plan.claims).map(|c| (ConditionType::Conflict, c)));
     let status = GpuPoolStatus {
         observed_generation: pool.metadata.generation,
         nodes: nodes.len() as i32,
@@ -155,21 +123,64 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
             .take(MAX_PROBLEM_NODES)
             .cloned()
             .collect(),
-        conditions: verdicts
+        conditions: assessed
             .into_iter()
             .map(|(t, a)| condition(&previous.conditions, pool.metadata.generation, o.now, t, a))
             .collect(),
     };
-    let recheck_at = [summary.next_grace_end, plugin.recheck_at]
-        .into_iter()
-        .flatten()
-        .min();
     StatusOutcome {
         events: pool_events(pool.status.as_ref(), &status, applied.change.as_ref()),
         status,
         recheck_after: recheck_at.map(|at| until(o.now, at)),
         serving: summary.serving,
     }
+}
+
+/// Ready from the component conditions, then Reconciling or Stalled: a pool that is not Ready
+/// is either making progress or, for kstatus (Flux), failed rather than in progress forever.
+fn rollup(
+    components: Vec<(ConditionType, Assessment)>,
+    stalled_by_write: bool,
+    s: &NodeSummary,
+    mode: PluginMode,
+) -> Vec<(ConditionType, Assessment)> {
+    let ready = ready_assessment(&components, s, mode);
+    let progress: Vec<String> = components
+        .iter()
+        .filter_map(|(_, a)| a.progressing.clone())
+        .collect();
+    let stalled = stalled_by_write || (!ready.ok && progress.is_empty());
+    let waiting_only = components
+        .iter()
+        .all(|(t, a)| a.progressing.is_none() || *t == ConditionType::GpusSchedulable);
+    let mut out = vec![(ConditionType::Ready, ready.clone())];
+    out.extend(components);
+    if !progress.is_empty() && !stalled {
+        let reason = if waiting_only {
+            Reason::WaitingForGpus
+        } else {
+            Reason::Progressing
+        };
+        out.push((
+            ConditionType::Reconciling,
+            Assessment::ok(reason, progress.join("; ")),
+        ));
+    }
+    if stalled {
+        out.push((
+            ConditionType::Stalled,
+            Assessment::ok(ready.reason, ready.message),
+        ));
+    }
+    out
+}
+
+/// When the condition last turned False, if it is False.
+fn false_since(previous: &GpuPoolStatus, type_: ConditionType) -> Option<Timestamp> {
+    previous
+        .condition(type_)
+        .filter(|c| c.has_status(ConditionStatus::False))
+        .map(|c| c.last_transition_time.0)
 }
 
 /// From now until `at`, plus a second so the next look lands after it.
@@ -235,32 +246,33 @@ fn gpus_assessment(s: &NodeSummary, node_count: usize, selector: &str) -> Assess
     )
 }
 
-/// `Ready`: the first failing condition's reason, or Ready.
+/// `Ready`: the first failing component's reason (a pool without nodes is Ready as long as its
+/// plugin is), or Ready.
 fn ready_assessment(
-    stalled_by_write: bool,
-    plugin: &Assessment,
-    gpus: &Assessment,
+    components: &[(ConditionType, Assessment)],
     s: &NodeSummary,
     mode: PluginMode,
 ) -> Assessment {
-    if stalled_by_write || !plugin.ok {
-        return Assessment::failed(plugin.reason, plugin.message.clone());
-    }
-    if gpus.reason == Reason::NoNodes {
-        return Assessment::ok(Reason::NoNodes, gpus.message.clone());
-    }
-    if !gpus.ok {
-        return Assessment::failed(gpus.reason, gpus.message.clone());
-    }
-    Assessment::ok(
-        Reason::Ready,
-        format!(
-            "{} nodes with {} allocatable nvidia.com/gpu; device plugin {}",
-            s.serving.len(),
-            s.gpus_allocatable,
-            mode.as_str()
+    let no_nodes = components.iter().find(|(_, a)| a.reason == Reason::NoNodes);
+    match components
+        .iter()
+        .find(|(_, a)| !a.ok && a.reason != Reason::NoNodes)
+    {
+        Some((_, failing)) => Assessment::failed(failing.reason, failing.message.clone()),
+        None if no_nodes.is_some() => Assessment::ok(
+            Reason::NoNodes,
+            no_nodes.map(|(_, a)| a.message.clone()).unwrap_or_default(),
         ),
-    )
+        None => Assessment::ok(
+            Reason::Ready,
+            format!(
+                "{} nodes with {} allocatable nvidia.com/gpu; device plugin {}",
+                s.serving.len(),
+                s.gpus_allocatable,
+                mode.as_str()
+            ),
+        ),
+    }
 }
 
 /// `Conflict`, while nodes are contested.
@@ -278,44 +290,48 @@ fn conflict_assessment(claims: &NodeClaims) -> Option<Assessment> {
 }
 
 fn conflict_message(claims: &NodeClaims) -> String {
-    let mut parts = Vec::new();
-    let mut by_pool: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (node, pool) in &claims.served_by_other_pool {
-        by_pool.entry(pool).or_default().push(node.clone());
-    }
-    for (pool, nodes) in by_pool {
-        parts.push(format!(
-            "{} also selected by the older GpuPool {pool}, which serves them",
-            name_list(&nodes, 10)
-        ));
-    }
-    let mut by_pools: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (node, pools) in &claims.also_selected_by {
-        by_pools
-            .entry(pools.join(", "))
-            .or_default()
-            .push(node.clone());
-    }
-    for (pools, nodes) in by_pools {
-        parts.push(format!(
-            "{} also selected by GpuPool {pools}; this pool serves them",
-            name_list(&nodes, 10)
-        ));
-    }
-    let mut by_plugin: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (node, plugins) in &claims.foreign_plugins {
-        by_plugin
-            .entry(plugins.join(", "))
-            .or_default()
-            .push(node.clone());
-    }
-    for (plugins, nodes) in by_plugin {
-        parts.push(format!("device plugin DaemonSet {plugins}, not managed by gpupool, runs on {}; gpupool adds no second plugin there", name_list(&nodes, 10)));
-    }
+    let older = grouped(
+        claims
+            .served_by_other_pool
+            .iter()
+            .map(|(n, p)| (n, p.clone())),
+    );
+    let younger = grouped(
+        claims
+            .also_selected_by
+            .iter()
+            .map(|(n, p)| (n, p.join(", "))),
+    );
+    let foreign = grouped(
+        claims
+            .foreign_plugins
+            .iter()
+            .map(|(n, d)| (n, d.join(", "))),
+    );
+    let parts: Vec<String> = older
+        .map(|(pool, nodes)| format!("{nodes} also selected by the older GpuPool {pool}, which serves them"))
+        .chain(younger.map(|(pools, nodes)| format!("{nodes} also selected by GpuPool {pools}; this pool serves them")))
+        .chain(foreign.map(|(plugins, nodes)| {
+            format!("device plugin DaemonSet {plugins}, not managed by gpupool, runs on {nodes}; gpupool adds no second plugin there")
+        }))
+        .collect();
     format!(
         "{}. Make GpuPool selectors disjoint and remove hand-applied device plugins to resolve this",
         parts.join("; ")
     )
+}
+
+/// Nodes grouped by what they share (a pool, a list of DaemonSets), as "a, b and 3 more".
+fn grouped<'a>(
+    pairs: impl Iterator<Item = (&'a String, String)>,
+) -> impl Iterator<Item = (String, String)> {
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (node, key) in pairs {
+        groups.entry(key).or_default().push(node.clone());
+    }
+    groups
+        .into_iter()
+        .map(|(key, nodes)| (key, name_list(&nodes, 10)))
 }
 
 /// A condition that keeps its lastTransitionTime unless its status flips.
@@ -636,7 +652,7 @@ mod tests {
     }
 
     #[test]
-    fn rollout_and_unready_plugin_pods() {
+    fn a_new_spec_or_a_new_daemonset_is_progress() {
         let mut case = Case::new(vec![old_node("a", 1, 1), old_node("b", 1, 1)]);
         case.daemonset = live_with(Rollout {
             generation: 2,
@@ -655,7 +671,17 @@ mod tests {
             ConditionStatus::True
         );
         assert_eq!(state_of(&s, ConditionType::Ready), ConditionStatus::False);
+        case.daemonset = PluginState::Pending { id: ds_id() };
+        let s = case.run().status;
+        assert_eq!(
+            reason_of(&s, ConditionType::DevicePluginReady),
+            Reason::DaemonSetPending
+        );
+    }
 
+    #[test]
+    fn plugin_pods_are_progress_until_the_rollout_deadline() {
+        let mut case = Case::new(vec![old_node("a", 1, 1), old_node("b", 1, 1)]);
         // Pods starting up are progress, until the rollout deadline...
         case.daemonset = live(2, 1);
         let out = case.run();
@@ -705,13 +731,6 @@ mod tests {
         case.daemonset = live(2, 1);
         case.previous.clear();
         assert_eq!(case.run().status.device_plugin.unwrap().ready, 1);
-
-        case.daemonset = PluginState::Pending { id: ds_id() };
-        let s = case.run().status;
-        assert_eq!(
-            reason_of(&s, ConditionType::DevicePluginReady),
-            Reason::DaemonSetPending
-        );
     }
 
     #[test]
