@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use gpupool::controller::{self, RunOptions};
-use gpupool::decide::Settings;
 use gpupool::decide::daemonset::DEFAULT_PLUGIN_IMAGE;
+use gpupool::decide::{DEFAULT_ALLOWED_PLUGIN_IMAGES, Settings};
 use gpupool::server::{self, Health};
 use gpupool::telemetry::Metrics;
 use kube_lease_manager::LeaseManagerBuilder;
@@ -51,6 +51,17 @@ struct RunArgs {
     /// Device plugin image for pools whose spec.devicePlugin.image is unset.
     #[arg(long, env = "GPUPOOL_DEFAULT_PLUGIN_IMAGE", default_value = DEFAULT_PLUGIN_IMAGE)]
     default_plugin_image: String,
+    /// Image repositories a device plugin image may come from (comma-separated, no tag). The
+    /// plugin decides what other pods' containers get on a node: whoever picks its image owns
+    /// the node, so a pool naming an image from elsewhere is Stalled (ImageNotAllowed).
+    #[arg(long, env = "GPUPOOL_ALLOWED_PLUGIN_IMAGES", value_delimiter = ',', default_values_t = DEFAULT_ALLOWED_PLUGIN_IMAGES.map(String::from))]
+    allowed_plugin_images: Vec<String>,
+    /// Node writes (device-plugin labels, readiness-gate taints) per second, over all pools.
+    #[arg(long, env = "GPUPOOL_NODE_WRITES_PER_SECOND", default_value_t = 50)]
+    node_writes_per_second: u32,
+    /// Node writes allowed in a burst above that rate.
+    #[arg(long, env = "GPUPOOL_NODE_WRITE_BURST", default_value_t = 100)]
+    node_write_burst: u32,
     /// How long a node that joined may have no nvidia.com/gpu before it counts as failed rather
     /// than progressing (GPUs can take minutes to register).
     #[arg(long, env = "GPUPOOL_GPU_GRACE_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
@@ -171,13 +182,23 @@ async fn run(args: RunArgs) -> Result<(), String> {
             default_plugin_image: args.default_plugin_image.clone(),
             gpu_grace_period: args.gpu_grace_period,
             rollout_deadline: args.rollout_deadline,
+            allowed_plugin_images: args.allowed_plugin_images.clone(),
         },
         metrics,
         health: health.clone(),
         instance: Some(identity.clone()),
         resync: args.resync_period,
         debounce: args.debounce,
+        node_writes_per_second: args.node_writes_per_second,
+        node_write_burst: args.node_write_burst,
     };
+    if !options.settings.image_allowed(&args.default_plugin_image) {
+        return Err(format!(
+            "--default-plugin-image {} is not from an allowed repository (--allowed-plugin-images {})",
+            args.default_plugin_image,
+            args.allowed_plugin_images.join(",")
+        ));
+    }
 
     let result = if args.leader_elect {
         let namespace = args

@@ -42,15 +42,25 @@ static OPERATOR_SLOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// per line, as `scope: group/resource verb [resourceNames]` (scope `cluster` or the namespace).
 /// Adding a permission to deploy/ or the chart fails the tests until it is added here, in review.
 const REVIEWED_PERMISSIONS: &[&str] = &[
-    // The GpuPool cache (watcher: list + watch) and server-side-applied status.
+    // The GpuPool cache (watcher: list + watch), its finalizer (patch) and server-side-applied
+    // status.
     "cluster: gpupool.io/gpupools list",
+    "cluster: gpupool.io/gpupools patch",
     "cluster: gpupool.io/gpupools watch",
     "cluster: gpupool.io/gpupools/status patch",
     // ownerReferences with blockOwnerDeletion=true on its DaemonSets.
     "cluster: gpupool.io/gpupools/finalizers update",
-    // Node cache.
+    // Node cache, and the device-plugin label (read-modify-write: get, then patch).
+    "cluster: core/nodes get",
     "cluster: core/nodes list",
+    "cluster: core/nodes patch",
     "cluster: core/nodes watch",
+    // Its own pods, wherever they run (label-selected watch).
+    "cluster: core/pods list",
+    "cluster: core/pods watch",
+    // NVIDIA DRA driver ResourceSlices.
+    "cluster: resource.k8s.io/resourceslices list",
+    "cluster: resource.k8s.io/resourceslices watch",
     // DaemonSet cache (its own, and device plugins it does not own, anywhere).
     "cluster: apps/daemonsets list",
     "cluster: apps/daemonsets watch",

@@ -64,6 +64,8 @@ pub enum Reason {
     StandardImageDetected,
     SpecializedImageDetected,
     MixedImagesDetected,
+    ManagedGpuDetected,
+    DraDriverDetected,
     NoNodesToDetect,
     // DevicePluginReady: the DaemonSet
     DaemonSetReady,
@@ -86,6 +88,7 @@ pub enum Reason {
     Forbidden,
     DaemonSetNameTaken,
     StaleDaemonSet,
+    ImageNotAllowed,
     // Conflict
     NodesSelectedByOtherPools,
     ForeignDevicePlugin,

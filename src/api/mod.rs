@@ -183,11 +183,29 @@ pub struct DevicePluginSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<PluginResources>,
 
-    /// Environment variables of the plugin container (e.g. `FAIL_ON_INIT_ERROR`, `DEVICE_LIST_STRATEGY`).
+    /// Environment variables of the plugin container (e.g. `DEVICE_LIST_STRATEGY`,
+    /// `PASS_DEVICE_SPECS`): `name` with `value` or `valueFrom.fieldRef`. Secrets, ConfigMaps and
+    /// resource fields are not accepted: the plugin needs none, and a GpuPool must not become a
+    /// way to read them on every GPU node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
-    pub env: Vec<EnvVar>,
+    pub env: Vec<PluginEnvVar>,
 }
+
+/// An environment variable of the plugin container.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(transparent)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.valueFrom) || !has(self.valueFrom.secretKeyRef)",
+     "message": "spec.devicePlugin.env[].valueFrom.secretKeyRef is not allowed: the device plugin reads no Secrets; set value or valueFrom.fieldRef"},
+    {"rule": "!has(self.valueFrom) || !has(self.valueFrom.configMapKeyRef)",
+     "message": "spec.devicePlugin.env[].valueFrom.configMapKeyRef is not allowed: set value or valueFrom.fieldRef"},
+    {"rule": "!has(self.valueFrom) || !has(self.valueFrom.resourceFieldRef)",
+     "message": "spec.devicePlugin.env[].valueFrom.resourceFieldRef is not allowed: set value or valueFrom.fieldRef"},
+    {"rule": "!has(self.valueFrom) || !has(self.valueFrom.fileKeyRef)",
+     "message": "spec.devicePlugin.env[].valueFrom.fileKeyRef is not allowed: set value or valueFrom.fieldRef"},
+]))]
+pub struct PluginEnvVar(pub EnvVar);
 
 /// Requests and limits of the plugin container, e.g. `requests: {cpu: 10m, memory: 32Mi}`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

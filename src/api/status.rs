@@ -106,6 +106,10 @@ pub struct ProblemNode {
     /// NotReady, Cordoned, WaitingForGpus, SelectedByOtherPool, ForeignDevicePlugin.
     pub reason: String,
     pub message: String,
+    /// When this node's problem began: a problem counts as progress (Reconciling) for the
+    /// operator's grace period from then, and as a failure (Stalled) after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
 }
 
 /// A status condition, as the Kubernetes API conventions define it.

@@ -8,11 +8,15 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use crate::api::{API_VERSION_FULL, GpuPool, GpuPoolStatus, KIND, Reason};
-use crate::decide::Plan;
 use crate::decide::action::DaemonSetAction;
 use crate::decide::model::{
     Applied, DaemonSetChange, DaemonSetFacts, MANAGER, ObjectId, PluginState, Stall,
 };
+use crate::decide::placement::DEVICE_PLUGIN_LABEL;
+use crate::decide::placement::LabelChange;
+use crate::decide::{Cleanup, Plan};
+
+use super::node_writes::{LabelEdit, NodeWriter, Written};
 
 #[derive(Debug, thiserror::Error)]
 #[error("transient API error: {0}")]
@@ -76,42 +80,92 @@ fn live_state(live: Option<&DaemonSetFacts>) -> PluginState {
     })
 }
 
-/// Carries out the plan's DaemonSet writes: stale DaemonSets first, then the pool's own.
+/// How many node writes one reconcile makes at most; the rest follow at once in the next one, so
+/// a big scale-up does not hold a pool's status back.
+pub const MAX_NODE_WRITES: usize = 100;
+
+/// Carries out the plan: stale DaemonSets first, then the pool's own, then the node labels.
 pub async fn apply(
+    client: &Client,
+    nodes: &NodeWriter,
+    namespace: &str,
+    plan: &Plan,
+) -> Result<Applied, TransientError> {
+    let mut applied = apply_daemonsets(client, namespace, plan).await?;
+    let changes = &plan.placement.label_changes;
+    applied.node_writes = write_labels(nodes, changes).await?;
+    applied.more_node_writes = changes.len() > MAX_NODE_WRITES;
+    Ok(applied)
+}
+
+/// A deleted pool's cleanup: its DaemonSets deleted and its node labels removed.
+pub async fn apply_cleanup(
+    client: &Client,
+    nodes: &NodeWriter,
+    cleanup: &Cleanup,
+) -> Result<(), TransientError> {
+    for id in &cleanup.delete_daemonsets {
+        delete(client, id, &DeleteParams::background())
+            .await
+            .map_err(TransientError)?;
+    }
+    write_labels(nodes, &cleanup.label_changes)
+        .await
+        .map(|_| ())
+}
+
+/// Label writes, a bounded batch at a time; returns how many changed a node.
+async fn write_labels(
+    nodes: &NodeWriter,
+    changes: &[LabelChange],
+) -> Result<usize, TransientError> {
+    let mut results: Vec<Result<Written, kube::Error>> = Vec::new();
+    let batch: Vec<&LabelChange> = changes.iter().take(MAX_NODE_WRITES).collect();
+    for group in batch.chunks(8) {
+        results
+            .extend(futures::future::join_all(group.iter().map(|c| write_label(nodes, c))).await);
+    }
+    let changed = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Written::Changed)))
+        .count();
+    match results.into_iter().find_map(Result::err) {
+        Some(e) => Err(TransientError(e)),
+        None => Ok(changed),
+    }
+}
+
+async fn write_label(nodes: &NodeWriter, change: &LabelChange) -> Result<Written, kube::Error> {
+    let edit = LabelEdit {
+        key: DEVICE_PLUGIN_LABEL,
+        from: change.from.as_deref(),
+        to: change.to.as_deref(),
+    };
+    nodes.write(&change.node, &edit).await
+}
+
+/// Stale DaemonSets first, then the pool's own.
+async fn apply_daemonsets(
     client: &Client,
     namespace: &str,
     plan: &Plan,
 ) -> Result<Applied, TransientError> {
     let live = plan.live.as_deref();
     if let Some(stall) = delete_stale(client, namespace, &plan.delete_stale).await? {
-        return Ok(Applied {
-            state: live_state(live),
-            stall: Some(stall),
-            change: None,
-        });
+        return Ok(Applied::kept(live_state(live), Some(stall)));
     }
-    let keep = |state, stall| Applied {
-        state,
-        stall,
-        change: None,
-    };
+    let keep = Applied::kept;
     Ok(match &plan.daemonset {
         DaemonSetAction::Nothing => keep(live_state(live), None),
-        DaemonSetAction::Wait => keep(
-            live.map_or(PluginState::NotDeployed, |ds| PluginState::Pending {
-                id: ds.id.clone(),
-            }),
-            None,
-        ),
-        DaemonSetAction::Blocked(stall) => keep(PluginState::NotDeployed, Some(stall.clone())),
+        DaemonSetAction::Wait { id } => keep(PluginState::Pending { id: id.clone() }, None),
+        DaemonSetAction::Blocked(stall) => keep(live_state(live), Some(stall.clone())),
         DaemonSetAction::Apply(ds) => match apply_daemonset(client, ds).await {
             Ok(DaemonSetFacts { id, rollout, .. }) => Applied {
                 change: Some(match live {
                     Some(_) => DaemonSetChange::Updated(id.clone()),
                     None => DaemonSetChange::Created(id.clone()),
                 }),
-                state: PluginState::Live { id, rollout },
-                stall: None,
+                ..Applied::kept(PluginState::Live { id, rollout }, None)
             },
             Err(e) => match stall_for(&e, Write::ApplyDaemonSet { namespace }) {
                 Some(stall) => keep(PluginState::NotDeployed, Some(stall)),
@@ -126,9 +180,8 @@ pub async fn apply(
                 .await
                 .map_err(TransientError)?;
             Applied {
-                state: PluginState::NotDeployed,
-                stall: None,
                 change: Some(DaemonSetChange::Removed(id.clone())),
+                ..Applied::kept(PluginState::NotDeployed, None)
             }
         }
     })
@@ -152,12 +205,11 @@ async fn replace(
     };
     delete(client, id, &params).await.map_err(TransientError)?;
     Ok(Applied {
-        state: PluginState::Pending { id: id.clone() },
-        stall: None,
         change: Some(DaemonSetChange::Replaced {
             id: id.clone(),
             edited_by: edited_by.to_vec(),
         }),
+        ..Applied::kept(PluginState::Pending { id: id.clone() }, None)
     })
 }
 

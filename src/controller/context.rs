@@ -8,16 +8,17 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::watch;
 
 use crate::api::GpuPool;
 use crate::decide::Settings;
-use crate::index::{DaemonSetIndex, NodeIndex};
+use crate::index::{DaemonSetIndex, DraIndex, NodeIndex, PodIndex};
 use crate::server::Health;
 use crate::telemetry::Metrics;
 
 use super::RunOptions;
+use super::node_writes::NodeWriter;
 use super::triggers::PoolMembers;
 
 /// Which watches have delivered a complete list at least once.
@@ -26,11 +27,13 @@ pub struct Synced {
     pub pools: bool,
     pub nodes: bool,
     pub daemonsets: bool,
+    pub pods: bool,
+    pub dra: bool,
 }
 
 impl Synced {
     pub fn all(self) -> bool {
-        self.pools && self.nodes && self.daemonsets
+        self.pools && self.nodes && self.daemonsets && self.pods && self.dra
     }
 }
 
@@ -44,7 +47,12 @@ pub struct Context {
     pub pools: Store<GpuPool>,
     pub nodes: RwLock<NodeIndex>,
     pub daemonsets: RwLock<DaemonSetIndex>,
+    pub pods: RwLock<PodIndex>,
+    pub dra: RwLock<DraIndex>,
+    pub node_writer: NodeWriter,
     pub members: PoolMembers,
+    /// Reconciles of other pools a reconcile asks for (see `PoolMembers::record`).
+    wake: futures::channel::mpsc::UnboundedSender<ObjectRef<GpuPool>>,
     synced: watch::Sender<Synced>,
     health: Arc<Health>,
     /// When each node not yet serving GPUs was first seen in a pool: (pool, node) -> time.
@@ -59,7 +67,12 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Context {
-    pub fn new(client: Client, options: &RunOptions, pools: Store<GpuPool>) -> Context {
+    pub fn new(
+        client: Client,
+        options: &RunOptions,
+        pools: Store<GpuPool>,
+        wake: futures::channel::mpsc::UnboundedSender<ObjectRef<GpuPool>>,
+    ) -> Context {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -68,7 +81,7 @@ impl Context {
             },
         );
         Context {
-            client,
+            client: client.clone(),
             settings: options.settings.clone(),
             metrics: options.metrics.clone(),
             recorder,
@@ -76,7 +89,15 @@ impl Context {
             pools,
             nodes: RwLock::default(),
             daemonsets: RwLock::default(),
+            pods: RwLock::default(),
+            dra: RwLock::default(),
+            node_writer: NodeWriter::new(
+                client.clone(),
+                options.node_writes_per_second,
+                options.node_write_burst,
+            ),
             members: PoolMembers::default(),
+            wake,
             synced: watch::Sender::new(Synced::default()),
             health: options.health.clone(),
             gpu_waits: Mutex::default(),
@@ -100,6 +121,22 @@ impl Context {
         self.daemonsets.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn pods(&self) -> std::sync::RwLockReadGuard<'_, PodIndex> {
+        self.pods.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn pods_mut(&self) -> std::sync::RwLockWriteGuard<'_, PodIndex> {
+        self.pods.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn dra(&self) -> std::sync::RwLockReadGuard<'_, DraIndex> {
+        self.dra.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn dra_mut(&self) -> std::sync::RwLockWriteGuard<'_, DraIndex> {
+        self.dra.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn is_synced(&self) -> bool {
         self.synced.borrow().all()
     }
@@ -121,6 +158,14 @@ impl Context {
     /// would report nodes missing that are merely not listed yet.
     pub async fn wait_synced(&self) {
         let _ = self.synced.subscribe().wait_for(|s| s.all()).await;
+    }
+
+    /// Asks for reconciles of these pools.
+    pub fn wake(&self, pools: impl IntoIterator<Item = String>) {
+        for pool in pools {
+            // The receiver lives as long as the controller; after that nothing needs waking.
+            let _ = self.wake.unbounded_send(ObjectRef::new(&pool));
+        }
     }
 
     /// Drops everything kept for a pool that is gone.

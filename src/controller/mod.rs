@@ -4,6 +4,8 @@
 
 mod apply;
 mod context;
+mod finalizer;
+mod node_writes;
 mod observe;
 mod reconcile;
 mod triggers;
@@ -36,6 +38,9 @@ pub struct RunOptions {
     pub resync: Duration,
     /// Reconcile requests for one pool within this window are coalesced.
     pub debounce: Duration,
+    /// Rate and burst of node writes (device-plugin labels, readiness-gate taints).
+    pub node_writes_per_second: u32,
+    pub node_write_burst: u32,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -50,11 +55,21 @@ pub async fn run(
     let subscriber = pool_writer
         .subscribe()
         .expect("a shared store hands out subscribers");
-    let ctx = Arc::new(Context::new(client.clone(), &options, pools.clone()));
+    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        &options,
+        pools.clone(),
+        wake_tx,
+    ));
+    let woken = wake_rx.map(|pool| vec![pool]);
     let triggers = futures::stream::select_all([
+        woken.boxed(),
         watches::pools(client.clone(), pool_writer, ctx.clone()).boxed(),
         watches::nodes(client.clone(), ctx.clone()).boxed(),
-        watches::daemonsets(client, ctx.clone()).boxed(),
+        watches::daemonsets(client.clone(), ctx.clone()).boxed(),
+        watches::pods(client.clone(), ctx.clone()).boxed(),
+        watches::dra(client, ctx.clone()).boxed(),
     ])
     .flat_map(futures::stream::iter);
 

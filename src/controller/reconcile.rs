@@ -11,10 +11,11 @@ use tracing::{debug, info, warn};
 
 use crate::api::{ConditionType, GpuPool};
 use crate::decide::model::{Applied, PluginState};
-use crate::decide::{StatusOutcome, plan, report};
+use crate::decide::{StatusOutcome, plan, plan_cleanup, report};
 
-use super::apply::{TransientError, apply, write_status};
+use super::apply::{TransientError, apply, apply_cleanup, write_status};
 use super::context::Context;
+use super::finalizer;
 use super::observe::observe;
 
 /// How long a Stalled pool waits before it is looked at again (a spec change wakes it at once).
@@ -29,6 +30,8 @@ pub enum ReconcileError {
     Apply(#[from] TransientError),
     #[error("writing status: {0}")]
     Status(#[source] kube::Error),
+    #[error("updating the finalizer: {0}")]
+    Finalizer(#[source] kube::Error),
 }
 
 pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -40,26 +43,59 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
 
 async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, ReconcileError> {
     let name = pool.name_any();
-    if pool.metadata.deletion_timestamp.is_some() {
-        // The garbage collector removes the DaemonSet through its owner reference.
-        ctx.forget_pool(&name);
-        return Ok(Action::await_change());
-    }
     ctx.wait_synced().await;
+    if pool.metadata.deletion_timestamp.is_some() {
+        return clean_up(ctx, pool).await;
+    }
+    if !finalizer::has_finalizer(&pool) {
+        finalizer::add(&ctx.client, &pool)
+            .await
+            .map_err(ReconcileError::Finalizer)?;
+    }
     let observed = observe(ctx, pool);
     let plan = plan(&observed, &ctx.settings);
-    let applied = apply(&ctx.client, &ctx.settings.plugin_namespace, &plan).await?;
+    let applied = apply(
+        &ctx.client,
+        &ctx.node_writer,
+        &ctx.settings.plugin_namespace,
+        &plan,
+    )
+    .await?;
     let outcome = report(&observed, &plan, &applied, &ctx.settings);
     let written = publish(ctx, &observed.pool, &outcome).await?;
 
     let members: Vec<String> = observed.nodes.iter().map(|n| n.name.clone()).collect();
     ctx.metrics.set_pool(&name, &outcome.status);
     ctx.record_gpu_waits(&name, &members, &outcome.serving);
-    ctx.members.record(&name, members);
+    let serving = plan.plugin.mode == crate::api::PluginMode::Managed && plan.live.is_some();
+    ctx.wake(ctx.members.record(&name, members, serving));
     ctx.reset_retry(&name);
     let next = next_look(&applied, &outcome, ctx.resync);
     log_outcome(&name, &applied, &outcome, written, next);
     Ok(Action::requeue(next))
+}
+
+/// A deleted pool: its plugin comes off its nodes before the finalizer goes.
+async fn clean_up(ctx: &Context, pool: Arc<GpuPool>) -> Result<Action, ReconcileError> {
+    let name = pool.name_any();
+    if !finalizer::has_finalizer(&pool) {
+        ctx.forget_pool(&name);
+        return Ok(Action::await_change());
+    }
+    let observed = observe(ctx, pool);
+    let cleanup = plan_cleanup(&observed);
+    if cleanup.is_done() {
+        finalizer::remove(&ctx.client, &observed.pool)
+            .await
+            .map_err(ReconcileError::Finalizer)?;
+        info!(pool = %name, "deleted: its device plugin is off every node");
+        ctx.forget_pool(&name);
+        return Ok(Action::await_change());
+    }
+    apply_cleanup(&ctx.client, &ctx.node_writer, &cleanup).await?;
+    debug!(pool = %name, pods_left = cleanup.pods_left.len(), "deleting: waiting for its plugin pods to go");
+    // Pod deletions wake the pool at once; this is the fallback.
+    Ok(Action::requeue(PENDING_RETRY))
 }
 
 /// Writes the status (only when it changed) and publishes the events. Returns whether the
@@ -95,7 +131,9 @@ async fn publish(
 }
 
 fn next_look(applied: &Applied, outcome: &StatusOutcome, resync: Duration) -> Duration {
-    if applied.stall.is_some() {
+    if applied.more_node_writes {
+        Duration::ZERO
+    } else if applied.stall.is_some() {
         STALLED_RETRY
     } else if matches!(applied.state, PluginState::Pending { .. }) {
         PENDING_RETRY

@@ -9,26 +9,62 @@ use std::sync::{Arc, Mutex};
 use kube::ResourceExt;
 
 use crate::api::GpuPool;
+use crate::decide::daemonset::pool_key;
 use crate::decide::model::DaemonSetFacts;
 use crate::decide::nodes::NodeFacts;
+use crate::decide::placement::assigned;
+use crate::decide::pods::PodFacts;
 use crate::decide::selector::selects;
 use crate::index::Change;
+use crate::index::NodeIndex;
 
 use super::context::lock;
 
-/// Pools to look at for a node change.
+/// Pools to look at for a node change: those selecting it before or after, and those whose
+/// device-plugin label it carried or carries (a stray label is its pool's to remove).
 pub fn pools_for_node(change: &Change<NodeFacts>, pools: &[Arc<GpuPool>]) -> BTreeSet<String> {
     let (old, new) = change.states();
+    [old, new]
+        .into_iter()
+        .flatten()
+        .flat_map(|n| pools_selecting(n, pools))
+        .collect()
+}
+
+/// Pools that select a node or whose plugin label it carries.
+pub fn pools_selecting(node: &NodeFacts, pools: &[Arc<GpuPool>]) -> Vec<String> {
+    let assigned = assigned(node);
     pools
         .iter()
         .filter(|p| {
-            [old, new]
-                .into_iter()
-                .flatten()
-                .any(|n| selects(&p.spec.node_selector, &n.labels))
+            selects(&p.spec.node_selector, &node.labels)
+                || assigned == Some(pool_key(&p.name_any()).as_str())
         })
         .map(|p| p.name_any())
         .collect()
+}
+
+/// Pools to look at for a change of one of gpupool's pods: its own pool, and the pools selecting
+/// its node (a plugin pod that goes can free the node for another pool's plugin).
+pub fn pools_for_pod(
+    change: &Change<PodFacts>,
+    pools: &[Arc<GpuPool>],
+    nodes: &NodeIndex,
+) -> BTreeSet<String> {
+    let (old, new) = change.states();
+    let mut out = BTreeSet::new();
+    for pod in [old, new].into_iter().flatten() {
+        out.extend(
+            pools
+                .iter()
+                .filter(|p| pod.pool_key.as_deref() == Some(pool_key(&p.name_any()).as_str()))
+                .map(|p| p.name_any()),
+        );
+        if let Some(node) = pod.node.as_deref().and_then(|n| nodes.get(n)) {
+            out.extend(pools_selecting(node, pools));
+        }
+    }
+    out
 }
 
 /// Pools to look at for a DaemonSet change: the pool that owns it, or every pool when it is a
@@ -57,16 +93,31 @@ pub fn pools_for_daemonset(
     out
 }
 
-/// The nodes each pool selected at its last reconcile: a pool that is created, changed or
-/// deleted can move nodes between the pools it shares them with.
+/// What each pool was at its last reconcile, as far as other pools care: the nodes it selected
+/// and whether its plugin runs. A pool created, changed or deleted can move nodes between the
+/// pools it shares them with, so when either changes, those pools look again.
 #[derive(Default)]
 pub struct PoolMembers {
-    members: Mutex<HashMap<String, HashSet<String>>>,
+    members: Mutex<HashMap<String, (HashSet<String>, bool)>>,
 }
 
 impl PoolMembers {
-    pub fn record(&self, pool: &str, nodes: impl IntoIterator<Item = String>) {
-        lock(&self.members).insert(pool.to_string(), nodes.into_iter().collect());
+    /// Records a pool's reconcile; returns the pools to wake because what it was changed.
+    pub fn record(
+        &self,
+        pool: &str,
+        nodes: impl IntoIterator<Item = String>,
+        serving: bool,
+    ) -> BTreeSet<String> {
+        let now: HashSet<String> = nodes.into_iter().collect();
+        let mut members = lock(&self.members);
+        let before = members.insert(pool.to_string(), (now.clone(), serving));
+        if before.as_ref() == Some(&(now.clone(), serving)) {
+            return BTreeSet::new();
+        }
+        let mut touched = now;
+        touched.extend(before.map(|(nodes, _)| nodes).unwrap_or_default());
+        sharing(&members, pool, &touched)
     }
 
     pub fn forget(&self, pool: &str) {
@@ -76,22 +127,30 @@ impl PoolMembers {
     /// The other pools that shared nodes with `pool` at their last reconciles.
     pub fn sharing_nodes_with(&self, pool: &str) -> BTreeSet<String> {
         let members = lock(&self.members);
-        let Some(mine) = members.get(pool).filter(|m| !m.is_empty()) else {
-            return BTreeSet::new();
-        };
-        members
-            .iter()
-            .filter(|(other, theirs)| {
-                let (small, large) = if theirs.len() < mine.len() {
-                    (*theirs, mine)
-                } else {
-                    (mine, *theirs)
-                };
-                other.as_str() != pool && small.iter().any(|n| large.contains(n))
-            })
-            .map(|(other, _)| other.clone())
-            .collect()
+        match members.get(pool) {
+            Some((mine, _)) => sharing(&members, pool, mine),
+            None => BTreeSet::new(),
+        }
     }
+}
+
+fn sharing(
+    members: &HashMap<String, (HashSet<String>, bool)>,
+    pool: &str,
+    nodes: &HashSet<String>,
+) -> BTreeSet<String> {
+    members
+        .iter()
+        .filter(|(other, (theirs, _))| {
+            let (small, large) = if theirs.len() < nodes.len() {
+                (theirs, nodes)
+            } else {
+                (nodes, theirs)
+            };
+            other.as_str() != pool && small.iter().any(|n| large.contains(n))
+        })
+        .map(|(other, _)| other.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -153,6 +212,7 @@ mod tests {
             spec_editors: vec![],
             rollout: Rollout::default(),
             plugin_pod: plugin.then(Default::default),
+            tolerated: Default::default(),
         };
         let change = |d| Change::Applied {
             old: None,
@@ -187,9 +247,25 @@ mod tests {
     #[test]
     fn pools_sharing_nodes_are_found_and_forgotten_pools_drop_out() {
         let m = PoolMembers::default();
-        m.record("a", ["n1".to_string(), "n2".to_string()]);
-        m.record("b", ["n2".to_string()]);
-        m.record("c", ["n3".to_string()]);
+        assert!(
+            m.record("a", ["n1".to_string(), "n2".to_string()], true)
+                .is_empty()
+        );
+        assert_eq!(
+            names(m.record("b", ["n2".to_string()], false)),
+            ["a"],
+            "a new pool on a's node wakes a"
+        );
+        assert!(
+            m.record("b", ["n2".to_string()], false).is_empty(),
+            "nothing changed"
+        );
+        assert_eq!(
+            names(m.record("b", ["n2".to_string()], true)),
+            ["a"],
+            "b's plugin runs now"
+        );
+        m.record("c", ["n3".to_string()], true);
         assert_eq!(names(m.sharing_nodes_with("a")), ["b"]);
         assert_eq!(names(m.sharing_nodes_with("b")), ["a"]);
         m.forget("b");

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::resource::v1::ResourceSlice;
 use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -16,10 +17,11 @@ use tracing::warn;
 use crate::api::GpuPool;
 use crate::decide::model::DaemonSetFacts;
 use crate::decide::nodes::NodeFacts;
-use crate::index::{Change, Keyed, Tracked};
+use crate::decide::pods::{MANAGED_BY, PodFacts};
+use crate::index::{Change, GpuSlice, Keyed, NVIDIA_GPU_DRIVER, Tracked};
 
 use super::context::Context;
-use super::triggers::{pools_for_daemonset, pools_for_node};
+use super::triggers::{pools_for_daemonset, pools_for_node, pools_for_pod, pools_selecting};
 
 type Triggers = Vec<ObjectRef<GpuPool>>;
 
@@ -104,6 +106,93 @@ pub fn daemonsets(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Trigg
                 .flat_map(|c| pools_for_daemonset(c, &pools))
                 .collect(),
         )
+    })
+}
+
+/// Pod events: gpupool's own pods, wherever they run. A plugin pod going away can free a node
+/// for another pool's plugin, so it reaches the pools selecting its node as well as its own.
+pub fn pods(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
+    let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    let events = watcher(Api::<Pod>::all(client), config().labels(&selector)).default_backoff();
+    triggers_of(events, "Pod", move |event| {
+        let done = is_init_done(&event);
+        let changes = match filter_event(event, |p| PodFacts::from_pod(&p)) {
+            Some(event) => ctx.pods_mut().apply(event),
+            None => Vec::new(),
+        };
+        if done {
+            ctx.mark_synced(|s| s.pods = true);
+        }
+        if !ctx.is_synced() || changes.is_empty() {
+            return Vec::new();
+        }
+        let pools = ctx.pools.state();
+        let nodes = ctx.nodes();
+        refs(
+            changes
+                .iter()
+                .flat_map(|c| pools_for_pod(c, &pools, &nodes))
+                .collect(),
+        )
+    })
+}
+
+/// ResourceSlices of NVIDIA's GPU DRA driver. A cluster that serves no `resource.k8s.io/v1`
+/// has no DRA nodes: the watch then counts as synced.
+pub fn dra(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
+    let selector = format!("spec.driver={NVIDIA_GPU_DRIVER}");
+    let events = watcher(
+        Api::<ResourceSlice>::all(client),
+        config().fields(&selector),
+    )
+    .default_backoff();
+    events.map(move |event| match event {
+        Ok(event) => {
+            let event = map_event(event, |s| GpuSlice::from_slice(&s));
+            let done = is_init_done(&event);
+            let changes = ctx.dra_mut().apply(event);
+            if done {
+                ctx.mark_synced(|s| s.dra = true);
+            }
+            if !ctx.is_synced() || changes.is_empty() {
+                return Vec::new();
+            }
+            let pools = ctx.pools.state();
+            let nodes = ctx.nodes();
+            let names = changes.iter().flat_map(|c| {
+                let (old, new) = c.states();
+                [old, new]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| nodes.get(s.node.as_deref()?))
+                    .flat_map(|n| pools_selecting(n, &pools))
+                    .collect::<Vec<_>>()
+            });
+            refs(names.collect())
+        }
+        Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+            ctx.dra_mut().mark_unsupported();
+            ctx.mark_synced(|s| s.dra = true);
+            Vec::new()
+        }
+        Err(e) => {
+            warn!(error = %e, kind = "ResourceSlice", "watch failed; retrying");
+            Vec::new()
+        }
+    })
+}
+
+/// Like `map_event`, for kinds of which only some objects are kept.
+fn filter_event<A, B>(
+    event: watcher::Event<A>,
+    f: impl Fn(A) -> Option<B>,
+) -> Option<watcher::Event<B>> {
+    Some(match event {
+        watcher::Event::Apply(a) => watcher::Event::Apply(f(a)?),
+        watcher::Event::Delete(a) => watcher::Event::Delete(f(a)?),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(a) => watcher::Event::InitApply(f(a)?),
+        watcher::Event::InitDone => watcher::Event::InitDone,
     })
 }
 

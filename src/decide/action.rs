@@ -22,8 +22,8 @@ pub enum DaemonSetAction {
     },
     /// The pool no longer wants a plugin: remove ours.
     Delete { id: ObjectId },
-    /// The old object is on its way out (being deleted); wait for it to go.
-    Wait,
+    /// The old object (or its pods) is on its way out; wait for it to go.
+    Wait { id: ObjectId },
     /// The name is taken by a DaemonSet that is not this pool's: an admin must resolve it.
     Blocked(Stall),
 }
@@ -44,7 +44,9 @@ pub fn daemonset_action(
     match (desired, live) {
         (None, None) => DaemonSetAction::Nothing,
         (Some(want), None) => DaemonSetAction::Apply(Box::new(want.clone())),
-        (_, Some(have)) if have.deleting => DaemonSetAction::Wait,
+        (_, Some(have)) if have.deleting => DaemonSetAction::Wait {
+            id: have.id.clone(),
+        },
         (None, Some(have)) if have.controlled_by(pool_uid) => DaemonSetAction::Delete {
             id: have.id.clone(),
         },
@@ -58,7 +60,11 @@ fn update_action(want: &DaemonSet, have: &DaemonSetFacts, pool_uid: &str) -> Dae
         Some(owner) if owner.uid == pool_uid => {}
         // A GpuPool of the same name was deleted and created again: the garbage collector
         // removes the old DaemonSet shortly.
-        Some(_) => return DaemonSetAction::Wait,
+        Some(_) => {
+            return DaemonSetAction::Wait {
+                id: have.id.clone(),
+            };
+        }
         None => {
             return DaemonSetAction::Blocked(Stall {
                 reason: Reason::DaemonSetNameTaken,
@@ -124,6 +130,7 @@ mod tests {
             spec_editors: vec![],
             rollout: Rollout::default(),
             plugin_pod: None,
+            tolerated: Default::default(),
         }
     }
 
@@ -195,13 +202,17 @@ mod tests {
         ));
         assert_eq!(
             daemonset_action(Some(&want), Some(&live("h", Some("old-uid"))), "uid"),
-            DaemonSetAction::Wait
+            DaemonSetAction::Wait {
+                id: id("gpu-resources")
+            }
         );
         let mut going = live("h", Some("uid"));
         going.deleting = true;
         assert_eq!(
             daemonset_action(Some(&want), Some(&going), "uid"),
-            DaemonSetAction::Wait
+            DaemonSetAction::Wait {
+                id: id("gpu-resources")
+            }
         );
     }
 

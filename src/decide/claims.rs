@@ -1,14 +1,16 @@
 //! Never two device plugins on one node: which pool serves a node that several pools select, and
-//! which nodes a device plugin gpupool does not own already covers.
+//! which nodes a device plugin gpupool does not own already covers. The oldest pool that really
+//! serves a node keeps it (its plugin runs there: Managed, with its DaemonSet accepted, and the
+//! node is one it puts its plugin on); a younger pool gives way to it and to nothing less.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::jiff::Timestamp;
-
 use kube::ResourceExt;
 
-use crate::api::{GpuPool, PoolSelector};
+use crate::api::{GpuPool, NodeImage, PluginMode, PoolSelector};
+use crate::decide::image::classify;
 use crate::decide::nodes::NodeFacts;
 use crate::decide::scheduling::daemon_pod_would_run_on;
 use crate::decide::selector::selects;
@@ -20,15 +22,27 @@ pub struct PoolRef {
     pub uid: String,
     pub created: Option<Timestamp>,
     pub selector: PoolSelector,
+    pub node_image: NodeImage,
+    /// Its plugin runs: its status says Managed and its DaemonSet exists (the API server
+    /// accepted it and it is not being deleted).
+    pub serving: bool,
 }
 
 impl PoolRef {
-    pub fn of(pool: &GpuPool) -> PoolRef {
+    /// The pool as a rival; `has_daemonset` says whether its own DaemonSet exists.
+    pub fn of(pool: &GpuPool, has_daemonset: bool) -> PoolRef {
+        let managed = pool
+            .status
+            .as_ref()
+            .and_then(|s| s.device_plugin.as_ref())
+            .is_some_and(|d| d.mode == PluginMode::Managed);
         PoolRef {
             name: pool.name_any(),
             uid: pool.metadata.uid.clone().unwrap_or_default(),
             created: pool.creation_timestamp().map(|t| t.0),
             selector: pool.spec.node_selector.clone(),
+            node_image: pool.spec.node_image,
+            serving: managed && has_daemonset,
         }
     }
 
@@ -36,6 +50,17 @@ impl PoolRef {
     /// new, overlapping pool never moves nodes away from a pool that already serves them.
     fn precedence(&self) -> (bool, Option<Timestamp>, &str) {
         (self.created.is_none(), self.created, &self.name)
+    }
+
+    /// Whether its plugin runs on this node (or would, were it not for another older pool).
+    fn serves(&self, node: &NodeFacts, dra_nodes: &HashSet<String>) -> bool {
+        self.serving
+            && selects(&self.selector, &node.labels)
+            && match self.node_image {
+                NodeImage::Standard => true,
+                NodeImage::Specialized => false,
+                NodeImage::Auto => !classify(node, dra_nodes).ships_plugin(),
+            }
     }
 }
 
@@ -53,24 +78,16 @@ pub struct ForeignPlugin {
 pub struct NodeClaims {
     /// Nodes an older pool also selects and serves: node -> that pool.
     pub served_by_other_pool: BTreeMap<String, String>,
-    /// Nodes this pool serves although younger pools select them too: node -> those pools.
+    /// Nodes this pool serves although other pools select them too: node -> those pools.
     pub also_selected_by: BTreeMap<String, Vec<String>>,
     /// Nodes a foreign device plugin would run on: node -> its DaemonSets.
     pub foreign_plugins: BTreeMap<String, Vec<String>>,
 }
 
 impl NodeClaims {
-    /// Nodes our plugin must not run on, sorted.
-    pub fn excluded_nodes(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .served_by_other_pool
-            .keys()
-            .chain(self.foreign_plugins.keys())
-            .cloned()
-            .collect();
-        names.sort();
-        names.dedup();
-        names
+    /// Whether another pool or a foreign plugin serves this node.
+    pub fn excludes(&self, node: &str) -> bool {
+        self.served_by_other_pool.contains_key(node) || self.foreign_plugins.contains_key(node)
     }
 
     pub fn has_conflicts(&self) -> bool {
@@ -85,25 +102,28 @@ pub fn claim_nodes(
     nodes: &[&NodeFacts],
     pools: &[PoolRef],
     foreign: &[ForeignPlugin],
+    dra_nodes: &HashSet<String>,
 ) -> NodeClaims {
     let mut claims = NodeClaims::default();
     for node in nodes {
-        let mut rivals: Vec<&PoolRef> = pools
+        let rivals: Vec<&PoolRef> = pools
             .iter()
             .filter(|p| p.name != this.name && selects(&p.selector, &node.labels))
             .collect();
-        rivals.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
-        match rivals.first() {
-            Some(oldest) if oldest.precedence() < this.precedence() => {
+        let older_server = rivals
+            .iter()
+            .filter(|p| p.precedence() < this.precedence() && p.serves(node, dra_nodes))
+            .min_by(|a, b| a.precedence().cmp(&b.precedence()));
+        match older_server {
+            Some(older) => {
                 claims
                     .served_by_other_pool
-                    .insert(node.name.clone(), oldest.name.clone());
+                    .insert(node.name.clone(), older.name.clone());
             }
-            Some(_) => {
-                claims.also_selected_by.insert(
-                    node.name.clone(),
-                    rivals.iter().map(|p| p.name.clone()).collect(),
-                );
+            None if !rivals.is_empty() => {
+                let mut names: Vec<String> = rivals.iter().map(|p| p.name.clone()).collect();
+                names.sort();
+                claims.also_selected_by.insert(node.name.clone(), names);
             }
             None => {}
         }
@@ -125,21 +145,52 @@ mod tests {
     use crate::decide::scheduling::base_tolerations;
     use crate::decide::testing::{node_labelled, pool_ref};
 
+    fn claim(
+        this: &PoolRef,
+        nodes: &[&NodeFacts],
+        pools: &[PoolRef],
+        foreign: &[ForeignPlugin],
+    ) -> NodeClaims {
+        claim_nodes(this, nodes, pools, foreign, &HashSet::new())
+    }
+
     #[test]
     fn the_oldest_pool_serves_a_contested_node_and_both_report_it() {
         let n = node_labelled("n1", &[("agentpool", "gpu"), ("zone", "1")]);
         let old = pool_ref("old", 100, &[("agentpool", "gpu")]);
         let young = pool_ref("young", 200, &[("zone", "1")]);
         let pools = vec![old.clone(), young.clone()];
-
-        let for_old = claim_nodes(&old, &[&n], &pools, &[]);
-        assert!(for_old.excluded_nodes().is_empty());
+        let for_old = claim(&old, &[&n], &pools, &[]);
+        assert!(!for_old.excludes("n1"));
         assert_eq!(for_old.also_selected_by["n1"], vec!["young".to_string()]);
-
-        let for_young = claim_nodes(&young, &[&n], &pools, &[]);
-        assert_eq!(for_young.excluded_nodes(), vec!["n1".to_string()]);
+        let for_young = claim(&young, &[&n], &pools, &[]);
+        assert!(for_young.excludes("n1"));
         assert_eq!(for_young.served_by_other_pool["n1"], "old");
         assert!(for_old.has_conflicts() && for_young.has_conflicts());
+    }
+
+    #[test]
+    fn a_younger_pool_gives_way_only_to_an_older_pool_that_really_serves() {
+        let n = node_labelled("n1", &[("agentpool", "gpu")]);
+        let young = pool_ref("young", 200, &[("agentpool", "gpu")]);
+        let mut old = pool_ref("old", 100, &[("agentpool", "gpu")]);
+        old.serving = false; // Skipped, or its DaemonSet rejected or gone
+        let claims = claim(&young, &[&n], &[old.clone(), young.clone()], &[]);
+        assert!(!claims.excludes("n1"), "nobody else serves it");
+        assert_eq!(claims.also_selected_by["n1"], vec!["old".to_string()]);
+        old.serving = true;
+        old.node_image = NodeImage::Auto;
+        let mut special = n.clone();
+        special.labels.insert(
+            crate::decide::nodes::NODE_IMAGE_LABEL.into(),
+            "AKSUbuntu-1804gpucontainerd-202501.05.0".into(),
+        );
+        let claims = claim(&young, &[&special], &[old.clone(), young.clone()], &[]);
+        assert!(
+            !claims.excludes("n1"),
+            "the older Auto pool puts no plugin on a GPU-image node"
+        );
+        assert!(claim(&young, &[&n], &[old, young.clone()], &[]).excludes("n1"));
     }
 
     #[test]
@@ -148,15 +199,8 @@ mod tests {
         let b = pool_ref("b", 100, &[("a", "1")]);
         let a = pool_ref("a", 100, &[("a", "1")]);
         let pools = vec![b.clone(), a.clone()];
-        assert!(
-            claim_nodes(&a, &[&n], &pools, &[])
-                .excluded_nodes()
-                .is_empty()
-        );
-        assert_eq!(
-            claim_nodes(&b, &[&n], &pools, &[]).excluded_nodes(),
-            vec!["n1".to_string()]
-        );
+        assert!(!claim(&a, &[&n], &pools, &[]).excludes("n1"));
+        assert!(claim(&b, &[&n], &pools, &[]).excludes("n1"));
     }
 
     #[test]
@@ -170,12 +214,12 @@ mod tests {
                 ..PodSpec::default()
             },
         };
-        let claims = claim_nodes(&pool, &[&n1], std::slice::from_ref(&pool), &[seed]);
+        let claims = claim(&pool, &[&n1], std::slice::from_ref(&pool), &[seed]);
         assert_eq!(
             claims.foreign_plugins["n1"],
             vec!["gpu-resources/nvidia-device-plugin-daemonset".to_string()]
         );
-        assert_eq!(claims.excluded_nodes(), vec!["n1".to_string()]);
+        assert!(claims.excludes("n1"));
     }
 
     #[test]
@@ -183,7 +227,6 @@ mod tests {
         let n = node_labelled("n1", &[("agentpool", "gpu")]);
         let pool = pool_ref("gpu", 100, &[("agentpool", "gpu")]);
         let other = pool_ref("other", 1, &[("agentpool", "cpu")]);
-        let claims = claim_nodes(&pool, &[&n], &[pool.clone(), other], &[]);
-        assert!(!claims.has_conflicts());
+        assert!(!claim(&pool, &[&n], &[pool.clone(), other], &[]).has_conflicts());
     }
 }

@@ -1,6 +1,6 @@
 //! The device-plugin DaemonSet gpupool wants for a pool: the AKS article's manifest, field by
-//! field, plus placement (the pool's nodes only), tolerations for the pool's taints, the spec's
-//! extras and an owner reference.
+//! field, plus placement (the nodes gpupool labelled for the pool), tolerations for the pool's
+//! taints, the spec's extras, no API credentials and an owner reference.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,19 +15,15 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::{
-    API_VERSION_FULL, DevicePluginSpec, KIND, PluginToleration, PoolSelector, TolerationOperator,
-};
-use crate::decide::model::DESIRED_HASH_ANNOTATION;
-use crate::decide::nodes::NODE_IMAGE_LABEL;
-use crate::decide::scheduling::base_tolerations;
-use crate::decide::selector::affinity_requirements;
+use crate::api::{API_VERSION_FULL, DevicePluginSpec, KIND, PluginToleration, TolerationOperator};
+use crate::decide::model::{DESIRED_HASH_ANNOTATION, TOLERATED_TAINTS_ANNOTATION};
+use crate::decide::placement::DEVICE_PLUGIN_LABEL;
+use crate::decide::pods::{MANAGED_BY, PLUGIN_POD_LABEL, POOL_LABEL};
+use crate::decide::scheduling::{TaintKey, base_tolerations, tolerations_for};
 
 /// The default plugin image: the one the current AKS GPU article uses.
 pub const DEFAULT_PLUGIN_IMAGE: &str = "nvcr.io/nvidia/k8s-device-plugin:v0.18.0";
 pub const DEFAULT_PRIORITY_CLASS: &str = "system-node-critical";
-/// Label on our DaemonSets and their pods naming the pool (a label-safe form of its name).
-pub const POOL_LABEL: &str = "gpupool.io/pool";
 const DEVICE_PLUGIN_PATH: &str = "/var/lib/kubelet/device-plugins";
 const NAME_PREFIX: &str = "nvidia-device-plugin-";
 const MAX_NAME: usize = 63;
@@ -71,93 +67,47 @@ pub struct PluginPlacement<'a> {
     pub pool: &'a str,
     pub pool_uid: &'a str,
     pub namespace: &'a str,
-    pub default_image: &'a str,
+    pub image: &'a str,
     pub spec: Option<&'a DevicePluginSpec>,
-    pub selector: &'a PoolSelector,
-    /// From image detection (Auto): only nodes without the image label or with these versions.
-    pub allowed_image_versions: Option<&'a BTreeSet<String>>,
-    /// Nodes another pool or a foreign plugin serves.
-    pub excluded_nodes: &'a [String],
-    /// Tolerations for the pool's taints.
-    pub taint_tolerations: Vec<Toleration>,
-}
-
-impl PluginPlacement<'_> {
-    pub fn image(&self) -> String {
-        self.spec
-            .and_then(|s| s.image.clone())
-            .unwrap_or_else(|| self.default_image.to_string())
-    }
+    /// Taint keys the plugin tolerates beyond its base tolerations. Kept once added (recorded on
+    /// the DaemonSet): a startup taint that comes and goes must not restart every plugin pod twice.
+    pub tolerated: &'a BTreeSet<TaintKey>,
 }
 
 pub fn desired_daemonset(p: &PluginPlacement) -> DaemonSet {
     let key = pool_key(p.pool);
-    let selector_labels: BTreeMap<String, String> = [
-        ("name".to_string(), "nvidia-device-plugin-ds".to_string()),
+    let selector: BTreeMap<String, String> = [
+        (
+            PLUGIN_POD_LABEL.0.to_string(),
+            PLUGIN_POD_LABEL.1.to_string(),
+        ),
         (POOL_LABEL.to_string(), key.clone()),
     ]
     .into();
-    let mut pod_labels = selector_labels.clone();
+    let mut pod_labels = selector.clone();
     pod_labels.insert(
         "app.kubernetes.io/name".into(),
         "nvidia-device-plugin".into(),
     );
-    pod_labels.insert("app.kubernetes.io/managed-by".into(), "gpupool".into());
+    pod_labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
     let mut ds_labels = pod_labels.clone();
-    ds_labels.remove("name");
-
-    let spec = p.spec.cloned().unwrap_or_default();
-    let mut tolerations = base_tolerations();
-    tolerations.extend(p.taint_tolerations.iter().cloned());
-    for extra in spec.tolerations.iter().map(to_toleration) {
-        if !tolerations.contains(&extra) {
-            tolerations.push(extra);
-        }
-    }
-
-    let container = Container {
-        name: "nvidia-device-plugin-ctr".into(),
-        image: Some(p.image()),
-        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
-        resources: spec.resources.as_ref().map(|r| r.to_requirements()),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "device-plugin".into(),
-            mount_path: DEVICE_PLUGIN_PATH.into(),
-            ..VolumeMount::default()
-        }]),
-        ..Container::default()
-    };
-
+    ds_labels.remove(PLUGIN_POD_LABEL.0);
     let mut ds = DaemonSet {
         metadata: ObjectMeta {
             name: Some(daemonset_name(p.pool)),
             namespace: Some(p.namespace.to_string()),
             labels: Some(ds_labels),
-            owner_references: Some(vec![OwnerReference {
-                api_version: API_VERSION_FULL.into(),
-                kind: KIND.into(),
-                name: p.pool.to_string(),
-                uid: p.pool_uid.to_string(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![owner_reference(p)]),
             ..ObjectMeta::default()
         },
         spec: Some(DaemonSetSpec {
             selector: LabelSelector {
-                match_labels: Some(selector_labels),
+                match_labels: Some(selector),
                 match_expressions: None,
             },
             update_strategy: Some(DaemonSetUpdateStrategy {
                 type_: Some("RollingUpdate".into()),
+                // Never a second pod next to the old one: one plugin per node at all times.
                 rolling_update: Some(RollingUpdateDaemonSet {
                     max_unavailable: Some(IntOrString::Int(1)),
                     max_surge: Some(IntOrString::Int(0)),
@@ -176,33 +126,91 @@ pub fn desired_daemonset(p: &PluginPlacement) -> DaemonSet {
                     ),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    affinity: Some(node_affinity(p)),
-                    tolerations: Some(tolerations),
-                    priority_class_name: Some(
-                        spec.priority_class_name
-                            .clone()
-                            .unwrap_or_else(|| DEFAULT_PRIORITY_CLASS.into()),
-                    ),
-                    containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "device-plugin".into(),
-                        host_path: Some(HostPathVolumeSource {
-                            path: DEVICE_PLUGIN_PATH.into(),
-                            type_: None,
-                        }),
-                        ..Volume::default()
-                    }]),
-                    ..PodSpec::default()
-                }),
+                spec: Some(pod_spec(p, &key)),
             },
             ..DaemonSetSpec::default()
         }),
         status: None,
     };
     let hash = desired_hash(&ds);
-    ds.metadata.annotations = Some([(DESIRED_HASH_ANNOTATION.to_string(), hash)].into());
+    ds.metadata.annotations = Some(
+        [
+            (DESIRED_HASH_ANNOTATION.to_string(), hash),
+            (
+                TOLERATED_TAINTS_ANNOTATION.to_string(),
+                format_taint_keys(p.tolerated),
+            ),
+        ]
+        .into(),
+    );
     ds
+}
+
+fn owner_reference(p: &PluginPlacement) -> OwnerReference {
+    OwnerReference {
+        api_version: API_VERSION_FULL.into(),
+        kind: KIND.into(),
+        name: p.pool.to_string(),
+        uid: p.pool_uid.to_string(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn pod_spec(p: &PluginPlacement, key: &str) -> PodSpec {
+    let spec = p.spec.cloned().unwrap_or_default();
+    let mut tolerations = base_tolerations();
+    tolerations.extend(tolerations_for(p.tolerated));
+    for extra in spec.tolerations.iter().map(to_toleration) {
+        if !tolerations.contains(&extra) {
+            tolerations.push(extra);
+        }
+    }
+    PodSpec {
+        affinity: Some(node_affinity(key)),
+        tolerations: Some(tolerations),
+        priority_class_name: Some(
+            spec.priority_class_name
+                .clone()
+                .unwrap_or_else(|| DEFAULT_PRIORITY_CLASS.into()),
+        ),
+        // The plugin talks to the kubelet over its socket only; it needs no API credentials.
+        automount_service_account_token: Some(false),
+        containers: vec![plugin_container(p.image, &spec)],
+        volumes: Some(vec![Volume {
+            name: "device-plugin".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: DEVICE_PLUGIN_PATH.into(),
+                // The kubelet's directory, never one created by the plugin.
+                type_: Some("Directory".into()),
+            }),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    }
+}
+
+fn plugin_container(image: &str, spec: &DevicePluginSpec) -> Container {
+    Container {
+        name: "nvidia-device-plugin-ctr".into(),
+        image: Some(image.to_string()),
+        env: (!spec.env.is_empty()).then(|| spec.env.iter().map(|e| e.0.clone()).collect()),
+        resources: spec.resources.as_ref().map(|r| r.to_requirements()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "device-plugin".into(),
+            mount_path: DEVICE_PLUGIN_PATH.into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    }
 }
 
 /// Hash of the desired object (before the hash annotation is added).
@@ -213,61 +221,42 @@ fn desired_hash(ds: &DaemonSet) -> String {
     format!("{:016x}", fnv1a(&json))
 }
 
-/// The pool's selector as required node affinity; in Auto mode, restricted to nodes whose image
-/// gpupool has seen to be standard; minus nodes someone else serves.
-fn node_affinity(p: &PluginPlacement) -> Affinity {
-    let base = affinity_requirements(p.selector);
-    let mut terms: Vec<Vec<NodeSelectorRequirement>> = match p.allowed_image_versions {
-        None => vec![base],
-        Some(versions) => {
-            let mut unlabelled = base.clone();
-            unlabelled.push(NodeSelectorRequirement {
-                key: NODE_IMAGE_LABEL.into(),
-                operator: "DoesNotExist".into(),
-                values: None,
-            });
-            let mut terms = vec![unlabelled];
-            if !versions.is_empty() {
-                let mut standard = base;
-                standard.push(NodeSelectorRequirement {
-                    key: NODE_IMAGE_LABEL.into(),
-                    operator: "In".into(),
-                    values: Some(versions.iter().cloned().collect()),
-                });
-                terms.push(standard);
-            }
-            terms
-        }
-    };
-    // One requirement per excluded node (ANDed within the term): the API server accepts a
-    // `metadata.name` field requirement only with exactly one value ("must be only one value
-    // when `operator` is 'In' or 'NotIn' for node field selector"), so a single NotIn listing
-    // two nodes would make the whole DaemonSet invalid.
-    let fields = (!p.excluded_nodes.is_empty()).then(|| {
-        p.excluded_nodes
-            .iter()
-            .map(|node| NodeSelectorRequirement {
-                key: "metadata.name".into(),
-                operator: "NotIn".into(),
-                values: Some(vec![node.clone()]),
-            })
-            .collect::<Vec<_>>()
-    });
+/// The plugin runs exactly on the nodes gpupool labelled for this pool (see `placement`). The
+/// pool's selector is not repeated here: then the template does not change when it does, and
+/// a node leaves the pool when its label goes.
+fn node_affinity(key: &str) -> Affinity {
     Affinity {
         node_affinity: Some(NodeAffinity {
             required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                node_selector_terms: terms
-                    .drain(..)
-                    .map(|exprs| NodeSelectorTerm {
-                        match_expressions: Some(exprs),
-                        match_fields: fields.clone(),
-                    })
-                    .collect(),
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(vec![NodeSelectorRequirement {
+                        key: DEVICE_PLUGIN_LABEL.into(),
+                        operator: "In".into(),
+                        values: Some(vec![key.to_string()]),
+                    }]),
+                    match_fields: None,
+                }],
             }),
             preferred_during_scheduling_ignored_during_execution: None,
         }),
         ..Affinity::default()
     }
+}
+
+/// `key:effect,key:effect`, sorted (taint keys hold no `:` or `,`).
+pub fn format_taint_keys(keys: &BTreeSet<TaintKey>) -> String {
+    keys.iter()
+        .map(|(k, e)| format!("{k}:{e}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn parse_taint_keys(text: &str) -> BTreeSet<TaintKey> {
+    text.split(',')
+        .filter_map(|pair| pair.split_once(':'))
+        .filter(|(k, e)| !k.is_empty() && !e.is_empty())
+        .map(|(k, e)| (k.to_string(), e.to_string()))
+        .collect()
 }
 
 fn to_toleration(t: &PluginToleration) -> Toleration {
@@ -286,32 +275,25 @@ fn to_toleration(t: &PluginToleration) -> Toleration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{TaintEffect, TolerationOperator};
-    use crate::decide::scheduling::tolerations_for_taints;
-    use crate::decide::testing::{selector, taint};
+    use crate::api::{PluginEnvVar, TaintEffect, TolerationOperator};
     use k8s_openapi::api::core::v1::EnvVar;
 
+    const NO_TAINTS: &BTreeSet<TaintKey> = &BTreeSet::new();
+
     fn placement<'a>(
-        sel: &'a PoolSelector,
         spec: Option<&'a DevicePluginSpec>,
+        tolerated: &'a BTreeSet<TaintKey>,
     ) -> PluginPlacement<'a> {
         PluginPlacement {
             pool: "gpu",
             pool_uid: "uid-1",
             namespace: "gpu-resources",
-            default_image: DEFAULT_PLUGIN_IMAGE,
+            image: spec
+                .and_then(|s| s.image.as_deref())
+                .unwrap_or(DEFAULT_PLUGIN_IMAGE),
             spec,
-            selector: sel,
-            allowed_image_versions: None,
-            excluded_nodes: &[],
-            taint_tolerations: vec![],
+            tolerated,
         }
-    }
-
-    fn affinity_terms(ds: &DaemonSet) -> Vec<NodeSelectorTerm> {
-        crate::decide::scheduling::required_node_terms(pod(ds))
-            .map(<[NodeSelectorTerm]>::to_vec)
-            .unwrap_or_default()
     }
 
     fn pod(ds: &DaemonSet) -> &PodSpec {
@@ -321,8 +303,7 @@ mod tests {
     /// The AKS article's manifest (brief §1 step 3), field by field.
     #[test]
     fn keeps_every_field_of_the_seed_manifest() {
-        let sel = selector(&[("kubernetes.azure.com/agentpool", "gpu")]);
-        let ds = desired_daemonset(&placement(&sel, None));
+        let ds = desired_daemonset(&placement(None, NO_TAINTS));
         let spec = ds.spec.as_ref().unwrap();
         assert_eq!(ds.metadata.namespace.as_deref(), Some("gpu-resources"));
         assert_eq!(
@@ -342,25 +323,21 @@ mod tests {
             spec.update_strategy.as_ref().unwrap().type_.as_deref(),
             Some("RollingUpdate")
         );
-
         let pod = pod(&ds);
         let tols = pod.tolerations.as_ref().unwrap();
-        assert!(
-            tols.iter()
-                .any(|t| t.key.as_deref() == Some("CriticalAddonsOnly")
+        let has = |key: &str, effect: Option<&str>| {
+            tols.iter().any(|t| {
+                t.key.as_deref() == Some(key)
                     && t.operator.as_deref() == Some("Exists")
-                    && t.effect.is_none())
-        );
-        assert!(
-            tols.iter()
-                .any(|t| t.key.as_deref() == Some("nvidia.com/gpu")
-                    && t.operator.as_deref() == Some("Exists")
-                    && t.effect.as_deref() == Some("NoSchedule"))
-        );
-
+                    && t.effect.as_deref() == effect
+            })
+        };
+        assert!(has("CriticalAddonsOnly", None) && has("nvidia.com/gpu", Some("NoSchedule")));
         let c = &pod.containers[0];
-        assert_eq!(c.name, "nvidia-device-plugin-ctr");
-        assert_eq!(c.image.as_deref(), Some(DEFAULT_PLUGIN_IMAGE));
+        assert_eq!(
+            (c.name.as_str(), c.image.as_deref()),
+            ("nvidia-device-plugin-ctr", Some(DEFAULT_PLUGIN_IMAGE))
+        );
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(
@@ -373,13 +350,17 @@ mod tests {
             ("device-plugin", DEVICE_PLUGIN_PATH)
         );
         let vol = &pod.volumes.as_ref().unwrap()[0];
-        assert_eq!(vol.name, "device-plugin");
-        assert_eq!(vol.host_path.as_ref().unwrap().path, DEVICE_PLUGIN_PATH);
+        assert_eq!(
+            (
+                vol.name.as_str(),
+                vol.host_path.as_ref().unwrap().path.as_str()
+            ),
+            ("device-plugin", DEVICE_PLUGIN_PATH)
+        );
         assert_eq!(
             pod.priority_class_name.as_deref(),
             Some("system-node-critical")
         );
-
         let owner = &ds.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.name.as_str(), owner.controller),
@@ -388,66 +369,38 @@ mod tests {
     }
 
     #[test]
-    fn placement_is_the_pool_selector_minus_excluded_nodes() {
-        let sel = selector(&[("kubernetes.azure.com/agentpool", "gpu")]);
-        let excluded = vec!["n3".to_string(), "n7".to_string()];
-        let mut p = placement(&sel, None);
-        p.excluded_nodes = &excluded;
-        let ds = desired_daemonset(&p);
-        let terms = affinity_terms(&ds);
-        assert_eq!(terms.len(), 1);
-        let expr = &terms[0].match_expressions.as_ref().unwrap()[0];
+    fn the_plugin_has_no_credentials_and_mounts_only_the_kubelets_directory() {
+        let ds = desired_daemonset(&placement(None, NO_TAINTS));
+        let pod = pod(&ds);
+        assert_eq!(pod.automount_service_account_token, Some(false));
         assert_eq!(
-            (expr.key.as_str(), expr.operator.as_str()),
-            ("kubernetes.azure.com/agentpool", "In")
+            pod.volumes.as_ref().unwrap()[0]
+                .host_path
+                .as_ref()
+                .unwrap()
+                .type_
+                .as_deref(),
+            Some("Directory")
         );
-        // One single-valued requirement per node: the only form the API server accepts.
-        let fields = terms[0].match_fields.as_ref().unwrap();
-        assert_eq!(fields.len(), 2);
-        for (field, node) in fields.iter().zip(&excluded) {
-            assert_eq!(
-                (field.key.as_str(), field.operator.as_str()),
-                ("metadata.name", "NotIn")
-            );
-            assert_eq!(field.values, Some(vec![node.clone()]));
-        }
     }
 
     #[test]
-    fn auto_mode_only_admits_images_seen_to_be_standard() {
-        let sel = selector(&[("agentpool", "gpu")]);
-        let versions: BTreeSet<String> =
-            ["AKSUbuntu-2204gen2containerd-202405.03.0".to_string()].into();
-        let mut p = placement(&sel, None);
-        p.allowed_image_versions = Some(&versions);
-        let ds = desired_daemonset(&p);
-        let terms = affinity_terms(&ds);
-        assert_eq!(terms.len(), 2, "no image label OR a standard image");
-        let last = |t: &NodeSelectorTerm| {
-            t.match_expressions
-                .as_ref()
-                .unwrap()
-                .last()
-                .unwrap()
-                .clone()
-        };
-        assert_eq!(last(&terms[0]).operator, "DoesNotExist");
-        assert_eq!(last(&terms[1]).operator, "In");
+    fn placement_is_the_pools_node_label_only() {
+        let ds = desired_daemonset(&placement(None, NO_TAINTS));
+        let terms = crate::decide::scheduling::required_node_terms(pod(&ds)).unwrap();
+        assert_eq!(terms.len(), 1);
+        let expr = terms[0].match_expressions.as_ref().unwrap();
+        assert_eq!(expr.len(), 1);
         assert_eq!(
-            last(&terms[1]).values.unwrap(),
-            vec!["AKSUbuntu-2204gen2containerd-202405.03.0".to_string()]
+            (expr[0].key.as_str(), expr[0].operator.as_str()),
+            (DEVICE_PLUGIN_LABEL, "In")
         );
-
-        let empty = BTreeSet::new();
-        p.allowed_image_versions = Some(&empty);
-        let ds = desired_daemonset(&p);
-        let terms = affinity_terms(&ds);
-        assert_eq!(terms.len(), 1, "an In term needs values");
+        assert_eq!(expr[0].values, Some(vec!["gpu".to_string()]));
+        assert!(terms[0].match_fields.is_none());
     }
 
     #[test]
     fn spec_extras_and_taint_tolerations_are_added() {
-        let sel = selector(&[("agentpool", "gpu")]);
         let spec = DevicePluginSpec {
             image: Some("mcr.microsoft.com/oss/nvidia/k8s-device-plugin:1.11".into()),
             tolerations: vec![PluginToleration {
@@ -459,15 +412,14 @@ mod tests {
             }],
             priority_class_name: Some("gpu-critical".into()),
             resources: None,
-            env: vec![EnvVar {
-                name: "FAIL_ON_INIT_ERROR".into(),
-                value: Some("false".into()),
+            env: vec![PluginEnvVar(EnvVar {
+                name: "DEVICE_LIST_STRATEGY".into(),
+                value: Some("envvar".into()),
                 value_from: None,
-            }],
+            })],
         };
-        let mut p = placement(&sel, Some(&spec));
-        p.taint_tolerations = tolerations_for_taints(&[taint("sku", "gpu", "NoSchedule")]);
-        let ds = desired_daemonset(&p);
+        let tolerated: BTreeSet<TaintKey> = [("sku".to_string(), "NoSchedule".to_string())].into();
+        let ds = desired_daemonset(&placement(Some(&spec), &tolerated));
         let pod = pod(&ds);
         assert_eq!(
             pod.containers[0].image.as_deref(),
@@ -476,7 +428,7 @@ mod tests {
         assert_eq!(pod.priority_class_name.as_deref(), Some("gpu-critical"));
         assert_eq!(
             pod.containers[0].env.as_ref().unwrap()[0].name,
-            "FAIL_ON_INIT_ERROR"
+            "DEVICE_LIST_STRATEGY"
         );
         let keys: Vec<_> = pod
             .tolerations
@@ -493,6 +445,25 @@ mod tests {
             pod.tolerations.as_ref().unwrap()[3].toleration_seconds,
             Some(30)
         );
+        assert_eq!(
+            ds.metadata.annotations.as_ref().unwrap()[TOLERATED_TAINTS_ANNOTATION],
+            "sku:NoSchedule"
+        );
+    }
+
+    #[test]
+    fn tolerated_taint_keys_round_trip_through_the_annotation() {
+        let keys: BTreeSet<TaintKey> = [
+            ("sku".to_string(), "NoSchedule".to_string()),
+            (
+                "kubernetes.azure.com/scalesetpriority".to_string(),
+                "NoSchedule".to_string(),
+            ),
+        ]
+        .into();
+        assert_eq!(parse_taint_keys(&format_taint_keys(&keys)), keys);
+        assert!(parse_taint_keys("").is_empty());
+        assert!(parse_taint_keys("garbage,:x,y:").is_empty());
     }
 
     #[test]
@@ -521,18 +492,17 @@ mod tests {
 
     #[test]
     fn the_hash_changes_with_the_spec_and_only_then() {
-        let sel = selector(&[("agentpool", "gpu")]);
         let hash = |ds: &DaemonSet| {
             ds.metadata.annotations.as_ref().unwrap()[DESIRED_HASH_ANNOTATION].clone()
         };
-        let a = desired_daemonset(&placement(&sel, None));
-        let b = desired_daemonset(&placement(&sel, None));
+        let a = desired_daemonset(&placement(None, NO_TAINTS));
+        let b = desired_daemonset(&placement(None, NO_TAINTS));
         assert_eq!(hash(&a), hash(&b));
         let spec = DevicePluginSpec {
-            image: Some("example.com/plugin:2".into()),
+            image: Some("nvcr.io/nvidia/k8s-device-plugin:v0.19.0".into()),
             ..DevicePluginSpec::default()
         };
-        let c = desired_daemonset(&placement(&sel, Some(&spec)));
+        let c = desired_daemonset(&placement(Some(&spec), NO_TAINTS));
         assert_ne!(hash(&a), hash(&c));
     }
 }

@@ -8,14 +8,16 @@ pub mod daemonset;
 pub mod image;
 pub mod model;
 pub mod nodes;
+pub mod placement;
 pub mod plan;
+pub mod pods;
 #[cfg(test)]
 mod proptests;
 pub mod scheduling;
 pub mod selector;
 pub mod status;
 
-pub use plan::{Observed, Plan, plan};
+pub use plan::{Cleanup, Observed, Plan, plan, plan_cleanup};
 pub use status::{StatusOutcome, report};
 
 /// Operator settings the decisions depend on.
@@ -26,6 +28,34 @@ pub struct Settings {
     pub gpu_grace_period: std::time::Duration,
     /// How long the plugin DaemonSet may take to become ready before it counts as stuck.
     pub rollout_deadline: std::time::Duration,
+    /// Image repositories plugin images may come from (`registry/path`, no tag or digest).
+    pub allowed_plugin_images: Vec<String>,
+}
+
+/// What the device plugin image may be by default: NVIDIA's registry and the AKS mirror.
+pub const DEFAULT_ALLOWED_PLUGIN_IMAGES: [&str; 2] = [
+    "nvcr.io/nvidia/k8s-device-plugin",
+    "mcr.microsoft.com/oss/nvidia/k8s-device-plugin",
+];
+
+impl Settings {
+    /// Whether the image's repository (the reference without `:tag` and `@digest`) is allowed.
+    pub fn image_allowed(&self, image: &str) -> bool {
+        let repository = image_repository(image);
+        self.allowed_plugin_images
+            .iter()
+            .any(|allowed| allowed == repository)
+    }
+}
+
+/// `registry:port/path/name:tag@sha256:…` → `registry:port/path/name`.
+pub fn image_repository(image: &str) -> &str {
+    let without_digest = image.split_once('@').map_or(image, |(r, _)| r);
+    match without_digest.rsplit_once(':') {
+        // A colon after the last slash starts the tag; before it, it is a registry port.
+        Some((repository, tag)) if !tag.contains('/') => repository,
+        _ => without_digest,
+    }
 }
 
 #[cfg(test)]
@@ -44,6 +74,7 @@ pub(crate) mod testing {
             taints: vec![],
             unschedulable: false,
             ready: NodeReadiness::Ready,
+            ready_since: None,
             gpu_capacity: None,
             gpu_allocatable: None,
             created: None,
@@ -89,6 +120,8 @@ pub(crate) mod testing {
         PoolRef {
             name: name.into(),
             uid: format!("uid-{name}"),
+            node_image: crate::api::NodeImage::Standard,
+            serving: true,
             created: Some(k8s_openapi::jiff::Timestamp::from_second(created_secs).unwrap()),
             selector: selector(labels),
         }
@@ -100,6 +133,9 @@ pub(crate) mod testing {
             default_plugin_image: crate::decide::daemonset::DEFAULT_PLUGIN_IMAGE.into(),
             gpu_grace_period: std::time::Duration::from_secs(600),
             rollout_deadline: std::time::Duration::from_secs(300),
+            allowed_plugin_images: crate::decide::DEFAULT_ALLOWED_PLUGIN_IMAGES
+                .map(String::from)
+                .to_vec(),
         }
     }
 }

@@ -1,10 +1,14 @@
 //! Plain data the decisions and the shell share: a DaemonSet as gpupool sees it, what the apply
 //! step achieved, and problems only an admin can fix.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::PodSpec;
 
 use crate::api::{API_VERSION_FULL, KIND, Reason};
+use crate::decide::daemonset::parse_taint_keys;
+use crate::decide::scheduling::TaintKey;
 
 /// The field manager gpupool writes with.
 pub const MANAGER: &str = "gpupool-operator";
@@ -58,6 +62,8 @@ pub struct DaemonSetFacts {
     pub desired_hash: Option<String>,
     /// Field managers other than gpupool that own fields of its spec (ours only): someone edited it.
     pub spec_editors: Vec<String>,
+    /// The taint keys its plugin tolerates beyond the base ones (ours only).
+    pub tolerated: BTreeSet<TaintKey>,
     pub rollout: Rollout,
     /// The pod template of a device plugin (ours included: when its pool is gone it counts as
     /// foreign until collected), to tell where its pods run. None for other DaemonSets.
@@ -86,6 +92,13 @@ impl DaemonSetFacts {
                 })
                 .flatten(),
             spec_editors: if ours { spec_editors(ds) } else { Vec::new() },
+            tolerated: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(TOLERATED_TAINTS_ANNOTATION))
+                .filter(|_| ours)
+                .map(|text| parse_taint_keys(text))
+                .unwrap_or_default(),
             rollout: Rollout {
                 generation: meta.generation.unwrap_or(0),
                 observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),
@@ -118,6 +131,8 @@ impl DaemonSetFacts {
 
 /// Annotation holding a hash of everything gpupool set, to tell "nothing to do" without a diff.
 pub const DESIRED_HASH_ANNOTATION: &str = "gpupool.io/desired-hash";
+/// Annotation listing the taint keys the plugin tolerates beyond its base tolerations.
+pub const TOLERATED_TAINTS_ANNOTATION: &str = "gpupool.io/tolerated-taints";
 
 fn pool_owner(ds: &DaemonSet) -> Option<PoolOwner> {
     ds.metadata
@@ -193,6 +208,23 @@ pub struct Applied {
     /// A write the API server refused in a way only an admin can fix.
     pub stall: Option<Stall>,
     pub change: Option<DaemonSetChange>,
+    /// Node writes made.
+    pub node_writes: usize,
+    /// Node writes left for the next reconcile (a big scale-up is written in batches).
+    pub more_node_writes: bool,
+}
+
+impl Applied {
+    /// Nothing written: the DaemonSet stands as it is.
+    pub fn kept(state: PluginState, stall: Option<Stall>) -> Applied {
+        Applied {
+            state,
+            stall,
+            change: None,
+            node_writes: 0,
+            more_node_writes: false,
+        }
+    }
 }
 
 /// A write the apply step made to the pool's DaemonSet, for logs and events.

@@ -21,6 +21,8 @@ pub struct NodeFacts {
     pub taints: Vec<NodeTaint>,
     pub unschedulable: bool,
     pub ready: NodeReadiness,
+    /// When the node's Ready condition last changed status.
+    pub ready_since: Option<Timestamp>,
     /// `nvidia.com/gpu` capacity; None when the node reports none at all.
     pub gpu_capacity: Option<i64>,
     pub gpu_allocatable: Option<i64>,
@@ -47,14 +49,14 @@ impl NodeFacts {
         let meta = &node.metadata;
         let spec = node.spec.as_ref();
         let status = node.status.as_ref();
-        let ready = status
+        let ready_condition = status
             .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
-            .map_or(NodeReadiness::Unknown, |c| match c.status.as_str() {
-                "True" => NodeReadiness::Ready,
-                "False" => NodeReadiness::NotReady,
-                _ => NodeReadiness::Unknown,
-            });
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+        let ready = ready_condition.map_or(NodeReadiness::Unknown, |c| match c.status.as_str() {
+            "True" => NodeReadiness::Ready,
+            "False" => NodeReadiness::NotReady,
+            _ => NodeReadiness::Unknown,
+        });
         let gpu = |list: Option<&BTreeMap<String, Quantity>>| {
             list.and_then(|m| m.get(GPU_RESOURCE))
                 .map(|q| parse_count(&q.0))
@@ -70,6 +72,9 @@ impl NodeFacts {
             ready,
             gpu_capacity: gpu(status.and_then(|s| s.capacity.as_ref())),
             gpu_allocatable: gpu(status.and_then(|s| s.allocatable.as_ref())),
+            ready_since: ready_condition
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0),
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
             deleting: meta.deletion_timestamp.is_some(),
         }

@@ -1,21 +1,23 @@
 //! `plan`: from what was observed of one pool and its surroundings to the writes that bring the
 //! cluster where the pool wants it. Pure: the shell observes, this decides, the shell applies.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::api::{GpuPool, PluginMode};
+use crate::api::{GpuPool, PluginMode, Reason};
 use crate::decide::Settings;
 use crate::decide::action::{DaemonSetAction, daemonset_action, stale_daemonsets};
 use crate::decide::claims::{ForeignPlugin, NodeClaims, PoolRef, claim_nodes};
-use crate::decide::daemonset::{PluginPlacement, daemonset_name, desired_daemonset};
+use crate::decide::daemonset::{PluginPlacement, daemonset_name, desired_daemonset, pool_key};
 use crate::decide::image::{PluginDecision, decide_plugin};
-use crate::decide::model::{DaemonSetFacts, ObjectId};
+use crate::decide::model::{DaemonSetFacts, ObjectId, Stall};
 use crate::decide::nodes::NodeFacts;
-use crate::decide::scheduling::tolerations_for_taints;
+use crate::decide::placement::{Placement, place};
+use crate::decide::pods::{PodFacts, PodRole};
+use crate::decide::scheduling::pool_taint_keys;
 
 /// Everything a reconcile of one pool reads, as plain data.
 #[derive(Clone, Debug)]
@@ -23,10 +25,16 @@ pub struct Observed {
     pub pool: Arc<GpuPool>,
     /// The nodes the pool's selector selects, sorted by name.
     pub nodes: Vec<Arc<NodeFacts>>,
+    /// Nodes carrying this pool's device-plugin label that it does not select (any more).
+    pub strays: Vec<Arc<NodeFacts>>,
     /// Every other pool, for nodes they contest.
     pub other_pools: Vec<PoolRef>,
     /// Every device-plugin DaemonSet in the cluster, gpupool's and others'.
     pub plugin_daemonsets: Vec<Arc<DaemonSetFacts>>,
+    /// gpupool's pods on the pool's nodes and the pool's own pods wherever they are.
+    pub pods: Vec<Arc<PodFacts>>,
+    /// Nodes whose GPUs an NVIDIA DRA driver publishes.
+    pub dra_nodes: HashSet<String>,
     /// UIDs of the GpuPools that exist.
     pub pool_uids: HashSet<String>,
     pub now: Timestamp,
@@ -41,9 +49,17 @@ impl Observed {
         self.pool.metadata.uid.as_deref().unwrap_or_default()
     }
 
-    /// The pool as a rival of others (its name, age and selector).
-    pub fn pool_ref(&self) -> PoolRef {
-        PoolRef::of(&self.pool)
+    pub fn pool_key(&self) -> String {
+        pool_key(&self.pool_name())
+    }
+
+    /// gpupool's pods on a node, terminating ones included.
+    pub fn pods_on(&self, node: &str) -> Vec<&PodFacts> {
+        self.pods
+            .iter()
+            .filter(|p| p.node.as_deref() == Some(node))
+            .map(Arc::as_ref)
+            .collect()
     }
 }
 
@@ -57,8 +73,12 @@ pub struct Plan {
     /// This pool's DaemonSets in another namespace: deleted first.
     pub delete_stale: Vec<ObjectId>,
     pub daemonset: DaemonSetAction,
-    /// The pool's DaemonSet as observed before any write.
+    /// The pool's own DaemonSet as observed before any write.
     pub live: Option<Arc<DaemonSetFacts>>,
+    /// Node label writes that move the plugin onto and off nodes.
+    pub placement: Placement,
+    /// Pods of this pool's DaemonSets from another namespace, still going away.
+    pub leftover_pods: Vec<ObjectId>,
 }
 
 pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
@@ -69,51 +89,135 @@ pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
         .as_ref()
         .and_then(|s| s.device_plugin.as_ref())
         .map(|d| d.mode);
-    let plugin = decide_plugin(pool.spec.node_image, &nodes, previous_mode);
-    let this = observed.pool_ref();
+    let plugin = decide_plugin(
+        pool.spec.node_image,
+        &nodes,
+        &observed.dra_nodes,
+        previous_mode,
+    );
+    let this = PoolRef::of(pool, false);
     let claims = claim_nodes(
         &this,
         &nodes,
         &observed.other_pools,
         &foreign_plugins(observed),
+        &observed.dra_nodes,
     );
-    let excluded = claims.excluded_nodes();
-    let served = nodes.iter().filter(|n| !excluded.contains(&n.name));
-    let placement = PluginPlacement {
-        pool: &this.name,
-        pool_uid: observed.pool_uid(),
-        namespace: &settings.plugin_namespace,
-        default_image: &settings.default_plugin_image,
-        spec: pool.spec.device_plugin.as_ref(),
-        selector: &pool.spec.node_selector,
-        allowed_image_versions: plugin.allowed_image_versions.as_ref(),
-        excluded_nodes: &excluded,
-        taint_tolerations: tolerations_for_taints(served.flat_map(|n| n.taints.iter())),
-    };
-    let desired = (plugin.mode == PluginMode::Managed).then(|| desired_daemonset(&placement));
+    let image = plugin_image(pool, settings);
+    let serves = |n: &NodeFacts| plugin.wants_plugin_on(&n.name) && !claims.excludes(&n.name);
     let live = own_daemonset(observed, &settings.plugin_namespace);
+    let mut tolerated: BTreeSet<_> = live
+        .as_ref()
+        .map(|ds| ds.tolerated.clone())
+        .unwrap_or_default();
+    tolerated.extend(pool_taint_keys(
+        nodes
+            .iter()
+            .filter(|n| serves(n))
+            .flat_map(|n| n.taints.iter()),
+    ));
+    let desired = (plugin.mode == PluginMode::Managed).then(|| {
+        desired_daemonset(&PluginPlacement {
+            pool: &this.name,
+            pool_uid: observed.pool_uid(),
+            namespace: &settings.plugin_namespace,
+            image: &image,
+            spec: pool.spec.device_plugin.as_ref(),
+            tolerated: &tolerated,
+        })
+    });
+    let leftover_pods = leftover_pods(observed, &settings.plugin_namespace);
+    let strays: Vec<&NodeFacts> = observed.strays.iter().map(Arc::as_ref).collect();
+    let blocked = image_not_allowed(&image, settings).filter(|_| desired.is_some());
+    let daemonset = match blocked {
+        Some(stall) => DaemonSetAction::Blocked(stall),
+        // A pool's DaemonSet moved namespaces: its old pods go first (never two plugins).
+        None if live.is_none() && !leftover_pods.is_empty() => DaemonSetAction::Wait {
+            id: ObjectId {
+                namespace: settings.plugin_namespace.clone(),
+                name: daemonset_name(&this.name),
+            },
+        },
+        None => daemonset_action(
+            desired.as_ref(),
+            raw_daemonset(observed, &settings.plugin_namespace).as_deref(),
+            observed.pool_uid(),
+        ),
+    };
+    let placement = match &daemonset {
+        DaemonSetAction::Blocked(_) => Placement::default(),
+        _ => place(&observed.pool_key(), &nodes, serves, &strays, |n| {
+            observed.pods_on(n)
+        }),
+    };
     Plan {
-        image: placement.image(),
         delete_stale: stale_daemonsets(
             observed.plugin_daemonsets.iter().map(Arc::as_ref),
             observed.pool_uid(),
             &settings.plugin_namespace,
         ),
-        daemonset: daemonset_action(desired.as_ref(), live.as_deref(), observed.pool_uid()),
+        daemonset,
         live,
+        placement,
+        leftover_pods,
+        image,
         plugin,
         claims,
     }
 }
 
+fn plugin_image(pool: &GpuPool, settings: &Settings) -> String {
+    pool.spec
+        .device_plugin
+        .as_ref()
+        .and_then(|d| d.image.clone())
+        .unwrap_or_else(|| settings.default_plugin_image.clone())
+}
+
+/// Whoever chooses the plugin image on a node owns the node (the plugin decides the mounts,
+/// devices and environment of other pods' containers): only images from the operator's
+/// allowed repositories run.
+fn image_not_allowed(image: &str, settings: &Settings) -> Option<Stall> {
+    if settings.image_allowed(image) {
+        return None;
+    }
+    Some(Stall {
+        reason: Reason::ImageNotAllowed,
+        message: format!(
+            "spec.devicePlugin.image {image} is not from a repository the operator allows ({}): use an image from one of them, or have a cluster admin add its repository to --allowed-plugin-images",
+            settings.allowed_plugin_images.join(", ")
+        ),
+    })
+}
+
 /// The DaemonSet at this pool's name in the plugin namespace, whoever owns it.
-fn own_daemonset(observed: &Observed, namespace: &str) -> Option<Arc<DaemonSetFacts>> {
+fn raw_daemonset(observed: &Observed, namespace: &str) -> Option<Arc<DaemonSetFacts>> {
     let name = daemonset_name(&observed.pool_name());
     observed
         .plugin_daemonsets
         .iter()
         .find(|ds| ds.id.namespace == namespace && ds.id.name == name)
         .cloned()
+}
+
+/// The pool's own DaemonSet in the plugin namespace.
+fn own_daemonset(observed: &Observed, namespace: &str) -> Option<Arc<DaemonSetFacts>> {
+    raw_daemonset(observed, namespace).filter(|ds| ds.controlled_by(observed.pool_uid()))
+}
+
+/// Plugin pods of this pool in another namespace than the plugin namespace.
+fn leftover_pods(observed: &Observed, namespace: &str) -> Vec<ObjectId> {
+    let key = observed.pool_key();
+    observed
+        .pods
+        .iter()
+        .filter(|p| {
+            p.role == PodRole::Plugin
+                && p.pool_key.as_deref() == Some(&key)
+                && p.id.namespace != namespace
+        })
+        .map(|p| p.id.clone())
+        .collect()
 }
 
 /// Device plugins that are not this pool's: others' DaemonSets, and gpupool's whose pool is gone.
@@ -132,99 +236,41 @@ fn foreign_plugins(observed: &Observed) -> Vec<ForeignPlugin> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::{GpuPoolSpec, NodeImage};
-    use crate::decide::testing::{gpu_node, selector, settings, taint};
+/// What deleting a pool still has to do before its finalizer may go: its DaemonSets deleted, its
+/// node labels removed, and every one of its plugin pods gone (until then it still counts as
+/// the owner of its nodes, so no other plugin starts there).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cleanup {
+    pub delete_daemonsets: Vec<ObjectId>,
+    pub label_changes: Vec<crate::decide::placement::LabelChange>,
+    pub pods_left: Vec<ObjectId>,
+}
 
-    fn observed(node_image: NodeImage, nodes: Vec<NodeFacts>) -> Observed {
-        let mut pool = GpuPool::new(
-            "gpu",
-            GpuPoolSpec {
-                node_selector: selector(&[("agentpool", "gpu")]),
-                node_image,
-                device_plugin: None,
-                expected_gpus_per_node: None,
-            },
-        );
-        pool.metadata.uid = Some("uid-1".into());
-        Observed {
-            pool: Arc::new(pool),
-            nodes: nodes.into_iter().map(Arc::new).collect(),
-            other_pools: vec![],
-            plugin_daemonsets: vec![],
-            pool_uids: ["uid-1".to_string()].into(),
-            now: Timestamp::UNIX_EPOCH,
-        }
+impl Cleanup {
+    pub fn is_done(&self) -> bool {
+        self.delete_daemonsets.is_empty()
+            && self.label_changes.is_empty()
+            && self.pods_left.is_empty()
     }
+}
 
-    fn desired(plan: &Plan) -> &k8s_openapi::api::apps::v1::DaemonSet {
-        match &plan.daemonset {
-            DaemonSetAction::Apply(ds) => ds,
-            other => panic!("expected an apply, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn taints_of_served_nodes_become_tolerations() {
-        let mut a = gpu_node("a", 1, 1);
-        a.taints.push(taint("sku", "gpu", "NoSchedule"));
-        let plan = plan(&observed(NodeImage::Standard, vec![a]), &settings());
-        let pod = desired(&plan)
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .clone()
-            .unwrap();
-        assert!(
-            pod.tolerations
-                .unwrap()
-                .iter()
-                .any(|t| t.key.as_deref() == Some("sku"))
-        );
-    }
-
-    #[test]
-    fn specialized_pools_get_no_daemonset() {
-        let plan = plan(
-            &observed(NodeImage::Specialized, vec![gpu_node("a", 1, 1)]),
-            &settings(),
-        );
-        assert_eq!(plan.daemonset, DaemonSetAction::Nothing);
-        assert_eq!(plan.plugin.mode, PluginMode::Skipped);
-    }
-
-    #[test]
-    fn the_daemonset_left_in_an_old_namespace_is_deleted_first() {
-        let mut o = observed(NodeImage::Standard, vec![gpu_node("a", 1, 1)]);
-        let first = plan(&o, &settings());
-        let mut old = DaemonSetFacts::from_daemonset(desired(&first));
-        old.id.namespace = "old-plugins".into();
-        o.plugin_daemonsets.push(Arc::new(old));
-        let again = plan(&o, &settings());
-        assert_eq!(
-            again.delete_stale,
-            vec![ObjectId {
-                namespace: "old-plugins".into(),
-                name: "nvidia-device-plugin-gpu".into()
-            }]
-        );
-        assert!(matches!(again.daemonset, DaemonSetAction::Apply(_)));
-    }
-
-    #[test]
-    fn an_unchanged_pool_plans_no_write() {
-        let mut o = observed(NodeImage::Standard, vec![gpu_node("a", 1, 1)]);
-        let first = plan(&o, &settings());
-        o.plugin_daemonsets
-            .push(Arc::new(DaemonSetFacts::from_daemonset(desired(&first))));
-        let again = plan(&o, &settings());
-        assert_eq!(
-            (again.daemonset, again.delete_stale),
-            (DaemonSetAction::Nothing, vec![])
-        );
+pub fn plan_cleanup(observed: &Observed) -> Cleanup {
+    let nodes: Vec<&NodeFacts> = observed.nodes.iter().map(Arc::as_ref).collect();
+    let strays: Vec<&NodeFacts> = observed.strays.iter().map(Arc::as_ref).collect();
+    let key = observed.pool_key();
+    Cleanup {
+        delete_daemonsets: observed
+            .plugin_daemonsets
+            .iter()
+            .filter(|ds| ds.controlled_by(observed.pool_uid()) && !ds.deleting)
+            .map(|ds| ds.id.clone())
+            .collect(),
+        label_changes: place(&key, &nodes, |_| false, &strays, |_| Vec::new()).label_changes,
+        pods_left: observed
+            .pods
+            .iter()
+            .filter(|p| p.role == PodRole::Plugin && p.pool_key.as_deref() == Some(&key))
+            .map(|p| p.id.clone())
+            .collect(),
     }
 }

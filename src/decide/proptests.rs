@@ -1,33 +1,32 @@
-//! Property tests of the pure decisions: selector matching against the DaemonSet's generated
-//! placement, toleration derivation, conflict resolution between pools and foreign plugins, and
-//! condition transitions. The seed is fixed, so every run checks the same cases (deterministic
-//! CI); raise `PROPTEST_CASES` locally to search further.
+//! Property tests of the pure decisions, each checked against an independent model written out
+//! plainly here (Kubernetes' label-selector, toleration and node-affinity semantics, and "the
+//! oldest pool that really serves a node keeps it"), never against the crate's own helpers:
+//! placement over many pools and foreign plugins through a simulated hand-over (never two plugin
+//! pods on a node, terminating ones included, and exactly the expected one in the end), toleration
+//! derivation, and condition transitions. The seed is fixed, so every run checks the same cases
+//! (deterministic CI); raise `PROPTEST_CASES` locally to search further.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{PodSpec, Toleration};
 use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 
 use crate::api::{
-    Condition, GpuPool, GpuPoolSpec, NodeImage, PluginMode, PoolSelector, SelectorOperator,
-    SelectorRequirement,
+    Condition, ConditionStatus, ConditionType, GpuPool, GpuPoolSpec, GpuPoolStatus, NodeImage,
+    PluginMode, PoolSelector, Reason, SelectorOperator, SelectorRequirement,
 };
-use crate::api::{ConditionStatus, ConditionType, Reason};
 use crate::decide::action::DaemonSetAction;
 use crate::decide::claims::{ForeignPlugin, NodeClaims, PoolRef};
-use crate::decide::image::{ImageKind, classify, decide_plugin};
+use crate::decide::image::decide_plugin;
 use crate::decide::model::{Applied, DaemonSetFacts, ObjectId, PluginState, Rollout, Stall};
 use crate::decide::nodes::{NODE_IMAGE_LABEL, NodeFacts, NodeReadiness, NodeTaint};
-use crate::decide::scheduling::{
-    base_tolerations, daemon_pod_would_run_on, tolerates, tolerations_for_taints,
-};
-use crate::decide::selector::selects;
+use crate::decide::placement::DEVICE_PLUGIN_LABEL;
+use crate::decide::pods::{PodFacts, PodPhase, PodRole};
+use crate::decide::scheduling::{base_tolerations, pool_taint_keys, tolerations_for};
 use crate::decide::{Observed, Plan, Settings, plan, report};
-use std::sync::Arc;
 
 fn config() -> Config {
     Config {
@@ -126,6 +125,7 @@ fn nodes(max: usize) -> impl Strategy<Value = Vec<NodeFacts>> {
                         taints,
                         unschedulable: unschedulable && i % 3 == 0,
                         ready,
+                        ready_since: None,
                         gpu_capacity: cap,
                         gpu_allocatable: alloc,
                         created: age.map(|a| {
@@ -193,6 +193,8 @@ fn pools(max: usize) -> impl Strategy<Value = Vec<PoolRef>> {
             .map(|(i, (selector, created))| PoolRef {
                 name: format!("p{i}"),
                 uid: format!("uid-p{i}"),
+                node_image: NodeImage::Standard,
+                serving: true,
                 created: created.map(|c| Timestamp::from_second(1_700_000_000 + c).unwrap()),
                 selector,
             })
@@ -236,15 +238,115 @@ fn foreign(max: usize) -> impl Strategy<Value = Vec<ForeignPlugin>> {
 }
 
 fn settings() -> Settings {
-    Settings {
-        plugin_namespace: "gpu-resources".into(),
-        default_plugin_image: crate::decide::daemonset::DEFAULT_PLUGIN_IMAGE.into(),
-        gpu_grace_period: Duration::from_secs(600),
-        rollout_deadline: Duration::from_secs(300),
-    }
+    crate::decide::testing::settings()
 }
 
-fn gpupool(p: &PoolRef, node_image: NodeImage) -> GpuPool {
+// ---- the independent model ----
+
+/// Kubernetes' label-selector semantics, written out plainly (an empty selector selects
+/// nothing in gpupool: the CRD rejects it).
+fn model_selects(selector: &PoolSelector, labels: &BTreeMap<String, String>) -> bool {
+    if selector.match_labels.is_empty() && selector.match_expressions.is_empty() {
+        return false;
+    }
+    for (k, v) in &selector.match_labels {
+        if labels.get(k) != Some(v) {
+            return false;
+        }
+    }
+    for r in &selector.match_expressions {
+        let value = labels.get(&r.key);
+        let ok = match r.operator {
+            SelectorOperator::In => matches!(value, Some(v) if r.values.contains(v)),
+            SelectorOperator::NotIn => !matches!(value, Some(v) if r.values.contains(v)),
+            SelectorOperator::Exists => value.is_some(),
+            SelectorOperator::DoesNotExist => value.is_none(),
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// `v1.Toleration.ToleratesTaint`, written out plainly.
+fn model_tolerates(tol: &Toleration, taint: &NodeTaint) -> bool {
+    let effect_ok = match tol.effect.as_deref() {
+        None | Some("") => true,
+        Some(e) => e == taint.effect,
+    };
+    let key = tol.key.clone().unwrap_or_default();
+    let key_ok = key.is_empty() || key == taint.key;
+    let op_ok = match tol.operator.as_deref() {
+        Some("Exists") => true,
+        None | Some("") | Some("Equal") => {
+            !key.is_empty() && tol.value.clone().unwrap_or_default() == taint.value
+        }
+        _ => false,
+    };
+    effect_ok && key_ok && op_ok
+}
+
+/// Where a foreign plugin DaemonSet's pods run: its node selector, and every NoSchedule/NoExecute
+/// taint tolerated, except the node lifecycle ones the DaemonSet controller tolerates itself.
+fn model_foreign_runs_on(pod: &PodSpec, node: &NodeFacts) -> bool {
+    let selected = pod
+        .node_selector
+        .iter()
+        .flatten()
+        .all(|(k, v)| node.labels.get(k) == Some(v));
+    let tolerations = pod.tolerations.clone().unwrap_or_default();
+    let tolerated = node
+        .taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .filter(|t| !t.key.starts_with("node.kubernetes.io/"))
+        .all(|t| tolerations.iter().any(|tol| model_tolerates(tol, t)));
+    selected && tolerated
+}
+
+/// Whether a node's image ships the plugin (the retired GPU-dedicated image).
+fn model_ships_plugin(node: &NodeFacts) -> bool {
+    node.labels
+        .get(NODE_IMAGE_LABEL)
+        .is_some_and(|v| v.starts_with("AKSUbuntu-1804gpu"))
+}
+
+/// The pool whose plugin a node should end up running: the oldest (then by name) of the pools
+/// that select it, run a plugin at all and put it on this node; none when a foreign plugin
+/// covers the node.
+fn model_owner(
+    node: &NodeFacts,
+    pools: &[(PoolRef, NodeImage)],
+    nodes: &[NodeFacts],
+    foreign: &[ForeignPlugin],
+) -> Option<String> {
+    if foreign.iter().any(|f| model_foreign_runs_on(&f.pod, node)) {
+        return None;
+    }
+    let managed = |p: &PoolRef, image: NodeImage| match image {
+        NodeImage::Standard => true,
+        NodeImage::Specialized => false,
+        NodeImage::Auto => nodes
+            .iter()
+            .any(|n| model_selects(&p.selector, &n.labels) && !model_ships_plugin(n)),
+    };
+    let eligible = |image: NodeImage| image == NodeImage::Standard || !model_ships_plugin(node);
+    pools
+        .iter()
+        .filter(|(p, image)| {
+            model_selects(&p.selector, &node.labels) && managed(p, *image) && eligible(*image)
+        })
+        .min_by_key(|(p, _)| (p.created.is_none(), p.created, p.name.clone()))
+        .map(|(p, _)| p.name.clone())
+}
+
+// ---- the simulated cluster: gpupool's plans applied, the DaemonSet controller and kubelets ----
+
+/// A plugin pod: its pool, and whether it is terminating.
+type SimPod = (String, bool);
+
+fn gpupool(p: &PoolRef, node_image: NodeImage, managed: bool) -> GpuPool {
     let mut pool = GpuPool::new(
         &p.name,
         GpuPoolSpec {
@@ -254,38 +356,22 @@ fn gpupool(p: &PoolRef, node_image: NodeImage) -> GpuPool {
             expected_gpus_per_node: None,
         },
     );
-    pool.metadata.uid = Some(format!("uid-{}", p.name));
+    pool.metadata.uid = Some(p.uid.clone());
     pool.metadata.creation_timestamp = p
         .created
         .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
+    pool.status = Some(GpuPoolStatus {
+        device_plugin: Some(crate::api::DevicePluginStatus {
+            mode: if managed {
+                PluginMode::Managed
+            } else {
+                PluginMode::Skipped
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     pool
-}
-
-/// What the controller does for one pool: its members are the nodes it selects.
-fn plan_for(
-    p: &PoolRef,
-    node_image: NodeImage,
-    nodes: &[NodeFacts],
-    pools: &[PoolRef],
-    foreign: &[ForeignPlugin],
-) -> Plan {
-    let observed = Observed {
-        pool: Arc::new(gpupool(p, node_image)),
-        nodes: nodes
-            .iter()
-            .filter(|n| selects(&p.selector, &n.labels))
-            .cloned()
-            .map(Arc::new)
-            .collect(),
-        other_pools: pools.iter().filter(|o| o.name != p.name).cloned().collect(),
-        plugin_daemonsets: foreign
-            .iter()
-            .map(|f| Arc::new(foreign_daemonset(f)))
-            .collect(),
-        pool_uids: pools.iter().map(|p| p.uid.clone()).collect(),
-        now: Timestamp::UNIX_EPOCH,
-    };
-    plan(&observed, &settings())
 }
 
 fn foreign_daemonset(f: &ForeignPlugin) -> DaemonSetFacts {
@@ -300,146 +386,226 @@ fn foreign_daemonset(f: &ForeignPlugin) -> DaemonSetFacts {
         pool_owner: None,
         desired_hash: None,
         spec_editors: vec![],
+        tolerated: Default::default(),
         rollout: Rollout::default(),
         plugin_pod: Some(f.pod.clone()),
     }
 }
 
-fn desired(plan: &Plan) -> Option<&DaemonSet> {
-    match &plan.daemonset {
-        DaemonSetAction::Apply(ds) => Some(ds),
-        _ => None,
+struct Sim {
+    nodes: Vec<NodeFacts>,
+    pools: Vec<(PoolRef, NodeImage)>,
+    foreign: Vec<ForeignPlugin>,
+    pods: BTreeMap<String, Vec<SimPod>>,
+    /// Pools whose last plan wanted a DaemonSet (their status says Managed).
+    managed: BTreeSet<String>,
+}
+
+impl Sim {
+    fn observed(&self, i: usize) -> Observed {
+        let (p, image) = &self.pools[i];
+        let others = self
+            .pools
+            .iter()
+            .filter(|(o, _)| o.name != p.name)
+            .map(|(o, img)| PoolRef::of(&gpupool(o, *img, self.managed.contains(&o.name)), true))
+            .collect();
+        let pods = self
+            .pods
+            .iter()
+            .flat_map(|(node, pods)| pods.iter().map(move |(pool, going)| (node, pool, going)))
+            .map(|(node, pool, going)| {
+                Arc::new(PodFacts {
+                    id: ObjectId {
+                        namespace: "gpu-resources".into(),
+                        name: format!("{pool}-{node}"),
+                    },
+                    uid: format!("{pool}-{node}"),
+                    role: PodRole::Plugin,
+                    node: Some(node.clone()),
+                    pool_key: Some(pool.clone()),
+                    deleting: *going,
+                    phase: PodPhase::Running,
+                    ready: true,
+                    created: None,
+                })
+            })
+            .collect();
+        Observed {
+            pool: Arc::new(gpupool(p, *image, self.managed.contains(&p.name))),
+            nodes: self
+                .nodes
+                .iter()
+                .filter(|n| model_selects(&p.selector, &n.labels))
+                .cloned()
+                .map(Arc::new)
+                .collect(),
+            strays: self
+                .nodes
+                .iter()
+                .filter(|n| {
+                    !model_selects(&p.selector, &n.labels)
+                        && n.labels.get(DEVICE_PLUGIN_LABEL) == Some(&p.name)
+                })
+                .cloned()
+                .map(Arc::new)
+                .collect(),
+            other_pools: others,
+            plugin_daemonsets: self
+                .foreign
+                .iter()
+                .map(|f| Arc::new(foreign_daemonset(f)))
+                .collect(),
+            pods,
+            dra_nodes: HashSet::new(),
+            pool_uids: self.pools.iter().map(|(p, _)| p.uid.clone()).collect(),
+            now: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    /// gpupool reconciles every pool once (in this order), writing the labels it plans.
+    fn reconcile(&mut self, order: &[usize]) {
+        for &i in order {
+            let plan = plan(&self.observed(i), &settings());
+            let name = self.pools[i].0.name.clone();
+            if plan.plugin.mode == PluginMode::Managed {
+                self.managed.insert(name);
+            } else {
+                self.managed.remove(&name);
+            }
+            for change in plan.placement.label_changes {
+                let node = self
+                    .nodes
+                    .iter_mut()
+                    .find(|n| n.name == change.node)
+                    .expect("a known node");
+                if node.labels.get(DEVICE_PLUGIN_LABEL) == change.from.as_ref() {
+                    match change.to {
+                        Some(to) => node.labels.insert(DEVICE_PLUGIN_LABEL.into(), to),
+                        None => node.labels.remove(DEVICE_PLUGIN_LABEL),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The DaemonSet controller and kubelets: a terminating pod is gone a step later; a pod whose
+    /// node no longer carries its pool's label starts terminating; a labelled node without its
+    /// pool's pod gets one (gpupool's DaemonSets require exactly that label).
+    fn kubelets(&mut self) {
+        for node in &self.nodes {
+            let pods = self.pods.entry(node.name.clone()).or_default();
+            pods.retain(|(_, going)| !going);
+            let label = node.labels.get(DEVICE_PLUGIN_LABEL);
+            for (pool, going) in pods.iter_mut() {
+                if Some(&*pool) != label {
+                    *going = true;
+                }
+            }
+            if let Some(label) = label.filter(|l| !pods.iter().any(|(p, _)| p == *l)) {
+                pods.push((label.clone(), false));
+            }
+        }
+    }
+
+    fn plugins_on(&self, node: &NodeFacts) -> usize {
+        let foreign = self
+            .foreign
+            .iter()
+            .filter(|f| model_foreign_runs_on(&f.pod, node))
+            .count();
+        foreign + self.pods.get(&node.name).map_or(0, Vec::len)
     }
 }
 
-fn pod(ds: &DaemonSet) -> &PodSpec {
-    ds.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("the desired DaemonSet has a pod template")
+/// Pools with random selectors, ages and image modes (Standard and Auto: Skipped pools deploy
+/// nothing to check).
+fn pools_with_modes(max: usize) -> impl Strategy<Value = Vec<(PoolRef, NodeImage)>> {
+    (pools(max), prop::collection::vec(any::<bool>(), max)).prop_map(|(pools, auto)| {
+        pools
+            .into_iter()
+            .zip(auto)
+            .map(|(p, auto)| {
+                (
+                    p,
+                    if auto {
+                        NodeImage::Auto
+                    } else {
+                        NodeImage::Standard
+                    },
+                )
+            })
+            .collect()
+    })
 }
 
 fn is_hard(t: &NodeTaint) -> bool {
-    (t.effect == "NoSchedule" || t.effect == "NoExecute")
-        && !t.key.starts_with("node.kubernetes.io/")
-        && !t.key.starts_with("node.cloudprovider.kubernetes.io/")
+    t.effect == "NoSchedule" || t.effect == "NoExecute"
 }
 
-// ---- properties ----
+fn lifecycle(key: &str) -> bool {
+    key.starts_with("node.kubernetes.io/")
+        || key == "ToBeDeletedByClusterAutoscaler"
+        || key.starts_with("karpenter.sh/")
+}
 
 proptest! {
     #![proptest_config(config())]
 
-    /// A node runs the pool's plugin iff the pool selects it, nobody else serves it, and (Auto)
-    /// its image does not ship a plugin: the generated node affinity mirrors the selector, and
-    /// the derived tolerations let the pod onto every node it is meant for.
+    /// Over random pools, nodes and foreign plugins, gpupool's plans driven through a simulated
+    /// cluster until they settle, the pools reconciled in a different order every round: no node
+    /// ever runs two device plugins (terminating pods included), and in the end each node runs
+    /// exactly the plugin the model says, or none.
     #[test]
-    fn the_daemonset_runs_exactly_on_the_selected_nodes_minus_exclusions(
-        nodes in nodes(12),
-        mut pools in pools(4),
+    fn never_two_plugins_on_a_node_and_in_the_end_the_one_the_model_expects(
+        nodes in nodes(10),
+        pools in pools_with_modes(4),
         foreign in foreign(2),
-        auto in any::<bool>(),
+        seed in any::<u64>(),
     ) {
-        // The pool under test is the youngest, so exclusions by older pools happen.
-        pools[0].created = Some(Timestamp::from_second(1_800_000_000).unwrap());
-        let this = pools[0].clone();
-        let node_image = if auto { NodeImage::Auto } else { NodeImage::Standard };
-        let d = plan_for(&this, node_image, &nodes, &pools, &foreign);
-        let excluded = d.claims.excluded_nodes();
-        let Some(ds) = desired(&d) else {
-            prop_assert_eq!(d.plugin.mode, PluginMode::Skipped);
-            prop_assert!(auto, "only Auto pools skip the plugin here");
-            let members = nodes.iter().filter(|n| selects(&this.selector, &n.labels));
-            prop_assert!(members.clone().count() > 0 && members.into_iter().all(|n| classify(n) == ImageKind::Specialized));
-            return Ok(());
-        };
-        for node in &nodes {
-            let want = selects(&this.selector, &node.labels)
-                && !excluded.contains(&node.name)
-                && !(auto && classify(node) == ImageKind::Specialized);
-            prop_assert_eq!(
-                daemon_pod_would_run_on(pod(ds), node),
-                want,
-                "node {:?} selector {:?} excluded {:?}",
-                node, this.selector, excluded
-            );
+        let mut sim = Sim { nodes, pools, foreign, pods: BTreeMap::new(), managed: BTreeSet::new() };
+        let mut order: Vec<usize> = (0..sim.pools.len()).collect();
+        for round in 0..12u64 {
+            let len = order.len();
+            order.rotate_left(((seed >> (round % 8)) as usize) % len);
+            sim.reconcile(&order);
+            sim.kubelets();
+            for node in &sim.nodes {
+                prop_assert!(sim.plugins_on(node) <= 1, "round {}: node {} runs {:?} and foreign plugins", round, node.name, sim.pods.get(&node.name));
+            }
+        }
+        let snapshot: Vec<(PoolRef, NodeImage)> = sim.pools.clone();
+        for node in &sim.nodes {
+            let want = model_owner(node, &snapshot, &sim.nodes, &sim.foreign);
+            let running: Vec<&String> = sim.pods.get(&node.name).into_iter().flatten().map(|(p, _)| p).collect();
+            prop_assert_eq!(running.first().copied(), want.as_ref(), "node {:?}", node);
         }
     }
 
-    /// Every NoSchedule/NoExecute taint that Kubernetes does not manage itself is tolerated by
-    /// the base plus derived tolerations; nothing else is derived; input order does not matter.
+    /// The tolerations gpupool derives let its plugin onto every node despite every taint that
+    /// is not the cluster's own lifecycle taint, never tolerate a lifecycle taint, and do not
+    /// change when a taint's value does or when the nodes come in another order.
     #[test]
-    fn derived_tolerations_cover_every_hard_taint_and_only_those(
+    fn derived_tolerations_cover_pool_taints_ignore_lifecycle_taints_and_values(
         taints in prop::collection::vec(taint(), 0..8),
         rotate in 0usize..8,
     ) {
-        let derived = tolerations_for_taints(&taints);
-        let all: Vec<Toleration> = base_tolerations().into_iter().chain(derived.iter().cloned()).collect();
-        for t in taints.iter().filter(|t| is_hard(t)) {
-            prop_assert!(all.iter().any(|tol| tolerates(tol, t)), "taint {:?} not tolerated by {:?}", t, all);
+        let keys = pool_taint_keys(&taints);
+        let all: Vec<Toleration> = base_tolerations().into_iter().chain(tolerations_for(&keys)).collect();
+        for t in taints.iter().filter(|t| is_hard(t) && !lifecycle(&t.key)) {
+            prop_assert!(all.iter().any(|tol| model_tolerates(tol, t)), "taint {:?} not tolerated by {:?}", t, all);
         }
-        for tol in &derived {
-            let effect = tol.effect.as_deref().unwrap_or_default();
-            prop_assert!(effect == "NoSchedule" || effect == "NoExecute", "{:?}", tol);
-            prop_assert!(
-                taints.iter().any(|t| is_hard(t) && tolerates(tol, t)),
-                "{:?} tolerates no hard taint of the nodes", tol
-            );
-            prop_assert!(!tol.key.as_deref().unwrap_or_default().starts_with("node.kubernetes.io/"));
+        for tol in tolerations_for(&keys) {
+            prop_assert!(!lifecycle(tol.key.as_deref().unwrap_or_default()), "{:?}", tol);
+            prop_assert_eq!(tol.operator.as_deref(), Some("Exists"));
         }
-        let distinct: BTreeSet<String> = derived.iter().map(|t| format!("{t:?}")).collect();
-        prop_assert_eq!(distinct.len(), derived.len(), "duplicates in {:?}", derived);
+        let revalued: Vec<NodeTaint> = taints.iter().map(|t| NodeTaint { value: format!("{}-changed", t.value), ..t.clone() }).collect();
+        prop_assert_eq!(pool_taint_keys(&revalued), keys.clone(), "values do not matter");
         let mut shuffled = taints.clone();
         let len = shuffled.len().max(1);
         shuffled.rotate_left(rotate % len);
         shuffled.reverse();
-        prop_assert_eq!(tolerations_for_taints(&shuffled), derived);
-    }
-
-    /// Over random pools, nodes and foreign plugins: each node gets at most one gpupool plugin,
-    /// exactly one when some pool selects it and no foreign plugin covers it, none when a
-    /// foreign plugin does; and the result does not depend on the order of the inputs.
-    #[test]
-    fn every_node_is_served_by_at_most_one_plugin_whatever_the_order(
-        nodes in nodes(10),
-        pools in pools(5),
-        foreign in foreign(2),
-        rotate in 0usize..5,
-    ) {
-        let desired = |nodes: &[NodeFacts], pools: &[PoolRef]| -> BTreeMap<String, DaemonSet> {
-            pools
-                .iter()
-                .filter_map(|p| {
-                    desired(&plan_for(p, NodeImage::Standard, nodes, pools, &foreign))
-                        .map(|ds| (p.name.clone(), ds.clone()))
-                })
-                .collect()
-        };
-        let daemonsets = desired(&nodes, &pools);
-        prop_assert_eq!(daemonsets.len(), pools.len(), "Standard pools always want a DaemonSet");
-        for node in &nodes {
-            let running: Vec<&String> = daemonsets
-                .iter()
-                .filter(|(_, ds)| daemon_pod_would_run_on(pod(ds), node))
-                .map(|(p, _)| p)
-                .collect();
-            let selected = pools.iter().any(|p| selects(&p.selector, &node.labels));
-            let covered = foreign.iter().any(|f| daemon_pod_would_run_on(&f.pod, node));
-            let want = usize::from(selected && !covered);
-            prop_assert_eq!(
-                running.len(), want,
-                "node {:?}: plugins of {:?} (selected {}, foreign plugin {})",
-                node, running, selected, covered
-            );
-        }
-        // Order independence: pools listed and nodes observed in another order.
-        let mut pools2 = pools.clone();
-        let len = pools2.len();
-        pools2.rotate_left(rotate % len);
-        pools2.reverse();
-        let mut nodes2 = nodes.clone();
-        nodes2.reverse();
-        prop_assert_eq!(desired(&nodes2, &pools2), daemonsets);
+        prop_assert_eq!(pool_taint_keys(&shuffled), keys);
     }
 
     /// Conditions over a sequence of reconciles: lastTransitionTime moves iff the status flips;
@@ -464,6 +630,7 @@ proptest! {
         ),
     ) {
         let mut previous: Vec<Condition> = Vec::new();
+        let mut previous_problems = Vec::new();
         let mut previous_mode = None;
         let mut now = Timestamp::from_second(1_800_000_000).unwrap();
         let selector = PoolSelector {
@@ -473,7 +640,7 @@ proptest! {
         for (nodes, node_image, state, (generation_step, lag, desired, ready, updated), stall, advance, expected, (other, foreign)) in steps {
             now = now.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(advance)).unwrap();
             let refs: Vec<&NodeFacts> = nodes.iter().collect();
-            let plugin = decide_plugin(node_image, &refs, previous_mode);
+            let plugin = decide_plugin(node_image, &refs, &HashSet::new(), previous_mode);
             let mut claims = NodeClaims::default();
             for i in other.iter().filter(|i| **i < nodes.len()) {
                 claims.served_by_other_pool.insert(nodes[*i].name.clone(), "older".into());
@@ -502,12 +669,15 @@ proptest! {
                 expected_gpus_per_node: expected,
             });
             pool.metadata.generation = generation;
-            pool.status = Some(crate::api::GpuPoolStatus { conditions: previous.clone(), ..Default::default() });
+            pool.status = Some(GpuPoolStatus { conditions: previous.clone(), problem_nodes: previous_problems.clone(), ..Default::default() });
             let observed = Observed {
                 pool: Arc::new(pool),
                 nodes: nodes.iter().cloned().map(Arc::new).collect(),
+                strays: vec![],
                 other_pools: vec![],
                 plugin_daemonsets: vec![],
+                pods: vec![],
+                dra_nodes: HashSet::new(),
                 pool_uids: Default::default(),
                 now,
             };
@@ -518,8 +688,10 @@ proptest! {
                 delete_stale: vec![],
                 daemonset: DaemonSetAction::Nothing,
                 live: None,
+                placement: Default::default(),
+                leftover_pods: vec![],
             };
-            let applied = Applied { state: daemonset, stall: stall.clone(), change: None };
+            let applied = Applied::kept(daemonset, stall.clone());
             let outcome = report(&observed, &plan, &applied, &settings());
             let conditions = &outcome.status.conditions;
             let find = |t: ConditionType| conditions.iter().find(|c| c.type_ == t.as_str());
@@ -560,6 +732,7 @@ proptest! {
                 prop_assert!(is_true(ConditionType::GpusSchedulable) || nodes.is_empty(), "Ready without schedulable GPUs: {:?}", conditions);
             }
             previous = outcome.status.conditions.clone();
+            previous_problems = outcome.status.problem_nodes.clone();
             previous_mode = outcome.status.device_plugin.as_ref().map(|d| d.mode);
         }
     }

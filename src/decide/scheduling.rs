@@ -31,34 +31,48 @@ pub fn base_tolerations() -> Vec<Toleration> {
     ]
 }
 
-/// One toleration for every distinct NoSchedule/NoExecute taint on the pool's nodes that the
-/// base tolerations do not already cover (so an AKS `sku=gpu:NoSchedule` pool just works).
-/// Sorted, so the DaemonSet does not change when only the node order does.
-pub fn tolerations_for_taints<'a>(
-    taints: impl IntoIterator<Item = &'a NodeTaint>,
-) -> Vec<Toleration> {
+/// A taint key and effect the plugin tolerates (whatever the value: values change, the key says
+/// what the taint is for).
+pub type TaintKey = (String, String);
+
+/// Taints the cluster itself puts on and takes off nodes in their lifecycle: the node lifecycle
+/// and cloud-node controllers (`node.kubernetes.io/*`, `node.cloudprovider.kubernetes.io/*`; the
+/// DaemonSet controller already tolerates the ones daemon pods need), the cluster autoscaler
+/// (`ToBeDeletedByClusterAutoscaler=<timestamp>`, `DeletionCandidateOfClusterAutoscaler`,
+/// kubernetes/autoscaler `utils/taints/taints.go`) and Karpenter / AKS node auto-provisioning
+/// (`karpenter.sh/disrupted`, `karpenter.sh/unregistered`, kubernetes-sigs/karpenter
+/// `pkg/apis/v1/taints.go`). They must keep working as the cluster intends (a node being
+/// removed takes no new pods), and their values change on every scale-down: never tolerated.
+pub fn is_lifecycle_taint(key: &str) -> bool {
+    key.starts_with("node.kubernetes.io/")
+        || key.starts_with("node.cloudprovider.kubernetes.io/")
+        || key.starts_with("karpenter.sh/")
+        || key == "ToBeDeletedByClusterAutoscaler"
+        || key == "DeletionCandidateOfClusterAutoscaler"
+}
+
+/// The keys of the NoSchedule/NoExecute taints that describe a pool's nodes (e.g. AKS
+/// `sku=gpu:NoSchedule`, Spot's `kubernetes.azure.com/scalesetpriority`), lifecycle taints and
+/// those the base tolerations cover left out.
+pub fn pool_taint_keys<'a>(taints: impl IntoIterator<Item = &'a NodeTaint>) -> BTreeSet<TaintKey> {
     let base = base_tolerations();
-    let distinct: BTreeSet<&NodeTaint> = taints
+    taints
         .into_iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .filter(|t| !is_system_taint(&t.key))
+        .filter(|t| !is_lifecycle_taint(&t.key))
         .filter(|t| !base.iter().any(|tol| tolerates(tol, t)))
-        .collect();
-    distinct
-        .into_iter()
-        .map(|t| Toleration {
-            key: Some(t.key.clone()),
-            operator: Some(
-                if t.value.is_empty() {
-                    "Exists"
-                } else {
-                    "Equal"
-                }
-                .into(),
-            ),
-            value: (!t.value.is_empty()).then(|| t.value.clone()),
-            effect: Some(t.effect.clone()),
-            toleration_seconds: None,
+        .map(|t| (t.key.clone(), t.effect.clone()))
+        .collect()
+}
+
+/// One `Exists` toleration per taint key and effect, in a stable order.
+pub fn tolerations_for(keys: &BTreeSet<TaintKey>) -> Vec<Toleration> {
+    keys.iter()
+        .map(|(key, effect)| Toleration {
+            key: Some(key.clone()),
+            operator: Some("Exists".into()),
+            effect: Some(effect.clone()),
+            ..Toleration::default()
         })
         .collect()
 }
@@ -156,45 +170,74 @@ mod tests {
     use k8s_openapi::api::core::v1::{Affinity, NodeAffinity, NodeSelector};
 
     #[test]
-    fn aks_gpu_taint_gets_an_equal_toleration() {
-        let tols = tolerations_for_taints(&[taint("sku", "gpu", "NoSchedule")]);
+    fn pool_taints_are_tolerated_by_key_whatever_their_value() {
+        let keys = pool_taint_keys(&[taint("sku", "gpu", "NoSchedule")]);
+        let tols = tolerations_for(&keys);
         assert_eq!(tols.len(), 1);
-        assert_eq!(tols[0].key.as_deref(), Some("sku"));
-        assert_eq!(tols[0].operator.as_deref(), Some("Equal"));
-        assert_eq!(tols[0].value.as_deref(), Some("gpu"));
+        assert_eq!(
+            (
+                tols[0].key.as_deref(),
+                tols[0].operator.as_deref(),
+                tols[0].value.as_deref()
+            ),
+            (Some("sku"), Some("Exists"), None)
+        );
         assert_eq!(tols[0].effect.as_deref(), Some("NoSchedule"));
+        assert_eq!(
+            pool_taint_keys(&[taint("sku", "other", "NoSchedule")]),
+            keys,
+            "a new value is the same key"
+        );
     }
 
     #[test]
-    fn only_hard_non_system_uncovered_taints_are_tolerated_once() {
+    fn only_hard_uncovered_pool_taints_are_kept_and_lifecycle_taints_never() {
         let taints = [
             taint("sku", "gpu", "NoSchedule"),
             taint("sku", "gpu", "NoSchedule"),
             taint("dedicated", "", "NoExecute"),
             taint("soft", "x", "PreferNoSchedule"),
             taint("node.kubernetes.io/unschedulable", "", "NoSchedule"),
+            taint(
+                "node.cloudprovider.kubernetes.io/uninitialized",
+                "true",
+                "NoSchedule",
+            ),
+            taint("ToBeDeletedByClusterAutoscaler", "1732467000", "NoSchedule"),
+            taint(
+                "DeletionCandidateOfClusterAutoscaler",
+                "1732467000",
+                "PreferNoSchedule",
+            ),
+            taint("karpenter.sh/disrupted", "", "NoSchedule"),
+            taint("karpenter.sh/unregistered", "", "NoExecute"),
             taint("nvidia.com/gpu", "present", "NoSchedule"),
             taint("CriticalAddonsOnly", "true", "NoSchedule"),
+            taint(
+                "kubernetes.azure.com/scalesetpriority",
+                "spot",
+                "NoSchedule",
+            ),
         ];
-        let tols = tolerations_for_taints(&taints);
-        let keys: Vec<_> = tols
-            .iter()
-            .map(|t| (t.key.clone().unwrap(), t.operator.clone().unwrap()))
-            .collect();
+        let keys: Vec<TaintKey> = pool_taint_keys(&taints).into_iter().collect();
+        let key = |k: &str, e: &str| (k.to_string(), e.to_string());
         assert_eq!(
             keys,
             vec![
-                ("dedicated".into(), "Exists".into()),
-                ("sku".into(), "Equal".into())
+                key("dedicated", "NoExecute"),
+                key("kubernetes.azure.com/scalesetpriority", "NoSchedule"),
+                key("sku", "NoSchedule")
             ]
         );
     }
 
     #[test]
     fn nvidia_gpu_taint_with_noexecute_is_not_covered_by_the_base_toleration() {
-        let tols = tolerations_for_taints(&[taint("nvidia.com/gpu", "", "NoExecute")]);
-        assert_eq!(tols.len(), 1);
-        assert_eq!(tols[0].effect.as_deref(), Some("NoExecute"));
+        let keys = pool_taint_keys(&[taint("nvidia.com/gpu", "", "NoExecute")]);
+        assert_eq!(
+            keys.into_iter().collect::<Vec<_>>(),
+            vec![("nvidia.com/gpu".to_string(), "NoExecute".to_string())]
+        );
     }
 
     #[test]

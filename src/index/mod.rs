@@ -2,10 +2,14 @@
 //! read by reconciles. Each index says what an event really changed, which is what decides the
 //! pools to look at again; nothing here talks to the API server.
 
+mod dra;
 mod nodes;
+mod pods;
 mod tracked;
 
+pub use dra::{DraIndex, GpuSlice, NVIDIA_GPU_DRIVER};
 pub use nodes::NodeIndex;
+pub use pods::PodIndex;
 pub use tracked::{Change, Keyed, Tracked};
 
 use crate::decide::model::DaemonSetFacts;

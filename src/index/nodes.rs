@@ -9,6 +9,7 @@ use kube::runtime::watcher::Event;
 
 use crate::api::{PoolSelector, SelectorOperator};
 use crate::decide::nodes::NodeFacts;
+use crate::decide::placement::DEVICE_PLUGIN_LABEL;
 use crate::decide::selector::selects;
 use crate::index::{Change, Keyed, Tracked};
 
@@ -21,7 +22,7 @@ impl Keyed for NodeFacts {
 /// Node names by label value, for the label keys pool selectors use.
 type LabelIndex = HashMap<String, HashMap<String, BTreeSet<String>>>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NodeIndex {
     nodes: Tracked<NodeFacts>,
     /// Only keys some pool selects on are indexed: an AKS node has ~30 labels, a pool selects on
@@ -29,7 +30,28 @@ pub struct NodeIndex {
     by_label: LabelIndex,
 }
 
+impl Default for NodeIndex {
+    /// The device-plugin label is always indexed: it finds the nodes a pool's plugin runs on.
+    fn default() -> Self {
+        NodeIndex {
+            nodes: Tracked::default(),
+            by_label: [(DEVICE_PLUGIN_LABEL.to_string(), HashMap::new())].into(),
+        }
+    }
+}
+
 impl NodeIndex {
+    /// The nodes carrying `key=value`, for indexed keys (sorted by name).
+    pub fn with_label(&self, key: &str, value: &str) -> Vec<Arc<NodeFacts>> {
+        self.by_label
+            .get(key)
+            .and_then(|values| values.get(value))
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.nodes.get(name).cloned())
+            .collect()
+    }
+
     pub fn apply(&mut self, event: Event<NodeFacts>) -> Vec<Change<NodeFacts>> {
         let changes = self.nodes.apply(event);
         for change in &changes {

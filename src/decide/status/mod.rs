@@ -7,7 +7,7 @@ mod events;
 mod nodes;
 mod plugin;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -81,8 +81,11 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
         expected_gpus: pool.spec.expected_gpus_per_node,
         now: o.now,
         grace: settings.gpu_grace_period,
+        previous: &previous.problem_nodes,
+        history: previous.observed_generation.is_some(),
     };
-    let summary = summarize(&nodes, expectations, &plan.claims);
+    let dra: BTreeSet<&str> = o.dra_nodes.iter().map(String::as_str).collect();
+    let summary = summarize(&nodes, expectations, &plan.claims, &dra);
     let plugin = plugin_assessment(&PluginInputs {
         decision: &plan.plugin,
         claims: &plan.claims,
@@ -97,6 +100,14 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
         .into_iter()
         .flatten()
         .min();
+    let mut plugin = plugin;
+    if let Some(progress) = hand_over_progress(plan) {
+        plugin.progressing = Some(
+            plugin
+                .progressing
+                .map_or(progress.clone(), |p| format!("{p}; {progress}")),
+        );
+    }
     let components = vec![
         (ConditionType::DevicePluginReady, plugin),
         (ConditionType::GpusSchedulable, gpus),
@@ -175,6 +186,33 @@ fn rollup(
     out
 }
 
+/// Nodes waiting for another plugin's pods to go before this pool's plugin starts there, and a
+/// namespace move waiting for the old pods: progress, said in Reconciling.
+fn hand_over_progress(plan: &Plan) -> Option<String> {
+    let nodes: Vec<String> = plan
+        .placement
+        .hand_overs
+        .iter()
+        .map(|h| h.node.clone())
+        .collect();
+    let mut parts = Vec::new();
+    if !nodes.is_empty() {
+        parts.push(format!(
+            "handing {} over to this pool's plugin once the previous plugin pods there are gone: {}",
+            nodes.len(),
+            name_list(&nodes, 10)
+        ));
+    }
+    if !plan.leftover_pods.is_empty() {
+        let pods: Vec<String> = plan.leftover_pods.iter().map(ToString::to_string).collect();
+        parts.push(format!(
+            "waiting for the pool's plugin pods in the previous plugin namespace to go: {}",
+            name_list(&pods, 10)
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// When the condition last turned False, if it is False.
 fn false_since(previous: &GpuPoolStatus, type_: ConditionType) -> Option<Timestamp> {
     previous
@@ -220,11 +258,16 @@ fn gpus_assessment(s: &NodeSummary, node_count: usize, selector: &str) -> Assess
         );
     }
     if !s.waiting.is_empty() {
-        let names = name_list(&s.waiting, 10);
+        let listed: Vec<String> = s
+            .waiting
+            .iter()
+            .map(|(n, r)| format!("{n} ({})", waiting_word(*r)))
+            .collect();
+        let names = name_list(&listed, 10);
         return Assessment::progressing(
             Reason::WaitingForGpus,
             format!(
-                "{} nodes joined recently and have no nvidia.com/gpu yet: {names}",
+                "{} nodes joined, rebooted or restarted their plugin within the grace period and cannot run GPU work yet: {names}",
                 s.waiting.len()
             ),
             format!("waiting for GPUs on {names}"),
@@ -244,6 +287,14 @@ fn gpus_assessment(s: &NodeSummary, node_count: usize, selector: &str) -> Assess
             s.gpus_allocatable
         ),
     )
+}
+
+fn waiting_word(reason: Reason) -> &'static str {
+    if reason == Reason::NotReady {
+        "NotReady"
+    } else {
+        "no GPUs yet"
+    }
 }
 
 /// `Ready`: the first failing component's reason (a pool without nodes is Ready as long as its
@@ -405,7 +456,9 @@ mod tests {
         expected: Option<i32>,
         stall: Option<Stall>,
         previous: Vec<Condition>,
+        previous_problems: Vec<crate::api::ProblemNode>,
         mode: NodeImage,
+        dra: std::collections::HashSet<String>,
     }
 
     impl Case {
@@ -418,7 +471,9 @@ mod tests {
                 expected: None,
                 stall: None,
                 previous: vec![],
+                previous_problems: vec![],
                 mode: NodeImage::Standard,
+                dra: Default::default(),
             }
         }
 
@@ -434,31 +489,35 @@ mod tests {
             );
             pool.metadata.generation = Some(2);
             pool.status = Some(GpuPoolStatus {
+                // A status written before is the pool's history.
+                observed_generation: (!self.previous.is_empty()).then_some(2),
                 conditions: self.previous.clone(),
+                problem_nodes: self.previous_problems.clone(),
                 ..GpuPoolStatus::default()
             });
             let observed = Observed {
                 pool: Arc::new(pool),
                 nodes: self.nodes.iter().cloned().map(Arc::new).collect(),
+                strays: vec![],
                 other_pools: vec![],
                 plugin_daemonsets: vec![],
+                pods: vec![],
+                dra_nodes: self.dra.clone(),
                 pool_uids: Default::default(),
                 now: now(),
             };
             let refs: Vec<&NodeFacts> = self.nodes.iter().collect();
             let plan = Plan {
-                plugin: decide_plugin(self.mode, &refs, None),
+                plugin: decide_plugin(self.mode, &refs, &self.dra, None),
                 claims: self.claims.clone(),
                 image: "img".into(),
                 delete_stale: vec![],
                 daemonset: DaemonSetAction::Nothing,
                 live: None,
+                placement: Default::default(),
+                leftover_pods: vec![],
             };
-            let applied = Applied {
-                state: self.daemonset.clone(),
-                stall: self.stall.clone(),
-                change: None,
-            };
+            let applied = Applied::kept(self.daemonset.clone(), self.stall.clone());
             let mut settings = settings();
             settings.gpu_grace_period = Duration::from_secs(600);
             report(&observed, &plan, &applied, &settings)
@@ -628,6 +687,66 @@ mod tests {
         down.ready = NodeReadiness::NotReady;
         let s = Case::new(vec![old_node("a", 1, 1), down]).run().status;
         assert_eq!(reason_of(&s, ConditionType::Ready), Reason::NodesNotReady);
+    }
+
+    /// A reboot or a plugin restart is progress for a grace period from when that problem began,
+    /// and a failure only after it (#10.5).
+    #[test]
+    fn transient_node_trouble_is_progress_until_it_outlasts_the_grace_period() {
+        let history = |case: &mut Case| {
+            case.previous = Case::new(vec![old_node("a", 1, 1)]).run().status.conditions;
+        };
+        let mut rebooting = old_node("rebooting", 1, 1);
+        rebooting.ready = NodeReadiness::NotReady;
+        rebooting.ready_since = Some("2026-11-23T11:59:00Z".parse().unwrap());
+        let mut case = Case::new(vec![old_node("a", 1, 1), rebooting.clone()]);
+        history(&mut case);
+        let out = case.run();
+        assert_eq!(
+            reason_of(&out.status, ConditionType::Reconciling),
+            Reason::WaitingForGpus
+        );
+        assert!(cond(&out.status, ConditionType::Stalled).is_none());
+        assert_eq!(
+            out.status.problem_nodes[0].reason,
+            Reason::NotReady.as_str()
+        );
+        assert_eq!(
+            out.recheck_after,
+            Some(Duration::from_secs(9 * 60 + 1)),
+            "looked at when the grace ends"
+        );
+        rebooting.ready_since = Some("2026-11-23T11:40:00Z".parse().unwrap());
+        let mut case = Case::new(vec![old_node("a", 1, 1), rebooting]);
+        history(&mut case);
+        assert_eq!(
+            reason_of(&case.run().status, ConditionType::Stalled),
+            Reason::NodesNotReady
+        );
+
+        // The plugin restarted: GPUs at 0 on a node that had them. Progress from now on...
+        let mut case = Case::new(vec![old_node("a", 1, 1), old_node("restarting", 0, 0)]);
+        history(&mut case);
+        let first = case.run().status;
+        assert!(cond(&first, ConditionType::Stalled).is_none());
+        assert_eq!(
+            first.problem_nodes[0].since.as_ref().map(|t| t.0),
+            Some(now())
+        );
+        // ...and still, later, counted from when it began (kept in the status)...
+        let mut later = first.problem_nodes.clone();
+        later[0].since = Some(Time("2026-11-23T11:55:00Z".parse().unwrap()));
+        case.previous_problems = later.clone();
+        assert!(cond(&case.run().status, ConditionType::Reconciling).is_some());
+        // ...until it has lasted longer than the grace period.
+        later[0].since = Some(Time("2026-11-23T11:45:00Z".parse().unwrap()));
+        case.previous_problems = later;
+        let s = case.run().status;
+        assert_eq!(reason_of(&s, ConditionType::Stalled), Reason::GpusMissing);
+        assert_eq!(
+            s.problem_nodes[0].since.as_ref().map(|t| t.0),
+            Some("2026-11-23T11:45:00Z".parse().unwrap())
+        );
     }
 
     #[test]
@@ -838,6 +957,7 @@ mod tests {
         let first = case.run().status;
         let mut again = Case::new(vec![old_node("a", 1, 1), old_node("b", 0, 0)]);
         again.previous = first.conditions.clone();
+        again.previous_problems = first.problem_nodes.clone();
         assert_eq!(again.run().status, first, "no change, so no status write");
     }
 

@@ -1,9 +1,10 @@
 //! How each node of a pool stands, and the pool's nodes summed up: who serves GPUs, who is
 //! waiting, who fails, and the problem nodes an admin should look at.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::{ProblemNode, Reason};
@@ -17,23 +18,70 @@ pub(super) enum NodeHealth {
     Serving,
     /// Serving, but an admin should look (e.g. some GPUs unhealthy).
     Degraded(Reason, String),
-    /// Joined recently and has no GPUs yet: progressing until the grace period ends.
-    Waiting(Timestamp),
-    /// Cannot run GPU work.
-    Failing(Reason, String),
+    /// Cannot run GPU work yet, but its problem began less than a grace period ago (it joined,
+    /// rebooted, or its plugin restarted): progress until `until`.
+    Waiting {
+        reason: Reason,
+        message: String,
+        since: Timestamp,
+        until: Timestamp,
+    },
+    /// Cannot run GPU work, for longer than the grace period.
+    Failing {
+        reason: Reason,
+        message: String,
+        since: Timestamp,
+    },
     /// Cordoned or being deleted: deliberately out of service, not counted against the pool.
     OutOfService(Reason, String),
 }
 
 /// What a node's health is judged against.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Expectations {
+pub(super) struct Expectations<'a> {
     pub expected_gpus: Option<i32>,
     pub now: Timestamp,
     pub grace: Duration,
+    /// The problem nodes of the previous status: when each problem began.
+    pub previous: &'a [ProblemNode],
+    /// Whether gpupool reported on the pool before. Without that history a problem's start is
+    /// unknown and taken to be the node's creation; with it, a problem not reported before
+    /// began now.
+    pub history: bool,
 }
 
-pub(super) fn node_health(node: &NodeFacts, e: Expectations) -> NodeHealth {
+impl Expectations<'_> {
+    /// When this node's current problem began: kept from the previous status while the problem
+    /// stays of the same kind; else the node's own record (its Ready transition, its creation
+    /// for a node that just joined); else now.
+    fn problem_since(&self, node: &NodeFacts, reason: Reason, own: Option<Timestamp>) -> Timestamp {
+        let same_kind = |r: &str| {
+            r.parse::<Reason>()
+                .is_ok_and(|r| gpu_problem(r) == gpu_problem(reason))
+        };
+        let unknown = if self.history { None } else { node.created };
+        self.previous
+            .iter()
+            .find(|p| p.name == node.name && same_kind(&p.reason))
+            .and_then(|p| p.since.as_ref().map(|t| t.0))
+            .or(own)
+            .or(unknown)
+            .unwrap_or(self.now)
+    }
+
+    fn grace_ends(&self, since: Timestamp) -> Timestamp {
+        since
+            .checked_add(SignedDuration::try_from(self.grace).unwrap_or(SignedDuration::MAX))
+            .unwrap_or(Timestamp::MAX)
+    }
+}
+
+/// NotReady is one kind of problem; every way of lacking GPUs is another.
+fn gpu_problem(reason: Reason) -> bool {
+    reason != Reason::NotReady
+}
+
+pub(super) fn node_health(node: &NodeFacts, e: Expectations, dra: bool) -> NodeHealth {
     if node.deleting {
         return NodeHealth::OutOfService(Reason::Deleting, "the node is being deleted".into());
     }
@@ -43,56 +91,78 @@ pub(super) fn node_health(node: &NodeFacts, e: Expectations) -> NodeHealth {
             "the node is cordoned (spec.unschedulable); uncordon it to run GPU work there".into(),
         );
     }
-    if node.ready != NodeReadiness::Ready {
-        return NodeHealth::Failing(
-            Reason::NotReady,
-            "the node is not Ready: check the kubelet (kubectl describe node)".into(),
-        );
-    }
-    let required = i64::from(e.expected_gpus.unwrap_or(1).max(1));
-    let (capacity, allocatable) = (node.gpus_capacity(), node.gpus_allocatable());
-    if allocatable < required {
-        let grace_ends = node.created.and_then(|c| {
-            c.checked_add(SignedDuration::try_from(e.grace).unwrap_or(SignedDuration::MAX))
-                .ok()
-        });
-        if let Some(ends) = grace_ends.filter(|ends| *ends > e.now) {
-            return NodeHealth::Waiting(ends);
+    let (reason, message, own_since) = if node.ready != NodeReadiness::Ready {
+        let message =
+            "the node is not Ready: check the kubelet (kubectl describe node)".to_string();
+        (Reason::NotReady, message, node.ready_since)
+    } else if dra {
+        // GPUs published through DRA: nvidia.com/gpu stays 0 by design.
+        return NodeHealth::Serving;
+    } else {
+        match gpu_shortfall(node, e.expected_gpus) {
+            Ok(None) => return NodeHealth::Serving,
+            Ok(Some(degraded)) => return degraded,
+            Err((reason, message)) => {
+                // A node that just joined has had no GPUs since it was created.
+                let joined = node.created.filter(|c| e.grace_ends(*c) > e.now);
+                (reason, message, joined)
+            }
         }
-        return missing_gpus(capacity, allocatable, required, e.expected_gpus.is_some());
+    };
+    let since = e.problem_since(node, reason, own_since);
+    let until = e.grace_ends(since);
+    if until > e.now {
+        NodeHealth::Waiting {
+            reason,
+            message,
+            since,
+            until,
+        }
+    } else {
+        NodeHealth::Failing {
+            reason,
+            message,
+            since,
+        }
     }
-    if allocatable < capacity {
-        return NodeHealth::Degraded(
-            Reason::AllocatableBelowCapacity,
-            format!(
-                "{allocatable} of {capacity} nvidia.com/gpu allocatable: some GPUs are unhealthy"
-            ),
-        );
-    }
-    NodeHealth::Serving
 }
 
-fn missing_gpus(capacity: i64, allocatable: i64, required: i64, explicit: bool) -> NodeHealth {
-    if capacity == 0 {
-        NodeHealth::Failing(
+/// Ok(None): the GPUs it should have; Ok(Some(degraded)): enough, but some unhealthy;
+/// Err: not enough, and why.
+fn gpu_shortfall(
+    node: &NodeFacts,
+    expected: Option<i32>,
+) -> Result<Option<NodeHealth>, (Reason, String)> {
+    let required = i64::from(expected.unwrap_or(1).max(1));
+    let (capacity, allocatable) = (node.gpus_capacity(), node.gpus_allocatable());
+    if allocatable >= required {
+        return Ok((allocatable < capacity).then(|| {
+            NodeHealth::Degraded(
+                Reason::AllocatableBelowCapacity,
+                format!("{allocatable} of {capacity} nvidia.com/gpu allocatable: some GPUs are unhealthy"),
+            )
+        }));
+    }
+    Err(if capacity == 0 {
+        (
             Reason::NoGpuCapacity,
             "the node reports no nvidia.com/gpu capacity: the device plugin is not running there or found no GPU (check the plugin pod's log and the NVIDIA driver)".into(),
         )
-    } else if explicit {
-        NodeHealth::Failing(
+    } else if expected.is_some() {
+        (
             Reason::FewerGpusThanExpected,
             format!(
                 "{allocatable} nvidia.com/gpu allocatable (capacity {capacity}), spec.expectedGpusPerNode is {required}: GPUs may have fallen off the bus or be unhealthy"
             ),
         )
     } else {
-        NodeHealth::Failing(
+        (
             Reason::NoAllocatableGpus,
             format!(
                 "capacity {capacity} nvidia.com/gpu but none allocatable: the device plugin reports the GPUs unhealthy (check the plugin pod's log and nvidia-smi)"
             ),
         )
-    }
+    })
 }
 
 /// The pool's nodes summed up. Name lists are sorted: the same nodes always give the same
@@ -104,7 +174,7 @@ pub(super) struct NodeSummary {
     /// Nodes neither cordoned nor being deleted.
     pub in_service: usize,
     pub failing: Vec<(String, Reason)>,
-    pub waiting: Vec<String>,
+    pub waiting: Vec<(String, Reason)>,
     /// When the first waiting node's grace period ends.
     pub next_grace_end: Option<Timestamp>,
     pub problems: BTreeMap<String, ProblemNode>,
@@ -113,24 +183,31 @@ pub(super) struct NodeSummary {
 }
 
 impl NodeSummary {
-    fn problem(&mut self, node: &str, reason: Reason, message: String) {
+    fn problem(&mut self, node: &str, reason: Reason, message: String, since: Option<Timestamp>) {
         self.problems
             .entry(node.to_string())
             .or_insert(ProblemNode {
                 name: node.into(),
                 reason: reason.to_string(),
                 message,
+                // Whole seconds, as the API server stores times: the same problem, the same status.
+                since: since.map(|t| Time(Timestamp::from_second(t.as_second()).unwrap_or(t))),
             });
     }
 }
 
-pub(super) fn summarize(nodes: &[&NodeFacts], e: Expectations, claims: &NodeClaims) -> NodeSummary {
+pub(super) fn summarize(
+    nodes: &[&NodeFacts],
+    e: Expectations,
+    claims: &NodeClaims,
+    dra_nodes: &BTreeSet<&str>,
+) -> NodeSummary {
     let mut s = NodeSummary::default();
     for node in nodes {
         // Saturating: a node may report any integer the API server accepts (up to i64::MAX).
         s.gpus_capacity = s.gpus_capacity.saturating_add(node.gpus_capacity());
         s.gpus_allocatable = s.gpus_allocatable.saturating_add(node.gpus_allocatable());
-        let health = node_health(node, e);
+        let health = node_health(node, e, dra_nodes.contains(node.name.as_str()));
         if !matches!(health, NodeHealth::OutOfService(..)) {
             s.in_service += 1;
         }
@@ -138,20 +215,30 @@ pub(super) fn summarize(nodes: &[&NodeFacts], e: Expectations, claims: &NodeClai
             NodeHealth::Serving => s.serving.push(node.name.clone()),
             NodeHealth::Degraded(reason, message) => {
                 s.serving.push(node.name.clone());
-                s.problem(&node.name, reason, message);
+                s.problem(&node.name, reason, message, None);
             }
-            NodeHealth::Waiting(ends) => {
-                s.waiting.push(node.name.clone());
-                s.next_grace_end = Some(s.next_grace_end.map_or(ends, |t| t.min(ends)));
-                let message =
-                    format!("joined recently and has no nvidia.com/gpu yet; expected by {ends}");
-                s.problem(&node.name, Reason::WaitingForGpus, message);
+            NodeHealth::Waiting {
+                reason,
+                message,
+                since,
+                until,
+            } => {
+                s.waiting.push((node.name.clone(), reason));
+                s.next_grace_end = Some(s.next_grace_end.map_or(until, |t| t.min(until)));
+                let (reason, message) = waiting_problem(reason, message, since, until);
+                s.problem(&node.name, reason, message, Some(since));
             }
-            NodeHealth::Failing(reason, message) => {
+            NodeHealth::Failing {
+                reason,
+                message,
+                since,
+            } => {
                 s.failing.push((node.name.clone(), reason));
-                s.problem(&node.name, reason, message);
+                s.problem(&node.name, reason, message, Some(since));
             }
-            NodeHealth::OutOfService(reason, message) => s.problem(&node.name, reason, message),
+            NodeHealth::OutOfService(reason, message) => {
+                s.problem(&node.name, reason, message, None)
+            }
         }
     }
     s.serving.sort();
@@ -161,25 +248,47 @@ pub(super) fn summarize(nodes: &[&NodeFacts], e: Expectations, claims: &NodeClai
     s
 }
 
+/// A node within its grace period: lacking GPUs reads as WaitingForGpus (it joined, or its
+/// plugin restarted); NotReady stays NotReady (it is rebooting), both say until when.
+fn waiting_problem(
+    reason: Reason,
+    message: String,
+    since: Timestamp,
+    until: Timestamp,
+) -> (Reason, String) {
+    match reason {
+        Reason::NotReady => (
+            reason,
+            format!("{message}; not Ready since {since}, counted as progress until {until}"),
+        ),
+        _ => (
+            Reason::WaitingForGpus,
+            format!(
+                "no usable nvidia.com/gpu since {since} (joined or restarting); expected by {until}"
+            ),
+        ),
+    }
+}
+
 fn claim_problems(s: &mut NodeSummary, claims: &NodeClaims) {
     for (node, pool) in &claims.served_by_other_pool {
         let message = format!(
             "also selected by the older GpuPool {pool}, which serves it; make the selectors disjoint"
         );
-        s.problem(node, Reason::SelectedByOtherPool, message);
+        s.problem(node, Reason::SelectedByOtherPool, message, None);
     }
     for (node, pools) in &claims.also_selected_by {
         let message = format!(
             "also selected by GpuPool {}; this pool serves it; make the selectors disjoint",
             pools.join(", ")
         );
-        s.problem(node, Reason::SelectedByOtherPool, message);
+        s.problem(node, Reason::SelectedByOtherPool, message, None);
     }
     for (node, plugins) in &claims.foreign_plugins {
         let message = format!(
             "device plugin DaemonSet {} (not managed by gpupool) runs here",
             plugins.join(", ")
         );
-        s.problem(node, Reason::ForeignDevicePlugin, message);
+        s.problem(node, Reason::ForeignDevicePlugin, message, None);
     }
 }

@@ -1,0 +1,152 @@
+//! The pods gpupool runs (device-plugin pods of its DaemonSets, validation pods), reduced at
+//! watch time to what it decides on. Terminating pods count: a plugin pod that is shutting down
+//! still holds the node's device-plugin socket, so no other plugin may start there until it is
+//! gone.
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::decide::model::ObjectId;
+
+/// Label on everything gpupool creates; the pod watch selects on it.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "gpupool");
+/// Label naming the pool (a label-safe key of its name) on gpupool's DaemonSets and pods.
+pub const POOL_LABEL: &str = "gpupool.io/pool";
+/// The device-plugin pod label of the AKS article's manifest, kept on gpupool's plugin pods.
+pub const PLUGIN_POD_LABEL: (&str, &str) = ("name", "nvidia-device-plugin-ds");
+/// Label telling validation pods apart.
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+pub const VALIDATION_COMPONENT: &str = "gpu-validation";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodRole {
+    Plugin,
+    Validation,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+/// A pod gpupool runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodFacts {
+    pub id: ObjectId,
+    pub uid: String,
+    pub role: PodRole,
+    /// The node it is bound to, once scheduled.
+    pub node: Option<String>,
+    /// The `gpupool.io/pool` label: which pool it belongs to.
+    pub pool_key: Option<String>,
+    pub deleting: bool,
+    pub phase: PodPhase,
+    pub ready: bool,
+    pub created: Option<Timestamp>,
+}
+
+impl PodFacts {
+    /// None for pods that are neither plugin nor validation pods of gpupool.
+    pub fn from_pod(pod: &Pod) -> Option<PodFacts> {
+        let meta = &pod.metadata;
+        let labels = meta.labels.as_ref()?;
+        let label = |k: &str| labels.get(k).map(String::as_str);
+        if label(MANAGED_BY.0) != Some(MANAGED_BY.1) {
+            return None;
+        }
+        let role = if label(PLUGIN_POD_LABEL.0) == Some(PLUGIN_POD_LABEL.1) {
+            PodRole::Plugin
+        } else if label(COMPONENT_LABEL) == Some(VALIDATION_COMPONENT) {
+            PodRole::Validation
+        } else {
+            return None;
+        };
+        let status = pod.status.as_ref();
+        Some(PodFacts {
+            id: ObjectId {
+                namespace: meta.namespace.clone().unwrap_or_default(),
+                name: meta.name.clone().unwrap_or_default(),
+            },
+            uid: meta.uid.clone().unwrap_or_default(),
+            role,
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            pool_key: label(POOL_LABEL).map(str::to_string),
+            deleting: meta.deletion_timestamp.is_some(),
+            phase: match status.and_then(|s| s.phase.as_deref()) {
+                Some("Pending") => PodPhase::Pending,
+                Some("Running") => PodPhase::Running,
+                Some("Succeeded") => PodPhase::Succeeded,
+                Some("Failed") => PodPhase::Failed,
+                _ => PodPhase::Unknown,
+            },
+            ready: status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            created: meta.creation_timestamp.as_ref().map(|t| t.0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn pod(labels: &[(&str, &str)]) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("gpu-resources".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("n1".into()),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn plugin_and_validation_pods_are_told_apart_and_others_ignored() {
+        let plugin = pod(&[MANAGED_BY, PLUGIN_POD_LABEL, (POOL_LABEL, "gpu")]);
+        let facts = PodFacts::from_pod(&plugin).unwrap();
+        assert_eq!(
+            (facts.role, facts.node.as_deref(), facts.pool_key.as_deref()),
+            (PodRole::Plugin, Some("n1"), Some("gpu"))
+        );
+        assert!(facts.ready && facts.phase == PodPhase::Running && !facts.deleting);
+        let validation = pod(&[MANAGED_BY, (COMPONENT_LABEL, VALIDATION_COMPONENT)]);
+        assert_eq!(
+            PodFacts::from_pod(&validation).unwrap().role,
+            PodRole::Validation
+        );
+        assert!(
+            PodFacts::from_pod(&pod(&[PLUGIN_POD_LABEL])).is_none(),
+            "not gpupool's"
+        );
+        assert!(PodFacts::from_pod(&pod(&[MANAGED_BY])).is_none(), "no role");
+        let mut going = plugin;
+        going.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        assert!(PodFacts::from_pod(&going).unwrap().deleting);
+    }
+}
