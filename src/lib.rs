@@ -5,5 +5,6 @@ pub mod controller;
 pub mod crd;
 pub mod decide;
 pub mod index;
+pub mod leader;
 pub mod server;
 pub mod telemetry;

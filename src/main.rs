@@ -9,8 +9,10 @@ use std::sync::atomic::Ordering;
 use gpupool::controller::{self, RunOptions};
 use gpupool::decide::daemonset::DEFAULT_PLUGIN_IMAGE;
 use gpupool::decide::{DEFAULT_ALLOWED_PLUGIN_IMAGES, Settings};
+use gpupool::leader::{self, Fence, FenceLayer};
 use gpupool::server::{self, Health};
 use gpupool::telemetry::Metrics;
+use kube::client::ClientBuilder;
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
@@ -142,16 +144,20 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// What a stop request is awaited on.
+type Stop = tokio::sync::watch::Receiver<bool>;
+
+async fn stopped(mut stop: Stop) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 async fn run(args: RunArgs) -> Result<(), String> {
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
         .map_err(|e| format!("cannot reach the cluster (KUBECONFIG or in-cluster config): {e}"))?;
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
-        format!(
-            "{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "gpupool".into()),
-            std::process::id()
-        )
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "gpupool".into());
+        format!("{host}-{}", std::process::id())
     });
     info!(
         plugin_namespace = %args.plugin_namespace,
@@ -160,123 +166,42 @@ async fn run(args: RunArgs) -> Result<(), String> {
         %identity,
         "gpupool-operator {} starting", env!("CARGO_PKG_VERSION")
     );
-    let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::default());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let options = run_options(&args, &identity)?;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     let server = tokio::spawn(server::serve(
         args.metrics_addr,
-        metrics.clone(),
-        health.clone(),
-        stopped(stop_rx.clone()),
+        options.metrics.clone(),
+        options.health.clone(),
+        stopped(stop.clone()),
     ));
-    let options = RunOptions {
-        settings: Settings {
-            plugin_namespace: args.plugin_namespace.clone(),
-            default_plugin_image: args.default_plugin_image.clone(),
-            gpu_grace_period: args.gpu_grace_period,
-            rollout_deadline: args.rollout_deadline,
-            allowed_plugin_images: args.allowed_plugin_images.clone(),
-        },
-        metrics,
-        health: health.clone(),
-        instance: Some(identity.clone()),
-        resync: args.resync_period,
-        debounce: args.debounce,
-        node_writes_per_second: args.node_writes_per_second,
-        node_write_burst: args.node_write_burst,
-    };
-    if !options.settings.image_allowed(&args.default_plugin_image) {
-        return Err(format!(
-            "--default-plugin-image {} is not from an allowed repository (--allowed-plugin-images {})",
-            args.default_plugin_image,
-            args.allowed_plugin_images.join(",")
-        ));
-    }
-
-    let result = if args.leader_elect {
-        let namespace = args
-            .lease_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| "gpupool-system".into());
-        let duration = args.lease_duration.as_secs().max(2);
-        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_namespace(&namespace)
-            .with_identity(&identity)
-            .with_duration(duration)
-            .with_grace((duration / 3).max(1))
-            .build()
-            .await
-            .map_err(|e| {
-                format!(
-                    "leader election: cannot use Lease {namespace}/{}: {e}",
-                    args.lease_name
-                )
-            })?;
-        let (mut leading, lease_task) = manager.watch().await;
-        health.leadership_known.store(true, Ordering::Release);
-        info!(lease = %format!("{namespace}/{}", args.lease_name), "waiting for leadership");
-        let mut stop = stop_rx.clone();
-        let became_leader = tokio::select! {
-            r = leading.wait_for(|leader| *leader) => r.is_ok(),
-            _ = stop.wait_for(|s| *s) => false,
-        };
-        let outcome = if became_leader {
-            info!("became leader");
-            health.leader.store(true, Ordering::Release);
-            let mut lost = leading.clone();
-            let lost_or_stopped = {
-                let stop = stop_rx.clone();
-                async move {
-                    tokio::select! {
-                        _ = lost.wait_for(|leader| !*leader) => {},
-                        _ = stopped(stop) => {},
-                    }
-                }
-            };
-            run_controller(
-                client,
-                options,
-                lost_or_stopped,
-                stop_rx.clone(),
-                args.shutdown_timeout,
-            )
-            .await;
-            if *stop_rx.borrow() {
-                Ok(())
-            } else {
-                // Another replica may be writing already: stop at once and restart as a standby.
-                Err(
-                    "lost leadership; exiting so that this replica restarts as a standby"
-                        .to_string(),
-                )
-            }
-        } else {
-            Ok(())
-        };
-        // Closing the channel releases the Lease, so a standby takes over without waiting for expiry.
-        drop(leading);
-        match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
-            Ok(Ok(Ok(_))) => info!("released the leader Lease"),
-            Ok(Ok(Err(e))) => warn!("releasing the leader Lease: {e}"),
-            _ => warn!("releasing the leader Lease timed out"),
-        }
-        outcome
+    let fence = if args.leader_elect {
+        Fence::closed()
     } else {
-        health.leadership_known.store(true, Ordering::Release);
-        health.leader.store(true, Ordering::Release);
+        Fence::always_open()
+    };
+    let client = ClientBuilder::try_from(config.clone())
+        .map_err(|e| format!("cannot build an API client: {e}"))?
+        .with_layer(&FenceLayer(fence.clone()))
+        .build();
+    let result = if args.leader_elect {
+        let lease_client = kube::Client::try_from(config)
+            .map_err(|e| format!("cannot build an API client: {e}"))?;
+        lead(&args, identity, lease_client, fence, client, options, stop).await
+    } else {
+        options
+            .health
+            .leadership_known
+            .store(true, Ordering::Release);
+        options.health.leader.store(true, Ordering::Release);
         run_controller(
             client,
             options,
-            stopped(stop_rx.clone()),
-            stop_rx.clone(),
+            stopped(stop.clone()),
+            stop,
             args.shutdown_timeout,
         )
         .await;
@@ -287,13 +212,125 @@ async fn run(args: RunArgs) -> Result<(), String> {
     result
 }
 
+fn run_options(args: &RunArgs, identity: &str) -> Result<RunOptions, String> {
+    let settings = Settings {
+        plugin_namespace: args.plugin_namespace.clone(),
+        default_plugin_image: args.default_plugin_image.clone(),
+        gpu_grace_period: args.gpu_grace_period,
+        rollout_deadline: args.rollout_deadline,
+        allowed_plugin_images: args.allowed_plugin_images.clone(),
+    };
+    if !settings.image_allowed(&args.default_plugin_image) {
+        return Err(format!(
+            "--default-plugin-image {} is not from an allowed repository (--allowed-plugin-images {})",
+            args.default_plugin_image,
+            args.allowed_plugin_images.join(",")
+        ));
+    }
+    Ok(RunOptions {
+        settings,
+        metrics: Arc::new(Metrics::default()),
+        health: Arc::new(Health::default()),
+        instance: Some(identity.to_string()),
+        resync: args.resync_period,
+        debounce: args.debounce,
+        node_writes_per_second: args.node_writes_per_second,
+        node_write_burst: args.node_write_burst,
+    })
+}
+
+/// With leader election: waits for the Lease, runs the controller while it is held (its writes
+/// fenced by the renew deadline), and exits when it is lost.
+async fn lead(
+    args: &RunArgs,
+    identity: String,
+    lease_client: kube::Client,
+    fence: Arc<Fence>,
+    client: kube::Client,
+    options: RunOptions,
+    stop: Stop,
+) -> Result<(), String> {
+    let namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "gpupool-system".into());
+    let duration = args.lease_duration.as_secs().max(2);
+    let grace = (duration / 3).max(1);
+    let lease = format!("{namespace}/{}", args.lease_name);
+    let manager = LeaseManagerBuilder::new(lease_client.clone(), &args.lease_name)
+        .with_namespace(&namespace)
+        .with_identity(&identity)
+        .with_duration(duration)
+        .with_grace(grace)
+        .build()
+        .await
+        .map_err(|e| format!("leader election: cannot use Lease {lease}: {e}"))?;
+    let deadline =
+        leader::renew_deadline(Duration::from_secs(duration), Duration::from_secs(grace));
+    tokio::spawn(leader::fence_on_lease(
+        lease_client,
+        namespace,
+        args.lease_name.clone(),
+        identity,
+        deadline,
+        fence,
+    ));
+    let (mut leading, lease_task) = manager.watch().await;
+    options
+        .health
+        .leadership_known
+        .store(true, Ordering::Release);
+    info!(%lease, "waiting for leadership");
+    let became_leader = tokio::select! {
+        r = leading.wait_for(|leader| *leader) => r.is_ok(),
+        _ = stopped(stop.clone()) => false,
+    };
+    let outcome = if became_leader {
+        info!("became leader");
+        options.health.leader.store(true, Ordering::Release);
+        let mut lost = leading.clone();
+        let stop_for_lost = stop.clone();
+        let lost_or_stopped = async move {
+            tokio::select! {
+                _ = lost.wait_for(|leader| !*leader) => {},
+                _ = stopped(stop_for_lost) => {},
+            }
+        };
+        run_controller(
+            client,
+            options,
+            lost_or_stopped,
+            stop.clone(),
+            args.shutdown_timeout,
+        )
+        .await;
+        if *stop.borrow() {
+            Ok(())
+        } else {
+            // Another replica may be writing already: stop at once and restart as a standby.
+            Err("lost leadership; exiting so that this replica restarts as a standby".to_string())
+        }
+    } else {
+        Ok(())
+    };
+    // Closing the channel releases the Lease, so a standby takes over without waiting for expiry.
+    drop(leading);
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Ok(_))) => info!("released the leader Lease"),
+        Ok(Ok(Err(e))) => warn!("releasing the leader Lease: {e}"),
+        _ => warn!("releasing the leader Lease timed out"),
+    }
+    outcome
+}
+
 /// Runs the controller until `until` resolves; after a stop request, in-flight reconciles get
 /// `grace` to finish.
 async fn run_controller(
     client: kube::Client,
     options: RunOptions,
     until: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut stop: Stop,
     grace: Duration,
 ) {
     let controller = controller::run(client, options, until);

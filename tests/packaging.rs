@@ -75,6 +75,9 @@ const REVIEWED_PERMISSIONS: &[&str] = &[
     "gpupool-system: coordination.k8s.io/leases create",
     "gpupool-system: coordination.k8s.io/leases get [gpupool-operator]",
     "gpupool-system: coordination.k8s.io/leases patch [gpupool-operator]",
+    // The write fence watches the one Lease (field selector metadata.name).
+    "gpupool-system: coordination.k8s.io/leases list [gpupool-operator]",
+    "gpupool-system: coordination.k8s.io/leases watch [gpupool-operator]",
 ];
 
 /// Makes a pod spec less secure, in place.
