@@ -1137,7 +1137,10 @@ fn permissions(docs: &[Value], alias: &[(&str, &str)]) -> BTreeSet<String> {
             .unwrap_or_default()
     };
     let mut out = BTreeSet::new();
-    for doc in docs {
+    // The roles for users (gpupool-view, gpupool-admin) are not the operator's.
+    let for_users =
+        |doc: &Value| doc["metadata"]["labels"]["app.kubernetes.io/component"] == "user-roles";
+    for doc in docs.iter().filter(|d| !for_users(d)) {
         let scope = match doc["kind"].as_str() {
             Some("ClusterRole") => "cluster".to_string(),
             Some("Role") => name(

@@ -19,6 +19,7 @@ use crate::telemetry::Metrics;
 
 use super::RunOptions;
 use super::node_writes::NodeWriter;
+use super::tombstones::Tombstones;
 use super::triggers::PoolMembers;
 
 /// Which watches have delivered a complete list at least once.
@@ -51,6 +52,7 @@ pub struct Context {
     pub dra: RwLock<DraIndex>,
     pub node_writer: NodeWriter,
     pub members: PoolMembers,
+    pub tombstones: Tombstones,
     /// Reconciles of other pools a reconcile asks for (see `PoolMembers::record`).
     wake: futures::channel::mpsc::UnboundedSender<ObjectRef<GpuPool>>,
     synced: watch::Sender<Synced>,
@@ -97,6 +99,7 @@ impl Context {
                 options.node_write_burst,
             ),
             members: PoolMembers::default(),
+            tombstones: Tombstones::default(),
             wake,
             synced: watch::Sender::new(Synced::default()),
             health: options.health.clone(),

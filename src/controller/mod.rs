@@ -8,6 +8,7 @@ mod finalizer;
 mod node_writes;
 mod observe;
 mod reconcile;
+mod tombstones;
 mod triggers;
 mod watches;
 
@@ -69,10 +70,11 @@ pub async fn run(
         watches::nodes(client.clone(), ctx.clone()).boxed(),
         watches::daemonsets(client.clone(), ctx.clone()).boxed(),
         watches::pods(client.clone(), ctx.clone()).boxed(),
-        watches::dra(client, ctx.clone()).boxed(),
+        watches::dra(client.clone(), ctx.clone()).boxed(),
     ])
     .flat_map(futures::stream::iter);
 
+    let tombstones = tokio::spawn(tombstones::clear(client.clone(), ctx.clone()));
     Controller::for_shared_stream(subscriber, pools)
         .with_config(ControllerConfig::default().debounce(options.debounce))
         .reconcile_on(triggers)
@@ -88,4 +90,5 @@ pub async fn run(
             }
         })
         .await;
+    tombstones.abort();
 }

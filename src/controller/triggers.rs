@@ -212,6 +212,7 @@ mod tests {
             spec_editors: vec![],
             rollout: Rollout::default(),
             plugin_pod: plugin.then(Default::default),
+            pod_selector: Default::default(),
             tolerated: Default::default(),
         };
         let change = |d| Change::Applied {

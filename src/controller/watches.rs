@@ -96,6 +96,14 @@ pub fn daemonsets(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Trigg
         if done {
             ctx.mark_synced(|s| s.daemonsets = true);
         }
+        for change in &changes {
+            if let Change::Deleted(ds) = change
+                && ds.pool_owner.is_none()
+                && ds.plugin_pod.is_some()
+            {
+                ctx.tombstones.bury(ds.clone());
+            }
+        }
         if !ctx.is_synced() || changes.is_empty() {
             return Vec::new();
         }

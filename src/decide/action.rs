@@ -130,6 +130,7 @@ mod tests {
             spec_editors: vec![],
             rollout: Rollout::default(),
             plugin_pod: None,
+            pod_selector: Default::default(),
             tolerated: Default::default(),
         }
     }

@@ -1,7 +1,7 @@
 //! Plain data the decisions and the shell share: a DaemonSet as gpupool sees it, what the apply
 //! step achieved, and problems only an admin can fix.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::PodSpec;
@@ -68,6 +68,9 @@ pub struct DaemonSetFacts {
     /// The pod template of a device plugin (ours included: when its pool is gone it counts as
     /// foreign until collected), to tell where its pods run. None for other DaemonSets.
     pub plugin_pod: Option<PodSpec>,
+    /// The labels its pods are selected by (device plugins gpupool does not own), to find the
+    /// pods still terminating once it is deleted.
+    pub pod_selector: BTreeMap<String, String>,
 }
 
 impl DaemonSetFacts {
@@ -109,6 +112,12 @@ impl DaemonSetFacts {
             plugin_pod: (ours || is_device_plugin(ds))
                 .then(|| ds.spec.as_ref()?.template.spec.clone())
                 .flatten(),
+            pod_selector: ds
+                .spec
+                .as_ref()
+                .filter(|_| !ours && is_device_plugin(ds))
+                .and_then(|s| s.selector.match_labels.clone())
+                .unwrap_or_default(),
             pool_owner,
         }
     }

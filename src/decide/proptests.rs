@@ -389,6 +389,7 @@ fn foreign_daemonset(f: &ForeignPlugin) -> DaemonSetFacts {
         tolerated: Default::default(),
         rollout: Rollout::default(),
         plugin_pod: Some(f.pod.clone()),
+        pod_selector: Default::default(),
     }
 }
 

@@ -54,3 +54,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 {{- end }}
+
+{{/*
+A list of strings as CEL string literals: 'a', 'b'.
+*/}}
+{{- define "gpupool-operator.quotedList" -}}
+{{- $items := list -}}
+{{- range . }}{{ $items = append $items (printf "'%s'" .) }}{{ end -}}
+{{- join ", " $items -}}
+{{- end -}}
