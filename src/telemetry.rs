@@ -80,6 +80,12 @@ pub struct Metrics {
     reconcile_time: Family<ControllerLabels, Histogram>,
     pool_gauges: Vec<(Family<PoolLabels, Gauge>, ReadStatus)>,
     node_gpu_wait: Histogram,
+    relists: Family<KindLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
 }
 
 impl Default for Metrics {
@@ -120,8 +126,15 @@ impl Default for Metrics {
             "Time from a node joining a pool without GPUs to its nvidia.com/gpu being schedulable",
             node_gpu_wait.clone(),
         );
+        let relists = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "gpupool_watch_relists",
+            "Complete re-lists of a watched kind after its watch expired (410 Gone)",
+            relists.clone(),
+        );
         Metrics {
             registry,
+            relists,
             reconcile_total,
             reconcile_errors,
             reconcile_time,
@@ -165,6 +178,12 @@ impl Metrics {
         for (family, _) in &self.pool_gauges {
             family.remove(&labels);
         }
+    }
+
+    pub fn relisted(&self, kind: &str) {
+        self.relists
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
     }
 
     pub fn node_got_gpus(&self, waited: Duration) {

@@ -144,15 +144,29 @@ impl Context {
         self.synced.borrow().all()
     }
 
-    /// Records that a watch delivered its first complete list.
-    pub fn mark_synced(&self, f: impl FnOnce(&mut Synced)) {
-        self.synced.send_modify(f);
-        if self.is_synced()
-            && !self
-                .health
-                .caches_synced
-                .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
+    /// Records that a watch delivered a complete list. After the first, each one is a re-list
+    /// (its watch expired, e.g. 410 Gone after an API server restart): counted, and said with
+    /// how many objects vanished meanwhile (they were dropped as deleted).
+    pub fn listed(&self, kind: &'static str, flag: fn(&mut Synced) -> &mut bool, vanished: usize) {
+        let mut again = false;
+        self.synced.send_modify(|s| {
+            let listed = flag(s);
+            again = *listed;
+            *listed = true;
+        });
+        if again {
+            self.metrics.relisted(kind);
+            tracing::info!(
+                kind,
+                vanished,
+                "re-listed after the watch expired; what vanished meanwhile is dropped"
+            );
+        }
+        let newly = !self
+            .health
+            .caches_synced
+            .swap(self.is_synced(), std::sync::atomic::Ordering::AcqRel);
+        if self.is_synced() && newly {
             tracing::info!("caches synced");
         }
     }

@@ -39,6 +39,14 @@ fn map_event<A, B>(event: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Eve
     }
 }
 
+/// How many objects an event found gone (a re-list's end reports those deleted meanwhile).
+fn vanished<T>(changes: &[Change<T>]) -> usize {
+    changes
+        .iter()
+        .filter(|c| matches!(c, Change::Deleted(_)))
+        .count()
+}
+
 fn is_init_done<K>(event: &watcher::Event<K>) -> bool {
     matches!(event, watcher::Event::InitDone)
 }
@@ -71,7 +79,7 @@ pub fn nodes(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> 
         let done = is_init_done(&event);
         let changes = ctx.nodes_mut().apply(event);
         if done {
-            ctx.mark_synced(|s| s.nodes = true);
+            ctx.listed("Node", |s| &mut s.nodes, vanished(&changes));
         }
         if !ctx.is_synced() || changes.is_empty() {
             return Vec::new();
@@ -94,7 +102,7 @@ pub fn daemonsets(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Trigg
         let done = is_init_done(&event);
         let changes = ctx.daemonsets_mut().apply(event);
         if done {
-            ctx.mark_synced(|s| s.daemonsets = true);
+            ctx.listed("DaemonSet", |s| &mut s.daemonsets, vanished(&changes));
         }
         for change in &changes {
             if let Change::Deleted(ds) = change
@@ -129,7 +137,7 @@ pub fn pods(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> +
             None => Vec::new(),
         };
         if done {
-            ctx.mark_synced(|s| s.pods = true);
+            ctx.listed("Pod", |s| &mut s.pods, vanished(&changes));
         }
         if !ctx.is_synced() || changes.is_empty() {
             return Vec::new();
@@ -160,7 +168,7 @@ pub fn dra(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + 
             let done = is_init_done(&event);
             let changes = ctx.dra_mut().apply(event);
             if done {
-                ctx.mark_synced(|s| s.dra = true);
+                ctx.listed("ResourceSlice", |s| &mut s.dra, vanished(&changes));
             }
             if !ctx.is_synced() || changes.is_empty() {
                 return Vec::new();
@@ -179,8 +187,11 @@ pub fn dra(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + 
             refs(names.collect())
         }
         Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
-            ctx.dra_mut().mark_unsupported();
-            ctx.mark_synced(|s| s.dra = true);
+            // Retried with backoff like any watch error: say it once.
+            if !ctx.dra().is_synced() {
+                ctx.dra_mut().mark_unsupported();
+                ctx.listed("ResourceSlice", |s| &mut s.dra, 0);
+            }
             Vec::new()
         }
         Err(e) => {
@@ -237,7 +248,7 @@ pub fn pools(
         let done = is_init_done(&event);
         let changes = known.apply(event);
         if done {
-            ctx.mark_synced(|s| s.pools = true);
+            ctx.listed("GpuPool", |s| &mut s.pools, vanished(&changes));
         }
         on_pool_changes(&ctx, &changes)
     })
