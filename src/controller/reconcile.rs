@@ -78,8 +78,9 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
 /// A deleted pool: its plugin comes off its nodes before the finalizer goes.
 async fn clean_up(ctx: &Context, pool: Arc<GpuPool>) -> Result<Action, ReconcileError> {
     let name = pool.name_any();
+    // What is kept for the pool is dropped when its deletion reaches the pool watch: that is
+    // also when the pools it shared nodes with are woken.
     if !finalizer::has_finalizer(&pool) {
-        ctx.forget_pool(&name);
         return Ok(Action::await_change());
     }
     let observed = observe(ctx, pool);
@@ -89,7 +90,6 @@ async fn clean_up(ctx: &Context, pool: Arc<GpuPool>) -> Result<Action, Reconcile
             .await
             .map_err(ReconcileError::Finalizer)?;
         info!(pool = %name, "deleted: its device plugin is off every node");
-        ctx.forget_pool(&name);
         return Ok(Action::await_change());
     }
     apply_cleanup(&ctx.client, &ctx.node_writer, &cleanup).await?;
