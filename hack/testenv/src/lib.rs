@@ -232,15 +232,8 @@ impl ControlPlane {
                 .map_err(|e| Error::io(format!("creating {}", root.join(sub).display()), e))?;
         }
 
-        let pki_dir = root.join("pki");
-        let pki = tokio::task::spawn_blocking(move || pki::generate(&pki_dir))
-            .await
-            .map_err(|e| Error::Command {
-                what: "generating keys".into(),
-                detail: e.to_string(),
-            })??;
-        let ca_pem = std::fs::read(&pki.ca_crt)
-            .map_err(|e| Error::io(format!("reading {}", pki.ca_crt.display()), e))?;
+        let pki = pki::generate(&root.join("pki"))?;
+        let ca_pem = pki.ca_pem.clone();
 
         let etcd_port = free_port()?;
         let etcd_peer_port = free_port()?;
@@ -250,10 +243,10 @@ impl ControlPlane {
 
         // Static bearer tokens: one identity per component, as in a real cluster, so that RBAC's
         // bootstrap roles apply to the controller-manager and scheduler exactly as there.
-        let admin_token = pki::random_hex(24)?;
-        let kcm_token = pki::random_hex(24)?;
-        let scheduler_token = pki::random_hex(24)?;
-        let kwok_token = pki::random_hex(24)?;
+        let admin_token = pki::random_token()?;
+        let kcm_token = pki::random_token()?;
+        let scheduler_token = pki::random_token()?;
+        let kwok_token = pki::random_token()?;
         let token_file = root.join("pki/tokens.csv");
         process::write_private(
             &token_file,
