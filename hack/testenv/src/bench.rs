@@ -29,7 +29,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams,
 use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::nodes::{self, GpuNode};
-use crate::{ChildProcess, ControlPlane, Options};
+use crate::{ChildProcess, ControlPlane, Options, http};
 
 const PLUGIN_NAMESPACE: &str = "gpu-resources";
 const OPERATOR_NAMESPACE: &str = "gpupool-bench";
@@ -377,29 +377,6 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / ticks.max(1.0))
 }
 
-/// Plain-HTTP GET on the operator's metrics endpoint.
-async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((code, body))
-}
-
-fn free_addr() -> Result<String, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.to_string())
-}
-
 /// Counts the operator's requests in the audit log that the API server received in
 /// `[from, to)`. Watches count once, when their response started; everything else when it
 /// completed.
@@ -532,7 +509,10 @@ fn start_operator(
     kubeconfig: &Path,
     name: &str,
 ) -> Result<Operator, String> {
-    let metrics_addr = free_addr()?;
+    let metrics_addr = format!(
+        "127.0.0.1:{}",
+        crate::free_port().map_err(|e| e.to_string())?
+    );
     let mut cmd = std::process::Command::new(binary);
     cmd.env("KUBECONFIG", kubeconfig)
         .env("GPUPOOL_LOG", "info")
@@ -561,7 +541,7 @@ async fn wait_synced(op: &mut Operator, timeout: Duration) -> Result<Duration, S
                 op.process.log_tail(30)
             ));
         }
-        if let Some((200, _)) = http_get(&op.metrics_addr, "/readyz").await {
+        if let Ok((200, _)) = http::get(&format!("http://{}/readyz", op.metrics_addr)).await {
             return Ok(op.started.elapsed());
         }
         if Instant::now() >= deadline {
@@ -576,7 +556,7 @@ async fn wait_synced(op: &mut Operator, timeout: Duration) -> Result<Duration, S
 
 /// `controller_runtime_reconcile_total` summed and `controller_runtime_reconcile_time_seconds_sum`.
 async fn reconcile_metrics(addr: &str) -> Option<(f64, f64)> {
-    let (_, body) = http_get(addr, "/metrics").await?;
+    let (_, body) = http::get(&format!("http://{addr}/metrics")).await.ok()?;
     let sum = |prefix: &str| -> f64 {
         body.lines()
             .filter(|l| l.starts_with(prefix))

@@ -18,6 +18,7 @@
 
 pub mod bench;
 mod child;
+pub mod http;
 pub mod nodes;
 mod pki;
 mod process;
@@ -89,6 +90,8 @@ pub enum Error {
     },
     #[error("kubeconfig: {0}")]
     Kubeconfig(#[from] kube::config::KubeconfigError),
+    #[error("HTTP request to {url} failed: {detail}")]
+    Http { url: String, detail: String },
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -472,13 +475,12 @@ impl ControlPlane {
     /// Compacts etcd's history up to its current revision (physically), so any watch or list
     /// asking for an older resourceVersion gets `410 Gone` from etcd. Returns that revision.
     pub async fn compact_etcd(&self) -> Result<i64, Error> {
-        let addr = self
-            .etcd_client_url
-            .strip_prefix("http://")
-            .unwrap_or(&self.etcd_client_url)
-            .to_owned();
-        // etcd's gRPC gateway: JSON over plain HTTP on the client URL; keys are base64.
-        let range = etcd_post(&addr, "/v3/kv/range", r#"{"key":"AA==","limit":1}"#).await?;
+        let range = etcd_post(
+            &self.etcd_client_url,
+            "/v3/kv/range",
+            serde_json::json!({"key": "AA==", "limit": 1}),
+        )
+        .await?;
         let revision = range
             .get("header")
             .and_then(|h| h.get("revision"))
@@ -492,9 +494,9 @@ impl ControlPlane {
                 detail: range.to_string(),
             })?;
         etcd_post(
-            &addr,
+            &self.etcd_client_url,
             "/v3/kv/compaction",
-            &format!(r#"{{"revision":"{revision}","physical":true}}"#),
+            serde_json::json!({"revision": revision.to_string(), "physical": true}),
         )
         .await?;
         Ok(revision)
@@ -701,9 +703,8 @@ impl ControlPlane {
     async fn start_storage_and_apiserver(&self) -> Result<(), Error> {
         let running = process::spawn(&self.etcd)?;
         self.procs().push(running);
-        let health_url = format!("{}/health", self.etcd_client_url);
         self.wait_ready("etcd to report healthy", ETCD, ETCD_TIMEOUT, || {
-            etcd_healthy(&health_url)
+            etcd_healthy(&self.etcd_client_url)
         })
         .await?;
 
@@ -715,7 +716,7 @@ impl ControlPlane {
             APISERVER,
             APISERVER_TIMEOUT,
             || async {
-                let request = http::Request::get("/readyz")
+                let request = ::http::Request::get("/readyz")
                     .body(Vec::new())
                     .map_err(|e| e.to_string())?;
                 match client.request_text(request).await {
@@ -838,61 +839,38 @@ fn write_kubeconfig(
     process::write_private(path, text.as_bytes())
 }
 
-/// Plain-HTTP JSON POST to etcd's gRPC gateway; returns the parsed response body.
-async fn etcd_post(addr: &str, path: &str, body: &str) -> Result<serde_json::Value, Error> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// JSON POST to etcd's gRPC gateway; returns the parsed response body.
+async fn etcd_post(
+    client_url: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, Error> {
+    let url = format!("{client_url}{path}");
     let fail = |detail: String| Error::Command {
         what: format!("etcd POST {path}"),
         detail,
     };
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| fail(format!("connecting to {addr}: {e}")))?;
-    let request = format!(
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let (head, payload) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(fail(response));
+    match http::post_json(&url, &body).await? {
+        (200, payload) => {
+            serde_json::from_str(&payload).map_err(|e| fail(format!("{e}: {payload}")))
+        }
+        (status, payload) => Err(fail(format!("HTTP {status}: {payload}"))),
     }
-    serde_json::from_str(payload).map_err(|e| fail(format!("{e}: {payload}")))
 }
 
-/// Plain-HTTP `GET /health` against etcd's client URL.
-async fn etcd_healthy(url: &str) -> Result<bool, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = url
-        .strip_prefix("http://")
-        .and_then(|rest| rest.split('/').next())
-        .ok_or_else(|| format!("bad etcd URL {url}"))?;
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    stream
-        .write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+/// `GET /health` against etcd's client URL.
+async fn etcd_healthy(client_url: &str) -> Result<bool, String> {
+    let (_, body) = http::get(&format!("{client_url}/health"))
         .await
         .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(response.contains("\"health\":\"true\""))
+    Ok(body.contains("\"health\":\"true\""))
 }
 
 /// A loopback port nobody listens on right now. Ports handed out earlier in this process are
-/// never handed out again, so planes started concurrently cannot collide with each other.
-fn free_port() -> Result<u16, Error> {
+/// never handed out again, so planes and operators started concurrently cannot collide with each
+/// other. (Another process may still take it before it is used: only use it on loopback, where
+/// that means a test machine running something else at the same time.)
+pub fn free_port() -> Result<u16, Error> {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
     for _ in 0..100 {
@@ -906,9 +884,10 @@ fn free_port() -> Result<u16, Error> {
             return Ok(port);
         }
     }
-    Err(Error::Binaries(
-        "no unused loopback port found after 100 tries".into(),
-    ))
+    Err(Error::Command {
+        what: "finding a free loopback port".into(),
+        detail: "no port not handed out before in 100 tries".into(),
+    })
 }
 
 /// Finds the binaries: `$GPUPOOL_CONTROL_PLANE_BIN`, else the last stdout line of
