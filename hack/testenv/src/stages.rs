@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize as _;
 use yaml_serde::Value;
 
-use crate::Error;
+use crate::{Error, Options};
 
 /// Stages the harness needs: nodes become Ready and keep heartbeating, pods bound to fake nodes
 /// become Running+Ready, Job pods complete, and deleted pods go away.
@@ -29,11 +29,7 @@ pub const NODE_STATUS_HEARTBEAT_MS: u64 = 10_000;
 const NODE_STATUS_HEARTBEAT_JITTER_MS: u64 = 12_000;
 
 /// Writes `<out_dir>/kwok-stages.yaml` from the stage files in `<bin_dir>/kwok-stages`.
-pub(crate) fn prepare(
-    bin_dir: &Path,
-    out_dir: &Path,
-    heartbeat: std::time::Duration,
-) -> Result<PathBuf, Error> {
+pub(crate) fn prepare(bin_dir: &Path, out_dir: &Path, options: &Options) -> Result<PathBuf, Error> {
     let src = bin_dir.join("kwok-stages");
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&src)
         .map_err(|e| {
@@ -70,7 +66,7 @@ pub(crate) fn prepare(
                 .unwrap_or_default()
                 .to_owned();
             if name == "node-heartbeat-with-lease" {
-                set_delay(&mut doc, heartbeat);
+                set_delay(&mut doc, options.node_status_heartbeat);
             }
             names.push(name);
             docs.push(doc);
