@@ -38,43 +38,69 @@ const POOL_PREFIX: &str = "bench-pool-";
 const NODE_PREFIX: &str = "bench-node-";
 const GPU_COUNTS: [u32; 4] = [1, 2, 4, 8];
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run; also the `bench` command line (every field a flag, defaults here only).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "bench", about = "gpupool at scale on a private control plane")]
 pub struct BenchOptions {
+    /// Simulated GPU nodes.
+    #[arg(long, value_name = "N", default_value_t = 5000)]
     pub nodes: usize,
+    /// GpuPools; node j belongs to pool j mod P.
+    #[arg(long, value_name = "P", default_value_t = 100)]
     pub pools: usize,
-    /// Length of the quiet period in which API requests are counted.
+    /// Quiet period in which the operator's API requests are counted, in seconds.
+    #[arg(long = "quiet-seconds", value_name = "S", default_value = "300", value_parser = seconds)]
     pub quiet: Duration,
-    /// Nodes whose allocatable is changed, one at a time, for measurement 2.
+    /// Nodes whose nvidia.com/gpu allocatable is changed, one at a time (down, then back up).
+    #[arg(long, value_name = "K", default_value_t = 50)]
     pub samples: usize,
     /// Node creations in flight at once.
+    #[arg(long, value_name = "C", default_value_t = 32)]
     pub create_concurrency: usize,
-    /// Pause between pool creations (0: create them back to back, as `kubectl apply -f dir/`).
+    /// Pause between pool creations, in milliseconds (0: back to back, as `kubectl apply -f dir/`).
+    #[arg(long = "pool-interval-ms", value_name = "MS", default_value = "0", value_parser = millis)]
     pub pool_interval: Duration,
     /// The operator binary (a release build for real numbers).
+    #[arg(long, value_name = "PATH", default_value_os_t = default_operator_binary())]
     pub operator: PathBuf,
-    /// kwok node status heartbeat period.
+    /// kwok node status heartbeat period, in seconds.
+    #[arg(long = "heartbeat-seconds", value_name = "S", default_value = "60", value_parser = positive_seconds)]
     pub heartbeat: Duration,
-    /// kwok node lease duration (renewed every quarter of it).
+    /// kwok node lease duration in seconds, renewed every quarter (the node lifecycle
+    /// controller's grace period is raised to match).
+    #[arg(long = "lease-seconds", value_name = "S", default_value_t = 240, value_parser = clap::value_parser!(u32).range(4..))]
     pub lease_seconds: u32,
-    /// Upper bound for every wait.
+    /// Upper bound for every wait, in seconds.
+    #[arg(long = "timeout-seconds", value_name = "S", default_value = "900", value_parser = seconds)]
     pub timeout: Duration,
 }
 
 impl BenchOptions {
+    /// The defaults of the command line with `nodes`, `pools` and the operator binary set.
     pub fn new(nodes: usize, pools: usize, operator: PathBuf) -> Self {
+        use clap::Parser as _;
         BenchOptions {
             nodes,
             pools,
-            quiet: Duration::from_secs(300),
-            samples: 50,
-            create_concurrency: 32,
-            pool_interval: Duration::ZERO,
             operator,
-            heartbeat: Duration::from_secs(60),
-            lease_seconds: 240,
-            timeout: Duration::from_secs(900),
+            ..BenchOptions::parse_from(["bench"])
         }
+    }
+}
+
+fn seconds(value: &str) -> Result<Duration, std::num::ParseIntError> {
+    value.parse().map(Duration::from_secs)
+}
+
+fn millis(value: &str) -> Result<Duration, std::num::ParseIntError> {
+    value.parse().map(Duration::from_millis)
+}
+
+fn positive_seconds(value: &str) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(s) => Ok(Duration::from_secs(s)),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -61,12 +61,14 @@ pub enum Error {
         /// Empty, or a newline and what was seen last (a log tail, a last observation).
         detail: String,
     },
+    #[error("interrupted while {0}")]
+    Interrupted(&'static str),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
 
 impl Error {
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
             source,
