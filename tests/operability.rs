@@ -110,7 +110,7 @@ async fn metrics_health_and_events_tell_the_truth() {
     )
     .await
     .unwrap();
-    create_pool(c, &pool_yaml("metrics", "metricspool")).await;
+    create_pool(c, PoolYaml::new("metrics").agentpool("metricspool")).await;
     wait_condition(&env, "metrics", "GpusSchedulable", "False", None).await;
     set_gpus(c, "metrics-gpu-1", 4, 3).await.unwrap();
     wait_condition(&env, "metrics", "Ready", "True", None).await;
@@ -205,12 +205,6 @@ async fn metrics_health_and_events_tell_the_truth() {
     assert!(op.try_wait().is_none(), "the operator is still running");
 }
 
-fn pool_yaml(name: &str, agentpool: &str) -> String {
-    format!(
-        "apiVersion: gpupool.io/v1alpha1\nkind: GpuPool\nmetadata:\n  name: {name}\nspec:\n  nodeSelector:\n    matchLabels:\n      kubernetes.azure.com/agentpool: {agentpool}\n"
-    )
-}
-
 /// Both replicas are ready, only the leader writes, a SIGKILLed leader is replaced within the
 /// lease duration, and a SIGTERMed leader hands over at once and exits 0.
 #[tokio::test]
@@ -237,7 +231,7 @@ async fn two_replicas_elect_one_writer_and_fail_over() {
     create_node(c, &GpuNode::aks("le-gpu-0", "lepool"))
         .await
         .unwrap();
-    create_pool(c, &pool_yaml("le", "lepool")).await;
+    create_pool(c, PoolYaml::new("le").agentpool("lepool")).await;
     wait_condition(&env, "le", "Ready", "True", None).await;
     assert!(
         b.log_tail(200).lines().all(|l| !l.contains("reconciled")),

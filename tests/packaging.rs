@@ -31,7 +31,7 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use support::{PLUGIN_NAMESPACE, TIMEOUT};
+use support::{PLUGIN_NAMESPACE, PoolYaml, TIMEOUT};
 use testenv::nodes::{GpuNode, create_node, set_gpus};
 use testenv::{ChildProcess, ControlPlane, wait_for};
 
@@ -264,7 +264,7 @@ async fn kustomize_install_runs_the_operator_with_least_privilege() {
         .await
         .unwrap();
     }
-    create_pool(&c, &pool_yaml("pkg-std", "pkgstd", "")).await;
+    create_pool(&c, PoolYaml::new("pkg-std").agentpool("pkgstd")).await;
     wait_for(
         &format!("DaemonSet of pkg-std with 2 ready pods\n{}", op.tail()),
         TIMEOUT,
@@ -337,7 +337,7 @@ async fn kustomize_install_runs_the_operator_with_least_privilege() {
     create_node(&c, &GpuNode::aks("pkgspec-0", "pkgspec").specialized())
         .await
         .unwrap();
-    create_pool(&c, &pool_yaml("pkg-spec", "pkgspec", "")).await;
+    create_pool(&c, PoolYaml::new("pkg-spec").agentpool("pkgspec")).await;
     let spec = op
         .wait_pool(&c, "pkg-spec", "Ready=True, plugin Skipped", |p| {
             cond(p, "Ready").is_some_and(|r| r.0 == "True")
@@ -382,7 +382,7 @@ async fn kustomize_install_runs_the_operator_with_least_privilege() {
     )
     .await
     .unwrap();
-    create_pool(&c, &pool_yaml("pkg-seed", "pkgseed", "")).await;
+    create_pool(&c, PoolYaml::new("pkg-seed").agentpool("pkgseed")).await;
     let seeded = op
         .wait_pool(&c, "pkg-seed", "Conflict ForeignDevicePlugin, Ready", |p| {
             cond(p, "Conflict").is_some_and(|r| r.1 == "ForeignDevicePlugin")
@@ -403,9 +403,7 @@ async fn kustomize_install_runs_the_operator_with_least_privilege() {
         .unwrap();
     create_pool(
         &c,
-        &pool_yaml(
-            "pkg-stall",
-            "pkgstall",
+        PoolYaml::new("pkg-stall").agentpool("pkgstall").extra_spec(
             "  devicePlugin:\n    resources:\n      requests:\n        memory: 2Gi\n      limits:\n        memory: 1Gi\n",
         ),
     )
@@ -534,7 +532,11 @@ async fn reapplying_the_examples_changes_nothing(plane: &ControlPlane, c: &Clien
     create_node(c, &GpuNode::aks("examples-probe-0", "examplesprobe"))
         .await
         .unwrap();
-    create_pool(c, &pool_yaml("examples-probe", "examplesprobe", "")).await;
+    create_pool(
+        c,
+        PoolYaml::new("examples-probe").agentpool("examplesprobe"),
+    )
+    .await;
     op.wait_pool(c, "examples-probe", "Ready", |p| {
         cond(p, "Ready").is_some_and(|r| r.0 == "True")
     })
@@ -1308,13 +1310,7 @@ async fn wait_until_rbac_allows(
 // Cluster helpers
 // ---------------------------------------------------------------------------------------------
 
-fn pool_yaml(name: &str, agentpool: &str, extra_spec: &str) -> String {
-    format!(
-        "apiVersion: gpupool.io/v1alpha1\nkind: GpuPool\nmetadata:\n  name: {name}\nspec:\n  nodeSelector:\n    matchLabels:\n      kubernetes.azure.com/agentpool: {agentpool}\n{extra_spec}"
-    )
-}
-
-async fn create_pool(c: &Client, yaml: &str) {
+async fn create_pool(c: &Client, yaml: impl std::fmt::Display) {
     support::create_pool(c, yaml).await;
 }
 
