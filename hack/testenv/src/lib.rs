@@ -38,7 +38,7 @@ pub use child::ChildProcess;
 pub use error::Error;
 pub use plane::{ControlPlane, Options};
 pub use ports::free_port;
-pub use stages::NODE_STATUS_HEARTBEAT_MS;
+pub use stages::{DEVICE_PLUGIN_POD_LABEL, NODE_STATUS_HEARTBEAT_MS};
 
 /// Polls `f` every 200 ms until it returns `Some`, and panics naming `what` after `timeout`.
 ///

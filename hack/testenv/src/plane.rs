@@ -38,6 +38,10 @@ pub struct Options {
     pub audit_policy: Option<String>,
     /// Extra kube-apiserver flags (e.g. `--watch-cache=false`), appended last so they win.
     pub apiserver_args: Vec<String>,
+    /// How long a deleted device-plugin pod (label `name=nvidia-device-plugin-ds`) stays
+    /// Terminating before kwok removes it, as a real plugin's shutdown takes a moment; every other
+    /// pod goes at once. Default 3 s.
+    pub plugin_pod_termination: Duration,
     /// Extra kube-controller-manager flags (e.g. `--node-monitor-grace-period=5m` when node
     /// leases are renewed slowly at scale), appended last.
     pub controller_manager_args: Vec<String>,
@@ -50,6 +54,7 @@ impl Default for Options {
             node_lease_duration_seconds: 40,
             audit_policy: None,
             apiserver_args: Vec::new(),
+            plugin_pod_termination: Duration::from_secs(3),
             controller_manager_args: Vec::new(),
         }
     }

@@ -318,3 +318,69 @@ async fn child_process_logs_and_stops() {
     assert!(!status.success(), "sleep was terminated: {status:?}");
     assert!(plane.logs_tail(3).contains("kube-apiserver"));
 }
+
+/// A pod for `node` (by hostname) with `labels`.
+fn pod_on(name: &str, node: &str, labels: serde_json::Value) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "labels": labels },
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": { "kubernetes.io/hostname": node },
+            "containers": [{ "name": "main", "image": "example.invalid/main:1" }]
+        }
+    }))
+    .unwrap()
+}
+
+/// Deleted device-plugin pods stay Terminating for `Options::plugin_pod_termination` (3 s by
+/// default) before kwok removes them; other pods go at once.
+#[tokio::test]
+async fn deleted_plugin_pods_terminate_slowly_and_other_pods_at_once() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.client().await;
+    namespace(&client, "t-term").await;
+    nodes::create_node(&client, &GpuNode::aks("t-term-gpu", "gputerm"))
+        .await
+        .unwrap();
+    let (key, value) = testenv::DEVICE_PLUGIN_POD_LABEL;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "t-term");
+    for pod in [
+        pod_on("plugin", "t-term-gpu", serde_json::json!({ key: value })),
+        pod_on("other", "t-term-gpu", serde_json::json!({})),
+    ] {
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    for name in ["plugin", "other"] {
+        wait_for(&format!("pod {name} to run"), TIMEOUT, || async {
+            pods.get_opt(name).await.unwrap().filter(pod_ready)
+        })
+        .await;
+    }
+
+    let deleted_at = std::time::Instant::now();
+    for name in ["plugin", "other"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    wait_for("the other pod to be gone", TIMEOUT, || async {
+        pods.get_opt("other").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let plugin = pods.get_opt("plugin").await.unwrap();
+    assert!(
+        plugin.is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+        "the plugin pod is still Terminating when the other one is gone"
+    );
+    wait_for("the plugin pod to be gone", TIMEOUT, || async {
+        pods.get_opt("plugin")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let terminating = deleted_at.elapsed();
+    assert!(
+        terminating >= Duration::from_secs(2),
+        "the plugin pod went after {terminating:?}"
+    );
+}
