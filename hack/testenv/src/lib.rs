@@ -29,6 +29,7 @@ mod pki;
 mod plane;
 mod ports;
 mod process;
+pub mod simulate;
 mod stages;
 
 use std::future::Future;

@@ -8,7 +8,11 @@
 //! - device-plugin pods (`name=nvidia-device-plugin-ds`) being deleted stay Terminating for
 //!   [`Options::plugin_pod_termination`] before they go, as a real plugin's shutdown takes a
 //!   moment; every other pod still goes at once (upstream's `pod-delete` excludes them, and a
-//!   copy of it with a delay takes them).
+//!   copy of it with a delay takes them);
+//! - GPU validation pods (`app.kubernetes.io/component=gpu-validation`) are left out of
+//!   upstream's `pod-complete`, which would finish any Job pod at once with exit code 0: the
+//!   simulated kubelet of [`crate::simulate::ValidationPods`] finishes them instead, and no stage
+//!   matches a finished pod, so nothing overwrites what it wrote.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +20,7 @@ use std::time::Duration;
 use serde::Deserialize as _;
 use yaml_serde::Value;
 
+use crate::simulate::VALIDATION_POD_LABEL;
 use crate::{Error, Options};
 
 /// Stages the harness needs: nodes become Ready and keep heartbeating, pods bound to fake nodes
@@ -134,6 +139,7 @@ fn adapt(stage: &mut Value, options: &Options) -> Result<(), Error> {
         }
         "pod-delete" => require_label(stage, DEVICE_PLUGIN_POD_LABEL, "NotIn"),
         PLUGIN_POD_DELETE => require_label(stage, DEVICE_PLUGIN_POD_LABEL, "In"),
+        "pod-complete" => require_label(stage, VALIDATION_POD_LABEL, "NotIn"),
         _ => Ok(()),
     }
 }

@@ -13,6 +13,10 @@
 //!   plugin coming up does);
 //! - `gpuspecial` pool: 2 GPU nodes on the GPU-dedicated AKS image, 1 GPU each, registered.
 //!
+//! GPU validation pods (`app.kubernetes.io/component=gpu-validation`) finish after 3 s with the
+//! CUDA sample's "Test PASSED", as [`testenv::simulate::ValidationPods`] plays their kubelet;
+//! deleted device-plugin pods take 3 s to terminate.
+//!
 //! The admin kubeconfig is written to `<state-dir>/kubeconfig` (and printed); `--ready-file` gets
 //! the kubeconfig path once everything is up, so a script can wait for that file. Ctrl-C or
 //! SIGTERM tears everything down (and the kernel kills the control plane should this process die
@@ -26,6 +30,7 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use testenv::nodes::{self, GpuNode};
+use testenv::simulate::ValidationPods;
 use testenv::{ControlPlane, Error};
 
 /// A small simulated AKS cluster on a private control plane, for demos and manual testing of
@@ -133,6 +138,8 @@ async fn serve(
     let client = plane.client().await;
     create_nodes(&client).await?;
     wait_nodes_ready(&client).await?;
+    // GPU validation pods finish as on real GPU nodes (see testenv::simulate).
+    let _validation = ValidationPods::spawn(client.clone());
 
     let kubeconfig = state_dir.join("kubeconfig");
     std::fs::copy(plane.kubeconfig_path(), &kubeconfig)
