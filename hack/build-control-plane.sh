@@ -23,16 +23,8 @@ source "$HACK/lib.sh"
 
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
 
-if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
-  for b in "${BINARIES[@]}"; do
-    [[ -x "$KUBEBUILDER_ASSETS/$b" ]] || die "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has no executable '$b'"
-  done
-  log "using binaries from KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"
-  echo "$KUBEBUILDER_ASSETS"
-  exit 0
-fi
-
-command -v go >/dev/null 2>&1 || die "Go is not installed (need Go >= 1.26 on PATH to build the control plane)"
+use_prebuilt KUBEBUILDER_ASSETS "${BINARIES[@]}"
+require_go "the control plane"
 
 BIN="$CACHE/bin/k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
 take_build_lock "$BIN"

@@ -31,16 +31,8 @@ LOG_PREFIX=tools # used by lib.sh
 # shellcheck source=hack/lib.sh
 source "$ROOT/hack/lib.sh"
 
-if [[ -n "${GPUPOOL_TOOLS_BIN:-}" ]]; then
-  for b in helm kstatus; do
-    [[ -x "$GPUPOOL_TOOLS_BIN/$b" ]] || die "GPUPOOL_TOOLS_BIN=$GPUPOOL_TOOLS_BIN has no executable '$b'"
-  done
-  log "using tools from GPUPOOL_TOOLS_BIN=$GPUPOOL_TOOLS_BIN"
-  echo "$GPUPOOL_TOOLS_BIN"
-  exit 0
-fi
-
-command -v go >/dev/null 2>&1 || die "Go is not installed (need Go >= 1.26 on PATH to build helm and kstatus)"
+use_prebuilt GPUPOOL_TOOLS_BIN helm kstatus
+require_go "helm and kstatus"
 [[ -f "$KSTATUS_SRC" ]] || die "missing $KSTATUS_SRC"
 
 BIN="$CACHE/bin/tools_helm-${HELM_VERSION}_cli-utils-${CLI_UTILS_VERSION}"

@@ -4,6 +4,8 @@
 # The sourcing script sets LOG_PREFIX (e.g. "control-plane") before sourcing, and gets:
 #   log, die                   messages on stderr, "[prefix] ..."
 #   CACHE                      the cache root: $GPUPOOL_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/gpupool
+#   use_prebuilt VAR NAME...   if $VAR is set: checks its executables, prints it and exits
+#   require_go WHAT            dies unless Go is on PATH
 #   take_build_lock DIR        one build at a time per DIR (waits for a running one)
 #   prepare_module DIR NAME GO_MOD_TAIL GO_GET_ARG...
 #                              a wrapper Go module to build pinned upstream commands from
@@ -17,6 +19,26 @@ CACHE="${GPUPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gpupool}"
 
 # Reproducible, self-contained Go builds: the local toolchain, no workspace, static binaries.
 export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+
+# When the environment variable VAR names a folder of prebuilt binaries, checks that it has an
+# executable for every NAME, prints the folder (the scripts' answer) and exits: nothing is built.
+use_prebuilt() {
+  local var=$1
+  shift
+  local dir=${!var:-}
+  [[ -n "$dir" ]] || return 0
+  local name
+  for name in "$@"; do
+    [[ -x "$dir/$name" ]] || die "$var=$dir has no executable '$name'"
+  done
+  log "using the binaries in $var=$dir"
+  echo "$dir"
+  exit 0
+}
+
+require_go() {
+  command -v go >/dev/null 2>&1 || die "Go is not installed (need Go >= 1.26 on PATH to build $1)"
+}
 
 # Holds an exclusive lock on DIR/.lock until the script exits, so that two callers (tests of
 # several binaries start at once) never build into the same folder together; the second waits

@@ -121,26 +121,16 @@ async fn metrics_health_and_events_tell_the_truth() {
             .then_some(text)
     })
     .await;
-    assert_eq!(
-        sample(&text, r#"gpupool_pool_nodes{pool="metrics"}"#),
-        Some(2.0)
-    );
-    assert_eq!(
-        sample(&text, r#"gpupool_pool_nodes_with_gpus{pool="metrics"}"#),
-        Some(2.0)
-    );
-    assert_eq!(
-        sample(&text, r#"gpupool_pool_gpus_capacity{pool="metrics"}"#),
-        Some(8.0)
-    );
-    assert_eq!(
-        sample(&text, r#"gpupool_pool_ready{pool="metrics"}"#),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(&text, r#"gpupool_pool_plugin_managed{pool="metrics"}"#),
-        Some(1.0)
-    );
+    for (gauge, value) in [
+        ("gpupool_pool_nodes", 2.0),
+        ("gpupool_pool_nodes_with_gpus", 2.0),
+        ("gpupool_pool_gpus_capacity", 8.0),
+        ("gpupool_pool_ready", 1.0),
+        ("gpupool_pool_plugin_managed", 1.0),
+    ] {
+        let series = format!(r#"{gauge}{{pool="metrics"}}"#);
+        assert_eq!(sample(&text, &series), Some(value), "{series}");
+    }
     let successes = sample(
         &text,
         r#"controller_runtime_reconcile_total{controller="gpupool",result="success"}"#,

@@ -45,7 +45,24 @@ pub use stages::{DEVICE_PLUGIN_POD_LABEL, NODE_STATUS_HEARTBEAT_MS};
 ///
 /// Tests must wait on an observable condition with a deadline, never sleep and hope: this keeps
 /// them fast when things are fast and gives a clear failure when they are not.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll_until(what, timeout, Duration::from_millis(200), f)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Polls `f` every `every` until it returns `Some`; [`Error::Deadline`] naming `what` after
+/// `timeout`. [`wait_for`] for code that returns errors instead of panicking.
+pub async fn poll_until<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut f: F,
+) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -53,11 +70,15 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f().await {
-            return v;
+            return Ok(v);
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return Err(Error::Deadline {
+                what: what.into(),
+                timeout,
+                detail: String::new(),
+            });
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(every).await;
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateTerminated, ContainerStatus, Node, Pod, PodCondition,
+    Container, ContainerState, ContainerStateTerminated, ContainerStatus, Node, Pod, PodCondition,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -162,53 +162,8 @@ async fn node_label(client: &kube::Client, node: &str) -> Option<String> {
 /// The status patch a kubelet writes when the pod's containers have exited: every container
 /// terminated with the outcome, phase Succeeded/Failed, and Ready/ContainersReady false.
 fn finished_status(pod: &Pod, outcome: Outcome) -> serde_json::Value {
-    let (phase, exit_code, reason, message) = match outcome {
-        Outcome::Failed => ("Failed", 1, "Error", FAILED_MESSAGE),
-        _ => ("Succeeded", 0, "Completed", PASSED_MESSAGE),
-    };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let status = pod.status.clone().unwrap_or_default();
-    let running: BTreeMap<String, ContainerStatus> = status
-        .container_statuses
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| (s.name.clone(), s))
-        .collect();
-    let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
-    let container_statuses: Vec<ContainerStatus> = containers
-        .map(|c| {
-            let before = running.get(&c.name);
-            let image = c.image.clone().unwrap_or_default();
-            // kwok records no image digest; the reference stands in for it.
-            let image_id = before
-                .map(|s| s.image_id.clone())
-                .filter(|id| !id.is_empty())
-                .unwrap_or_else(|| image.clone());
-            let started_at = before
-                .and_then(|s| s.state.as_ref()?.running.as_ref()?.started_at.clone())
-                .unwrap_or_else(|| now.clone());
-            ContainerStatus {
-                name: c.name.clone(),
-                image,
-                image_id,
-                ready: false,
-                restart_count: 0,
-                started: Some(false),
-                state: Some(ContainerState {
-                    terminated: Some(ContainerStateTerminated {
-                        exit_code,
-                        reason: Some(reason.into()),
-                        message: Some(message.into()),
-                        started_at: Some(started_at),
-                        finished_at: Some(now.clone()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }
-        })
-        .collect();
     let conditions: Vec<PodCondition> = status
         .conditions
         .unwrap_or_default()
@@ -222,9 +177,68 @@ fn finished_status(pod: &Pod, outcome: Outcome) -> serde_json::Value {
             c
         })
         .collect();
+    let running: BTreeMap<String, ContainerStatus> = status
+        .container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    let container_statuses: Vec<ContainerStatus> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| terminated(c, running.get(&c.name), outcome, &now))
+        .collect();
+    let phase = if outcome == Outcome::Failed {
+        "Failed"
+    } else {
+        "Succeeded"
+    };
     serde_json::json!({"status": {
         "phase": phase,
         "conditions": conditions,
         "containerStatuses": container_statuses,
     }})
+}
+
+/// The status of `container` after it exited with the outcome; `running` is its status before.
+fn terminated(
+    container: &Container,
+    running: Option<&ContainerStatus>,
+    outcome: Outcome,
+    now: &Time,
+) -> ContainerStatus {
+    let (exit_code, reason, message) = match outcome {
+        Outcome::Failed => (1, "Error", FAILED_MESSAGE),
+        _ => (0, "Completed", PASSED_MESSAGE),
+    };
+    let image = container.image.clone().unwrap_or_default();
+    // kwok records no image digest; the reference stands in for it.
+    let image_id = running
+        .map(|s| s.image_id.clone())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| image.clone());
+    let started_at = running
+        .and_then(|s| s.state.as_ref()?.running.as_ref()?.started_at.clone())
+        .unwrap_or_else(|| now.clone());
+    ContainerStatus {
+        name: container.name.clone(),
+        image,
+        image_id,
+        ready: false,
+        restart_count: 0,
+        started: Some(false),
+        state: Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code,
+                reason: Some(reason.into()),
+                message: Some(message.into()),
+                started_at: Some(started_at),
+                finished_at: Some(now.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }

@@ -64,8 +64,7 @@ async fn restart_apiserver_keeps_data_and_drop_stops_everything() {
     eprintln!("pod running after {:?}", running.elapsed());
 
     // etcd's JSON gateway answers through testenv::http: the revision is read, then compacted.
-    let revision = plane.compact_etcd().await.unwrap();
-    assert!(revision > 1, "etcd revision {revision}");
+    assert!(plane.compact_etcd().await.unwrap() > 1);
 
     let dir = plane.dir().to_path_buf();
     let stopping = Instant::now();

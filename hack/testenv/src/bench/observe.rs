@@ -2,9 +2,8 @@
 //! sight of every DaemonSet, each from a watch and stamped with the time it arrived.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -12,7 +11,6 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::PLUGIN_NAMESPACE;
-use crate::Error;
 
 /// The GpuPool API, used as plain JSON so that this crate does not depend on gpupool.
 pub(super) fn gpupool_resource() -> ApiResource {
@@ -127,32 +125,5 @@ where
         if let Ok(object) = event {
             f(object);
         }
-    }
-}
-
-/// Waits until `f` returns Some, polling every `every`; fails naming `what` after `timeout`.
-pub(super) async fn until<T, F, Fut>(
-    what: &str,
-    timeout: Duration,
-    every: Duration,
-    mut f: F,
-) -> Result<T, Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::Deadline {
-                what: what.into(),
-                timeout,
-                detail: String::new(),
-            });
-        }
-        tokio::time::sleep(every).await;
     }
 }

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 
 use super::audit::count_requests;
-use super::observe::{Expected, Seen, Watched, gpupool_resource, until};
+use super::observe::{Expected, Seen, Watched, gpupool_resource};
 use super::operator::Operator;
 use super::procfs::{cpu_delta, cpu_snapshot, proc_stats};
 use super::report::{QUIET, Report};
 use super::{BenchOptions, SPACED_POOL_INTERVAL, log, setup};
-use crate::{ControlPlane, Error, nodes};
+use crate::{ControlPlane, Error, nodes, poll_until};
 
 /// One benchmark run on a plane whose nodes exist and are Ready.
 pub(super) struct Bench<'a> {
@@ -184,7 +184,7 @@ impl<'a> Bench<'a> {
         let want = self.expected()[j % self.opts.pools].1.allocatable;
         let t0 = Instant::now();
         nodes::set_gpus(&self.client, &super::node_name(j), capacity, allocatable).await?;
-        let at = until(
+        let at = poll_until(
             &format!("{pool} to show {want} allocatable GPUs"),
             Duration::from_secs(60),
             Duration::from_millis(2),
@@ -253,7 +253,7 @@ impl<'a> Bench<'a> {
             api.patch_status(name, &PatchParams::default(), &patch)
                 .await?;
         }
-        until(
+        poll_until(
             "every status cleared",
             self.opts.timeout,
             Duration::from_millis(20),
@@ -311,7 +311,7 @@ impl Bench<'_> {
     ) -> Result<Instant, Error> {
         let want = self.expected();
         let every = Duration::from_millis(20);
-        until(what, self.opts.timeout, every, || async {
+        poll_until(what, self.opts.timeout, every, || async {
             let mut last: Option<Instant> = None;
             for (name, expected) in &want {
                 let (seen, at) = self.watched.pool(name)?;
@@ -344,7 +344,7 @@ impl Bench<'_> {
     /// When the pool's DaemonSet was first seen (waiting for it up to `--timeout-seconds`).
     async fn daemonset_seen(&self, pool: &str) -> Result<Instant, Error> {
         let daemonset = format!("nvidia-device-plugin-{pool}");
-        until(
+        poll_until(
             &format!("DaemonSet {daemonset}"),
             self.opts.timeout,
             Duration::from_millis(20),

@@ -9,10 +9,9 @@ use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, ListParams, PostParams};
 
-use super::observe::until;
 use super::{BenchOptions, OPERATOR_NAMESPACE, OPERATOR_SA, PLUGIN_NAMESPACE, log};
 use crate::nodes::{self, GpuNode};
-use crate::{ControlPlane, Error};
+use crate::{ControlPlane, Error, poll_until};
 
 /// Installs the CRD and the namespaces, and makes the operator's ServiceAccount (bound to
 /// cluster-admin, so that the audit log tells its requests apart from everyone else's). Returns a
@@ -95,7 +94,7 @@ pub(super) async fn wait_nodes_ready(
     opts: &BenchOptions,
 ) -> Result<(), Error> {
     let api: Api<Node> = Api::all(client.clone());
-    until(
+    poll_until(
         "every node Ready",
         opts.timeout,
         Duration::from_secs(1),

@@ -195,27 +195,17 @@ async fn create_nodes(client: &kube::Client) -> Result<(), Error> {
 
 async fn wait_nodes_ready(client: &kube::Client) -> Result<(), Error> {
     let api: Api<Node> = Api::all(client.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let list = api.list(&Default::default()).await?;
-        let not_ready: Vec<String> = list
-            .items
-            .iter()
-            .filter(|n| !nodes::is_ready(n))
-            .filter_map(|n| n.metadata.name.clone())
-            .collect();
-        if not_ready.is_empty() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Error::Deadline {
-                what: "every node to be Ready".into(),
-                timeout: Duration::from_secs(60),
-                detail: format!("; not Ready: {not_ready:?}"),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let every = Duration::from_millis(200);
+    testenv::poll_until(
+        "every node to be Ready",
+        Duration::from_secs(60),
+        every,
+        || async {
+            let list = api.list(&Default::default()).await.ok()?;
+            list.items.iter().all(nodes::is_ready).then_some(())
+        },
+    )
+    .await
 }
 
 fn write_atomically(path: &Path, contents: &str) -> Result<(), Error> {
