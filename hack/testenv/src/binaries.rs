@@ -19,6 +19,7 @@ const BINARIES: [&str; 6] = [
 /// Finds the binaries: `$GPUPOOL_CONTROL_PLANE_BIN`, else the last stdout line of
 /// `hack/build-control-plane.sh` (cached for the process).
 pub(crate) fn bin_dir() -> Result<PathBuf, Error> {
+    // The message, not the Error: it is cached for every later caller and Error is not Clone.
     static BIN_DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN_DIR
         .get_or_init(|| locate_binaries().map_err(|e| e.to_string()))

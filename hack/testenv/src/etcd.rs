@@ -26,10 +26,8 @@ pub(crate) fn args(data_dir: &Path, client_url: &str, peer_port: u16) -> Vec<OsS
 }
 
 /// Whether `GET /health` says healthy; `Err` while etcd does not answer.
-pub(crate) async fn healthy(client_url: &str) -> Result<bool, String> {
-    let (_, body) = http::get(&format!("{client_url}/health"))
-        .await
-        .map_err(|e| e.to_string())?;
+pub(crate) async fn healthy(client_url: &str) -> Result<bool, Error> {
+    let (_, body) = http::get(&format!("{client_url}/health")).await?;
     Ok(body.contains("\"health\":\"true\""))
 }
 

@@ -344,13 +344,7 @@ impl ControlPlane {
             "the controller-manager to create the default ServiceAccount",
             CONTROLLER_MANAGER,
             CONTROLLER_MANAGER_TIMEOUT,
-            || async {
-                match sas.get_opt("default").await {
-                    Ok(Some(_)) => Ok(true),
-                    Ok(None) => Ok(false),
-                    Err(e) => Err(e.to_string()),
-                }
-            },
+            || async { Ok(sas.get_opt("default").await?.is_some()) },
         )
         .await
     }
@@ -387,11 +381,11 @@ impl ControlPlane {
             || async {
                 let request = ::http::Request::get("/readyz")
                     .body(Vec::new())
-                    .map_err(|e| e.to_string())?;
-                match client.request_text(request).await {
-                    Ok(body) => Ok(body.trim() == "ok"),
-                    Err(e) => Err(e.to_string()),
-                }
+                    .map_err(|e| Error::Http {
+                        url: "/readyz".into(),
+                        detail: e.to_string(),
+                    })?;
+                Ok(client.request_text(request).await?.trim() == "ok")
             },
         )
         .await
@@ -407,7 +401,7 @@ impl ControlPlane {
     ) -> Result<(), Error>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<bool, String>>,
+        Fut: Future<Output = Result<bool, Error>>,
     {
         let deadline = Instant::now() + timeout;
         loop {
@@ -415,7 +409,7 @@ impl ControlPlane {
             let last = match tokio::time::timeout(Duration::from_secs(5), probe()).await {
                 Ok(Ok(true)) => return Ok(()),
                 Ok(Ok(false)) => "not ready".to_owned(),
-                Ok(Err(e)) => e,
+                Ok(Err(e)) => e.to_string(),
                 Err(_) => "probe timed out after 5s".to_owned(),
             };
             if Instant::now() >= deadline {
