@@ -174,13 +174,26 @@ impl std::fmt::Display for PoolYaml {
     }
 }
 
-/// Creates a pool from a manifest: a [`PoolYaml`] or YAML text.
+/// Creates a pool from a manifest: a [`PoolYaml`] or YAML text. A pool of the same name that is
+/// still being deleted (Terminating until its finalizer is removed, e.g. while its plugin pods
+/// terminate) is waited for first, as someone re-applying the manifest would have to.
 pub async fn create_pool(client: &Client, yaml: impl std::fmt::Display) -> GpuPool {
     let pool: GpuPool = yaml_serde::from_str(&yaml.to_string()).expect("test pool YAML parses");
     let api: Api<GpuPool> = Api::all(client.clone());
-    api.create(&PostParams::default(), &pool)
-        .await
-        .expect("pool is accepted")
+    let what = format!(
+        "GpuPool {} to be created after its namesake is deleted",
+        pool.name_any()
+    );
+    wait_for(&what, TIMEOUT, || async {
+        match api.create(&PostParams::default(), &pool).await {
+            Ok(created) => Some(created),
+            Err(kube::Error::Api(s)) if s.code == 409 && s.message.contains("being deleted") => {
+                None
+            }
+            Err(e) => panic!("pool is accepted: {e}"),
+        }
+    })
+    .await
 }
 
 pub async fn get_pool(client: &Client, name: &str) -> GpuPool {
