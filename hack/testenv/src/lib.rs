@@ -4,7 +4,12 @@
 //! [kwok](https://kwok.sigs.k8s.io) (fake kubelets) as child processes on free loopback ports in a
 //! fresh temp dir. Nothing is mocked: the operator under test talks to the same API server,
 //! admission chain, RBAC, garbage collector, DaemonSet/Job controllers and scheduler as in a real
-//! cluster; only the nodes are simulated (see [`nodes`]).
+//! cluster; only the nodes are simulated (see [`nodes`]): kwok plays their kubelets (deleted
+//! device-plugin pods take [`Options::plugin_pod_termination`] to go), and
+//! [`simulate::ValidationPods`] finishes GPU validation pods as real nodes would.
+//!
+//! Also here: [`http`] (a plain-HTTP client for the operator's endpoints), [`free_port`],
+//! [`wait_for`]/[`poll_until`], and the scale benchmark ([`bench`](mod@bench)).
 //!
 //! Binaries come from `$GPUPOOL_CONTROL_PLANE_BIN`, or else from `hack/build-control-plane.sh`
 //! (which builds the pinned versions once and prints their folder).
