@@ -6,6 +6,9 @@
 #
 #   hack/build-tools.sh            # build (or reuse) and print the bin folder
 #
+# Each tool prints one progress line; Go's own output goes to a log per tool in $CACHE/logs/
+# (printed, with its last lines, when a build fails).
+#
 # Tools:
 #   helm      helm.sh/helm/v3 (lint, template and install the chart in charts/)
 #   kstatus   hack/tools/kstatus/main.go: prints what sigs.k8s.io/cli-utils/pkg/kstatus/status
@@ -24,68 +27,24 @@ CLI_UTILS_VERSION=v0.37.2
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KSTATUS_SRC="$ROOT/hack/tools/kstatus/main.go"
+LOG_PREFIX=tools # used by lib.sh
+# shellcheck source=hack/lib.sh
+source "$ROOT/hack/lib.sh"
 
-log() { echo "[tools] $*" >&2; }
-die() { echo "[tools] error: $*" >&2; exit 1; }
-
-if [[ -n "${GPUPOOL_TOOLS_BIN:-}" ]]; then
-  for b in helm kstatus; do
-    [[ -x "$GPUPOOL_TOOLS_BIN/$b" ]] || die "GPUPOOL_TOOLS_BIN=$GPUPOOL_TOOLS_BIN has no executable '$b'"
-  done
-  log "using tools from GPUPOOL_TOOLS_BIN=$GPUPOOL_TOOLS_BIN"
-  echo "$GPUPOOL_TOOLS_BIN"
-  exit 0
-fi
-
-command -v go >/dev/null 2>&1 || die "Go is not installed (need Go >= 1.26 on PATH to build helm and kstatus)"
+use_prebuilt GPUPOOL_TOOLS_BIN helm kstatus
+require_go "helm and kstatus"
 [[ -f "$KSTATUS_SRC" ]] || die "missing $KSTATUS_SRC"
 
-CACHE="${GPUPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gpupool}"
 BIN="$CACHE/bin/tools_helm-${HELM_VERSION}_cli-utils-${CLI_UTILS_VERSION}"
-mkdir -p "$BIN"
+take_build_lock "$BIN"
 
-export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false
-
-# Only one build at a time per cache folder (tests of several binaries may call this at once).
-exec 9>"$BIN/.lock"
-if ! flock -n 9; then
-  log "another build-tools.sh is running; waiting for it"
-  flock 9
-fi
-
-# Runs a long command while printing a heartbeat, so a cold build does not look hung.
-with_progress() {
-  local what=$1; shift
-  local start=$SECONDS
-  "$@" &
-  local pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    sleep 30 &
-    wait $! 2>/dev/null || true
-    kill -0 "$pid" 2>/dev/null && log "$what: still building ($((SECONDS - start))s)"
-  done
-  wait "$pid" || die "$what failed"
-  log "$what: done in $((SECONDS - start))s"
-}
-
+# Builds to helm.tmp and renames, so that a failed build never leaves a helm that looks usable.
 build_helm() {
   local work="$CACHE/src/helm-${HELM_VERSION}"
-  mkdir -p "$work"
-  if [[ ! -f "$work/go.mod" ]]; then
-    log "preparing wrapper module for helm.sh/helm/v3 ${HELM_VERSION}"
-    (
-      cd "$work"
-      printf 'module gpupool.local/helm-build\n\ngo 1.26.0\n' > go.mod.tmp
-      mv go.mod.tmp go.mod
-      go get "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" >&2
-    ) || { rm -f "$work/go.mod"; die "resolving helm.sh/helm/v3 ${HELM_VERSION} modules failed"; }
-  fi
+  prepare_module "$work" helm-build "" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" || return 1
   local ldflags
-  ldflags=$(helm_ldflags "$work") || die "cannot determine the k8s.io/client-go version helm ${HELM_VERSION} uses"
-  (
-    cd "$work"
-    with_progress "helm ${HELM_VERSION}" go build -trimpath -ldflags "$ldflags" -o "$BIN/helm.tmp" helm.sh/helm/v3/cmd/helm
-  ) || die "building helm failed"
+  ldflags=$(helm_ldflags "$work") || { echo "cannot determine the k8s.io/client-go version helm ${HELM_VERSION} uses"; return 1; }
+  (cd "$work" && go build -trimpath -ldflags "$ldflags" -o "$BIN/helm.tmp" helm.sh/helm/v3/cmd/helm) || return 1
   mv "$BIN/helm.tmp" "$BIN/helm"
   echo "$ldflags" > "$BIN/helm.ldflags"
 }
@@ -121,25 +80,26 @@ build_kstatus() {
   local work="$CACHE/src/kstatus-cli-utils-${CLI_UTILS_VERSION}"
   mkdir -p "$work"
   cp "$KSTATUS_SRC" "$work/main.go"
+  # go.sum marks a module resolved for main.go's imports (go mod tidy after go get).
   if [[ ! -f "$work/go.sum" ]]; then
-    log "preparing module for kstatus (sigs.k8s.io/cli-utils ${CLI_UTILS_VERSION})"
-    (
-      cd "$work"
-      printf 'module gpupool.local/kstatus\n\ngo 1.26.0\n' > go.mod
-      go get "sigs.k8s.io/cli-utils@${CLI_UTILS_VERSION}" >&2
-      go mod tidy >&2
-    ) || { rm -f "$work/go.mod" "$work/go.sum"; die "resolving sigs.k8s.io/cli-utils ${CLI_UTILS_VERSION} modules failed"; }
+    rm -f "$work/go.mod"
+    if ! { prepare_module "$work" kstatus "" "sigs.k8s.io/cli-utils@${CLI_UTILS_VERSION}" &&
+      (cd "$work" && go mod tidy); }; then
+      rm -f "$work/go.mod" "$work/go.sum"
+      return 1
+    fi
   fi
-  (
-    cd "$work"
-    with_progress "kstatus (cli-utils ${CLI_UTILS_VERSION})" go build -trimpath -ldflags "-s -w" -o "$BIN/kstatus.tmp" .
-  ) || die "building kstatus failed (if you changed $KSTATUS_SRC's imports, remove $work/go.sum to re-resolve)"
+  if ! (cd "$work" && go build -trimpath -ldflags "-s -w" -o "$BIN/kstatus.tmp" .); then
+    echo "if you changed $KSTATUS_SRC's imports, remove $work/go.sum to re-resolve"
+    return 1
+  fi
   mv "$BIN/kstatus.tmp" "$BIN/kstatus"
   src_hash > "$BIN/kstatus.src.sha256"
 }
 
-have_helm || build_helm
-have_kstatus || build_kstatus
+have_helm || build_step "helm ${HELM_VERSION}" "$CACHE/logs/helm-${HELM_VERSION}.log" build_helm
+have_kstatus || build_step "kstatus (cli-utils ${CLI_UTILS_VERSION})" \
+  "$CACHE/logs/kstatus-cli-utils-${CLI_UTILS_VERSION}.log" build_kstatus
 
 "$BIN/helm" version --short >/dev/null 2>&1 || die "$BIN/helm does not run (remove it to rebuild)"
 log "tools ready in $BIN"

@@ -18,10 +18,6 @@ check=false
 
 log() { echo "[demo] $*" >&2; }
 
-if ! command -v openssl >/dev/null 2>&1; then
-  log "installing openssl (the control plane generates its keys with it)"
-  apt-get update -qq >/dev/null && apt-get install -y -qq openssl >/dev/null
-fi
 bin_dir=$(hack/build-control-plane.sh | tail -n 1)
 export GPUPOOL_CONTROL_PLANE_BIN="$bin_dir"
 kubectl="$bin_dir/kubectl"

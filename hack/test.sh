@@ -8,16 +8,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if ! command -v openssl >/dev/null 2>&1; then
-  echo "[test] installing openssl (the test control plane generates its keys with it)" >&2
-  if command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq >/dev/null && apt-get install -y -qq openssl >/dev/null
-  else
-    echo "[test] error: openssl is missing; install it" >&2
-    exit 1
-  fi
-fi
-
 bin_dir=$(hack/build-control-plane.sh | tail -n 1)
 export GPUPOOL_CONTROL_PLANE_BIN="$bin_dir"
 echo "[test] control plane binaries: $bin_dir" >&2

@@ -12,12 +12,20 @@ async fn the_benchmark_runs_and_reports_sane_numbers() {
     opts.quiet = Duration::from_secs(10);
     opts.samples = 10;
     opts.timeout = Duration::from_secs(120);
+    opts.spaced_pools = 3;
+    let json = tempfile::tempdir().unwrap();
+    opts.json = Some(json.path().join("summary.json"));
     let report = run(opts).await.unwrap_or_else(|e| panic!("{e}"));
     println!("{report}");
 
     assert_eq!(report.pool_to_daemonset.samples.len(), 10);
+    assert_eq!(report.pool_to_daemonset_spaced.samples.len(), 3);
     assert_eq!(report.gpu_change_to_status.samples.len(), 20, "down and up");
-    for l in [&report.pool_to_daemonset, &report.gpu_change_to_status] {
+    for l in [
+        &report.pool_to_daemonset,
+        &report.pool_to_daemonset_spaced,
+        &report.gpu_change_to_status,
+    ] {
         assert!(l.p50() <= l.p99() && l.p99() <= l.max());
         assert!(l.max() < Duration::from_secs(120));
     }
@@ -34,6 +42,18 @@ async fn the_benchmark_runs_and_reports_sane_numbers() {
         0,
         "the operator wrote while nothing changed: {:?}",
         report.requests.get("quiet")
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["quiet_writes"], 0, "{summary}");
+    assert!(summary["reconciles"].as_u64() > Some(0), "{summary}");
+    assert!(
+        summary["pool_to_daemonset_spaced_ms"]["p50"].as_f64() > Some(0.0),
+        "{summary}"
+    );
+    assert!(
+        !summary["versions"]["gpupool"].as_str().unwrap().is_empty(),
+        "{summary}"
     );
     let text = report.to_string();
     for line in [

@@ -25,16 +25,6 @@ use testenv::{ChildProcess, ControlPlane, Options};
 /// Gone counts as an error too) can leave a watch idle for tens of seconds: observed 12–70 s.
 const CONVERGE: Duration = Duration::from_secs(150);
 
-fn pool_yaml(name: &str, selector: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: gpupool.io/v1alpha1\nkind: GpuPool\nmetadata:\n  name: {name}\nspec:\n  nodeSelector:\n{selector}{extra}"
-    )
-}
-
-fn by_agentpool(agentpool: &str) -> String {
-    format!("    matchLabels:\n      kubernetes.azure.com/agentpool: {agentpool}\n")
-}
-
 async fn own_plane(options: Options) -> (ControlPlane, Client) {
     let plane = ControlPlane::start_with(options)
         .await
@@ -285,12 +275,12 @@ async fn sigkilled_repeatedly_while_pools_and_nodes_churn_it_always_converges() 
     for agentpool in agentpools {
         create_pool(
             &c,
-            &pool_yaml(&format!("k-{agentpool}"), &by_agentpool(agentpool), ""),
+            PoolYaml::new(&format!("k-{agentpool}")).agentpool(agentpool),
         )
         .await;
     }
     // Younger and overlapping: it must leave k-ka-0 and k-kb-0 to the older pools.
-    let zone_pool = pool_yaml("k-zone", "    matchLabels:\n      zone: z1\n", "");
+    let zone_pool = PoolYaml::new("k-zone").selector("zone", "z1");
     create_pool(&c, &zone_pool).await;
     wait_converged(&c, "initially", &|| log_tail(&op)).await;
     let doubles = DoubleWatch::start(c.clone());
@@ -322,7 +312,7 @@ async fn sigkilled_repeatedly_while_pools_and_nodes_churn_it_always_converges() 
             }
             3 => delete_pool(&c, "k-kb").await,
             _ => {
-                create_pool(&c, &pool_yaml("k-kb", &by_agentpool("kb"), "")).await;
+                create_pool(&c, PoolYaml::new("k-kb").agentpool("kb")).await;
             }
         }
         assert!(
@@ -408,7 +398,7 @@ async fn apiserver_and_etcd_restart_with_expired_watches_it_reconnects_and_conve
         &["--log-level", "info,gpupool=debug,kube_runtime=debug"],
     );
     let pid = op.id();
-    create_pool(&c, &pool_yaml("r", &by_agentpool("rpool"), "")).await;
+    create_pool(&c, PoolYaml::new("r").agentpool("rpool")).await;
     wait_converged(&c, "before the restart", &|| log_tail(&op)).await;
 
     // Advance etcd past every revision the operator has seen, compact, restart.
@@ -434,7 +424,7 @@ async fn apiserver_and_etcd_restart_with_expired_watches_it_reconnects_and_conve
     create_node(&c, &GpuNode::aks("r2-gpu-0", "r2pool"))
         .await
         .unwrap();
-    create_pool(&c, &pool_yaml("r2", &by_agentpool("r2pool"), "")).await;
+    create_pool(&c, PoolYaml::new("r2").agentpool("r2pool")).await;
     wait_converged(&c, "after the restart", &|| log_tail(&op)).await;
     let r = get_pool(&c, "r").await;
     assert_eq!(
@@ -568,7 +558,7 @@ async fn garbage_on_nodes_never_crashes_the_operator() {
         "the API server is expected to reject a non-numeric quantity"
     );
 
-    create_pool(c, &pool_yaml("garbage", &by_agentpool("garbage"), "")).await;
+    create_pool(c, PoolYaml::new("garbage").agentpool("garbage")).await;
     let members = accepted.len();
     let pool = wait_pool(&env, "garbage", "every garbage node counted", |p| {
         p.status
@@ -619,11 +609,7 @@ async fn garbage_on_nodes_never_crashes_the_operator() {
     create_node(c, &GpuNode::aks("garbage-after-0", "garbageafter"))
         .await
         .unwrap();
-    create_pool(
-        c,
-        &pool_yaml("garbage-after", &by_agentpool("garbageafter"), ""),
-    )
-    .await;
+    create_pool(c, PoolYaml::new("garbage-after").agentpool("garbageafter")).await;
     wait_condition(&env, "garbage-after", "Ready", "True", None).await;
     let names: BTreeSet<String> = accepted.iter().cloned().collect();
     assert!(!names.is_empty());

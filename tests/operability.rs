@@ -12,8 +12,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use support::*;
 use testenv::nodes::{GpuNode, create_node, set_gpus};
-use testenv::{ChildProcess, ControlPlane, wait_for};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use testenv::{ChildProcess, ControlPlane, free_port, wait_for};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const LEASE_NS: &str = "gpupool-system";
@@ -37,29 +36,11 @@ async fn plane() -> &'static ControlPlane {
     plane
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP/1.1 GET: (status code, body).
+/// GET on the operator's endpoint: (status code, body), None while it does not answer.
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    testenv::http::get(&format!("http://127.0.0.1:{port}{path}"))
         .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
+        .ok()
 }
 
 /// The value of one sample line of the Prometheus text, e.g. `gpupool_pool_nodes{pool="x"}`.
@@ -108,7 +89,7 @@ async fn metrics_health_and_events_tell_the_truth() {
         client: plane.client().await,
     };
     let c = &env.client;
-    let port = free_port();
+    let port = free_port().unwrap();
     let mut op = operator(plane, "op-metrics", port, false);
 
     wait_for("/healthz and /readyz to answer 200", TIMEOUT, || async {
@@ -129,7 +110,7 @@ async fn metrics_health_and_events_tell_the_truth() {
     )
     .await
     .unwrap();
-    create_pool(c, &pool_yaml("metrics", "metricspool")).await;
+    create_pool(c, PoolYaml::new("metrics").agentpool("metricspool")).await;
     wait_condition(&env, "metrics", "GpusSchedulable", "False", None).await;
     set_gpus(c, "metrics-gpu-1", 4, 3).await.unwrap();
     wait_condition(&env, "metrics", "Ready", "True", None).await;
@@ -140,26 +121,16 @@ async fn metrics_health_and_events_tell_the_truth() {
             .then_some(text)
     })
     .await;
-    assert_eq!(
-        sample(&text, r#"gpupool_pool_nodes{pool="metrics"}"#),
-        Some(2.0)
-    );
-    assert_eq!(
-        sample(&text, r#"gpupool_pool_nodes_with_gpus{pool="metrics"}"#),
-        Some(2.0)
-    );
-    assert_eq!(
-        sample(&text, r#"gpupool_pool_gpus_capacity{pool="metrics"}"#),
-        Some(8.0)
-    );
-    assert_eq!(
-        sample(&text, r#"gpupool_pool_ready{pool="metrics"}"#),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(&text, r#"gpupool_pool_plugin_managed{pool="metrics"}"#),
-        Some(1.0)
-    );
+    for (gauge, value) in [
+        ("gpupool_pool_nodes", 2.0),
+        ("gpupool_pool_nodes_with_gpus", 2.0),
+        ("gpupool_pool_gpus_capacity", 8.0),
+        ("gpupool_pool_ready", 1.0),
+        ("gpupool_pool_plugin_managed", 1.0),
+    ] {
+        let series = format!(r#"{gauge}{{pool="metrics"}}"#);
+        assert_eq!(sample(&text, &series), Some(value), "{series}");
+    }
     let successes = sample(
         &text,
         r#"controller_runtime_reconcile_total{controller="gpupool",result="success"}"#,
@@ -224,12 +195,6 @@ async fn metrics_health_and_events_tell_the_truth() {
     assert!(op.try_wait().is_none(), "the operator is still running");
 }
 
-fn pool_yaml(name: &str, agentpool: &str) -> String {
-    format!(
-        "apiVersion: gpupool.io/v1alpha1\nkind: GpuPool\nmetadata:\n  name: {name}\nspec:\n  nodeSelector:\n    matchLabels:\n      kubernetes.azure.com/agentpool: {agentpool}\n"
-    )
-}
-
 /// Both replicas are ready, only the leader writes, a SIGKILLed leader is replaced within the
 /// lease duration, and a SIGTERMed leader hands over at once and exits 0.
 #[tokio::test]
@@ -241,7 +206,7 @@ async fn two_replicas_elect_one_writer_and_fail_over() {
         client: plane.client().await,
     };
     let c = &env.client;
-    let (port_a, port_b) = (free_port(), free_port());
+    let (port_a, port_b) = (free_port().unwrap(), free_port().unwrap());
     let mut a = operator(plane, "op-a", port_a, true);
     let holder = wait_for("a leader", TIMEOUT, || lease_holder(&env)).await;
     assert_eq!(holder, "op-a");
@@ -256,7 +221,7 @@ async fn two_replicas_elect_one_writer_and_fail_over() {
     create_node(c, &GpuNode::aks("le-gpu-0", "lepool"))
         .await
         .unwrap();
-    create_pool(c, &pool_yaml("le", "lepool")).await;
+    create_pool(c, PoolYaml::new("le").agentpool("lepool")).await;
     wait_condition(&env, "le", "Ready", "True", None).await;
     assert!(
         b.log_tail(200).lines().all(|l| !l.contains("reconciled")),
@@ -289,7 +254,7 @@ async fn two_replicas_elect_one_writer_and_fail_over() {
 
     // SIGTERM: the leader finishes, releases the lease and exits 0; a fresh standby takes over
     // well before the lease would have expired.
-    let c2 = operator(plane, "op-c", free_port(), true);
+    let c2 = operator(plane, "op-c", free_port().unwrap(), true);
     wait_for("op-c up as standby", TIMEOUT, || async {
         c2.log_tail(50)
             .contains("waiting for leadership")

@@ -12,12 +12,6 @@ use support::*;
 use testenv::nodes::{GpuNode, create_cpu_node, create_node, delete_node, set_gpus};
 use testenv::wait_for;
 
-fn standard_pool_yaml(name: &str, agentpool: &str) -> String {
-    format!(
-        "apiVersion: gpupool.io/v1alpha1\nkind: GpuPool\nmetadata:\n  name: {name}\nspec:\n  nodeSelector:\n    matchLabels:\n      kubernetes.azure.com/agentpool: {agentpool}\n"
-    )
-}
-
 #[tokio::test]
 async fn standard_pool_gets_a_plugin_on_exactly_its_nodes_and_turns_ready_when_gpus_register() {
     let env = env().await;
@@ -33,7 +27,7 @@ async fn standard_pool_gets_a_plugin_on_exactly_its_nodes_and_turns_ready_when_g
         .unwrap();
     }
     create_cpu_node(c, "std-cpu-0", "stdcpu").await.unwrap();
-    create_pool(c, &standard_pool_yaml("std", "stdpool")).await;
+    create_pool(c, PoolYaml::new("std").agentpool("stdpool")).await;
 
     let ds = wait_daemonset(&env, &plugin_name("std"), "2 plugin pods ready", |ds| {
         ds.status
@@ -127,7 +121,7 @@ async fn specialized_pool_gets_no_plugin_and_switching_modes_adds_and_removes_it
             .await
             .unwrap();
     }
-    create_pool(c, &standard_pool_yaml("spec", "specpool")).await;
+    create_pool(c, PoolYaml::new("spec").agentpool("specpool")).await;
     let pool = wait_condition(&env, "spec", "Ready", "True", None).await;
     let status = pool.status.as_ref().unwrap();
     let plugin = status.device_plugin.as_ref().unwrap();
@@ -183,7 +177,7 @@ async fn edits_and_deletion_of_the_daemonset_are_undone() {
     create_node(c, &GpuNode::aks("drift-gpu-0", "driftpool"))
         .await
         .unwrap();
-    create_pool(c, &standard_pool_yaml("drift", "driftpool")).await;
+    create_pool(c, PoolYaml::new("drift").agentpool("driftpool")).await;
     let name = plugin_name("drift");
     wait_condition(&env, "drift", "Ready", "True", None).await;
     let api: Api<DaemonSet> = Api::namespaced(c.clone(), PLUGIN_NAMESPACE);
@@ -224,7 +218,7 @@ async fn nodes_joining_leaving_and_tainted_update_the_daemonset_and_status() {
     create_node(c, &GpuNode::aks("member-gpu-0", "memberpool"))
         .await
         .unwrap();
-    create_pool(c, &standard_pool_yaml("member", "memberpool")).await;
+    create_pool(c, PoolYaml::new("member").agentpool("memberpool")).await;
     wait_pool(&env, "member", "1 node", |p| {
         p.status
             .as_ref()
@@ -296,7 +290,7 @@ async fn a_node_losing_its_gpus_makes_the_pool_not_ready_and_is_named() {
     create_node(c, &GpuNode::aks("lost-gpu-1", "lostpool").gpus(2))
         .await
         .unwrap();
-    create_pool(c, &standard_pool_yaml("lost", "lostpool")).await;
+    create_pool(c, PoolYaml::new("lost").agentpool("lostpool")).await;
     wait_condition(&env, "lost", "Ready", "True", None).await;
 
     set_gpus(c, "lost-gpu-1", 0, 0).await.unwrap();
@@ -329,7 +323,7 @@ async fn deleting_the_pool_garbage_collects_its_daemonset() {
     create_node(c, &GpuNode::aks("gc-gpu-0", "gcpool"))
         .await
         .unwrap();
-    create_pool(c, &standard_pool_yaml("gc", "gcpool")).await;
+    create_pool(c, PoolYaml::new("gc").agentpool("gcpool")).await;
     wait_daemonset(&env, &plugin_name("gc"), "created", |_| true).await;
     Api::<gpupool::api::GpuPool>::all(c.clone())
         .delete("gc", &DeleteParams::default())
@@ -351,13 +345,9 @@ async fn overlapping_pools_never_put_two_plugins_on_a_node_and_both_report_it() 
     create_node(c, &GpuNode::aks("overlap-gpu-1", "overlappool"))
         .await
         .unwrap();
-    create_pool(c, &standard_pool_yaml("overlap-a", "overlappool")).await;
+    create_pool(c, PoolYaml::new("overlap-a").agentpool("overlappool")).await;
     wait_condition(&env, "overlap-a", "Ready", "True", None).await;
-    create_pool(
-        c,
-        "apiVersion: gpupool.io/v1alpha1\nkind: GpuPool\nmetadata:\n  name: overlap-b\nspec:\n  nodeSelector:\n    matchLabels:\n      zone: overlap-z1\n",
-    )
-    .await;
+    create_pool(c, PoolYaml::new("overlap-b").selector("zone", "overlap-z1")).await;
 
     let young = wait_condition(
         &env,
@@ -463,7 +453,7 @@ async fn a_hand_applied_seed_plugin_is_reported_and_never_doubled() {
         .create(&PostParams::default(), &seed)
         .await
         .unwrap();
-    create_pool(c, &standard_pool_yaml("seed", "seedpool")).await;
+    create_pool(c, PoolYaml::new("seed").agentpool("seedpool")).await;
 
     let pool = wait_condition(
         &env,
@@ -528,7 +518,9 @@ async fn a_missing_priority_class_is_reported_as_a_stuck_rollout_until_fixed() {
         .unwrap();
     create_pool(
         c,
-        "apiVersion: gpupool.io/v1alpha1\nkind: GpuPool\nmetadata:\n  name: prio\nspec:\n  nodeSelector:\n    matchLabels:\n      kubernetes.azure.com/agentpool: priopool\n  devicePlugin:\n    priorityClassName: does-not-exist\n",
+        PoolYaml::new("prio")
+            .agentpool("priopool")
+            .extra_spec("  devicePlugin:\n    priorityClassName: does-not-exist\n"),
     )
     .await;
     // Pods cannot be created; after the rollout deadline (10 s in tests) that is reported as such.
@@ -570,7 +562,9 @@ async fn a_daemonset_the_api_server_rejects_stalls_the_pool_without_a_hot_loop()
     // Passes the CRD schema, but a DaemonSet whose memory request exceeds its limit is invalid.
     create_pool(
         c,
-        "apiVersion: gpupool.io/v1alpha1\nkind: GpuPool\nmetadata:\n  name: stall\nspec:\n  nodeSelector:\n    matchLabels:\n      kubernetes.azure.com/agentpool: stallpool\n  devicePlugin:\n    resources:\n      requests:\n        memory: 2Gi\n      limits:\n        memory: 1Gi\n",
+        PoolYaml::new("stall").agentpool("stallpool").extra_spec(
+            "  devicePlugin:\n    resources:\n      requests:\n        memory: 2Gi\n      limits:\n        memory: 1Gi\n",
+        ),
     )
     .await;
     let pool = wait_condition(&env, "stall", "Stalled", "True", Some("DaemonSetRejected")).await;
@@ -587,7 +581,7 @@ async fn a_daemonset_the_api_server_rejects_stalls_the_pool_without_a_hot_loop()
     create_node(c, &GpuNode::aks("stall-probe-0", "stallprobe"))
         .await
         .unwrap();
-    create_pool(c, &standard_pool_yaml("stall-probe", "stallprobe")).await;
+    create_pool(c, PoolYaml::new("stall-probe").agentpool("stallprobe")).await;
     wait_condition(&env, "stall-probe", "Ready", "True", None).await;
     assert_eq!(get_pool(c, "stall").await.metadata.resource_version, rv);
 
@@ -614,8 +608,8 @@ async fn nothing_is_written_when_nothing_changed() {
     create_node(c, &GpuNode::aks("quiet-probe-0", "quietprobe"))
         .await
         .unwrap();
-    create_pool(c, &standard_pool_yaml("quiet", "quietpool")).await;
-    create_pool(c, &standard_pool_yaml("quiet-probe", "quietprobe")).await;
+    create_pool(c, PoolYaml::new("quiet").agentpool("quietpool")).await;
+    create_pool(c, PoolYaml::new("quiet-probe").agentpool("quietprobe")).await;
     let before = wait_condition(&env, "quiet", "Ready", "True", None).await;
     wait_daemonset(&env, &plugin_name("quiet"), "ready", |ds| {
         ds.status.as_ref().is_some_and(|s| s.number_ready == 1)
@@ -682,7 +676,7 @@ async fn long_pool_names_get_legal_daemonset_names() {
         .unwrap();
     let name = format!("{}.example.com", "a-very-long-gpu-pool-name".repeat(8));
     assert!(name.len() > 200);
-    create_pool(c, &standard_pool_yaml(&name, "longpool")).await;
+    create_pool(c, PoolYaml::new(&name).agentpool("longpool")).await;
     let ds = wait_daemonset(&env, &plugin_name(&name), "1 pod ready", |ds| {
         ds.status.as_ref().is_some_and(|s| s.number_ready == 1)
     })
@@ -699,7 +693,7 @@ async fn an_auto_pool_never_puts_its_plugin_on_a_specialized_image_node() {
     create_node(c, &GpuNode::aks("mixed-std-0", "mixedpool"))
         .await
         .unwrap();
-    create_pool(c, &standard_pool_yaml("mixed", "mixedpool")).await;
+    create_pool(c, PoolYaml::new("mixed").agentpool("mixedpool")).await;
     wait_condition(&env, "mixed", "Ready", "True", None).await;
 
     // A node with the GPU-dedicated image joins: it ships its own plugin.

@@ -31,7 +31,7 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use support::{PLUGIN_NAMESPACE, TIMEOUT};
+use support::{PLUGIN_NAMESPACE, PoolYaml, TIMEOUT};
 use testenv::nodes::{GpuNode, create_node, set_gpus};
 use testenv::{ChildProcess, ControlPlane, wait_for};
 
@@ -277,7 +277,7 @@ async fn kustomize_install_runs_the_operator_with_least_privilege() {
         .await
         .unwrap();
     }
-    create_pool(&c, &pool_yaml("pkg-std", "pkgstd", "")).await;
+    create_pool(&c, PoolYaml::new("pkg-std").agentpool("pkgstd")).await;
     wait_for(
         &format!("DaemonSet of pkg-std with 2 ready pods\n{}", op.tail()),
         TIMEOUT,
@@ -350,7 +350,7 @@ async fn kustomize_install_runs_the_operator_with_least_privilege() {
     create_node(&c, &GpuNode::aks("pkgspec-0", "pkgspec").specialized())
         .await
         .unwrap();
-    create_pool(&c, &pool_yaml("pkg-spec", "pkgspec", "")).await;
+    create_pool(&c, PoolYaml::new("pkg-spec").agentpool("pkgspec")).await;
     let spec = op
         .wait_pool(&c, "pkg-spec", "Ready=True, plugin Skipped", |p| {
             cond(p, "Ready").is_some_and(|r| r.0 == "True")
@@ -395,7 +395,7 @@ async fn kustomize_install_runs_the_operator_with_least_privilege() {
     )
     .await
     .unwrap();
-    create_pool(&c, &pool_yaml("pkg-seed", "pkgseed", "")).await;
+    create_pool(&c, PoolYaml::new("pkg-seed").agentpool("pkgseed")).await;
     let seeded = op
         .wait_pool(&c, "pkg-seed", "Conflict ForeignDevicePlugin, Ready", |p| {
             cond(p, "Conflict").is_some_and(|r| r.1 == "ForeignDevicePlugin")
@@ -416,9 +416,7 @@ async fn kustomize_install_runs_the_operator_with_least_privilege() {
         .unwrap();
     create_pool(
         &c,
-        &pool_yaml(
-            "pkg-stall",
-            "pkgstall",
+        PoolYaml::new("pkg-stall").agentpool("pkgstall").extra_spec(
             "  devicePlugin:\n    resources:\n      requests:\n        memory: 2Gi\n      limits:\n        memory: 1Gi\n",
         ),
     )
@@ -547,7 +545,11 @@ async fn reapplying_the_examples_changes_nothing(plane: &ControlPlane, c: &Clien
     create_node(c, &GpuNode::aks("examples-probe-0", "examplesprobe"))
         .await
         .unwrap();
-    create_pool(c, &pool_yaml("examples-probe", "examplesprobe", "")).await;
+    create_pool(
+        c,
+        PoolYaml::new("examples-probe").agentpool("examplesprobe"),
+    )
+    .await;
     op.wait_pool(c, "examples-probe", "Ready", |p| {
         cond(p, "Ready").is_some_and(|r| r.0 == "True")
     })
@@ -1324,13 +1326,7 @@ async fn wait_until_rbac_allows(
 // Cluster helpers
 // ---------------------------------------------------------------------------------------------
 
-fn pool_yaml(name: &str, agentpool: &str, extra_spec: &str) -> String {
-    format!(
-        "apiVersion: gpupool.io/v1alpha1\nkind: GpuPool\nmetadata:\n  name: {name}\nspec:\n  nodeSelector:\n    matchLabels:\n      kubernetes.azure.com/agentpool: {agentpool}\n{extra_spec}"
-    )
-}
-
-async fn create_pool(c: &Client, yaml: &str) {
+async fn create_pool(c: &Client, yaml: impl std::fmt::Display) {
     support::create_pool(c, yaml).await;
 }
 

@@ -118,12 +118,82 @@ pub fn operator_log(plane: &ControlPlane) -> String {
         .unwrap_or_default()
 }
 
-pub async fn create_pool(client: &Client, yaml: &str) -> GpuPool {
-    let pool: GpuPool = yaml_serde::from_str(yaml).expect("test pool YAML parses");
+/// A GpuPool manifest (YAML) for the tests: its name, the node labels it selects
+/// (`spec.nodeSelector.matchLabels`, in the order given) and any further `spec` fields.
+///
+/// ```ignore
+/// create_pool(c, PoolYaml::new("std").agentpool("stdpool")).await;
+/// create_pool(c, PoolYaml::new("zone").selector("zone", "z1").extra_spec("  expectedGpusPerNode: 2\n")).await;
+/// ```
+#[derive(Debug, Clone)]
+pub struct PoolYaml {
+    name: String,
+    match_labels: Vec<(String, String)>,
+    extra_spec: String,
+}
+
+impl PoolYaml {
+    pub fn new(name: &str) -> Self {
+        PoolYaml {
+            name: name.to_owned(),
+            match_labels: Vec::new(),
+            extra_spec: String::new(),
+        }
+    }
+
+    /// Selects the nodes of an AKS agent pool (`kubernetes.azure.com/agentpool`).
+    pub fn agentpool(self, agentpool: &str) -> Self {
+        self.selector("kubernetes.azure.com/agentpool", agentpool)
+    }
+
+    /// Selects nodes with this label (besides the labels already given).
+    pub fn selector(mut self, key: &str, value: &str) -> Self {
+        self.match_labels.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// More of `spec`, as YAML lines indented by two spaces, e.g.
+    /// `"  devicePlugin:\n    priorityClassName: x\n"`.
+    pub fn extra_spec(mut self, yaml: &str) -> Self {
+        self.extra_spec.push_str(yaml);
+        self
+    }
+}
+
+impl std::fmt::Display for PoolYaml {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "apiVersion: gpupool.io/v1alpha1\nkind: GpuPool\nmetadata:\n  name: {}\nspec:\n  nodeSelector:\n    matchLabels:\n",
+            self.name
+        )?;
+        for (key, value) in &self.match_labels {
+            writeln!(f, "      {key}: {value}")?;
+        }
+        f.write_str(&self.extra_spec)
+    }
+}
+
+/// Creates a pool from a manifest: a [`PoolYaml`] or YAML text. A pool of the same name that is
+/// still being deleted (Terminating until its finalizer is removed, e.g. while its plugin pods
+/// terminate) is waited for first, as someone re-applying the manifest would have to.
+pub async fn create_pool(client: &Client, yaml: impl std::fmt::Display) -> GpuPool {
+    let pool: GpuPool = yaml_serde::from_str(&yaml.to_string()).expect("test pool YAML parses");
     let api: Api<GpuPool> = Api::all(client.clone());
-    api.create(&PostParams::default(), &pool)
-        .await
-        .expect("pool is accepted")
+    let what = format!(
+        "GpuPool {} to be created after its namesake is deleted",
+        pool.name_any()
+    );
+    wait_for(&what, TIMEOUT, || async {
+        match api.create(&PostParams::default(), &pool).await {
+            Ok(created) => Some(created),
+            Err(kube::Error::Api(s)) if s.code == 409 && s.message.contains("being deleted") => {
+                None
+            }
+            Err(e) => panic!("pool is accepted: {e}"),
+        }
+    })
+    .await
 }
 
 pub async fn get_pool(client: &Client, name: &str) -> GpuPool {

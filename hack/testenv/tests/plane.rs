@@ -318,3 +318,168 @@ async fn child_process_logs_and_stops() {
     assert!(!status.success(), "sleep was terminated: {status:?}");
     assert!(plane.logs_tail(3).contains("kube-apiserver"));
 }
+
+/// A pod for `node` (by hostname) with `labels`.
+fn pod_on(name: &str, node: &str, labels: serde_json::Value) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "labels": labels },
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": { "kubernetes.io/hostname": node },
+            "containers": [{ "name": "main", "image": "example.invalid/main:1" }]
+        }
+    }))
+    .unwrap()
+}
+
+/// Deleted device-plugin pods stay Terminating for `Options::plugin_pod_termination` (3 s by
+/// default) before kwok removes them; other pods go at once.
+#[tokio::test]
+async fn deleted_plugin_pods_terminate_slowly_and_other_pods_at_once() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.client().await;
+    namespace(&client, "t-term").await;
+    nodes::create_node(&client, &GpuNode::aks("t-term-gpu", "gputerm"))
+        .await
+        .unwrap();
+    let (key, value) = testenv::DEVICE_PLUGIN_POD_LABEL;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "t-term");
+    for pod in [
+        pod_on("plugin", "t-term-gpu", serde_json::json!({ key: value })),
+        pod_on("other", "t-term-gpu", serde_json::json!({})),
+    ] {
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    for name in ["plugin", "other"] {
+        wait_for(&format!("pod {name} to run"), TIMEOUT, || async {
+            pods.get_opt(name).await.unwrap().filter(pod_ready)
+        })
+        .await;
+    }
+
+    let deleted_at = std::time::Instant::now();
+    for name in ["plugin", "other"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    wait_for("the other pod to be gone", TIMEOUT, || async {
+        pods.get_opt("other").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let plugin = pods.get_opt("plugin").await.unwrap();
+    assert!(
+        plugin.is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+        "the plugin pod is still Terminating when the other one is gone"
+    );
+    wait_for("the plugin pod to be gone", TIMEOUT, || async {
+        pods.get_opt("plugin")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let terminating = deleted_at.elapsed();
+    assert!(
+        terminating >= Duration::from_secs(2),
+        "the plugin pod went after {terminating:?}"
+    );
+}
+
+/// The simulated kubelet finishes validation pods (here Job pods, which kwok's own pod-complete
+/// stage would otherwise finish at once with exit code 0) as their node's label says.
+#[tokio::test]
+async fn validation_pods_pass_or_fail_as_their_node_says() {
+    use testenv::simulate::{self, ValidationPods};
+    let plane = ControlPlane::shared().await;
+    let client = plane.client().await;
+    namespace(&client, "t-validation").await;
+    nodes::create_node(&client, &GpuNode::aks("t-val-good", "gpuval"))
+        .await
+        .unwrap();
+    nodes::create_node(
+        &client,
+        &GpuNode::aks("t-val-bad", "gpuval").label(simulate::SIMULATE_VALIDATION_LABEL, "fail"),
+    )
+    .await
+    .unwrap();
+    let simulation = ValidationPods::spawn(client.clone());
+
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "t-validation");
+    for node in ["t-val-good", "t-val-bad"] {
+        jobs.create(&PostParams::default(), &validation_job(node))
+            .await
+            .unwrap();
+    }
+    for (node, phase, exit_code, message) in [
+        ("t-val-good", "Succeeded", 0, simulate::PASSED_MESSAGE),
+        ("t-val-bad", "Failed", 1, simulate::FAILED_MESSAGE),
+    ] {
+        let pod = finished_pod(&client, node).await;
+        assert_terminated(&pod, phase, exit_code, message);
+        // The Job controller reacts (and updates the pod, so kwok looks at it again): the
+        // finished status stays as written.
+        let job = format!("validate-{node}");
+        wait_for(&format!("Job {job} to count its pod"), TIMEOUT, || async {
+            let status = jobs.get(&job).await.unwrap().status.unwrap_or_default();
+            (status.succeeded.unwrap_or(0) + status.failed.unwrap_or(0) == 1).then_some(())
+        })
+        .await;
+        let name = pod.metadata.name.unwrap();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "t-validation");
+        assert_terminated(&pods.get(&name).await.unwrap(), phase, exit_code, message);
+    }
+    simulation.stop().await;
+}
+
+fn assert_terminated(pod: &Pod, phase: &str, exit_code: i32, message: &str) {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    assert_eq!(status.phase.as_deref(), Some(phase), "{name}");
+    let container = &status.container_statuses.unwrap_or_default()[0];
+    let terminated = container.state.clone().unwrap_or_default().terminated;
+    let terminated = terminated.unwrap_or_else(|| panic!("{name}: {container:?}"));
+    assert_eq!(terminated.exit_code, exit_code, "{name}");
+    assert_eq!(terminated.message.as_deref(), Some(message), "{name}");
+    assert!(!container.ready, "{name}");
+}
+
+fn validation_job(node: &str) -> Job {
+    let (key, value) = testenv::simulate::VALIDATION_POD_LABEL;
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": format!("validate-{node}") },
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": { "labels": { key: value } },
+                "spec": {
+                    "restartPolicy": "Never",
+                    "nodeSelector": { "kubernetes.io/hostname": node },
+                    "containers": [{
+                        "name": "validate",
+                        "image": "example.invalid/cuda-vector-add:1",
+                        "resources": { "limits": { "nvidia.com/gpu": "1" } }
+                    }]
+                }
+            }
+        }
+    }))
+    .unwrap()
+}
+
+/// The validation pod on `node`, once it has finished (Succeeded or Failed).
+async fn finished_pod(client: &kube::Client, node: &str) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "t-validation");
+    wait_for(
+        &format!("the validation pod on {node} to finish"),
+        TIMEOUT,
+        || async {
+            let list = pods.list(&ListParams::default()).await.unwrap();
+            list.items.into_iter().find(|p| {
+                let on_node = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                on_node && matches!(phase, Some("Succeeded" | "Failed"))
+            })
+        },
+    )
+    .await
+}

@@ -13,6 +13,10 @@
 //!   plugin coming up does);
 //! - `gpuspecial` pool: 2 GPU nodes on the GPU-dedicated AKS image, 1 GPU each, registered.
 //!
+//! GPU validation pods (`app.kubernetes.io/component=gpu-validation`) finish after 3 s with the
+//! CUDA sample's "Test PASSED", as [`testenv::simulate::ValidationPods`] plays their kubelet;
+//! deleted device-plugin pods take 3 s to terminate.
+//!
 //! The admin kubeconfig is written to `<state-dir>/kubeconfig` (and printed); `--ready-file` gets
 //! the kubeconfig path once everything is up, so a script can wait for that file. Ctrl-C or
 //! SIGTERM tears everything down (and the kernel kills the control plane should this process die
@@ -22,63 +26,36 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
-use testenv::ControlPlane;
 use testenv::nodes::{self, GpuNode};
+use testenv::simulate::ValidationPods;
+use testenv::{ControlPlane, Error};
 
-const USAGE: &str =
-    "usage: devcluster [--state-dir DIR] [--register-gpus-after SECONDS] [--ready-file PATH]
-
-  --state-dir DIR              where to write the kubeconfig (default: a temp dir, removed on exit)
-  --register-gpus-after SECS   when the 'gpu' pool's device plugin \"registers\" nvidia.com/gpu=1
-                               (default 10; a negative value is not accepted)
-  --ready-file PATH            write the kubeconfig path here once the cluster is up";
-
-#[derive(Debug)]
+/// A small simulated AKS cluster on a private control plane, for demos and manual testing of
+/// gpupool. Ctrl-C or SIGTERM tears everything down.
+#[derive(Debug, Parser)]
+#[command(name = "devcluster")]
 struct Args {
+    /// Where to write the kubeconfig (default: a temp dir, removed on exit).
+    #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// When the 'gpu' pool's device plugin "registers" nvidia.com/gpu=1, in seconds (fractions
+    /// allowed, not negative).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds)]
     register_gpus_after: Duration,
+    /// Write the kubeconfig path here once the cluster is up.
+    #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        state_dir: None,
-        register_gpus_after: Duration::from_secs(10),
-        ready_file: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
-            None => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "--state-dir" => args.state_dir = Some(PathBuf::from(value()?)),
-            "--ready-file" => args.ready_file = Some(PathBuf::from(value()?)),
-            "--register-gpus-after" => {
-                let v = value()?;
-                let secs: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                    .ok_or_else(|| {
-                        format!("--register-gpus-after: not a number of seconds: {v}")
-                    })?;
-                args.register_gpus_after = Duration::from_secs_f64(secs);
-            }
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(args)
+fn seconds(value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("not a non-negative number of seconds: {value}"))
 }
 
 const SYSTEM_NODES: [&str; 2] = [
@@ -97,42 +74,31 @@ const SPECIAL_NODES: [&str; 2] = [
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(msg) if msg.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => {
-            eprintln!("devcluster: {msg}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(args).await {
+    match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("devcluster: {msg}");
+        Err(e) => {
+            eprintln!("devcluster: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(args: Args) -> Result<(), String> {
+async fn run(args: Args) -> Result<(), Error> {
     // Listen for signals first, so a Ctrl-C during startup also tears down cleanly.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
+        .map_err(|e| Error::io("listening for SIGTERM", e))?;
 
     let (_temp_state, state_dir) = match &args.state_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)
-                .map_err(|e| format!("creating state dir {}: {e}", dir.display()))?;
+                .map_err(|e| Error::io(format!("creating state dir {}", dir.display()), e))?;
             (None, dir.clone())
         }
         None => {
             let t = tempfile::Builder::new()
                 .prefix("gpupool-devcluster-")
                 .tempdir()
-                .map_err(|e| format!("creating a temp state dir: {e}"))?;
+                .map_err(|e| Error::io("creating a temp state dir", e))?;
             let p = t.path().to_path_buf();
             (Some(t), p)
         }
@@ -141,9 +107,9 @@ async fn run(args: Args) -> Result<(), String> {
     eprintln!("devcluster: starting the control plane...");
     let started = std::time::Instant::now();
     let plane = tokio::select! {
-        plane = ControlPlane::start() => plane.map_err(|e| e.to_string())?,
-        _ = tokio::signal::ctrl_c() => return Err("interrupted during startup".into()),
-        _ = sigterm.recv() => return Err("terminated during startup".into()),
+        plane = ControlPlane::start() => plane?,
+        _ = tokio::signal::ctrl_c() => return Err(Error::Interrupted("starting the control plane")),
+        _ = sigterm.recv() => return Err(Error::Interrupted("starting the control plane")),
     };
     eprintln!(
         "devcluster: control plane up in {:.1?} (logs in {})",
@@ -168,14 +134,16 @@ async fn serve(
     args: &Args,
     state_dir: &Path,
     sigterm: &mut tokio::signal::unix::Signal,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let client = plane.client().await;
     create_nodes(&client).await?;
     wait_nodes_ready(&client).await?;
+    // GPU validation pods finish as on real GPU nodes (see testenv::simulate).
+    let _validation = ValidationPods::spawn(client.clone());
 
     let kubeconfig = state_dir.join("kubeconfig");
     std::fs::copy(plane.kubeconfig_path(), &kubeconfig)
-        .map_err(|e| format!("writing {}: {e}", kubeconfig.display()))?;
+        .map_err(|e| Error::io(format!("writing {}", kubeconfig.display()), e))?;
     println!("{}", kubeconfig.display());
     println!("export KUBECONFIG={}", kubeconfig.display());
     if let Some(ready) = &args.ready_file {
@@ -190,12 +158,10 @@ async fn serve(
     let register = async {
         tokio::time::sleep(args.register_gpus_after).await;
         for name in GPU_NODES {
-            nodes::set_gpus(&client, name, 1, 1)
-                .await
-                .map_err(|e| format!("registering the GPU of {name}: {e}"))?;
+            nodes::set_gpus(&client, name, 1, 1).await?;
         }
         eprintln!("devcluster: device plugin registered nvidia.com/gpu=1 on the 'gpu' pool");
-        Ok::<(), String>(())
+        Ok::<(), Error>(())
     };
     tokio::pin!(register);
     let mut registered = false;
@@ -211,54 +177,40 @@ async fn serve(
     }
 }
 
-async fn create_nodes(client: &kube::Client) -> Result<(), String> {
+async fn create_nodes(client: &kube::Client) -> Result<(), Error> {
     for name in SYSTEM_NODES {
-        nodes::create_cpu_node(client, name, "system")
-            .await
-            .map_err(|e| format!("creating node {name}: {e}"))?;
+        nodes::create_cpu_node(client, name, "system").await?;
     }
     for name in GPU_NODES {
         let node = GpuNode::aks(name, "gpu")
             .taint("sku", "gpu", "NoSchedule")
             .no_gpus_yet();
-        nodes::create_node(client, &node)
-            .await
-            .map_err(|e| format!("creating node {name}: {e}"))?;
+        nodes::create_node(client, &node).await?;
     }
     for name in SPECIAL_NODES {
-        nodes::create_node(client, &GpuNode::aks(name, "gpuspecial").specialized())
-            .await
-            .map_err(|e| format!("creating node {name}: {e}"))?;
+        nodes::create_node(client, &GpuNode::aks(name, "gpuspecial").specialized()).await?;
     }
     Ok(())
 }
 
-async fn wait_nodes_ready(client: &kube::Client) -> Result<(), String> {
+async fn wait_nodes_ready(client: &kube::Client) -> Result<(), Error> {
     let api: Api<Node> = Api::all(client.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let list = api
-            .list(&Default::default())
-            .await
-            .map_err(|e| format!("listing nodes: {e}"))?;
-        let not_ready: Vec<String> = list
-            .items
-            .iter()
-            .filter(|n| !nodes::is_ready(n))
-            .filter_map(|n| n.metadata.name.clone())
-            .collect();
-        if not_ready.is_empty() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!("nodes not Ready after 60s: {not_ready:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let every = Duration::from_millis(200);
+    testenv::poll_until(
+        "every node to be Ready",
+        Duration::from_secs(60),
+        every,
+        || async {
+            let list = api.list(&Default::default()).await.ok()?;
+            list.items.iter().all(nodes::is_ready).then_some(())
+        },
+    )
+    .await
 }
 
-fn write_atomically(path: &Path, contents: &str) -> Result<(), String> {
+fn write_atomically(path: &Path, contents: &str) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("renaming to {}: {e}", path.display()))
+    std::fs::write(&tmp, contents)
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming to {}", path.display()), e))
 }

@@ -1,0 +1,244 @@
+//! The scale benchmark behind `cargo run --release -p testenv --bin bench`: a private control
+//! plane with N kwok GPU nodes spread over P GpuPools, and the gpupool operator as its own
+//! (release-built) process, measured from the outside.
+//!
+//! It reports
+//! 1. pool created → its DaemonSet applied (p50/p99, first sight through a DaemonSet watch), for
+//!    P pools created back to back and for `--spaced-pools` more created one a second;
+//! 2. a node's `nvidia.com/gpu` allocatable changed → the pool's status shows it (p50/p99, first
+//!    sight through a GpuPool watch; one node at a time);
+//! 3. operator cold start (every pool's status removed while it is down) → every pool's status
+//!    current (observedGeneration == generation, counts correct);
+//! 4. operator peak RSS (VmHWM) and CPU seconds (utime+stime), and the plane's CPU per component;
+//! 5. API requests made by the operator, per verb and resource, in each phase and during a quiet
+//!    period — from the API server's audit log: the operator runs as its own ServiceAccount and
+//!    the audit policy records exactly that user's requests.
+//!
+//! `--json PATH` also writes a [`Summary`] of these numbers with stable keys, with the versions
+//! measured and the machine measured on.
+
+mod audit;
+mod observe;
+mod operator;
+mod phases;
+mod procfs;
+mod report;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use report::{
+    Latencies, Machine, MillisSummary, ProcStats, Report, RequestCounts, Summary, Versions,
+};
+
+use crate::{ControlPlane, Error, Options};
+
+const PLUGIN_NAMESPACE: &str = "gpu-resources";
+const OPERATOR_NAMESPACE: &str = "gpupool-bench";
+const OPERATOR_SA: &str = "operator";
+const GPU_COUNTS: [u32; 4] = [1, 2, 4, 8];
+/// Pace of the spaced pools.
+const SPACED_POOL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What to run; also the `bench` command line (every field a flag, defaults here only).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "bench", about = "gpupool at scale on a private control plane")]
+pub struct BenchOptions {
+    /// Simulated GPU nodes.
+    #[arg(long, value_name = "N", default_value_t = 5000)]
+    pub nodes: usize,
+    /// GpuPools; node j belongs to pool j mod P.
+    #[arg(long, value_name = "P", default_value_t = 100)]
+    pub pools: usize,
+    /// Quiet period in which the operator's API requests are counted, in seconds.
+    #[arg(long = "quiet-seconds", value_name = "S", default_value = "300", value_parser = seconds)]
+    pub quiet: Duration,
+    /// Nodes whose nvidia.com/gpu allocatable is changed, one at a time (down, then back up).
+    #[arg(long, value_name = "K", default_value_t = 50)]
+    pub samples: usize,
+    /// Node creations in flight at once.
+    #[arg(long, value_name = "C", default_value_t = 32)]
+    pub create_concurrency: usize,
+    /// Pause between pool creations, in milliseconds (0: back to back, as `kubectl apply -f dir/`).
+    #[arg(long = "pool-interval-ms", value_name = "MS", default_value = "0", value_parser = millis)]
+    pub pool_interval: Duration,
+    /// The operator binary (a release build for real numbers).
+    #[arg(long, value_name = "PATH", default_value_os_t = default_operator_binary())]
+    pub operator: PathBuf,
+    /// kwok node status heartbeat period, in seconds.
+    #[arg(long = "heartbeat-seconds", value_name = "S", default_value = "60", value_parser = positive_seconds)]
+    pub heartbeat: Duration,
+    /// kwok node lease duration in seconds, renewed every quarter (the node lifecycle
+    /// controller's grace period is raised to match).
+    #[arg(long = "lease-seconds", value_name = "S", default_value_t = 240, value_parser = clap::value_parser!(u32).range(4..))]
+    pub lease_seconds: u32,
+    /// Extra pools created one a second after the burst (each selecting an agent pool without
+    /// nodes), for the latency of a single change on a settled cluster.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub spaced_pools: usize,
+    /// Also write a JSON summary with stable keys here (see [`Summary`]).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Upper bound for every wait, in seconds.
+    #[arg(long = "timeout-seconds", value_name = "S", default_value = "900", value_parser = seconds)]
+    pub timeout: Duration,
+}
+
+impl BenchOptions {
+    /// The defaults of the command line with `nodes`, `pools` and the operator binary set.
+    pub fn new(nodes: usize, pools: usize, operator: PathBuf) -> Self {
+        use clap::Parser as _;
+        BenchOptions {
+            nodes,
+            pools,
+            operator,
+            ..BenchOptions::parse_from(["bench"])
+        }
+    }
+}
+
+fn seconds(value: &str) -> Result<Duration, std::num::ParseIntError> {
+    value.parse().map(Duration::from_secs)
+}
+
+fn millis(value: &str) -> Result<Duration, std::num::ParseIntError> {
+    value.parse().map(Duration::from_millis)
+}
+
+fn positive_seconds(value: &str) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(s) => Ok(Duration::from_secs(s)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The operator binary of this workspace's release build.
+pub fn default_operator_binary() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/gpupool-operator")
+}
+
+fn pool_name(i: usize) -> String {
+    format!("bench-pool-{i}")
+}
+
+fn agentpool(i: usize) -> String {
+    format!("bench{i}")
+}
+
+fn spaced_pool_name(k: usize) -> String {
+    format!("bench-spaced-{k}")
+}
+
+fn spaced_agentpool(k: usize) -> String {
+    format!("benchspaced{k}")
+}
+
+fn node_name(j: usize) -> String {
+    format!("bench-node-{j}")
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("[bench] {}", msg.as_ref());
+}
+
+/// Runs the benchmark. Progress goes to stderr; the report is returned (and written as JSON to
+/// `--json`, if given).
+pub async fn run(opts: BenchOptions) -> Result<Report, Error> {
+    if opts.pools == 0 || opts.nodes < opts.pools {
+        return Err(Error::Config {
+            what: format!("--nodes {} --pools {}", opts.nodes, opts.pools),
+            detail: "need at least one pool and at least as many nodes as pools".into(),
+        });
+    }
+    if !opts.operator.is_file() {
+        return Err(Error::Config {
+            what: format!("--operator {}", opts.operator.display()),
+            detail: "not found: build it with `cargo build --release --bin gpupool-operator` or pass --operator".into(),
+        });
+    }
+    let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}");
+    log("starting the control plane");
+    let plane = ControlPlane::start_with(plane_options(&opts, &user)).await?;
+    let result = measure(&plane, &opts, user).await;
+    match &result {
+        Ok(report) => {
+            if let Some(path) = &opts.json {
+                report.write_json(path)?;
+            }
+        }
+        Err(_) => log(format!("control plane logs:\n{}", plane.logs_tail(20))),
+    }
+    result
+}
+
+/// Auditing of exactly the operator's requests, and kwok timings for thousands of nodes.
+fn plane_options(opts: &BenchOptions, user: &str) -> Options {
+    let policy = format!(
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [\"RequestReceived\"]\nrules:\n- level: Metadata\n  users: [\"{user}\"]\n- level: None\n"
+    );
+    Options {
+        node_status_heartbeat: opts.heartbeat,
+        node_lease_duration_seconds: opts.lease_seconds,
+        audit_policy: Some(policy),
+        // Leases renewed every lease/4: give the node lifecycle controller matching patience,
+        // or nodes go Unknown (and get tainted) merely because the plane is busy.
+        controller_manager_args: vec![format!(
+            "--node-monitor-grace-period={}s",
+            (u64::from(opts.lease_seconds) * 3 / 4).max(40) + 60
+        )],
+        ..Options::default()
+    }
+}
+
+/// Setup, then every phase.
+async fn measure(plane: &ControlPlane, opts: &BenchOptions, user: String) -> Result<Report, Error> {
+    let kubeconfig = setup::operator_identity(plane).await?;
+    let client = plane.client().await;
+    // Node j belongs to pool j % P, with 1, 2, 4 or 8 GPUs.
+    let gpus: Vec<(u32, u32)> = (0..opts.nodes)
+        .map(|j| {
+            let g = GPU_COUNTS[(j / opts.pools) % GPU_COUNTS.len()];
+            (g, g)
+        })
+        .collect();
+    let setup_nodes = setup::create_nodes(&client, opts, &gpus).await?;
+    setup::wait_nodes_ready(&client, opts).await?;
+
+    let mut bench = phases::Bench::new(plane, opts, client);
+    bench.user = user;
+    bench.gpus = gpus;
+    bench.report = Report {
+        nodes: opts.nodes,
+        pools: opts.pools,
+        quiet: opts.quiet,
+        setup_nodes,
+        versions: versions(&opts.operator)?,
+        machine: procfs::machine(),
+        ..Report::default()
+    };
+    bench.run(&kubeconfig).await
+}
+
+/// The pinned plane versions from hack/versions.env, and the operator's own version.
+fn versions(operator: &Path) -> Result<Versions, Error> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../versions.env");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .map(|v| v.trim().trim_matches('"').to_owned())
+            .ok_or_else(|| Error::Config {
+                what: path.display().to_string(),
+                detail: format!("no {key}=..."),
+            })
+    };
+    Ok(Versions {
+        kubernetes: value("KUBERNETES_VERSION")?,
+        etcd: value("ETCD_VERSION")?,
+        kwok: value("KWOK_VERSION")?,
+        gpupool: operator::version(operator)?,
+    })
+}

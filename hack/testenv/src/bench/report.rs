@@ -1,0 +1,383 @@
+//! What the benchmark measured: the [`Report`], its human-readable form, and its JSON
+//! [`Summary`] with stable keys for tooling.
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::Error;
+
+/// A set of latencies, with nearest-rank percentiles.
+#[derive(Debug, Clone, Default)]
+pub struct Latencies {
+    pub samples: Vec<Duration>,
+}
+
+impl Latencies {
+    fn sorted(&self) -> Vec<Duration> {
+        let mut v = self.samples.clone();
+        v.sort();
+        v
+    }
+    /// Nearest-rank percentile (zero without samples).
+    pub fn percentile(&self, p: f64) -> Duration {
+        let v = self.sorted();
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+        v[rank.clamp(1, v.len()) - 1]
+    }
+    pub fn p50(&self) -> Duration {
+        self.percentile(50.0)
+    }
+    pub fn p99(&self) -> Duration {
+        self.percentile(99.0)
+    }
+    pub fn max(&self) -> Duration {
+        self.sorted().last().copied().unwrap_or_default()
+    }
+    fn millis(&self) -> MillisSummary {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        MillisSummary {
+            p50: ms(self.p50()),
+            p99: ms(self.p99()),
+            max: ms(self.max()),
+        }
+    }
+}
+
+/// CPU seconds and memory of one process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcStats {
+    pub cpu_seconds: f64,
+    pub peak_rss_kib: u64,
+    pub rss_kib: u64,
+}
+
+/// Requests by (verb, resource[/subresource]).
+pub type RequestCounts = BTreeMap<(String, String), u64>;
+
+/// What was measured with: pinned versions of the plane (hack/versions.env) and the operator's
+/// own `--version`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Versions {
+    pub kubernetes: String,
+    pub etcd: String,
+    pub kwok: String,
+    pub gpupool: String,
+}
+
+/// What it was measured on, from /proc.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_mib: u64,
+    pub kernel: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub nodes: usize,
+    pub pools: usize,
+    pub setup_nodes: Duration,
+    pub operator_synced: Duration,
+    /// Pools created back to back: create → first sight of its DaemonSet.
+    pub pool_to_daemonset: Latencies,
+    /// From the first pool created to every pool's status current and correct.
+    pub all_pools_current: Duration,
+    pub plugin_pods_ready: Duration,
+    /// Extra pools created one a second on a settled cluster: create → first sight of its
+    /// DaemonSet.
+    pub pool_to_daemonset_spaced: Latencies,
+    pub gpu_change_to_status: Latencies,
+    pub cold_start_synced: Duration,
+    pub cold_start_current: Duration,
+    /// The first operator process (pools, GPU changes and the quiet period).
+    pub operator: ProcStats,
+    /// The restarted operator, up to a few seconds after the cold start converged.
+    pub operator_cold: ProcStats,
+    pub quiet: Duration,
+    /// Operator requests per phase (the keys of `cpu`).
+    pub requests: BTreeMap<&'static str, RequestCounts>,
+    /// CPU seconds of each plane component and the operator, per phase.
+    pub cpu: BTreeMap<&'static str, BTreeMap<String, f64>>,
+    /// Reconciles counted by the operator's own metrics (first process), and their total time.
+    pub reconciles: Option<(f64, f64)>,
+    pub versions: Versions,
+    pub machine: Machine,
+}
+
+/// Name of the quiet period in `requests` and `cpu`.
+pub(super) const QUIET: &str = "quiet";
+/// The operator's name in `cpu`.
+pub(super) const OPERATOR: &str = "gpupool-operator";
+
+impl Report {
+    /// Writes counted by the operator during the quiet period.
+    pub fn quiet_writes(&self) -> u64 {
+        self.requests
+            .get(QUIET)
+            .map(|c| {
+                c.iter()
+                    .filter(|((verb, _), _)| !matches!(verb.as_str(), "get" | "list" | "watch"))
+                    .map(|(_, n)| n)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Operator CPU during the quiet period, in % of one core.
+    pub fn quiet_cpu_percent(&self) -> f64 {
+        let seconds = self
+            .cpu
+            .get(QUIET)
+            .and_then(|per| per.get(OPERATOR))
+            .copied()
+            .unwrap_or(0.0);
+        if self.quiet.is_zero() {
+            0.0
+        } else {
+            seconds / self.quiet.as_secs_f64() * 100.0
+        }
+    }
+
+    /// The summary `--json` writes.
+    pub fn summary(&self) -> Summary {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        Summary {
+            nodes: self.nodes,
+            pools: self.pools,
+            allocatable_to_status_ms: self.gpu_change_to_status.millis(),
+            pool_to_daemonset_ms: self.pool_to_daemonset.millis(),
+            pool_to_daemonset_spaced_ms: self.pool_to_daemonset_spaced.millis(),
+            cold_start_s: self.cold_start_current.as_secs_f64(),
+            peak_rss_mib: mib(self.operator.peak_rss_kib),
+            cold_start_peak_rss_mib: mib(self.operator_cold.peak_rss_kib),
+            quiet_cpu_percent: self.quiet_cpu_percent(),
+            quiet_writes: self.quiet_writes(),
+            reconciles: self.reconciles.map_or(0, |(count, _)| count as u64),
+            versions: self.versions.clone(),
+            machine: self.machine.clone(),
+        }
+    }
+
+    /// Writes [`Report::summary`] as pretty JSON.
+    pub fn write_json(&self, path: &Path) -> Result<(), Error> {
+        let text = serde_json::to_string_pretty(&self.summary()).map_err(|e| Error::Config {
+            what: "serializing the benchmark summary".into(),
+            detail: e.to_string(),
+        })?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+}
+
+/// The benchmark's numbers for tooling (`--json`); the keys are stable.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub nodes: usize,
+    pub pools: usize,
+    pub allocatable_to_status_ms: MillisSummary,
+    pub pool_to_daemonset_ms: MillisSummary,
+    pub pool_to_daemonset_spaced_ms: MillisSummary,
+    pub cold_start_s: f64,
+    pub peak_rss_mib: f64,
+    pub cold_start_peak_rss_mib: f64,
+    pub quiet_cpu_percent: f64,
+    pub quiet_writes: u64,
+    pub reconciles: u64,
+    pub versions: Versions,
+    pub machine: Machine,
+}
+
+/// p50, p99 and max of a set of latencies, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MillisSummary {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn latencies(l: &Latencies) -> String {
+    format!(
+        "p50 {}, p99 {}, max {}",
+        ms(l.p50()),
+        ms(l.p99()),
+        ms(l.max())
+    )
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = &self.versions;
+        let m = &self.machine;
+        writeln!(
+            f,
+            "gpupool benchmark: {} nodes, {} pools (gpupool {}, Kubernetes {}, etcd {}, kwok {}; {} cores, {} MiB, Linux {})",
+            self.nodes,
+            self.pools,
+            v.gpupool,
+            v.kubernetes,
+            v.etcd,
+            v.kwok,
+            m.cores,
+            m.memory_mib,
+            m.kernel
+        )?;
+        writeln!(
+            f,
+            "setup: {} nodes created in {:.1} s; operator caches synced {:.2} s after start",
+            self.nodes,
+            self.setup_nodes.as_secs_f64(),
+            self.operator_synced.as_secs_f64()
+        )?;
+        self.fmt_latencies(f)?;
+        self.fmt_operator(f)?;
+        self.fmt_requests_and_cpu(f)
+    }
+}
+
+impl Report {
+    fn fmt_latencies(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.pool_to_daemonset;
+        writeln!(
+            f,
+            "1. pool created -> DaemonSet applied ({} pools): {}",
+            l.samples.len(),
+            latencies(l)
+        )?;
+        writeln!(
+            f,
+            "   first pool created -> every pool's status current: {:.2} s; every plugin pod ready: {:.1} s",
+            self.all_pools_current.as_secs_f64(),
+            self.plugin_pods_ready.as_secs_f64()
+        )?;
+        let l = &self.pool_to_daemonset_spaced;
+        writeln!(
+            f,
+            "   one pool a second ({} pools): {}",
+            l.samples.len(),
+            latencies(l)
+        )?;
+        let l = &self.gpu_change_to_status;
+        writeln!(
+            f,
+            "2. node nvidia.com/gpu allocatable changed -> pool status shows it ({} changes): {}",
+            l.samples.len(),
+            latencies(l)
+        )?;
+        writeln!(
+            f,
+            "3. cold start -> every pool's status current: {:.2} s (caches synced after {:.2} s)",
+            self.cold_start_current.as_secs_f64(),
+            self.cold_start_synced.as_secs_f64()
+        )
+    }
+
+    fn fmt_operator(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "4. operator: peak RSS {} (RSS at end {}), CPU {:.2} s; after cold start: peak RSS {}, CPU {:.2} s",
+            mib(self.operator.peak_rss_kib),
+            mib(self.operator.rss_kib),
+            self.operator.cpu_seconds,
+            mib(self.operator_cold.peak_rss_kib),
+            self.operator_cold.cpu_seconds
+        )?;
+        if let Some((count, seconds)) = self.reconciles {
+            let each = if count > 0.0 {
+                seconds * 1e3 / count
+            } else {
+                0.0
+            };
+            writeln!(
+                f,
+                "   reconciles (operator metrics, first process): {count:.0}, {seconds:.3} s in total ({each:.2} ms each)",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn fmt_requests_and_cpu(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "5. operator API requests in a quiet period of {} s: {} writes; operator CPU {:.2}% of a core",
+            self.quiet.as_secs(),
+            self.quiet_writes(),
+            self.quiet_cpu_percent()
+        )?;
+        for (phase, counts) in &self.requests {
+            let total: u64 = counts.values().sum();
+            let mut line = format!("   {phase}: {total} requests");
+            for ((verb, resource), n) in counts {
+                let _ = write!(line, "; {verb} {resource}: {n}");
+            }
+            writeln!(f, "{line}")?;
+        }
+        writeln!(f, "CPU seconds per phase:")?;
+        for (phase, per) in &self.cpu {
+            let mut line = format!("   {phase}:");
+            for (component, secs) in per {
+                let _ = write!(line, " {component} {secs:.1}");
+            }
+            writeln!(f, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_has_the_stable_keys() {
+        let mut report = Report {
+            quiet: Duration::from_secs(10),
+            ..Report::default()
+        };
+        report.pool_to_daemonset.samples =
+            vec![Duration::from_millis(30), Duration::from_millis(10)];
+        report
+            .cpu
+            .insert(QUIET, BTreeMap::from([(OPERATOR.to_owned(), 0.5)]));
+        report.reconciles = Some((42.0, 1.0));
+        let json = serde_json::to_value(report.summary()).unwrap();
+        for key in [
+            "/allocatable_to_status_ms/p50",
+            "/pool_to_daemonset_ms/p99",
+            "/pool_to_daemonset_spaced_ms/max",
+            "/cold_start_s",
+            "/peak_rss_mib",
+            "/cold_start_peak_rss_mib",
+            "/quiet_cpu_percent",
+            "/quiet_writes",
+            "/reconciles",
+            "/versions/kubernetes",
+            "/versions/etcd",
+            "/versions/kwok",
+            "/versions/gpupool",
+            "/machine/cores",
+            "/machine/memory_mib",
+            "/machine/kernel",
+        ] {
+            assert!(json.pointer(key).is_some(), "{key} missing from {json}");
+        }
+        assert_eq!(json["pool_to_daemonset_ms"]["p50"], 10.0);
+        assert_eq!(json["pool_to_daemonset_ms"]["max"], 30.0);
+        assert_eq!(json["quiet_cpu_percent"], 5.0);
+        assert_eq!(json["reconciles"], 42);
+    }
+}
