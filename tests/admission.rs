@@ -201,6 +201,21 @@ fn catalogue() -> Vec<(&'static str, serde_json::Value, &'static str)> {
             "spec.devicePlugin.env",
         ),
         (
+            "env from a Secret",
+            json!({"nodeSelector": sel, "devicePlugin": {"env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}}),
+            "spec.devicePlugin.env[].valueFrom.secretKeyRef is not allowed",
+        ),
+        (
+            "env from a ConfigMap",
+            json!({"nodeSelector": sel, "devicePlugin": {"env": [{"name": "CFG", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]}}),
+            "spec.devicePlugin.env[].valueFrom.configMapKeyRef is not allowed",
+        ),
+        (
+            "env from a resource field",
+            json!({"nodeSelector": sel, "devicePlugin": {"env": [{"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}}]}}),
+            "spec.devicePlugin.env[].valueFrom.resourceFieldRef is not allowed",
+        ),
+        (
             "toleration key too long",
             json!({"nodeSelector": sel, "devicePlugin": {"tolerations": [{"key": "k".repeat(317), "operator": "Exists"}]}}),
             "spec.devicePlugin.tolerations[0].key",

@@ -621,3 +621,309 @@ fn owner_uid(ds: &DaemonSet) -> Option<String> {
         .pool_owner
         .map(|o| o.uid)
 }
+
+/// Scrapes the operator's /metrics.
+async fn metrics(port: u16) -> String {
+    testenv::http::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
+/// #10.3: a pool, a node and a foreign device plugin deleted while the operator's watches were
+/// down (paused, then the API server restarted over a compacted etcd: 410 Gone, a re-list). After
+/// the re-list nothing of them is left: no metric series of the pool, the pool that lost the node
+/// counts one node fewer, and the node the foreign plugin held gets gpupool's plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_vanished_while_the_watch_was_down_is_dropped_after_the_relist() {
+    let (plane, c) = own_plane(Options {
+        apiserver_args: vec!["--watch-cache=false".into()],
+        node_status_heartbeat: Duration::from_secs(600),
+        ..Options::default()
+    })
+    .await;
+    for node in ["v-keep-0", "v-keep-1"] {
+        create_node(&c, &GpuNode::aks(node, "vkeep")).await.unwrap();
+    }
+    create_node(&c, &GpuNode::aks("v-gone-0", "vgone"))
+        .await
+        .unwrap();
+    create_node(
+        &c,
+        &GpuNode::aks("v-foreign-0", "vforeign").label("seed", "v"),
+    )
+    .await
+    .unwrap();
+    let seed: DaemonSet = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "nvidia-device-plugin-daemonset", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"name": "nvidia-device-plugin-ds"}},
+            "template": {
+                "metadata": {"labels": {"name": "nvidia-device-plugin-ds"}},
+                "spec": {"nodeSelector": {"seed": "v"}, "containers": [{"name": "c", "image": "mcr.microsoft.com/oss/nvidia/k8s-device-plugin:1.11"}]}
+            }
+        }
+    }))
+    .unwrap();
+    Api::<DaemonSet>::namespaced(c.clone(), "default")
+        .create(&PostParams::default(), &seed)
+        .await
+        .unwrap();
+    let port = testenv::free_port().unwrap();
+    let mut op = start_operator(
+        &plane,
+        plane.kubeconfig_path().to_path_buf(),
+        "operator",
+        &["--metrics-addr", &format!("127.0.0.1:{port}")],
+    );
+    for (pool, agentpool) in [
+        ("v-keep", "vkeep"),
+        ("v-gone", "vgone"),
+        ("v-foreign", "vforeign"),
+    ] {
+        create_pool(&c, PoolYaml::new(pool).agentpool(agentpool)).await;
+    }
+    testenv::wait_for("the pools reported", CONVERGE, || async {
+        let m = metrics(port).await;
+        (m.contains(r#"gpupool_pool_nodes{pool="v-gone"} 1"#)
+            && m.contains(r#"gpupool_pool_nodes{pool="v-keep"} 2"#))
+        .then_some(())
+    })
+    .await;
+    let foreign = get_pool(&c, "v-foreign").await;
+    assert!(condition(&foreign, "Conflict").is_some_and(|c| c.reason == "ForeignDevicePlugin"));
+
+    op.pause();
+    let pools: Api<GpuPool> = Api::all(c.clone());
+    pools
+        .delete("v-gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The finalizer is the operator's to remove; it is paused, so remove it as an admin would.
+    pools
+        .patch(
+            "v-gone",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    delete_node(&c, "v-keep-1").await.unwrap();
+    Api::<DaemonSet>::namespaced(c.clone(), "default")
+        .delete(
+            "nvidia-device-plugin-daemonset",
+            &DeleteParams::background(),
+        )
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    let cm: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "v-bump"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    plane.compact_etcd().await.unwrap();
+    plane
+        .restart_apiserver()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    op.resume();
+    let c = plane.client().await;
+
+    testenv::wait_for(
+        &format!("the re-list to drop what vanished\n{}", log_tail(&op)),
+        CONVERGE,
+        || async {
+            let m = metrics(port).await;
+            let relisted = ["GpuPool", "Node", "DaemonSet"]
+                .iter()
+                .all(|k| m.contains(&format!(r#"gpupool_watch_relists_total{{kind="{k}"}}"#)));
+            (relisted
+                && !m.contains(r#"pool="v-gone""#)
+                && m.contains(r#"gpupool_pool_nodes{pool="v-keep"} 1"#))
+            .then_some(())
+        },
+    )
+    .await;
+    testenv::wait_for(
+        &format!("v-foreign to take its node\n{}", log_tail(&op)),
+        CONVERGE,
+        || async {
+            let pool = get_pool(&c, "v-foreign").await;
+            (condition(&pool, "Conflict").is_none()
+                && condition(&pool, "Ready").is_some_and(|r| r.status == "True"))
+            .then_some(())
+        },
+    )
+    .await;
+    let node = Api::<Node>::all(c.clone())
+        .get("v-foreign-0")
+        .await
+        .unwrap();
+    assert_eq!(
+        node.labels()
+            .get("gpupool.io/device-plugin")
+            .map(String::as_str),
+        Some("v-foreign")
+    );
+    op.stop(Duration::from_secs(5)).await;
+}
+
+/// #10.4: a leader paused (SIGSTOP) past its lease, while the other replica takes over, writes
+/// nothing when it resumes: its writes are fenced by the renew deadline. The two replicas run as
+/// different ServiceAccounts, so the API server's audit log tells their requests apart; they also
+/// want different plugin images, so the old leader does try to write when it wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_writes_nothing_once_another_leads() {
+    let (plane, c) = own_plane(Options::default()).await;
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "gpupool-system"}}))
+            .unwrap();
+    Api::<Namespace>::all(c.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let mut kubeconfigs = Vec::new();
+    for sa in ["op-a", "op-b"] {
+        let account: k8s_openapi::api::core::v1::ServiceAccount =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": sa}})).unwrap();
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(c.clone(), "gpupool-system")
+            .create(&PostParams::default(), &account)
+            .await
+            .unwrap();
+        let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{sa}-admin")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": "gpupool-system"}]
+        }))
+        .unwrap();
+        Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(c.clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
+        kubeconfigs.push(
+            plane
+                .kubeconfig_for_service_account("gpupool-system", sa)
+                .await
+                .unwrap(),
+        );
+    }
+    let replica = |name: &str, kubeconfig: &std::path::Path, image: &str| {
+        start_operator(
+            &plane,
+            kubeconfig.to_path_buf(),
+            name,
+            &[
+                "--leader-elect",
+                "--lease-namespace",
+                "gpupool-system",
+                "--lease-duration",
+                "6s",
+                "--default-plugin-image",
+                image,
+            ],
+        )
+    };
+    create_node(&c, &GpuNode::aks("fence-gpu-0", "fencepool"))
+        .await
+        .unwrap();
+    let mut a = replica(
+        "op-a",
+        &kubeconfigs[0],
+        "nvcr.io/nvidia/k8s-device-plugin:v0.17.0",
+    );
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(c.clone(), "gpupool-system");
+    let holder = || async {
+        leases
+            .get_opt("gpupool-operator")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    testenv::wait_for("op-a to lead", CONVERGE, || async {
+        holder().await.filter(|h| h == "op-a")
+    })
+    .await;
+    let mut b = replica(
+        "op-b",
+        &kubeconfigs[1],
+        "nvcr.io/nvidia/k8s-device-plugin:v0.18.0",
+    );
+    create_pool(&c, PoolYaml::new("fence").agentpool("fencepool")).await;
+    testenv::wait_for("op-a's plugin image", CONVERGE, || async {
+        let ds = Api::<DaemonSet>::namespaced(c.clone(), PLUGIN_NAMESPACE)
+            .get_opt(&plugin_name("fence"))
+            .await
+            .ok()
+            .flatten()?;
+        let image = ds.spec?.template.spec?.containers.first()?.image.clone()?;
+        image.ends_with("v0.17.0").then_some(())
+    })
+    .await;
+
+    a.pause();
+    testenv::wait_for("op-b to take over", CONVERGE, || async {
+        holder().await.filter(|h| h == "op-b")
+    })
+    .await;
+    testenv::wait_for("op-b's plugin image", CONVERGE, || async {
+        let ds = Api::<DaemonSet>::namespaced(c.clone(), PLUGIN_NAMESPACE)
+            .get_opt(&plugin_name("fence"))
+            .await
+            .ok()
+            .flatten()?;
+        let image = ds.spec?.template.spec?.containers.first()?.image.clone()?;
+        image.ends_with("v0.18.0").then_some(())
+    })
+    .await;
+    let resumed = std::time::SystemTime::now();
+    a.resume();
+    // op-a wakes up to op-b's DaemonSet, wants its own image back, and must not write it; it
+    // notices it lost the Lease and exits.
+    let deadline = Instant::now() + CONVERGE;
+    while a.try_wait().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "op-a did not stop after losing the Lease:\n{}",
+            a.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(a.log_path()).unwrap();
+    assert!(
+        log.contains("leadership is not confirmed"),
+        "op-a never tried to write, so the fence went untested:\n{}",
+        a.log_tail(60)
+    );
+    // The audit log is written in batches of up to a second: op-b's requests after op-a exited
+    // show it has been flushed past op-a's last one.
+    let exited = std::time::SystemTime::now();
+    let user = |sa: &str| format!("system:serviceaccount:gpupool-system:{sa}");
+    testenv::wait_for("the audit log to pass op-a's exit", CONVERGE, || async {
+        testenv::audit::requests(&plane.audit_log_path(), &user("op-b"))
+            .iter()
+            .any(|r| r.received > exited)
+            .then_some(())
+    })
+    .await;
+    let writes: Vec<_> = testenv::audit::requests(&plane.audit_log_path(), &user("op-a"))
+        .into_iter()
+        .filter(|r| r.received >= resumed && r.is_write() && r.resource != "leases")
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "the paused leader wrote after it resumed: {writes:?}"
+    );
+    let ds = Api::<DaemonSet>::namespaced(c.clone(), PLUGIN_NAMESPACE)
+        .get(&plugin_name("fence"))
+        .await
+        .unwrap();
+    assert!(
+        ds.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref()
+            .unwrap()
+            .ends_with("v0.18.0")
+    );
+    b.stop(Duration::from_secs(10)).await;
+}

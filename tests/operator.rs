@@ -576,14 +576,44 @@ async fn a_daemonset_the_api_server_rejects_stalls_the_pool_without_a_hot_loop()
     );
     assert!(condition(&pool, "Reconciling").is_none());
     assert!(get_daemonset(c, &plugin_name("stall")).await.is_none());
-    // No hot loop: the stalled status is written once and left alone.
-    let rv = pool.metadata.resource_version.clone();
+    // No hot loop: counted in the API server's audit log, over a window in which retrying with
+    // backoff (1 s, 2 s, 4 s...) would have written several times; a stall waits a minute.
+    let since = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
     create_node(c, &GpuNode::aks("stall-probe-0", "stallprobe"))
         .await
         .unwrap();
     create_pool(c, PoolYaml::new("stall-probe").agentpool("stallprobe")).await;
     wait_condition(&env, "stall-probe", "Ready", "True", None).await;
-    assert_eq!(get_pool(c, "stall").await.metadata.resource_version, rv);
+    // The probe's status write in the audit log: the log is flushed up to there.
+    wait_for(
+        "the audit log to show the probe pool's status write",
+        TIMEOUT,
+        || async {
+            operator_requests(&env, since)
+                .iter()
+                .any(|r| {
+                    r.resource == "gpupools/status" && r.name.as_deref() == Some("stall-probe")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let stall_writes: Vec<_> = operator_requests(&env, since)
+        .into_iter()
+        .filter(|r| r.is_write())
+        .filter(|r| {
+            [Some("stall"), Some(plugin_name("stall").as_str())].contains(&r.name.as_deref())
+        })
+        .collect();
+    assert!(
+        stall_writes.is_empty(),
+        "the stalled pool was written to within seconds: {stall_writes:?}"
+    );
+    assert!(
+        operator_requests(&env, since).iter().any(|r| r.is_write()),
+        "the operator wrote nothing at all: the audit log does not show it"
+    );
 
     patch_pool(
         c,

@@ -28,7 +28,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::ClusterRole;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::{PLUGIN_NAMESPACE, PoolYaml, TIMEOUT};
@@ -1188,11 +1190,13 @@ fn permissions(docs: &[Value], alias: &[(&str, &str)]) -> BTreeSet<String> {
     out
 }
 
-/// Every role is bound, and only to the operator's ServiceAccount.
+/// Every role of the operator is bound, and only to the operator's ServiceAccount.
 fn assert_bindings(docs: &[Value], sa_namespace: &str, sa_name: &str) {
     let roles: BTreeSet<(String, String, String)> = docs
         .iter()
         .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+        // The roles for users are bound by admins, to people.
+        .filter(|d| d["metadata"]["labels"]["app.kubernetes.io/component"] != "user-roles")
         .map(|d| {
             (
                 d["kind"].as_str().unwrap().to_string(),
@@ -1284,7 +1288,9 @@ async fn wait_until_rbac_allows(
         json!({"group": "apps", "resource": "daemonsets", "verb": "delete", "namespace": "default"}),
         json!({"group": "gpupool.io", "resource": "gpupools", "verb": "delete"}),
         json!({"group": "gpupool.io", "resource": "gpupools", "verb": "update"}),
-        json!({"group": "", "resource": "nodes", "verb": "patch"}),
+        json!({"group": "", "resource": "nodes", "verb": "delete"}),
+        json!({"group": "", "resource": "nodes", "verb": "update"}),
+        json!({"group": "", "resource": "pods", "verb": "delete", "namespace": "kube-system"}),
         json!({"group": "", "resource": "pods", "verb": "create", "namespace": "gpu-resources"}),
         json!({"group": "coordination.k8s.io", "resource": "leases", "verb": "patch", "namespace": sa_namespace, "name": "someone-elses-lease"}),
     ];
@@ -1547,4 +1553,119 @@ fn run_with_stdin(cmd: &mut Command, input: &str) -> String {
     let (ok, out, err) = try_run(cmd, Some(input));
     assert!(ok, "{cmd:?} failed:\n{err}\n{out}");
     out
+}
+
+/// #10.6: the shipped ValidatingAdmissionPolicy rejects a plugin image from elsewhere at
+/// admission (in the real API server's CEL), and the shipped user roles let `view` read GpuPools
+/// but not write them.
+#[tokio::test]
+async fn the_admission_policy_and_the_user_roles_hold_on_the_real_api_server() {
+    let plane = ControlPlane::shared().await;
+    let c = plane.client().await;
+    run(plane.kubectl().args([
+        "apply",
+        "--server-side",
+        "-f",
+        &path_str("crds/gpupool.yaml"),
+    ]));
+    crd_established(plane);
+    for file in ["deploy/admission-policy.yaml", "deploy/user-roles.yaml"] {
+        run(plane
+            .kubectl()
+            .args(["apply", "--server-side", "-f", &path_str(file)]));
+    }
+    let bad = PoolYaml::new("vap-bad")
+        .agentpool("vap")
+        .extra_spec("  devicePlugin:\n    image: registry.example.com/evil/plugin:1\n")
+        .to_string();
+    let pools: Api<DynamicObject> = Api::all_with(c.clone(), &gpupool_resource());
+    let body: DynamicObject = yaml_serde::from_str(&bad).unwrap();
+    // The policy's bindings take a moment to reach the admission chain: retry until refused.
+    let refused = wait_for(
+        "the admission policy to refuse a foreign plugin image",
+        TIMEOUT,
+        || async {
+            match pools.create(&PostParams::default(), &body).await {
+                Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => Some(s.message),
+                Ok(_) => {
+                    let _ = pools
+                        .delete("vap-bad", &kube::api::DeleteParams::default())
+                        .await;
+                    None
+                }
+                Err(_) => None,
+            }
+        },
+    )
+    .await;
+    assert!(refused.contains("spec.devicePlugin.image registry.example.com/evil/plugin:1 is not from an allowed repository"), "{refused}");
+    let good = PoolYaml::new("vap-good").agentpool("vap").extra_spec("  devicePlugin:\n    image: mcr.microsoft.com/oss/nvidia/k8s-device-plugin:v0.18.0@sha256:0000000000000000000000000000000000000000000000000000000000000000\n");
+    pools
+        .create(
+            &PostParams::default(),
+            &yaml_serde::from_str(&good.to_string()).unwrap(),
+        )
+        .await
+        .expect("an allowed repository, even with a tag and a digest, passes");
+
+    // A user bound to the built-in view role reads GpuPools and cannot write them.
+    let viewer = "system:serviceaccount:default:gpu-viewer";
+    let can = |verb: &'static str| {
+        let c = c.clone();
+        async move {
+            let review: k8s_openapi::api::authorization::v1::SubjectAccessReview = serde_json::from_value(json!({
+                "spec": {"user": viewer, "groups": ["system:serviceaccounts", "system:authenticated"],
+                         "resourceAttributes": {"group": "gpupool.io", "resource": "gpupools", "verb": verb}}
+            }))
+            .unwrap();
+            let api: Api<k8s_openapi::api::authorization::v1::SubjectAccessReview> = Api::all(c);
+            api.create(&PostParams::default(), &review)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .allowed
+        }
+    };
+    let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "gpu-viewer-view"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "ServiceAccount", "name": "gpu-viewer", "namespace": "default"}]
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(c.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    wait_for(
+        "view to include gpupool-view (aggregation)",
+        TIMEOUT,
+        || async { can("list").await.then_some(()) },
+    )
+    .await;
+    assert!(can("get").await && can("watch").await);
+    for verb in ["create", "update", "patch", "delete"] {
+        assert!(!can(verb).await, "view may {verb} GpuPools");
+    }
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(c.clone());
+    for role in ["edit", "admin"] {
+        let rules = roles.get(role).await.unwrap().rules.unwrap_or_default();
+        assert!(
+            !rules
+                .iter()
+                .any(|r| r.api_groups.iter().flatten().any(|g| g == "gpupool.io")
+                    && r.verbs.iter().any(|v| v == "create")),
+            "{role} may create GpuPools"
+        );
+    }
+}
+
+fn gpupool_resource() -> kube::discovery::ApiResource {
+    kube::discovery::ApiResource {
+        group: "gpupool.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "gpupool.io/v1alpha1".into(),
+        kind: "GpuPool".into(),
+        plural: "gpupools".into(),
+    }
 }

@@ -50,11 +50,13 @@ pub fn observe(ctx: &Context, pool: Arc<GpuPool>) -> Observed {
     };
     let (plugin_daemonsets, owners) = {
         let index = ctx.daemonsets();
-        let plugins: Vec<_> = index
+        let mut plugins: Vec<_> = index
             .values()
             .filter(|ds| ds.plugin_pod.is_some())
             .cloned()
             .collect();
+        // Deleted foreign plugins whose pods may still run (read under the index's lock).
+        plugins.extend(ctx.tombstones.all());
         let owners: HashSet<String> = index
             .values()
             .filter(|ds| !ds.deleting)

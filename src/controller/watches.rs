@@ -100,17 +100,23 @@ pub fn daemonsets(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Trigg
     triggers_of(events, "DaemonSet", move |event| {
         let event = map_event(event, |ds| DaemonSetFacts::from_daemonset(&ds));
         let done = is_init_done(&event);
-        let changes = ctx.daemonsets_mut().apply(event);
+        let changes = {
+            // A deleted foreign plugin becomes a tombstone under the index's lock: a reconcile
+            // reading the DaemonSets in between would see neither and take its nodes.
+            let mut index = ctx.daemonsets_mut();
+            let changes = index.apply(event);
+            for change in &changes {
+                if let Change::Deleted(ds) = change
+                    && ds.pool_owner.is_none()
+                    && ds.plugin_pod.is_some()
+                {
+                    ctx.tombstones.bury(ds.clone());
+                }
+            }
+            changes
+        };
         if done {
             ctx.listed("DaemonSet", |s| &mut s.daemonsets, vanished(&changes));
-        }
-        for change in &changes {
-            if let Change::Deleted(ds) = change
-                && ds.pool_owner.is_none()
-                && ds.plugin_pod.is_some()
-            {
-                ctx.tombstones.bury(ds.clone());
-            }
         }
         if !ctx.is_synced() || changes.is_empty() {
             return Vec::new();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gpupool::api::{Condition, GpuPool};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use testenv::{ChildProcess, ControlPlane, wait_for};
@@ -27,29 +27,41 @@ static READY: OnceCell<()> = OnceCell::const_new();
 static OPERATOR: std::sync::OnceLock<std::sync::Mutex<Option<ChildProcess>>> =
     std::sync::OnceLock::new();
 
-/// The shared plane with the CRD installed, the plugin namespace created and one operator
-/// running (as its own process, the released binary's code path).
+/// The user the shared operator runs as: the shipped ServiceAccount, with exactly the shipped
+/// RBAC (deploy/rbac.yaml). The plane's default audit policy records its every request.
+pub const OPERATOR_USER: &str = "system:serviceaccount:gpupool-system:gpupool-operator";
+
+/// The shared plane with the CRD, the namespaces and the shipped RBAC installed and one operator
+/// running as the shipped ServiceAccount (as its own process, the released binary's code path).
 pub async fn env() -> Env {
+    env_with(&[]).await
+}
+
+/// [`env`], the shared operator started with more flags (the first call in a test binary wins).
+pub async fn env_with(operator_args: &[&str]) -> Env {
     let plane = ControlPlane::shared().await;
     READY
         .get_or_init(|| async {
-            let client = plane.client().await;
             install_crd(plane).await;
-            let ns: Api<Namespace> = Api::all(client.clone());
-            let body: Namespace =
-                serde_json::from_value(serde_json::json!({"metadata": {"name": PLUGIN_NAMESPACE}}))
+            for manifest in ["deploy/namespaces.yaml", "deploy/rbac.yaml"] {
+                let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(manifest);
+                let out = plane
+                    .kubectl()
+                    .args(["apply", "--server-side", "-f"])
+                    .arg(&path)
+                    .output()
                     .unwrap();
-            match ns.create(&PostParams::default(), &body).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => panic!("creating namespace {PLUGIN_NAMESPACE}: {e}"),
+                assert!(
+                    out.status.success(),
+                    "kubectl apply {manifest}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
-            let operator = start_operator(
-                plane,
-                plane.kubeconfig_path().to_path_buf(),
-                "operator",
-                &[],
-            );
+            let kubeconfig = plane
+                .kubeconfig_for_service_account("gpupool-system", "gpupool-operator")
+                .await
+                .expect("a token for the shipped ServiceAccount");
+            let operator = start_operator(plane, kubeconfig, "operator", operator_args);
             OPERATOR.get_or_init(|| std::sync::Mutex::new(Some(operator)));
         })
         .await;
@@ -57,6 +69,14 @@ pub async fn env() -> Env {
         plane,
         client: plane.client().await,
     }
+}
+
+/// The shared operator's requests since `since`, from the API server's audit log.
+pub fn operator_requests(env: &Env, since: std::time::SystemTime) -> Vec<testenv::audit::Request> {
+    testenv::audit::requests(&env.plane.audit_log_path(), OPERATOR_USER)
+        .into_iter()
+        .filter(|r| r.received >= since)
+        .collect()
 }
 
 /// Applies `crds/gpupool.yaml` (the committed file, as a user would) and waits until it is served.
@@ -79,21 +99,18 @@ pub fn start_operator(
         .env("GPUPOOL_LOG", "info,gpupool=debug")
         // The leader-election identity and the Events' reporting instance, as the Deployment sets it.
         .env("POD_NAME", name)
-        .args([
-            "run",
-            "--gpu-grace-period",
-            "3s",
-            "--debounce",
-            "100ms",
-            "--rollout-deadline",
-            "10s",
-            "--resync-period",
-            "5m",
-        ])
-        .args(extra);
-    if !extra.contains(&"--metrics-addr") {
-        cmd.args(["--metrics-addr", "127.0.0.1:0"]);
+        .arg("run");
+    let defaults = [
+        ("--gpu-grace-period", "3s"),
+        ("--debounce", "100ms"),
+        ("--rollout-deadline", "10s"),
+        ("--resync-period", "5m"),
+        ("--metrics-addr", "127.0.0.1:0"),
+    ];
+    for (flag, value) in defaults.iter().filter(|(flag, _)| !extra.contains(flag)) {
+        cmd.args([flag, value]);
     }
+    cmd.args(extra);
     ChildProcess::spawn(
         name,
         cmd,
@@ -372,4 +389,127 @@ pub fn operator_exit() -> Option<String> {
         .as_mut()
         .and_then(ChildProcess::try_wait)
         .map(|s| s.to_string())
+}
+
+/// Watches every device-plugin pod (label `name=nvidia-device-plugin-ds`, gpupool's and the AKS
+/// article's) and records each moment a node had more than one, terminating ones included: "never
+/// two plugins on a node" is checked on every pod event, not on a few samples.
+pub struct PluginPodMonitor {
+    task: tokio::task::JoinHandle<()>,
+    seen: std::sync::Arc<std::sync::Mutex<MonitorState>>,
+}
+
+#[derive(Default)]
+struct MonitorState {
+    /// node -> pod uid -> pod name
+    on_node: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    violations: Vec<String>,
+    synced: bool,
+}
+
+impl PluginPodMonitor {
+    pub async fn start(client: &Client, nodes: &[&str]) -> PluginPodMonitor {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let watched: std::collections::BTreeSet<String> =
+            nodes.iter().map(|n| n.to_string()).collect();
+        let seen: std::sync::Arc<std::sync::Mutex<MonitorState>> = Default::default();
+        let state = seen.clone();
+        let api: Api<Pod> = Api::all(client.clone());
+        let events = watcher(
+            api,
+            watcher::Config::default().labels("name=nvidia-device-plugin-ds"),
+        )
+        .default_backoff();
+        let task = tokio::spawn(async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(Ok(event)) = events.next().await {
+                let mut s = state.lock().unwrap();
+                match event {
+                    watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+                        s.put(&pod, &watched)
+                    }
+                    watcher::Event::Delete(pod) => s.remove(&pod),
+                    watcher::Event::InitDone => s.synced = true,
+                    watcher::Event::Init => {}
+                }
+            }
+        });
+        let monitor = PluginPodMonitor { task, seen };
+        wait_for("the plugin pod watch to list", TIMEOUT, || async {
+            monitor.seen.lock().unwrap().synced.then_some(())
+        })
+        .await;
+        monitor
+    }
+
+    /// Every moment a node ran two plugin pods so far.
+    pub fn violations(&self) -> Vec<String> {
+        self.seen.lock().unwrap().violations.clone()
+    }
+
+    /// The plugin pods on a node now, terminating ones included.
+    pub fn on(&self, node: &str) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .on_node
+            .get(node)
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn stop(self) -> Vec<String> {
+        self.task.abort();
+        self.violations()
+    }
+}
+
+impl MonitorState {
+    fn put(&mut self, pod: &Pod, watched: &std::collections::BTreeSet<String>) {
+        let Some(node) = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| watched.contains(n))
+        else {
+            return;
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let name = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+        let pods = self.on_node.entry(node.clone()).or_default();
+        pods.insert(uid, name);
+        if pods.len() > 1 {
+            self.violations
+                .push(format!("{node}: {:?}", pods.values().collect::<Vec<_>>()));
+        }
+    }
+
+    fn remove(&mut self, pod: &Pod) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        for pods in self.on_node.values_mut() {
+            pods.remove(&uid);
+        }
+    }
+}
+
+/// Merge-patches a node (labels, annotations, taints, unschedulable).
+pub async fn patch_node(client: &Client, name: &str, patch: serde_json::Value) {
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("patching node {name}: {e}"));
+}
+
+/// The node's device-plugin label: the pool whose plugin it runs.
+pub async fn plugin_owner(client: &Client, node: &str) -> Option<String> {
+    let node = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .get(node)
+        .await
+        .unwrap();
+    node.metadata
+        .labels
+        .unwrap_or_default()
+        .get("gpupool.io/device-plugin")
+        .cloned()
 }

@@ -60,6 +60,16 @@ impl ChildProcess {
         process::signal(&mut self.child, signal);
     }
 
+    /// Freezes the process (SIGSTOP), as a hung or descheduled process looks from outside.
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused process run on (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
     /// SIGTERM, wait up to `grace` (without blocking the async runtime), then SIGKILL. Returns the
     /// exit status; `None` only if waiting failed.
     pub async fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {

@@ -21,6 +21,7 @@
 //! Processes never outlive the test process: they are forked from one long-lived thread with
 //! `PR_SET_PDEATHSIG`, and [`Drop`] stops them too.
 
+pub mod audit;
 pub mod bench;
 mod binaries;
 mod child;

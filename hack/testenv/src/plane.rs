@@ -34,7 +34,8 @@ pub struct Options {
     /// `--node-lease-duration-seconds` of kwok (leases are renewed every quarter of it).
     pub node_lease_duration_seconds: u32,
     /// An audit policy (YAML) for kube-apiserver; events go to [`ControlPlane::audit_log_path`]
-    /// as JSON lines. None: no auditing.
+    /// as JSON lines. None: no auditing. Default: the requests of ServiceAccounts in
+    /// [`crate::audit::AUDITED_NAMESPACE`] (an operator run as one of them).
     pub audit_policy: Option<String>,
     /// Extra kube-apiserver flags (e.g. `--watch-cache=false`), appended last so they win.
     pub apiserver_args: Vec<String>,
@@ -52,7 +53,7 @@ impl Default for Options {
         Options {
             node_status_heartbeat: Duration::from_millis(NODE_STATUS_HEARTBEAT_MS),
             node_lease_duration_seconds: 40,
-            audit_policy: None,
+            audit_policy: Some(crate::audit::default_policy()),
             apiserver_args: Vec::new(),
             plugin_pod_termination: Duration::from_secs(3),
             controller_manager_args: Vec::new(),

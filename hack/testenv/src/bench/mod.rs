@@ -175,9 +175,7 @@ pub async fn run(opts: BenchOptions) -> Result<Report, Error> {
 
 /// Auditing of exactly the operator's requests, and kwok timings for thousands of nodes.
 fn plane_options(opts: &BenchOptions, user: &str) -> Options {
-    let policy = format!(
-        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [\"RequestReceived\"]\nrules:\n- level: Metadata\n  users: [\"{user}\"]\n- level: None\n"
-    );
+    let policy = crate::audit::policy_for_user(user);
     Options {
         node_status_heartbeat: opts.heartbeat,
         node_lease_duration_seconds: opts.lease_seconds,

@@ -1,0 +1,94 @@
+//! What the operator asked of the API server, read back from kube-apiserver's audit log (JSON
+//! lines): tests and the benchmark count the operator's requests instead of trusting its logs.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+/// The ServiceAccount namespace whose requests the default audit policy records: run the operator
+/// as a ServiceAccount there and every request it makes is in [`crate::ControlPlane::audit_log_path`].
+pub const AUDITED_NAMESPACE: &str = "gpupool-system";
+
+/// Records (at Metadata level) only the requests of ServiceAccounts in [`AUDITED_NAMESPACE`].
+pub fn default_policy() -> String {
+    policy_for(
+        "userGroups",
+        &format!("system:serviceaccounts:{AUDITED_NAMESPACE}"),
+    )
+}
+
+/// Records only `user`'s requests.
+pub fn policy_for_user(user: &str) -> String {
+    policy_for("users", user)
+}
+
+fn policy_for(field: &str, value: &str) -> String {
+    format!(
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [\"RequestReceived\"]\nrules:\n- level: Metadata\n  {field}: [\"{value}\"]\n- level: None\n"
+    )
+}
+
+/// One request as the audit log has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub user: String,
+    pub verb: String,
+    /// `resource` or `resource/subresource`.
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub received: SystemTime,
+}
+
+impl Request {
+    /// A request that changes something.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        )
+    }
+}
+
+/// Every request of `user` in the log, each once: watches when their response started,
+/// everything else when it completed.
+pub fn requests(audit_log: &Path, user: &str) -> Vec<Request> {
+    let text = std::fs::read_to_string(audit_log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|event| request(&event))
+        .filter(|r| r.user == user)
+        .collect()
+}
+
+fn request(event: &serde_json::Value) -> Option<Request> {
+    let text = |pointer: &str| {
+        event
+            .pointer(pointer)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let verb = text("/verb")?;
+    let counted_stage = if verb == "watch" {
+        "ResponseStarted"
+    } else {
+        "ResponseComplete"
+    };
+    if text("/stage").as_deref() != Some(counted_stage) {
+        return None;
+    }
+    let resource = text("/objectRef/resource").unwrap_or_else(|| "(non-resource)".into());
+    let received = text("/requestReceivedTimestamp")?
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()?;
+    Some(Request {
+        user: text("/user/username")?,
+        resource: match text("/objectRef/subresource") {
+            Some(sub) => format!("{resource}/{sub}"),
+            None => resource,
+        },
+        namespace: text("/objectRef/namespace"),
+        name: text("/objectRef/name"),
+        verb,
+        received: SystemTime::from(received),
+    })
+}
