@@ -219,6 +219,8 @@ fn run_options(args: &RunArgs, identity: &str) -> Result<RunOptions, String> {
         gpu_grace_period: args.gpu_grace_period,
         rollout_deadline: args.rollout_deadline,
         allowed_plugin_images: args.allowed_plugin_images.clone(),
+        // A write the API server refused is not retried sooner (unless the spec changes).
+        stall_retry: Duration::from_secs(60),
     };
     if !settings.image_allowed(&args.default_plugin_image) {
         return Err(format!(

@@ -10,7 +10,8 @@ use serde_json::json;
 use crate::api::{API_VERSION_FULL, GpuPool, GpuPoolStatus, KIND, Reason};
 use crate::decide::action::DaemonSetAction;
 use crate::decide::model::{
-    Applied, DaemonSetChange, DaemonSetFacts, MANAGER, ObjectId, PluginState, Stall,
+    Applied, DESIRED_HASH_ANNOTATION, DaemonSetChange, DaemonSetFacts, MANAGER, ObjectId,
+    PluginState, Rejection, Stall,
 };
 use crate::decide::placement::DEVICE_PLUGIN_LABEL;
 use crate::decide::placement::LabelChange;
@@ -168,7 +169,20 @@ async fn apply_daemonsets(
                 ..Applied::kept(PluginState::Live { id, rollout }, None)
             },
             Err(e) => match stall_for(&e, Write::ApplyDaemonSet { namespace }) {
-                Some(stall) => keep(PluginState::NotDeployed, Some(stall)),
+                Some(stall) => Applied {
+                    rejected: Some(Rejection {
+                        hash: ds
+                            .metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get(DESIRED_HASH_ANNOTATION))
+                            .cloned()
+                            .unwrap_or_default(),
+                        at: k8s_openapi::jiff::Timestamp::now(),
+                        stall: stall.clone(),
+                    }),
+                    ..keep(PluginState::NotDeployed, Some(stall))
+                },
                 None => return Err(TransientError(e)),
             },
         },

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::api::GpuPool;
 use crate::decide::Settings;
+use crate::decide::model::Rejection;
 use crate::index::{DaemonSetIndex, DraIndex, NodeIndex, PodIndex};
 use crate::server::Health;
 use crate::telemetry::Metrics;
@@ -61,6 +62,8 @@ pub struct Context {
     gpu_waits: Mutex<HashMap<(String, String), Instant>>,
     /// Retry delays of pools whose last reconcile failed.
     backoffs: Mutex<HashMap<String, ExponentialBackoff>>,
+    /// Each pool's last DaemonSet the API server refused.
+    rejections: Mutex<HashMap<String, Rejection>>,
 }
 
 /// A poisoned lock only means a panic elsewhere; the data is plain and still consistent.
@@ -105,6 +108,7 @@ impl Context {
             health: options.health.clone(),
             gpu_waits: Mutex::default(),
             backoffs: Mutex::default(),
+            rejections: Mutex::default(),
         }
     }
 
@@ -191,6 +195,20 @@ impl Context {
         self.members.forget(pool);
         lock(&self.gpu_waits).retain(|(p, _), _| p != pool);
         lock(&self.backoffs).remove(pool);
+        lock(&self.rejections).remove(pool);
+    }
+
+    /// Remembers (or forgets, with None) the pool's last refused DaemonSet.
+    pub fn record_rejection(&self, pool: &str, rejection: Option<Rejection>) {
+        let mut rejections = lock(&self.rejections);
+        match rejection {
+            Some(r) => rejections.insert(pool.to_string(), r),
+            None => rejections.remove(pool),
+        };
+    }
+
+    pub fn rejection(&self, pool: &str) -> Option<Rejection> {
+        lock(&self.rejections).get(pool).cloned()
     }
 
     /// Feeds the time-to-GPUs histogram: a node first seen in the pool without schedulable GPUs

@@ -80,6 +80,7 @@ pub fn observe(ctx: &Context, pool: Arc<GpuPool>) -> Observed {
             .iter()
             .filter_map(|p| p.metadata.uid.clone())
             .collect(),
+        rejection: ctx.rejection(&pool.name_any()),
         pool,
         nodes,
         strays,

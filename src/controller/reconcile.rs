@@ -10,6 +10,7 @@ use kube::runtime::events::{Event, EventType};
 use tracing::{debug, info, warn};
 
 use crate::api::{ConditionType, GpuPool};
+use crate::decide::action::DaemonSetAction;
 use crate::decide::model::{Applied, PluginState};
 use crate::decide::{StatusOutcome, plan, plan_cleanup, report};
 
@@ -18,8 +19,6 @@ use super::context::Context;
 use super::finalizer;
 use super::observe::observe;
 
-/// How long a Stalled pool waits before it is looked at again (a spec change wakes it at once).
-const STALLED_RETRY: Duration = Duration::from_secs(60);
 /// A replaced DaemonSet is recreated once its deletion is visible; the watch usually brings that
 /// first, this is the fallback.
 const PENDING_RETRY: Duration = Duration::from_secs(2);
@@ -62,6 +61,14 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
     )
     .await?;
     let outcome = report(&observed, &plan, &applied, &ctx.settings);
+    // A refused DaemonSet is remembered, so the same write waits for a spec change or the stall
+    // retry; a write that went through (or none needed) forgets it.
+    if applied.rejected.is_some()
+        || applied.change.is_some()
+        || plan.daemonset == DaemonSetAction::Nothing
+    {
+        ctx.record_rejection(&name, applied.rejected.clone());
+    }
     let written = publish(ctx, &observed.pool, &outcome).await?;
 
     let members: Vec<String> = observed.nodes.iter().map(|n| n.name.clone()).collect();
@@ -70,7 +77,7 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
     let serving = plan.plugin.mode == crate::api::PluginMode::Managed && plan.live.is_some();
     ctx.wake(ctx.members.record(&name, members, serving));
     ctx.reset_retry(&name);
-    let next = next_look(&applied, &outcome, ctx.resync);
+    let next = next_look(&applied, &outcome, ctx.resync, ctx.settings.stall_retry);
     log_outcome(&name, &applied, &outcome, written, next);
     Ok(Action::requeue(next))
 }
@@ -130,11 +137,17 @@ async fn publish(
     Ok(changed)
 }
 
-fn next_look(applied: &Applied, outcome: &StatusOutcome, resync: Duration) -> Duration {
+/// When to look at the pool again (a spec change or an event wakes it sooner).
+fn next_look(
+    applied: &Applied,
+    outcome: &StatusOutcome,
+    resync: Duration,
+    stall_retry: Duration,
+) -> Duration {
     if applied.more_node_writes {
         Duration::ZERO
     } else if applied.stall.is_some() {
-        STALLED_RETRY
+        stall_retry
     } else if matches!(applied.state, PluginState::Pending { .. }) {
         PENDING_RETRY
     } else {

@@ -30,6 +30,8 @@ pub struct Settings {
     pub rollout_deadline: std::time::Duration,
     /// Image repositories plugin images may come from (`registry/path`, no tag or digest).
     pub allowed_plugin_images: Vec<String>,
+    /// How long a write the API server refused is not tried again (unless the spec changes).
+    pub stall_retry: std::time::Duration,
 }
 
 /// What the device plugin image may be by default: NVIDIA's registry and the AKS mirror.
@@ -136,6 +138,7 @@ pub(crate) mod testing {
             allowed_plugin_images: crate::decide::DEFAULT_ALLOWED_PLUGIN_IMAGES
                 .map(String::from)
                 .to_vec(),
+            stall_retry: std::time::Duration::from_secs(60),
         }
     }
 }

@@ -210,6 +210,16 @@ pub enum PluginState {
     },
 }
 
+/// A DaemonSet the API server refused in a way only an admin can fix, remembered so that the
+/// same write is not tried again on every unrelated event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The desired-state hash of the refused DaemonSet.
+    pub hash: String,
+    pub at: k8s_openapi::jiff::Timestamp,
+    pub stall: Stall,
+}
+
 /// What the apply step achieved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
@@ -221,6 +231,8 @@ pub struct Applied {
     pub node_writes: usize,
     /// Node writes left for the next reconcile (a big scale-up is written in batches).
     pub more_node_writes: bool,
+    /// The DaemonSet write the API server refused, if it did.
+    pub rejected: Option<Rejection>,
 }
 
 impl Applied {
@@ -232,6 +244,7 @@ impl Applied {
             change: None,
             node_writes: 0,
             more_node_writes: false,
+            rejected: None,
         }
     }
 }

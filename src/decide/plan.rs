@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
@@ -13,7 +14,7 @@ use crate::decide::action::{DaemonSetAction, daemonset_action, stale_daemonsets}
 use crate::decide::claims::{ForeignPlugin, NodeClaims, PoolRef, claim_nodes};
 use crate::decide::daemonset::{PluginPlacement, daemonset_name, desired_daemonset, pool_key};
 use crate::decide::image::{PluginDecision, decide_plugin};
-use crate::decide::model::{DaemonSetFacts, ObjectId, Stall};
+use crate::decide::model::{DESIRED_HASH_ANNOTATION, DaemonSetFacts, ObjectId, Rejection, Stall};
 use crate::decide::nodes::NodeFacts;
 use crate::decide::placement::{Placement, place};
 use crate::decide::pods::{PodFacts, PodRole};
@@ -37,6 +38,8 @@ pub struct Observed {
     pub dra_nodes: HashSet<String>,
     /// UIDs of the GpuPools that exist.
     pub pool_uids: HashSet<String>,
+    /// The pool's last DaemonSet the API server refused.
+    pub rejection: Option<Rejection>,
     pub now: Timestamp,
 }
 
@@ -129,7 +132,7 @@ pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
     let leftover_pods = leftover_pods(observed, &settings.plugin_namespace);
     let strays: Vec<&NodeFacts> = observed.strays.iter().map(Arc::as_ref).collect();
     let blocked = image_not_allowed(&image, settings).filter(|_| desired.is_some());
-    let daemonset = match blocked {
+    let daemonset = match blocked.or_else(|| refused_again(observed, desired.as_ref(), settings)) {
         Some(stall) => DaemonSetAction::Blocked(stall),
         // A pool's DaemonSet moved namespaces: its old pods go first (never two plugins).
         None if live.is_none() && !leftover_pods.is_empty() => DaemonSetAction::Wait {
@@ -164,6 +167,24 @@ pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
         plugin,
         claims,
     }
+}
+
+/// The same DaemonSet the API server refused a moment ago: not written again on every event, only
+/// once the spec changes (a new hash) or the stall retry period has passed.
+fn refused_again(
+    observed: &Observed,
+    desired: Option<&DaemonSet>,
+    settings: &Settings,
+) -> Option<Stall> {
+    let rejection = observed.rejection.as_ref()?;
+    let hash = desired?
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(DESIRED_HASH_ANNOTATION)?;
+    let retry = k8s_openapi::jiff::SignedDuration::try_from(settings.stall_retry).ok()?;
+    (*hash == rejection.hash && observed.now < rejection.at.checked_add(retry).ok()?)
+        .then(|| rejection.stall.clone())
 }
 
 fn plugin_image(pool: &GpuPool, settings: &Settings) -> String {
@@ -272,5 +293,170 @@ pub fn plan_cleanup(observed: &Observed) -> Cleanup {
             .filter(|p| p.role == PodRole::Plugin && p.pool_key.as_deref() == Some(&key))
             .map(|p| p.id.clone())
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{GpuPoolSpec, NodeImage};
+    use crate::decide::placement::DEVICE_PLUGIN_LABEL;
+    use crate::decide::testing::{gpu_node, selector, settings, taint};
+
+    fn observed(node_image: NodeImage, nodes: Vec<NodeFacts>) -> Observed {
+        let mut pool = GpuPool::new(
+            "gpu",
+            GpuPoolSpec {
+                node_selector: selector(&[("agentpool", "gpu")]),
+                node_image,
+                device_plugin: None,
+                expected_gpus_per_node: None,
+            },
+        );
+        pool.metadata.uid = Some("uid-1".into());
+        Observed {
+            pool: Arc::new(pool),
+            nodes: nodes.into_iter().map(Arc::new).collect(),
+            strays: vec![],
+            other_pools: vec![],
+            plugin_daemonsets: vec![],
+            pods: vec![],
+            dra_nodes: HashSet::new(),
+            pool_uids: ["uid-1".to_string()].into(),
+            rejection: None,
+            now: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    fn desired(plan: &Plan) -> &DaemonSet {
+        match &plan.daemonset {
+            DaemonSetAction::Apply(ds) => ds,
+            other => panic!("expected an apply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn taints_of_served_nodes_become_tolerations_and_nodes_get_the_label() {
+        let mut a = gpu_node("a", 1, 1);
+        a.taints.push(taint("sku", "gpu", "NoSchedule"));
+        let plan = plan(&observed(NodeImage::Standard, vec![a]), &settings());
+        let pod = desired(&plan)
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .clone()
+            .unwrap();
+        assert!(
+            pod.tolerations
+                .unwrap()
+                .iter()
+                .any(|t| t.key.as_deref() == Some("sku"))
+        );
+        assert_eq!(plan.placement.label_changes.len(), 1);
+        assert_eq!(plan.placement.label_changes[0].to.as_deref(), Some("gpu"));
+    }
+
+    #[test]
+    fn specialized_pools_get_no_daemonset_and_no_labels() {
+        let plan = plan(
+            &observed(NodeImage::Specialized, vec![gpu_node("a", 1, 1)]),
+            &settings(),
+        );
+        assert_eq!(plan.daemonset, DaemonSetAction::Nothing);
+        assert_eq!(plan.plugin.mode, PluginMode::Skipped);
+        assert!(plan.placement.label_changes.is_empty());
+    }
+
+    #[test]
+    fn the_daemonset_left_in_an_old_namespace_goes_first_and_the_new_one_waits_for_its_pods() {
+        let mut o = observed(NodeImage::Standard, vec![gpu_node("a", 1, 1)]);
+        let first = plan(&o, &settings());
+        let mut old = DaemonSetFacts::from_daemonset(desired(&first));
+        old.id.namespace = "old-plugins".into();
+        o.plugin_daemonsets.push(Arc::new(old));
+        let again = plan(&o, &settings());
+        let stale = ObjectId {
+            namespace: "old-plugins".into(),
+            name: "nvidia-device-plugin-gpu".into(),
+        };
+        assert_eq!(again.delete_stale, vec![stale]);
+        assert!(matches!(again.daemonset, DaemonSetAction::Apply(_)));
+        // Its pods still terminating in the old namespace: the new DaemonSet waits.
+        o.pods.push(Arc::new(PodFacts {
+            id: ObjectId {
+                namespace: "old-plugins".into(),
+                name: "nvidia-device-plugin-gpu-x".into(),
+            },
+            uid: "x".into(),
+            role: PodRole::Plugin,
+            node: Some("a".into()),
+            pool_key: Some("gpu".into()),
+            deleting: true,
+            phase: crate::decide::pods::PodPhase::Running,
+            ready: false,
+            created: None,
+        }));
+        let waiting = plan(&o, &settings());
+        assert!(matches!(waiting.daemonset, DaemonSetAction::Wait { .. }));
+        assert_eq!(
+            waiting.placement.hand_overs.len(),
+            1,
+            "the node waits for the old pod too"
+        );
+    }
+
+    #[test]
+    fn an_unchanged_pool_plans_no_write() {
+        let mut labelled = gpu_node("a", 1, 1);
+        labelled
+            .labels
+            .insert(DEVICE_PLUGIN_LABEL.into(), "gpu".into());
+        let mut o = observed(NodeImage::Standard, vec![labelled]);
+        let first = plan(&o, &settings());
+        o.plugin_daemonsets
+            .push(Arc::new(DaemonSetFacts::from_daemonset(desired(&first))));
+        let again = plan(&o, &settings());
+        assert_eq!(
+            (again.daemonset, again.delete_stale),
+            (DaemonSetAction::Nothing, vec![])
+        );
+        assert!(again.placement.label_changes.is_empty());
+    }
+
+    #[test]
+    fn a_refused_daemonset_is_not_written_again_until_the_spec_changes_or_the_retry_is_due() {
+        let mut o = observed(NodeImage::Standard, vec![gpu_node("a", 1, 1)]);
+        let first = plan(&o, &settings());
+        let hash =
+            desired(&first).metadata.annotations.as_ref().unwrap()[DESIRED_HASH_ANNOTATION].clone();
+        let stall = Stall {
+            reason: crate::api::Reason::DaemonSetRejected,
+            message: "no".into(),
+        };
+        o.rejection = Some(Rejection {
+            hash,
+            at: o.now,
+            stall: stall.clone(),
+        });
+        assert_eq!(
+            plan(&o, &settings()).daemonset,
+            DaemonSetAction::Blocked(stall)
+        );
+        o.now = o
+            .now
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(61))
+            .unwrap();
+        assert!(
+            matches!(plan(&o, &settings()).daemonset, DaemonSetAction::Apply(_)),
+            "retried after a minute"
+        );
+        o.now = Timestamp::UNIX_EPOCH;
+        o.rejection.as_mut().unwrap().hash = "another spec".into();
+        assert!(
+            matches!(plan(&o, &settings()).daemonset, DaemonSetAction::Apply(_)),
+            "a new spec is tried at once"
+        );
     }
 }

@@ -460,6 +460,7 @@ impl Sim {
             pods,
             dra_nodes: HashSet::new(),
             pool_uids: self.pools.iter().map(|(p, _)| p.uid.clone()).collect(),
+            rejection: None,
             now: Timestamp::UNIX_EPOCH,
         }
     }
@@ -680,6 +681,7 @@ proptest! {
                 pods: vec![],
                 dra_nodes: HashSet::new(),
                 pool_uids: Default::default(),
+                rejection: None,
                 now,
             };
             let plan = Plan {

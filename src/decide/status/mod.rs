@@ -504,6 +504,7 @@ mod tests {
                 pods: vec![],
                 dra_nodes: self.dra.clone(),
                 pool_uids: Default::default(),
+                rejection: None,
                 now: now(),
             };
             let refs: Vec<&NodeFacts> = self.nodes.iter().collect();
