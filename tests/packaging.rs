@@ -430,7 +430,7 @@ async fn kustomize_install_runs_the_operator_with_least_privilege() {
         .await;
     assert_gitops(&stalled, "Failed", "Degraded");
 
-    // Deleting a pool removes its DaemonSet (garbage collection through the owner reference).
+    // Deleting a pool removes its DaemonSet (the operator takes its plugin off its nodes first).
     Api::<GpuPool>::all(c.clone())
         .delete("pkg-std", &DeleteParams::default())
         .await
@@ -1350,13 +1350,24 @@ async fn patch_spec(c: &Client, name: &str, patch: Value) {
         .expect("pool patch is accepted");
 }
 
+/// Deletes pools once the operator is gone (stopped or uninstalled): their finalizer
+/// (gpupool.io/cleanup) is then removed by hand, as the README's uninstall section says.
 async fn delete_pools(c: &Client, names: &[&str]) {
     let api: Api<GpuPool> = Api::all(c.clone());
+    let no_finalizers = Patch::Merge(json!({"metadata": {"finalizers": null}}));
     for name in names {
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => panic!("deleting GpuPool {name}: {e}"),
+        }
+        match api
+            .patch(name, &PatchParams::default(), &no_finalizers)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => panic!("removing the finalizer of GpuPool {name}: {e}"),
         }
     }
     for name in names {
@@ -1569,10 +1580,9 @@ async fn the_admission_policy_and_the_user_roles_hold_on_the_real_api_server() {
         &path_str("crds/gpupool.yaml"),
     ]));
     crd_established(plane);
+    // Client-side, as `kubectl apply -k deploy/` (another test) applies the same objects.
     for file in ["deploy/admission-policy.yaml", "deploy/user-roles.yaml"] {
-        run(plane
-            .kubectl()
-            .args(["apply", "--server-side", "-f", &path_str(file)]));
+        run(plane.kubectl().args(["apply", "-f", &path_str(file)]));
     }
     let bad = PoolYaml::new("vap-bad")
         .agentpool("vap")
