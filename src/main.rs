@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use gpupool::controller::{self, RunOptions};
 use gpupool::decide::daemonset::DEFAULT_PLUGIN_IMAGE;
-use gpupool::decide::{DEFAULT_ALLOWED_PLUGIN_IMAGES, Settings};
+use gpupool::decide::{DEFAULT_ALLOWED_PLUGIN_IMAGES, DEFAULT_ALLOWED_VALIDATION_IMAGES, Settings};
 use gpupool::leader::{self, Fence, FenceLayer};
 use gpupool::server::{self, Health};
 use gpupool::telemetry::Metrics;
@@ -58,6 +58,13 @@ struct RunArgs {
     /// the node, so a pool naming an image from elsewhere is Stalled (ImageNotAllowed).
     #[arg(long, env = "GPUPOOL_ALLOWED_PLUGIN_IMAGES", value_delimiter = ',', default_values_t = DEFAULT_ALLOWED_PLUGIN_IMAGES.map(String::from))]
     allowed_plugin_images: Vec<String>,
+    /// Image repositories a validation image (spec.validation.image) may come from.
+    #[arg(long, env = "GPUPOOL_ALLOWED_VALIDATION_IMAGES", value_delimiter = ',', default_values_t = DEFAULT_ALLOWED_VALIDATION_IMAGES.map(String::from))]
+    allowed_validation_images: Vec<String>,
+    /// The first wait before a failed validation is tried again on a node (it doubles after
+    /// every failure, up to 10 minutes).
+    #[arg(long, env = "GPUPOOL_VALIDATION_RETRY", default_value = "30s", value_parser = humantime::parse_duration)]
+    validation_retry: Duration,
     /// Node writes (device-plugin labels, readiness-gate taints) per second, over all pools.
     #[arg(long, env = "GPUPOOL_NODE_WRITES_PER_SECOND", default_value_t = 50)]
     node_writes_per_second: u32,
@@ -221,6 +228,8 @@ fn run_options(args: &RunArgs, identity: &str) -> Result<RunOptions, String> {
         allowed_plugin_images: args.allowed_plugin_images.clone(),
         // A write the API server refused is not retried sooner (unless the spec changes).
         stall_retry: Duration::from_secs(60),
+        allowed_validation_images: args.allowed_validation_images.clone(),
+        validation_retry: args.validation_retry,
     };
     if !settings.image_allowed(&args.default_plugin_image) {
         return Err(format!(

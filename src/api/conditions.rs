@@ -20,6 +20,8 @@ pub enum ConditionType {
     Stalled,
     /// Nodes are contested by other pools or foreign plugins (only while True).
     Conflict,
+    /// Every node passed the validation workload (present when `spec.validation` is set).
+    GpusValidated,
 }
 
 impl ConditionType {
@@ -80,6 +82,11 @@ pub enum Reason {
     NodesNotReady,
     WaitingForGpus,
     AllNodesCordoned,
+    // GpusValidated
+    GpusValidated,
+    ValidationPending,
+    ValidationFailed,
+    ValidationWaitingForGpu,
     // Reconciling
     Progressing,
     // Stalled by a write the API server refused
@@ -102,6 +109,7 @@ pub enum Reason {
     Cordoned,
     Deleting,
     SelectedByOtherPool,
+    Gated,
     // Events
     DaemonSetCreated,
     DaemonSetUpdated,
@@ -110,6 +118,10 @@ pub enum Reason {
     PluginModeChanged,
     Conflict,
     Stalled,
+    GateOpened,
+    GateClosed,
+    GateDryRun,
+    ValidationPassed,
 }
 
 impl Reason {

@@ -12,9 +12,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod conditions;
+mod gate;
 mod status;
 
 pub use conditions::{ConditionStatus, ConditionType, Reason};
+pub use gate::{
+    DEFAULT_GATE_TAINT, DEFAULT_VALIDATION_IMAGE, GateMode, GateStatus, ReadinessGate, Validation,
+    ValidationStatus,
+};
 pub use status::{Condition, DevicePluginStatus, GpuPoolStatus, PluginMode, ProblemNode};
 
 pub const GROUP: &str = "gpupool.io";
@@ -81,6 +86,15 @@ pub struct GpuPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024))]
     pub expected_gpus_per_node: Option<i32>,
+
+    /// Keep GPU work off nodes (a taint) until their GPUs are usable. Absent: gpupool never
+    /// touches node taints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_gate: Option<ReadinessGate>,
+
+    /// Run a GPU workload on every node before it counts as ready. Absent: no validation pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Validation>,
 }
 
 /// A standard Kubernetes label selector. The requirements are ANDed.

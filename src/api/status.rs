@@ -30,6 +30,12 @@ pub struct GpuPoolStatus {
     /// How the nodes' image was classified: Standard, Specialized, Mixed, or Unknown (no nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_image: Option<String>,
+    /// The readiness gate, when `spec.readinessGate` is set (or was, until its taint is gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_gate: Option<super::GateStatus>,
+    /// Validation results, when `spec.validation` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<super::ValidationStatus>,
     /// The device plugin gpupool runs (or deliberately does not run) for this pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_plugin: Option<DevicePluginStatus>,

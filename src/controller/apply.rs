@@ -13,11 +13,13 @@ use crate::decide::model::{
     Applied, DESIRED_HASH_ANNOTATION, DaemonSetChange, DaemonSetFacts, MANAGER, ObjectId,
     PluginState, Rejection, Stall,
 };
-use crate::decide::placement::DEVICE_PLUGIN_LABEL;
-use crate::decide::placement::LabelChange;
+use crate::decide::plan::{NodeUpdate, node_updates};
+use crate::decide::validation::ValidationPlan;
 use crate::decide::{Cleanup, Plan};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
 
-use super::node_writes::{LabelEdit, NodeWriter, Written};
+use super::node_writes::{NodeWriter, UpdateEdit, Written};
 
 #[derive(Debug, thiserror::Error)]
 #[error("transient API error: {0}")]
@@ -85,7 +87,8 @@ fn live_state(live: Option<&DaemonSetFacts>) -> PluginState {
 /// a big scale-up does not hold a pool's status back.
 pub const MAX_NODE_WRITES: usize = 100;
 
-/// Carries out the plan: stale DaemonSets first, then the pool's own, then the node labels.
+/// Carries out the plan: stale DaemonSets first, then the pool's own, then the node writes
+/// (labels, gate taints, validation records), then the validation pods.
 pub async fn apply(
     client: &Client,
     nodes: &NodeWriter,
@@ -93,13 +96,16 @@ pub async fn apply(
     plan: &Plan,
 ) -> Result<Applied, TransientError> {
     let mut applied = apply_daemonsets(client, namespace, plan).await?;
-    let changes = &plan.placement.label_changes;
-    applied.node_writes = write_labels(nodes, changes).await?;
-    applied.more_node_writes = changes.len() > MAX_NODE_WRITES;
+    let updates = plan.node_updates();
+    applied.node_writes = write_nodes(nodes, &updates).await?;
+    applied.more_node_writes = updates.len() > MAX_NODE_WRITES;
+    if let Some(validation) = &plan.readiness.validation {
+        apply_validation_pods(client, validation).await?;
+    }
     Ok(applied)
 }
 
-/// A deleted pool's cleanup: its DaemonSets deleted and its node labels removed.
+/// A deleted pool's cleanup: its DaemonSets deleted, its node labels and gate taints removed.
 pub async fn apply_cleanup(
     client: &Client,
     nodes: &NodeWriter,
@@ -110,21 +116,43 @@ pub async fn apply_cleanup(
             .await
             .map_err(TransientError)?;
     }
-    write_labels(nodes, &cleanup.label_changes)
-        .await
-        .map(|_| ())
+    let updates = node_updates(&cleanup.label_changes, &cleanup.taint_changes, &[]);
+    write_nodes(nodes, &updates).await.map(|_| ())
 }
 
-/// Label writes, a bounded batch at a time; returns how many changed a node.
-async fn write_labels(
-    nodes: &NodeWriter,
-    changes: &[LabelChange],
-) -> Result<usize, TransientError> {
+/// Validation pods: finished and stale ones deleted, new ones created (both idempotent).
+async fn apply_validation_pods(
+    client: &Client,
+    plan: &ValidationPlan,
+) -> Result<(), TransientError> {
+    for id in &plan.delete {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &id.namespace);
+        match api.delete(&id.name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(TransientError(e)),
+        }
+    }
+    for pod in &plan.create {
+        let api: Api<Pod> = Api::namespaced(
+            client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+        );
+        match api.create(&PostParams::default(), pod).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(TransientError(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Node writes, a bounded batch at a time; returns how many changed a node.
+async fn write_nodes(nodes: &NodeWriter, updates: &[NodeUpdate]) -> Result<usize, TransientError> {
     let mut results: Vec<Result<Written, kube::Error>> = Vec::new();
-    let batch: Vec<&LabelChange> = changes.iter().take(MAX_NODE_WRITES).collect();
+    let batch: Vec<&NodeUpdate> = updates.iter().take(MAX_NODE_WRITES).collect();
     for group in batch.chunks(8) {
-        results
-            .extend(futures::future::join_all(group.iter().map(|c| write_label(nodes, c))).await);
+        results.extend(futures::future::join_all(group.iter().map(|u| write_node(nodes, u))).await);
     }
     let changed = results
         .iter()
@@ -136,13 +164,8 @@ async fn write_labels(
     }
 }
 
-async fn write_label(nodes: &NodeWriter, change: &LabelChange) -> Result<Written, kube::Error> {
-    let edit = LabelEdit {
-        key: DEVICE_PLUGIN_LABEL,
-        from: change.from.as_deref(),
-        to: change.to.as_deref(),
-    };
-    nodes.write(&change.node, &edit).await
+async fn write_node(nodes: &NodeWriter, update: &NodeUpdate) -> Result<Written, kube::Error> {
+    nodes.write(&update.node, &UpdateEdit(update)).await
 }
 
 /// Stale DaemonSets first, then the pool's own.

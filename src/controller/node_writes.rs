@@ -3,6 +3,7 @@
 //! concurrent writer (the cluster autoscaler, kubectl) never loses a label or taint; and all of
 //! them through one rate limiter, so a 1,000-node scale-up does not flood the API server.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -12,17 +13,23 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use crate::decide::model::MANAGER;
+use crate::decide::placement::DEVICE_PLUGIN_LABEL;
+use crate::decide::plan::NodeUpdate;
+use crate::decide::validation::VALIDATION_ANNOTATION;
+
+/// String maps changed by a node write: keys to set (Some) or remove (None).
+type MapChanges = Vec<(String, Option<String>)>;
 
 /// What one node write should do to the node as it is now (read fresh before every attempt).
+/// Each method returns None when nothing is to change.
 pub trait NodeEdit {
-    /// The labels to set (Some) or remove (None), or None when nothing is to change.
-    fn labels(
-        &self,
-        _current: &std::collections::BTreeMap<String, String>,
-    ) -> Option<Vec<(String, Option<String>)>> {
+    fn labels(&self, _current: &BTreeMap<String, String>) -> Option<MapChanges> {
         None
     }
-    /// The complete new taint list, or None when the taints stay.
+    fn annotations(&self, _current: &BTreeMap<String, String>) -> Option<MapChanges> {
+        None
+    }
+    /// The complete new taint list.
     fn taints(&self, _current: &[Taint]) -> Option<Vec<Taint>> {
         None
     }
@@ -97,19 +104,21 @@ impl NodeWriter {
 /// A merge patch carrying the resourceVersion read, so the API server refuses it (409) if the
 /// node changed in between.
 fn patch_for(node: &Node, edit: &impl NodeEdit) -> Option<serde_json::Value> {
-    let labels = edit.labels(node.metadata.labels.as_ref().unwrap_or(&Default::default()));
-    let current_taints = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or_default();
-    let taints = edit.taints(current_taints);
-    if labels.is_none() && taints.is_none() {
+    let empty = BTreeMap::new();
+    let labels = edit.labels(node.metadata.labels.as_ref().unwrap_or(&empty));
+    let annotations = edit.annotations(node.metadata.annotations.as_ref().unwrap_or(&empty));
+    let taints = edit.taints(
+        node.spec
+            .as_ref()
+            .and_then(|s| s.taints.as_deref())
+            .unwrap_or_default(),
+    );
+    if labels.is_none() && annotations.is_none() && taints.is_none() {
         return None;
     }
     let mut patch = json!({ "metadata": { "resourceVersion": node.metadata.resource_version } });
-    if let Some(labels) = labels {
-        let map: serde_json::Map<String, serde_json::Value> = labels
+    let as_map = |changes: MapChanges| -> serde_json::Value {
+        changes
             .into_iter()
             .map(|(k, v)| {
                 (
@@ -117,8 +126,14 @@ fn patch_for(node: &Node, edit: &impl NodeEdit) -> Option<serde_json::Value> {
                     v.map_or(serde_json::Value::Null, serde_json::Value::String),
                 )
             })
-            .collect();
-        patch["metadata"]["labels"] = serde_json::Value::Object(map);
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    if let Some(labels) = labels {
+        patch["metadata"]["labels"] = as_map(labels);
+    }
+    if let Some(annotations) = annotations {
+        patch["metadata"]["annotations"] = as_map(annotations);
     }
     if let Some(taints) = taints {
         patch["spec"] = json!({ "taints": taints });
@@ -126,19 +141,47 @@ fn patch_for(node: &Node, edit: &impl NodeEdit) -> Option<serde_json::Value> {
     Some(patch)
 }
 
-/// Moves one node's device-plugin label from `from` to `to`, only while it still says `from`.
-pub struct LabelEdit<'a> {
-    pub key: &'a str,
-    pub from: Option<&'a str>,
-    pub to: Option<&'a str>,
-}
+/// One node's share of a plan: its device-plugin label (only while it still has the value the
+/// plan saw), its gate taint, its validation record.
+pub struct UpdateEdit<'a>(pub &'a NodeUpdate);
 
-impl NodeEdit for LabelEdit<'_> {
-    fn labels(
-        &self,
-        current: &std::collections::BTreeMap<String, String>,
-    ) -> Option<Vec<(String, Option<String>)>> {
-        (current.get(self.key).map(String::as_str) == self.from)
-            .then(|| vec![(self.key.to_string(), self.to.map(str::to_string))])
+impl NodeEdit for UpdateEdit<'_> {
+    fn labels(&self, current: &BTreeMap<String, String>) -> Option<MapChanges> {
+        let change = self.0.label.as_ref()?;
+        (current.get(DEVICE_PLUGIN_LABEL) == change.from.as_ref())
+            .then(|| vec![(DEVICE_PLUGIN_LABEL.to_string(), change.to.clone())])
+    }
+
+    fn annotations(&self, current: &BTreeMap<String, String>) -> Option<MapChanges> {
+        let record = serde_json::to_string(self.0.record.as_ref()?).ok()?;
+        (current.get(VALIDATION_ANNOTATION) != Some(&record))
+            .then(|| vec![(VALIDATION_ANNOTATION.to_string(), Some(record))])
+    }
+
+    fn taints(&self, current: &[Taint]) -> Option<Vec<Taint>> {
+        let change = self.0.taint.as_ref()?;
+        let has = current
+            .iter()
+            .any(|t| t.key == change.key && t.effect == "NoSchedule");
+        match (change.add, has) {
+            (true, false) => {
+                let mut taints = current.to_vec();
+                taints.push(Taint {
+                    key: change.key.clone(),
+                    value: None,
+                    effect: "NoSchedule".into(),
+                    time_added: None,
+                });
+                Some(taints)
+            }
+            (false, true) => Some(
+                current
+                    .iter()
+                    .filter(|t| !(t.key == change.key && t.effect == "NoSchedule"))
+                    .cloned()
+                    .collect(),
+            ),
+            _ => None,
+        }
     }
 }

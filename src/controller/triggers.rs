@@ -167,6 +167,8 @@ mod tests {
                 node_image: Default::default(),
                 device_plugin: None,
                 expected_gpus_per_node: None,
+                readiness_gate: None,
+                validation: None,
             },
         );
         p.metadata.uid = Some(format!("uid-{name}"));

@@ -5,6 +5,7 @@
 pub mod action;
 pub mod claims;
 pub mod daemonset;
+pub mod gate;
 pub mod image;
 pub mod model;
 pub mod nodes;
@@ -13,9 +14,11 @@ pub mod plan;
 pub mod pods;
 #[cfg(test)]
 mod proptests;
+pub mod readiness;
 pub mod scheduling;
 pub mod selector;
 pub mod status;
+pub mod validation;
 
 pub use plan::{Cleanup, Observed, Plan, plan, plan_cleanup};
 pub use status::{StatusOutcome, report};
@@ -32,7 +35,17 @@ pub struct Settings {
     pub allowed_plugin_images: Vec<String>,
     /// How long a write the API server refused is not tried again (unless the spec changes).
     pub stall_retry: std::time::Duration,
+    /// Image repositories validation images may come from.
+    pub allowed_validation_images: Vec<String>,
+    /// The first wait before a failed validation is tried again (it doubles, up to 10 min).
+    pub validation_retry: std::time::Duration,
 }
+
+/// What the validation image may be by default: NVIDIA's CUDA samples and the AKS article's.
+pub const DEFAULT_ALLOWED_VALIDATION_IMAGES: [&str; 2] = [
+    "nvcr.io/nvidia/k8s/cuda-sample",
+    "mcr.microsoft.com/azuredocs/samples-tf-mnist-demo",
+];
 
 /// What the device plugin image may be by default: NVIDIA's registry and the AKS mirror.
 pub const DEFAULT_ALLOWED_PLUGIN_IMAGES: [&str; 2] = [
@@ -81,6 +94,8 @@ pub(crate) mod testing {
             gpu_allocatable: None,
             created: None,
             deleting: false,
+            boot_id: "boot-0".into(),
+            validation: None,
         }
     }
 
@@ -139,6 +154,10 @@ pub(crate) mod testing {
                 .map(String::from)
                 .to_vec(),
             stall_retry: std::time::Duration::from_secs(60),
+            allowed_validation_images: crate::decide::DEFAULT_ALLOWED_VALIDATION_IMAGES
+                .map(String::from)
+                .to_vec(),
+            validation_retry: std::time::Duration::from_secs(30),
         }
     }
 }

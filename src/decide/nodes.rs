@@ -28,6 +28,10 @@ pub struct NodeFacts {
     pub gpu_allocatable: Option<i64>,
     pub created: Option<Timestamp>,
     pub deleting: bool,
+    /// `status.nodeInfo.bootID`: a new one means the node rebooted.
+    pub boot_id: String,
+    /// The last validation result gpupool recorded on the node (annotation `gpupool.io/validation`).
+    pub validation: Option<crate::decide::validation::ValidationRecord>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,6 +81,15 @@ impl NodeFacts {
                 .map(|t| t.0),
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
             deleting: meta.deletion_timestamp.is_some(),
+            boot_id: status
+                .and_then(|s| s.node_info.as_ref())
+                .map(|i| i.boot_id.clone())
+                .unwrap_or_default(),
+            validation: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::decide::validation::VALIDATION_ANNOTATION))
+                .and_then(|v| serde_json::from_str(v).ok()),
         }
     }
 

@@ -102,6 +102,10 @@ mod tests {
             phase: PodPhase::Running,
             ready: true,
             created: None,
+            validates: None,
+            started: None,
+            finished: None,
+            waiting_for_gpu: false,
         }
     }
 

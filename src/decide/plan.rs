@@ -13,12 +13,15 @@ use crate::decide::Settings;
 use crate::decide::action::{DaemonSetAction, daemonset_action, stale_daemonsets};
 use crate::decide::claims::{ForeignPlugin, NodeClaims, PoolRef, claim_nodes};
 use crate::decide::daemonset::{PluginPlacement, daemonset_name, desired_daemonset, pool_key};
+use crate::decide::gate::TaintChange;
 use crate::decide::image::{PluginDecision, decide_plugin};
 use crate::decide::model::{DESIRED_HASH_ANNOTATION, DaemonSetFacts, ObjectId, Rejection, Stall};
 use crate::decide::nodes::NodeFacts;
-use crate::decide::placement::{Placement, place};
+use crate::decide::placement::{LabelChange, Placement, place};
 use crate::decide::pods::{PodFacts, PodRole};
-use crate::decide::scheduling::pool_taint_keys;
+use crate::decide::readiness::{ReadinessPlan, plan_readiness};
+use crate::decide::scheduling::{TaintKey, pool_taint_keys};
+use crate::decide::validation::ValidationRecord;
 
 /// Everything a reconcile of one pool reads, as plain data.
 #[derive(Clone, Debug)]
@@ -66,6 +69,59 @@ impl Observed {
     }
 }
 
+/// Everything to write on one node, in one read-modify-write.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeUpdate {
+    pub node: String,
+    pub label: Option<LabelChange>,
+    pub taint: Option<TaintChange>,
+    pub record: Option<ValidationRecord>,
+}
+
+/// The node writes of label changes, taint changes and validation records, one per node.
+pub fn node_updates<'a>(
+    labels: impl IntoIterator<Item = &'a LabelChange>,
+    taints: impl IntoIterator<Item = &'a TaintChange>,
+    records: impl IntoIterator<Item = &'a (String, ValidationRecord)>,
+) -> Vec<NodeUpdate> {
+    let mut merged: std::collections::BTreeMap<String, NodeUpdate> =
+        std::collections::BTreeMap::new();
+    fn entry<'m>(
+        merged: &'m mut std::collections::BTreeMap<String, NodeUpdate>,
+        node: &str,
+    ) -> &'m mut NodeUpdate {
+        merged
+            .entry(node.to_string())
+            .or_insert_with(|| NodeUpdate {
+                node: node.to_string(),
+                ..NodeUpdate::default()
+            })
+    }
+    for label in labels {
+        entry(&mut merged, &label.node).label = Some(label.clone());
+    }
+    for taint in taints {
+        entry(&mut merged, &taint.node).taint = Some(taint.clone());
+    }
+    for (node, record) in records {
+        entry(&mut merged, node).record = Some(record.clone());
+    }
+    merged.into_values().collect()
+}
+
+impl Plan {
+    /// Every node write the plan calls for.
+    pub fn node_updates(&self) -> Vec<NodeUpdate> {
+        let r = &self.readiness;
+        let taints = r.gate.iter().flat_map(|g| &g.changes).chain(&r.lift);
+        node_updates(
+            &self.placement.label_changes,
+            taints,
+            r.validation.iter().flat_map(|v| &v.records),
+        )
+    }
+}
+
 /// What gpupool will do for one pool, and what it decided on the way.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -82,6 +138,8 @@ pub struct Plan {
     pub placement: Placement,
     /// Pods of this pool's DaemonSets from another namespace, still going away.
     pub leftover_pods: Vec<ObjectId>,
+    /// Each node's GPU readiness, the readiness gate and validation.
+    pub readiness: ReadinessPlan,
 }
 
 pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
@@ -99,26 +157,18 @@ pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
         previous_mode,
     );
     let this = PoolRef::of(pool, false);
+    let foreign = foreign_plugins(observed);
     let claims = claim_nodes(
         &this,
         &nodes,
         &observed.other_pools,
-        &foreign_plugins(observed),
+        &foreign,
         &observed.dra_nodes,
     );
     let image = plugin_image(pool, settings);
-    let serves = |n: &NodeFacts| plugin.wants_plugin_on(&n.name) && !claims.excludes(&n.name);
     let live = own_daemonset(observed, &settings.plugin_namespace);
-    let mut tolerated: BTreeSet<_> = live
-        .as_ref()
-        .map(|ds| ds.tolerated.clone())
-        .unwrap_or_default();
-    tolerated.extend(pool_taint_keys(
-        nodes
-            .iter()
-            .filter(|n| serves(n))
-            .flat_map(|n| n.taints.iter()),
-    ));
+    let serves = |n: &NodeFacts| plugin.wants_plugin_on(&n.name) && !claims.excludes(&n.name);
+    let tolerated = tolerated_taints(observed, live.as_deref(), &nodes, &serves);
     let desired = (plugin.mode == PluginMode::Managed).then(|| {
         desired_daemonset(&PluginPlacement {
             pool: &this.name,
@@ -130,30 +180,22 @@ pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
         })
     });
     let leftover_pods = leftover_pods(observed, &settings.plugin_namespace);
+    let daemonset = daemonset_plan(
+        observed,
+        settings,
+        desired.as_ref(),
+        &image,
+        live.is_some(),
+        &leftover_pods,
+    );
     let strays: Vec<&NodeFacts> = observed.strays.iter().map(Arc::as_ref).collect();
-    let blocked = image_not_allowed(&image, settings).filter(|_| desired.is_some());
-    let daemonset = match blocked.or_else(|| refused_again(observed, desired.as_ref(), settings)) {
-        Some(stall) => DaemonSetAction::Blocked(stall),
-        // A pool's DaemonSet moved namespaces: its old pods go first (never two plugins).
-        None if live.is_none() && !leftover_pods.is_empty() => DaemonSetAction::Wait {
-            id: ObjectId {
-                namespace: settings.plugin_namespace.clone(),
-                name: daemonset_name(&this.name),
-            },
-        },
-        None => daemonset_action(
-            desired.as_ref(),
-            raw_daemonset(observed, &settings.plugin_namespace).as_deref(),
-            observed.pool_uid(),
-        ),
-    };
     let placement = match &daemonset {
         DaemonSetAction::Blocked(_) => Placement::default(),
         _ => place(&observed.pool_key(), &nodes, serves, &strays, |n| {
             observed.pods_on(n)
         }),
     };
-    Plan {
+    let mut plan = Plan {
         delete_stale: stale_daemonsets(
             observed.plugin_daemonsets.iter().map(Arc::as_ref),
             observed.pool_uid(),
@@ -166,6 +208,58 @@ pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
         image,
         plugin,
         claims,
+        readiness: Default::default(),
+    };
+    plan.readiness = plan_readiness(observed, settings, &plan, &tolerated);
+    plan
+}
+
+/// The taint keys the plugin tolerates: those it tolerated already (kept, see
+/// `PluginPlacement::tolerated`), those of the nodes it serves, and the pool's gate taint.
+fn tolerated_taints(
+    observed: &Observed,
+    live: Option<&DaemonSetFacts>,
+    nodes: &[&NodeFacts],
+    serves: &dyn Fn(&NodeFacts) -> bool,
+) -> BTreeSet<TaintKey> {
+    let mut tolerated: BTreeSet<TaintKey> = live.map(|ds| ds.tolerated.clone()).unwrap_or_default();
+    tolerated.extend(pool_taint_keys(
+        nodes
+            .iter()
+            .filter(|n| serves(n))
+            .flat_map(|n| n.taints.iter()),
+    ));
+    if let Some(gate) = &observed.pool.spec.readiness_gate {
+        // The gate must never keep out the very plugin it waits for.
+        tolerated.insert((gate.taint_key.clone(), "NoSchedule".into()));
+    }
+    tolerated
+}
+
+/// What to do to the pool's own DaemonSet.
+fn daemonset_plan(
+    observed: &Observed,
+    settings: &Settings,
+    desired: Option<&DaemonSet>,
+    image: &str,
+    live: bool,
+    leftover_pods: &[ObjectId],
+) -> DaemonSetAction {
+    let blocked = image_not_allowed(image, settings).filter(|_| desired.is_some());
+    match blocked.or_else(|| refused_again(observed, desired, settings)) {
+        Some(stall) => DaemonSetAction::Blocked(stall),
+        // A pool's DaemonSet moved namespaces: its old pods go first (never two plugins).
+        None if !live && !leftover_pods.is_empty() => DaemonSetAction::Wait {
+            id: ObjectId {
+                namespace: settings.plugin_namespace.clone(),
+                name: daemonset_name(&observed.pool_name()),
+            },
+        },
+        None => daemonset_action(
+            desired,
+            raw_daemonset(observed, &settings.plugin_namespace).as_deref(),
+            observed.pool_uid(),
+        ),
     }
 }
 
@@ -257,6 +351,23 @@ fn foreign_plugins(observed: &Observed) -> Vec<ForeignPlugin> {
         .collect()
 }
 
+/// The gate taint keys a pool manages: its spec's, and one it managed before (status).
+fn gate_keys(observed: &Observed) -> BTreeSet<String> {
+    let spec = observed
+        .pool
+        .spec
+        .readiness_gate
+        .as_ref()
+        .map(|g| g.taint_key.clone());
+    let status = observed
+        .pool
+        .status
+        .as_ref()
+        .and_then(|s| s.readiness_gate.as_ref())
+        .map(|g| g.taint_key.clone());
+    spec.into_iter().chain(status).collect()
+}
+
 /// What deleting a pool still has to do before its finalizer may go: its DaemonSets deleted, its
 /// node labels removed, and every one of its plugin pods gone (until then it still counts as
 /// the owner of its nodes, so no other plugin starts there).
@@ -264,6 +375,9 @@ fn foreign_plugins(observed: &Observed) -> Vec<ForeignPlugin> {
 pub struct Cleanup {
     pub delete_daemonsets: Vec<ObjectId>,
     pub label_changes: Vec<crate::decide::placement::LabelChange>,
+    /// The pool's gate taints still on nodes: a pool that goes away must not leave GPU work
+    /// locked out of its nodes.
+    pub taint_changes: Vec<TaintChange>,
     pub pods_left: Vec<ObjectId>,
 }
 
@@ -271,6 +385,7 @@ impl Cleanup {
     pub fn is_done(&self) -> bool {
         self.delete_daemonsets.is_empty()
             && self.label_changes.is_empty()
+            && self.taint_changes.is_empty()
             && self.pods_left.is_empty()
     }
 }
@@ -287,6 +402,10 @@ pub fn plan_cleanup(observed: &Observed) -> Cleanup {
             .map(|ds| ds.id.clone())
             .collect(),
         label_changes: place(&key, &nodes, |_| false, &strays, |_| Vec::new()).label_changes,
+        taint_changes: gate_keys(observed)
+            .iter()
+            .flat_map(|key| crate::decide::gate::lift_gate(key, &nodes))
+            .collect(),
         pods_left: observed
             .pods
             .iter()
@@ -311,6 +430,8 @@ mod tests {
                 node_image,
                 device_plugin: None,
                 expected_gpus_per_node: None,
+                readiness_gate: None,
+                validation: None,
             },
         );
         pool.metadata.uid = Some("uid-1".into());
@@ -397,6 +518,10 @@ mod tests {
             phase: crate::decide::pods::PodPhase::Running,
             ready: false,
             created: None,
+            validates: None,
+            started: None,
+            finished: None,
+            waiting_for_gpu: false,
         }));
         let waiting = plan(&o, &settings());
         assert!(matches!(waiting.daemonset, DaemonSetAction::Wait { .. }));

@@ -47,6 +47,92 @@ pub struct PodFacts {
     pub phase: PodPhase,
     pub ready: bool,
     pub created: Option<Timestamp>,
+    /// Validation pods: what they validate (from their annotations).
+    pub validates: Option<ValidationTarget>,
+    /// When its container started (`status.startTime`).
+    pub started: Option<Timestamp>,
+    /// How its container ended, once it did.
+    pub finished: Option<Termination>,
+    /// The scheduler found no free `nvidia.com/gpu` for it.
+    pub waiting_for_gpu: bool,
+}
+
+/// What a validation pod validates: a node on one boot, with one plugin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidationTarget {
+    pub node: String,
+    pub boot_id: String,
+    pub plugin: String,
+    /// 1 for the first try on this boot and plugin.
+    pub attempt: u32,
+}
+
+/// How a container ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Termination {
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub at: Option<Timestamp>,
+}
+
+/// Annotations on validation pods.
+pub const VALIDATES_NODE: &str = "gpupool.io/node";
+pub const VALIDATES_BOOT: &str = "gpupool.io/boot-id";
+pub const VALIDATES_PLUGIN: &str = "gpupool.io/plugin";
+pub const VALIDATION_ATTEMPT: &str = "gpupool.io/attempt";
+
+fn validation_target(pod: &Pod) -> Option<ValidationTarget> {
+    let annotations = pod.metadata.annotations.as_ref()?;
+    let get = |k: &str| annotations.get(k).cloned();
+    Some(ValidationTarget {
+        node: get(VALIDATES_NODE)?,
+        boot_id: get(VALIDATES_BOOT).unwrap_or_default(),
+        plugin: get(VALIDATES_PLUGIN).unwrap_or_default(),
+        attempt: get(VALIDATION_ATTEMPT)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1),
+    })
+}
+
+fn termination(pod: &Pod) -> Option<Termination> {
+    let status = pod.status.as_ref()?;
+    let terminated = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find_map(|c| c.state.as_ref()?.terminated.clone());
+    match terminated {
+        Some(t) => Some(Termination {
+            exit_code: t.exit_code,
+            reason: t.reason.unwrap_or_default(),
+            message: t.message.unwrap_or_default(),
+            at: t.finished_at.map(|f| f.0),
+        }),
+        // Failed without a container status (evicted, deadline exceeded): the pod says why.
+        None if status.phase.as_deref() == Some("Failed") => Some(Termination {
+            exit_code: -1,
+            reason: status.reason.clone().unwrap_or_default(),
+            message: status.message.clone().unwrap_or_default(),
+            at: None,
+        }),
+        None => None,
+    }
+}
+
+fn waiting_for_gpu(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("nvidia.com/gpu"))
+            })
+        })
 }
 
 impl PodFacts {
@@ -87,6 +173,12 @@ impl PodFacts {
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
+            validates: (role == PodRole::Validation)
+                .then(|| validation_target(pod))
+                .flatten(),
+            started: status.and_then(|s| s.start_time.as_ref()).map(|t| t.0),
+            finished: termination(pod),
+            waiting_for_gpu: waiting_for_gpu(pod),
         })
     }
 }

@@ -132,6 +132,8 @@ fn nodes(max: usize) -> impl Strategy<Value = Vec<NodeFacts>> {
                             Timestamp::from_second(1_800_000_000 - a).expect("valid timestamp")
                         }),
                         deleting,
+                        boot_id: format!("boot-n{i}"),
+                        validation: None,
                     }
                 },
             )
@@ -354,6 +356,8 @@ fn gpupool(p: &PoolRef, node_image: NodeImage, managed: bool) -> GpuPool {
             node_image,
             device_plugin: None,
             expected_gpus_per_node: None,
+            readiness_gate: None,
+            validation: None,
         },
     );
     pool.metadata.uid = Some(p.uid.clone());
@@ -429,6 +433,10 @@ impl Sim {
                     phase: PodPhase::Running,
                     ready: true,
                     created: None,
+                    validates: None,
+                    started: None,
+                    finished: None,
+                    waiting_for_gpu: false,
                 })
             })
             .collect();
@@ -669,6 +677,8 @@ proptest! {
                 node_image,
                 device_plugin: None,
                 expected_gpus_per_node: expected,
+                readiness_gate: None,
+                validation: None,
             });
             pool.metadata.generation = generation;
             pool.status = Some(GpuPoolStatus { conditions: previous.clone(), problem_nodes: previous_problems.clone(), ..Default::default() });
@@ -693,6 +703,7 @@ proptest! {
                 live: None,
                 placement: Default::default(),
                 leftover_pods: vec![],
+                readiness: Default::default(),
             };
             let applied = Applied::kept(daemonset, stall.clone());
             let outcome = report(&observed, &plan, &applied, &settings());

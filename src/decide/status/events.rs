@@ -95,7 +95,7 @@ fn ready_flip(previous: Option<&GpuPoolStatus>, next: &GpuPoolStatus) -> Option<
 }
 
 /// Event notes are limited to 1 kB.
-fn truncate(s: &str) -> String {
+pub(super) fn truncate(s: &str) -> String {
     if s.len() <= 1000 {
         return s.to_string();
     }

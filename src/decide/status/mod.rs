@@ -6,6 +6,7 @@
 mod events;
 mod nodes;
 mod plugin;
+mod readiness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -85,33 +86,18 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
         history: previous.observed_generation.is_some(),
     };
     let dra: BTreeSet<&str> = o.dra_nodes.iter().map(String::as_str).collect();
-    let summary = summarize(&nodes, expectations, &plan.claims, &dra);
-    let plugin = plugin_assessment(&PluginInputs {
-        decision: &plan.plugin,
-        claims: &plan.claims,
-        state: &applied.state,
-        stall: applied.stall.as_ref(),
-        not_ready_since: false_since(&previous, ConditionType::DevicePluginReady),
-        rollout_deadline: settings.rollout_deadline,
-        now: o.now,
-    });
-    let gpus = gpus_assessment(&summary, nodes.len(), &describe(&pool.spec.node_selector));
-    let recheck_at = [summary.next_grace_end, plugin.recheck_at]
-        .into_iter()
-        .flatten()
+    let mut summary = summarize(&nodes, expectations, &plan.claims, &dra);
+    readiness::readiness_problems(o, plan, &mut summary);
+    let components = components(o, plan, applied, settings, &summary, &previous);
+    let recheck_at = components
+        .iter()
+        .filter_map(|(_, a)| a.recheck_at)
+        .chain(
+            [summary.next_grace_end, readiness::next_check(plan)]
+                .into_iter()
+                .flatten(),
+        )
         .min();
-    let mut plugin = plugin;
-    if let Some(progress) = hand_over_progress(plan) {
-        plugin.progressing = Some(
-            plugin
-                .progressing
-                .map_or(progress.clone(), |p| format!("{p}; {progress}")),
-        );
-    }
-    let components = vec![
-        (ConditionType::DevicePluginReady, plugin),
-        (ConditionType::GpusSchedulable, gpus),
-    ];
     let stalled_by_write = applied.stall.is_some();
     let mut assessed = rollup(components, stalled_by_write, &summary, plan.plugin.mode);
     assessed.extend(conflict_assessment(&plan.claims).map(|c| (ConditionType::Conflict, c)));
@@ -122,6 +108,8 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
         gpus_capacity: summary.gpus_capacity,
         gpus_allocatable: summary.gpus_allocatable,
         node_image: Some(plan.plugin.detected.to_string()),
+        readiness_gate: readiness::gate_status(o, plan),
+        validation: readiness::validation_status(plan),
         device_plugin: Some(device_plugin_status(
             &plan.plugin,
             &applied.state,
@@ -139,12 +127,55 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
             .map(|(t, a)| condition(&previous.conditions, pool.metadata.generation, o.now, t, a))
             .collect(),
     };
+    let mut events = pool_events(pool.status.as_ref(), &status, applied.change.as_ref());
+    events.extend(readiness::readiness_events(o, plan));
     StatusOutcome {
-        events: pool_events(pool.status.as_ref(), &status, applied.change.as_ref()),
+        events,
         status,
         recheck_after: recheck_at.map(|at| until(o.now, at)),
         serving: summary.serving,
     }
+}
+
+/// The conditions Ready is rolled up from: the plugin, the GPUs, and validation when set.
+fn components(
+    o: &Observed,
+    plan: &Plan,
+    applied: &Applied,
+    settings: &Settings,
+    summary: &NodeSummary,
+    previous: &GpuPoolStatus,
+) -> Vec<(ConditionType, Assessment)> {
+    let mut plugin = plugin_assessment(&PluginInputs {
+        decision: &plan.plugin,
+        claims: &plan.claims,
+        state: &applied.state,
+        stall: applied.stall.as_ref(),
+        not_ready_since: false_since(previous, ConditionType::DevicePluginReady),
+        rollout_deadline: settings.rollout_deadline,
+        now: o.now,
+    });
+    if let Some(progress) = hand_over_progress(plan) {
+        plugin.progressing = Some(
+            plugin
+                .progressing
+                .map_or(progress.clone(), |p| format!("{p}; {progress}")),
+        );
+    }
+    let gpus = gpus_assessment(
+        summary,
+        o.nodes.len(),
+        &describe(&o.pool.spec.node_selector),
+    );
+    let mut components = vec![
+        (ConditionType::DevicePluginReady, plugin),
+        (ConditionType::GpusSchedulable, gpus),
+    ];
+    components.extend(
+        readiness::validation_assessment(o, plan, &settings.plugin_namespace)
+            .map(|a| (ConditionType::GpusValidated, a)),
+    );
+    components
 }
 
 /// Ready from the component conditions, then Reconciling or Stalled: a pool that is not Ready
@@ -485,6 +516,8 @@ mod tests {
                     node_image: self.mode,
                     device_plugin: None,
                     expected_gpus_per_node: self.expected,
+                    readiness_gate: None,
+                    validation: None,
                 },
             );
             pool.metadata.generation = Some(2);
@@ -517,6 +550,7 @@ mod tests {
                 live: None,
                 placement: Default::default(),
                 leftover_pods: vec![],
+                readiness: Default::default(),
             };
             let applied = Applied::kept(self.daemonset.clone(), self.stall.clone());
             let mut settings = settings();

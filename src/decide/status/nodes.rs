@@ -183,7 +183,13 @@ pub(super) struct NodeSummary {
 }
 
 impl NodeSummary {
-    fn problem(&mut self, node: &str, reason: Reason, message: String, since: Option<Timestamp>) {
+    pub(super) fn problem(
+        &mut self,
+        node: &str,
+        reason: Reason,
+        message: String,
+        since: Option<Timestamp>,
+    ) {
         self.problems
             .entry(node.to_string())
             .or_insert(ProblemNode {

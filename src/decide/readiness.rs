@@ -1,0 +1,246 @@
+//! Each node's GPU readiness, and what follows from it: the validation workload and the
+//! readiness gate's taint writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{Reason, Validation};
+use crate::decide::Settings;
+use crate::decide::gate::{GatePlan, NotReady, Readiness, TaintChange, lift_gate, plan_gate};
+use crate::decide::image::ImageKind;
+use crate::decide::model::Stall;
+use crate::decide::nodes::{NodeFacts, NodeReadiness};
+use crate::decide::plan::{Observed, Plan};
+use crate::decide::pods::PodRole;
+use crate::decide::scheduling::{TaintKey, base_tolerations, tolerations_for};
+use crate::decide::validation::{
+    NodeValidation, ValidationInputs, ValidationPlan, plan_validation,
+};
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReadinessPlan {
+    /// Each selected node's GPU readiness (validation included).
+    pub nodes: BTreeMap<String, Readiness>,
+    pub gate: Option<GatePlan>,
+    /// A gate removed or renamed: its taint comes off every node.
+    pub lift: Vec<TaintChange>,
+    pub validation: Option<ValidationPlan>,
+    /// The validation image is not allowed: no validation pods.
+    pub validation_stall: Option<Stall>,
+}
+
+pub fn plan_readiness(
+    o: &Observed,
+    settings: &Settings,
+    plan: &Plan,
+    tolerated: &BTreeSet<TaintKey>,
+) -> ReadinessPlan {
+    let spec = &o.pool.spec;
+    let nodes: Vec<&NodeFacts> = o.nodes.iter().map(AsRef::as_ref).collect();
+    let mut readiness: BTreeMap<String, Readiness> = nodes
+        .iter()
+        .map(|n| (n.name.clone(), base_readiness(o, plan, n)))
+        .collect();
+    let mut out = ReadinessPlan::default();
+    if let Some(validation) = &spec.validation {
+        out.validation_stall = validation_image_not_allowed(validation, settings);
+        if out.validation_stall.is_none() {
+            let plan = validate(o, settings, plan, validation, &readiness, tolerated);
+            for (node, state) in &plan.states {
+                if let Some(not_ready) = validation_not_ready(o, node, state) {
+                    readiness.insert(node.clone(), Err(not_ready));
+                }
+            }
+            out.validation = Some(plan);
+        }
+    }
+    out.gate = spec
+        .readiness_gate
+        .as_ref()
+        .map(|gate| plan_gate(gate, &nodes, &readiness, o.now, settings.gpu_grace_period));
+    out.lift = lifted(o);
+    out.nodes = readiness;
+    out
+}
+
+/// A gate taint gpupool managed before (status) that the spec no longer names.
+fn lifted(o: &Observed) -> Vec<TaintChange> {
+    let before = o
+        .pool
+        .status
+        .as_ref()
+        .and_then(|s| s.readiness_gate.as_ref())
+        .map(|g| g.taint_key.as_str());
+    let now = o
+        .pool
+        .spec
+        .readiness_gate
+        .as_ref()
+        .map(|g| g.taint_key.as_str());
+    match before.filter(|b| Some(*b) != now) {
+        Some(key) => {
+            let all: Vec<&NodeFacts> = o.nodes.iter().chain(&o.strays).map(AsRef::as_ref).collect();
+            lift_gate(key, &all)
+        }
+        None => Vec::new(),
+    }
+}
+
+/// GPU readiness but for validation: Ready, schedulable, the plugin up, the GPUs there.
+fn base_readiness(o: &Observed, plan: &Plan, node: &NodeFacts) -> Readiness {
+    let not_ready = |why: String, own: Option<Timestamp>| {
+        Err(NotReady {
+            why,
+            since: problem_since(o, node, own),
+        })
+    };
+    if node.ready != NodeReadiness::Ready {
+        return not_ready("the node is not Ready".into(), node.ready_since);
+    }
+    if node.unschedulable {
+        return not_ready("the node is cordoned".into(), None);
+    }
+    let platform = plan.plugin.shipped.contains_key(&node.name);
+    let elsewhere = plan.claims.excludes(&node.name);
+    if !platform && !elsewhere && !plugin_pod_ready(o, &node.name) {
+        return not_ready("its device plugin pod is not ready yet".into(), None);
+    }
+    let expected = i64::from(o.pool.spec.expected_gpus_per_node.unwrap_or(1).max(1));
+    let dra = o.dra_nodes.contains(&node.name);
+    if !dra && node.gpus_allocatable() < expected {
+        let why = format!(
+            "{} of {expected} nvidia.com/gpu allocatable",
+            node.gpus_allocatable()
+        );
+        return not_ready(why, None);
+    }
+    Ok(())
+}
+
+/// When the node's current problem began: its own record, or what the last status said, or now.
+fn problem_since(o: &Observed, node: &NodeFacts, own: Option<Timestamp>) -> Timestamp {
+    let previous = o
+        .pool
+        .status
+        .as_ref()
+        .map(|s| s.problem_nodes.as_slice())
+        .unwrap_or_default();
+    own.or_else(|| {
+        previous
+            .iter()
+            .find(|p| p.name == node.name)
+            .and_then(|p| p.since.as_ref())
+            .map(|t| t.0)
+    })
+    .unwrap_or(o.now)
+}
+
+fn plugin_pod_ready(o: &Observed, node: &str) -> bool {
+    let key = o.pool_key();
+    o.pods_on(node).iter().any(|p| {
+        p.role == PodRole::Plugin && p.pool_key.as_deref() == Some(&key) && p.ready && !p.deleting
+    })
+}
+
+/// Which plugin a node runs, so a new plugin means validating again.
+fn plugin_identity(plan: &Plan, node: &str) -> String {
+    match plan.plugin.shipped.get(node) {
+        Some(kind) => format!("platform:{}", platform_name(*kind)),
+        None => plan
+            .live
+            .as_ref()
+            .and_then(|ds| ds.desired_hash.clone())
+            .unwrap_or_default(),
+    }
+}
+
+fn platform_name(kind: ImageKind) -> &'static str {
+    match kind {
+        ImageKind::Specialized => "gpu-image",
+        ImageKind::ManagedGpu => "managed-gpu",
+        ImageKind::Dra => "dra",
+        ImageKind::Standard | ImageKind::Unlabelled => "none",
+    }
+}
+
+fn validate(
+    o: &Observed,
+    settings: &Settings,
+    plan: &Plan,
+    spec: &Validation,
+    readiness: &BTreeMap<String, Readiness>,
+    tolerated: &BTreeSet<TaintKey>,
+) -> ValidationPlan {
+    let eligible: Vec<(&NodeFacts, String)> = o
+        .nodes
+        .iter()
+        .filter(|n| {
+            readiness.get(&n.name).is_some_and(Result::is_ok) && !plan.claims.excludes(&n.name)
+        })
+        .map(|n| (n.as_ref(), plugin_identity(plan, &n.name)))
+        .collect();
+    let mut tolerations: Vec<Toleration> = base_tolerations();
+    tolerations.extend(tolerations_for(tolerated));
+    let key = o.pool_key();
+    let name = o.pool_name();
+    plan_validation(&ValidationInputs {
+        spec,
+        pool: &name,
+        pool_uid: o.pool_uid(),
+        pool_key: &key,
+        namespace: &settings.plugin_namespace,
+        nodes: eligible,
+        pods: o
+            .pods
+            .iter()
+            .filter(|p| p.role == PodRole::Validation && p.pool_key.as_deref() == Some(&key))
+            .map(AsRef::as_ref)
+            .collect(),
+        tolerations: &tolerations,
+        retry: settings.validation_retry,
+        now: o.now,
+    })
+}
+
+/// A node that passed before and only waits for a free GPU to validate again counts as validated.
+fn validation_not_ready(o: &Observed, node: &str, state: &NodeValidation) -> Option<NotReady> {
+    let why = match state {
+        NodeValidation::Passed
+        | NodeValidation::WaitingForGpu {
+            passed_before: true,
+        } => return None,
+        NodeValidation::Running | NodeValidation::Queued => {
+            "its GPU validation has not passed yet".to_string()
+        }
+        NodeValidation::WaitingForGpu { .. } => {
+            "its GPU validation waits for a free GPU".to_string()
+        }
+        NodeValidation::Failed { message, .. } => format!("its GPU validation failed: {message}"),
+    };
+    let facts = o.nodes.iter().find(|n| n.name == node)?;
+    Some(NotReady {
+        why,
+        since: problem_since(o, facts, None),
+    })
+}
+
+fn validation_image_not_allowed(spec: &Validation, settings: &Settings) -> Option<Stall> {
+    let repository = crate::decide::image_repository(&spec.image);
+    if settings
+        .allowed_validation_images
+        .iter()
+        .any(|a| a == repository)
+    {
+        return None;
+    }
+    Some(Stall {
+        reason: Reason::ImageNotAllowed,
+        message: format!(
+            "spec.validation.image {} is not from a repository the operator allows ({}): use one of them, or have a cluster admin add it to --allowed-validation-images",
+            spec.image,
+            settings.allowed_validation_images.join(", ")
+        ),
+    })
+}

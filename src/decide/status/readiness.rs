@@ -1,0 +1,287 @@
+//! What the status says about the readiness gate and validation: `status.readinessGate`,
+//! `status.validation`, the `GpusValidated` condition, the problem nodes and the events.
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{GateStatus, Reason, ValidationStatus};
+use crate::decide::gate::{TaintChange, carries};
+use crate::decide::model::name_list;
+use crate::decide::plan::{Observed, Plan};
+use crate::decide::validation::{NodeValidation, ValidationResult};
+
+use super::Assessment;
+use super::events::PoolEvent;
+use super::nodes::NodeSummary;
+
+/// At most this many dry-run changes are listed.
+const MAX_LISTED: usize = 20;
+
+/// `status.readinessGate`: the gate the spec names, or one being lifted.
+pub(super) fn gate_status(o: &Observed, plan: &Plan) -> Option<GateStatus> {
+    let r = &plan.readiness;
+    let (key, mode, dry_run) = match &o.pool.spec.readiness_gate {
+        Some(gate) => (gate.taint_key.clone(), gate.mode, gate.dry_run),
+        // Removed from the spec: reported until its taint is off every node, so it is cleaned up
+        // even if the operator restarts meanwhile.
+        None if !r.lift.is_empty() => {
+            let before = o.pool.status.as_ref()?.readiness_gate.clone()?;
+            (before.taint_key, before.mode, before.dry_run)
+        }
+        None => return None,
+    };
+    let changes = r
+        .gate
+        .as_ref()
+        .map(|g| g.changes.as_slice())
+        .unwrap_or_default();
+    let carrying = o.nodes.iter().filter(|n| carries(n, &key)).count();
+    let added = changes.iter().filter(|c| c.add).count();
+    let removed = changes.len() - added + r.lift.iter().filter(|c| c.key == key).count();
+    Some(GateStatus {
+        taint_key: key,
+        mode,
+        dry_run,
+        gated_nodes: i32::try_from((carrying + added).saturating_sub(removed)).unwrap_or(i32::MAX),
+        would: r
+            .gate
+            .iter()
+            .flat_map(|g| &g.would)
+            .take(MAX_LISTED)
+            .map(ToString::to_string)
+            .collect(),
+    })
+}
+
+/// `status.validation`.
+pub(super) fn validation_status(plan: &Plan) -> Option<ValidationStatus> {
+    let states = &plan.readiness.validation.as_ref()?.states;
+    let count = |f: fn(&NodeValidation) -> bool| {
+        i32::try_from(states.values().filter(|s| f(s)).count()).unwrap_or(i32::MAX)
+    };
+    Some(ValidationStatus {
+        validated: count(|s| matches!(s, NodeValidation::Passed)),
+        pending: count(|s| matches!(s, NodeValidation::Running | NodeValidation::Queued)),
+        waiting_for_gpu: count(|s| matches!(s, NodeValidation::WaitingForGpu { .. })),
+        failed: count(|s| matches!(s, NodeValidation::Failed { .. })),
+    })
+}
+
+/// `GpusValidated`, when the pool validates.
+pub(super) fn validation_assessment(
+    o: &Observed,
+    plan: &Plan,
+    namespace: &str,
+) -> Option<Assessment> {
+    o.pool.spec.validation.as_ref()?;
+    if let Some(stall) = &plan.readiness.validation_stall {
+        return Some(Assessment::failed(stall.reason, stall.message.clone()));
+    }
+    let states = &plan.readiness.validation.as_ref()?.states;
+    let named = |f: &dyn Fn(&NodeValidation) -> bool| -> Vec<String> {
+        states
+            .iter()
+            .filter(|(_, s)| f(s))
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    let failed = named(&|s| matches!(s, NodeValidation::Failed { .. }));
+    let pending = named(&|s| matches!(s, NodeValidation::Running | NodeValidation::Queued));
+    let waiting = named(&|s| {
+        matches!(
+            s,
+            NodeValidation::WaitingForGpu {
+                passed_before: false
+            }
+        )
+    });
+    let validated = states
+        .values()
+        .filter(|s| matches!(s, NodeValidation::Passed))
+        .count();
+    Some(if !failed.is_empty() {
+        Assessment::failed(
+            Reason::ValidationFailed,
+            format!(
+                "the GPU validation failed on {}: see status.problemNodes and the kept pod's log (kubectl -n {namespace} logs -l app.kubernetes.io/component=gpu-validation); retried with backoff",
+                name_list(&failed, 10)
+            ),
+        )
+    } else if !pending.is_empty() {
+        let list = name_list(&pending, 10);
+        Assessment::progressing(
+            Reason::ValidationPending,
+            format!("validating the GPUs of {list}"),
+            format!("validating GPUs on {list}"),
+        )
+    } else if !waiting.is_empty() {
+        let list = name_list(&waiting, 10);
+        Assessment::progressing(
+            Reason::ValidationWaitingForGpu,
+            format!("every GPU of {list} is in use: validation waits for a free one"),
+            format!("waiting for a free GPU to validate {list}"),
+        )
+    } else {
+        Assessment::ok(
+            Reason::GpusValidated,
+            format!("{validated} nodes passed the GPU validation"),
+        )
+    })
+}
+
+/// Problem nodes of validation and of the gate (after those of the nodes' own health).
+pub(super) fn readiness_problems(o: &Observed, plan: &Plan, s: &mut NodeSummary) {
+    let r = &plan.readiness;
+    for (node, state) in r.validation.iter().flat_map(|v| &v.states) {
+        let (reason, message) = match state {
+            NodeValidation::Failed {
+                message,
+                retry_at,
+                attempts,
+            } => (
+                Reason::ValidationFailed,
+                format!(
+                    "GPU validation failed ({attempts} attempts): {message}; next attempt at {retry_at}"
+                ),
+            ),
+            NodeValidation::Running | NodeValidation::Queued => (
+                Reason::ValidationPending,
+                "GPU validation running or queued".to_string(),
+            ),
+            NodeValidation::WaitingForGpu { passed_before } => (
+                Reason::ValidationWaitingForGpu,
+                format!(
+                    "every GPU is in use; validation waits for a free one{}",
+                    if *passed_before {
+                        " (it passed before)"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            NodeValidation::Passed => continue,
+        };
+        s.problem(node, reason, message, None);
+    }
+    let Some(gate) = &o.pool.spec.readiness_gate else {
+        return;
+    };
+    for node in o.nodes.iter().filter(|n| carries(n, &gate.taint_key)) {
+        if let Some(Err(not_ready)) = r.nodes.get(&node.name) {
+            let message = format!(
+                "kept out of GPU work by {}: {}",
+                gate.taint_key, not_ready.why
+            );
+            s.problem(&node.name, Reason::Gated, message, Some(not_ready.since));
+        }
+    }
+}
+
+/// Events about the gate's writes (or, in dry run, what it would write) and validation results.
+pub(super) fn readiness_events(o: &Observed, plan: &Plan) -> Vec<PoolEvent> {
+    let r = &plan.readiness;
+    let changes: Vec<&TaintChange> = r
+        .gate
+        .iter()
+        .flat_map(|g| &g.changes)
+        .chain(&r.lift)
+        .collect();
+    let nodes = |add: bool| -> Vec<String> {
+        changes
+            .iter()
+            .filter(|c| c.add == add)
+            .map(|c| c.node.clone())
+            .collect()
+    };
+    let mut events = Vec::new();
+    let (opened, closed) = (nodes(false), nodes(true));
+    if !opened.is_empty() {
+        events.push(event(
+            false,
+            Reason::GateOpened,
+            format!(
+                "removed the readiness gate taint from {}",
+                name_list(&opened, 20)
+            ),
+        ));
+    }
+    if !closed.is_empty() {
+        events.push(event(true, Reason::GateClosed, format!("put the readiness gate taint on {}: not GPU-ready for longer than the grace period", name_list(&closed, 20))));
+    }
+    let would: Vec<String> = r
+        .gate
+        .iter()
+        .flat_map(|g| &g.would)
+        .map(ToString::to_string)
+        .collect();
+    let said_before = o
+        .pool
+        .status
+        .as_ref()
+        .and_then(|s| s.readiness_gate.as_ref())
+        .map(|g| g.would.clone())
+        .unwrap_or_default();
+    if !would.is_empty()
+        && would.iter().take(MAX_LISTED).cloned().collect::<Vec<_>>() != said_before
+    {
+        events.push(event(
+            false,
+            Reason::GateDryRun,
+            format!("dry run, would {}", name_list(&would, 20)),
+        ));
+    }
+    for (result, warning, reason) in [
+        (ValidationResult::Passed, false, Reason::ValidationPassed),
+        (ValidationResult::Failed, true, Reason::ValidationFailed),
+    ] {
+        let nodes: Vec<String> = r
+            .validation
+            .iter()
+            .flat_map(|v| &v.records)
+            .filter(|(_, rec)| rec.result == result)
+            .map(|(n, rec)| {
+                if rec.message.is_empty() {
+                    n.clone()
+                } else {
+                    format!("{n} ({})", rec.message)
+                }
+            })
+            .collect();
+        if !nodes.is_empty() {
+            events.push(event(
+                warning,
+                reason,
+                format!(
+                    "GPU validation {}: {}",
+                    if warning { "failed" } else { "passed" },
+                    name_list(&nodes, 10)
+                ),
+            ));
+        }
+    }
+    events
+}
+
+fn event(warning: bool, reason: Reason, note: String) -> PoolEvent {
+    PoolEvent {
+        warning,
+        reason,
+        note: super::events::truncate(&note),
+    }
+}
+
+/// When to look at the pool again for the gate or validation: a failed node's retry, a running
+/// validation's timeout, a Continuous gate's grace period ending.
+pub(super) fn next_check(plan: &Plan) -> Option<Timestamp> {
+    let r = &plan.readiness;
+    let retries = r
+        .validation
+        .iter()
+        .flat_map(|v| v.states.values())
+        .filter_map(|s| match s {
+            NodeValidation::Failed { retry_at, .. } => Some(*retry_at),
+            _ => None,
+        });
+    let timeouts = r.validation.iter().filter_map(|v| v.next_check);
+    let graces = r.gate.iter().filter_map(|g| g.next_check);
+    retries.chain(timeouts).chain(graces).min()
+}
