@@ -70,6 +70,9 @@ const REVIEWED_PERMISSIONS: &[&str] = &[
     "gpu-resources: apps/daemonsets create",
     "gpu-resources: apps/daemonsets delete",
     "gpu-resources: apps/daemonsets patch",
+    // Validation pods (spec.validation), in the plugin namespace only.
+    "gpu-resources: core/pods create",
+    "gpu-resources: core/pods delete",
     // Events about cluster-scoped GpuPools (kube's Recorder: create, then patch for a series).
     "default: events.k8s.io/events create",
     "default: events.k8s.io/events patch",
@@ -1291,7 +1294,9 @@ async fn wait_until_rbac_allows(
         json!({"group": "", "resource": "nodes", "verb": "delete"}),
         json!({"group": "", "resource": "nodes", "verb": "update"}),
         json!({"group": "", "resource": "pods", "verb": "delete", "namespace": "kube-system"}),
-        json!({"group": "", "resource": "pods", "verb": "create", "namespace": "gpu-resources"}),
+        json!({"group": "", "resource": "pods", "verb": "create", "namespace": "default"}),
+        json!({"group": "", "resource": "pods", "verb": "delete", "namespace": "default"}),
+        json!({"group": "", "resource": "pods", "subresource": "exec", "verb": "create", "namespace": "gpu-resources"}),
         json!({"group": "coordination.k8s.io", "resource": "leases", "verb": "patch", "namespace": sa_namespace, "name": "someone-elses-lease"}),
     ];
     let allowed = |attrs: Value| {

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::api::GpuPool;
 use crate::decide::Settings;
-use crate::decide::model::Rejection;
+use crate::decide::model::{ProblemClocks, Rejection};
 use crate::index::{DaemonSetIndex, DraIndex, NodeIndex, PodIndex};
 use crate::server::Health;
 use crate::telemetry::Metrics;
@@ -64,6 +64,8 @@ pub struct Context {
     backoffs: Mutex<HashMap<String, ExponentialBackoff>>,
     /// Each pool's last DaemonSet the API server refused.
     rejections: Mutex<HashMap<String, Rejection>>,
+    /// When each problem node of each pool had its problem begin (see `ProblemClocks`).
+    problem_clocks: Mutex<HashMap<String, Arc<ProblemClocks>>>,
 }
 
 /// A poisoned lock only means a panic elsewhere; the data is plain and still consistent.
@@ -109,6 +111,7 @@ impl Context {
             gpu_waits: Mutex::default(),
             backoffs: Mutex::default(),
             rejections: Mutex::default(),
+            problem_clocks: Mutex::default(),
         }
     }
 
@@ -196,6 +199,15 @@ impl Context {
         lock(&self.gpu_waits).retain(|(p, _), _| p != pool);
         lock(&self.backoffs).remove(pool);
         lock(&self.rejections).remove(pool);
+        lock(&self.problem_clocks).remove(pool);
+    }
+
+    pub fn problem_clocks(&self, pool: &str) -> Option<Arc<ProblemClocks>> {
+        lock(&self.problem_clocks).get(pool).cloned()
+    }
+
+    pub fn remember_problem_clocks(&self, pool: &str, clocks: ProblemClocks) {
+        lock(&self.problem_clocks).insert(pool.to_string(), Arc::new(clocks));
     }
 
     /// Remembers (or forgets, with None) the pool's last refused DaemonSet.

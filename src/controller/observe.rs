@@ -81,6 +81,7 @@ pub fn observe(ctx: &Context, pool: Arc<GpuPool>) -> Observed {
             .filter_map(|p| p.metadata.uid.clone())
             .collect(),
         rejection: ctx.rejection(&pool.name_any()),
+        problem_clocks: ctx.problem_clocks(&pool.name_any()),
         pool,
         nodes,
         strays,

@@ -70,6 +70,7 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
         ctx.record_rejection(&name, applied.rejected.clone());
     }
     let written = publish(ctx, &observed.pool, &outcome).await?;
+    ctx.remember_problem_clocks(&name, outcome.problem_clocks.clone());
 
     let members: Vec<String> = observed.nodes.iter().map(|n| n.name.clone()).collect();
     ctx.metrics.set_pool(&name, &outcome.status);

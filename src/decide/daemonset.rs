@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::api::{API_VERSION_FULL, DevicePluginSpec, KIND, PluginToleration, TolerationOperator};
 use crate::decide::model::{DESIRED_HASH_ANNOTATION, TOLERATED_TAINTS_ANNOTATION};
 use crate::decide::placement::DEVICE_PLUGIN_LABEL;
-use crate::decide::pods::{MANAGED_BY, PLUGIN_POD_LABEL, POOL_LABEL};
+use crate::decide::pods::{MANAGED_BY, PLUGIN_POD_LABEL, POOL_LABEL, VALIDATES_PLUGIN};
 use crate::decide::scheduling::{TaintKey, base_tolerations, tolerations_for};
 
 /// The default plugin image: the one the current AKS GPU article uses.
@@ -118,10 +118,18 @@ pub fn desired_daemonset(p: &PluginPlacement) -> DaemonSet {
                     labels: Some(pod_labels),
                     // The article's legacy critical add-on marker; priorityClassName does the real work.
                     annotations: Some(
-                        [(
-                            "scheduler.alpha.kubernetes.io/critical-pod".to_string(),
-                            String::new(),
-                        )]
+                        [
+                            (
+                                "scheduler.alpha.kubernetes.io/critical-pod".to_string(),
+                                String::new(),
+                            ),
+                            // Which plugin a pod runs: a node validated with another one is
+                            // validated again, and not before its pod runs this one.
+                            (
+                                VALIDATES_PLUGIN.to_string(),
+                                plugin_identity(p.image, p.spec),
+                            ),
+                        ]
                         .into(),
                     ),
                     ..ObjectMeta::default()
@@ -211,6 +219,14 @@ fn plugin_container(image: &str, spec: &DevicePluginSpec) -> Container {
         }]),
         ..Container::default()
     }
+}
+
+/// What identifies the plugin a pod runs: its container (image, environment, resources), not
+/// where it is scheduled or what it tolerates.
+pub fn plugin_identity(image: &str, spec: Option<&DevicePluginSpec>) -> String {
+    let container = plugin_container(image, &spec.cloned().unwrap_or_default());
+    let json = serde_json::to_vec(&container).expect("a Container serializes to JSON");
+    format!("{:016x}", fnv1a(&json))
 }
 
 /// Hash of the desired object (before the hash annotation is added).

@@ -102,6 +102,7 @@ mod tests {
             phase: PodPhase::Running,
             ready: true,
             created: None,
+            plugin: None,
             validates: None,
             started: None,
             finished: None,

@@ -15,7 +15,9 @@ use crate::decide::claims::{ForeignPlugin, NodeClaims, PoolRef, claim_nodes};
 use crate::decide::daemonset::{PluginPlacement, daemonset_name, desired_daemonset, pool_key};
 use crate::decide::gate::TaintChange;
 use crate::decide::image::{PluginDecision, decide_plugin};
-use crate::decide::model::{DESIRED_HASH_ANNOTATION, DaemonSetFacts, ObjectId, Rejection, Stall};
+use crate::decide::model::{
+    DESIRED_HASH_ANNOTATION, DaemonSetFacts, ObjectId, ProblemClocks, Rejection, Stall,
+};
 use crate::decide::nodes::NodeFacts;
 use crate::decide::placement::{LabelChange, Placement, place};
 use crate::decide::pods::{PodFacts, PodRole};
@@ -43,6 +45,9 @@ pub struct Observed {
     pub pool_uids: HashSet<String>,
     /// The pool's last DaemonSet the API server refused.
     pub rejection: Option<Rejection>,
+    /// When each problem node's problem began, as the last reconcile found (None after a
+    /// restart: then the status says it, for the nodes it lists).
+    pub problem_clocks: Option<Arc<ProblemClocks>>,
     pub now: Timestamp,
 }
 
@@ -57,6 +62,16 @@ impl Observed {
 
     pub fn pool_key(&self) -> String {
         pool_key(&self.pool_name())
+    }
+
+    /// When each problem node's problem began.
+    pub fn problem_clocks(&self) -> std::borrow::Cow<'_, ProblemClocks> {
+        match &self.problem_clocks {
+            Some(clocks) => std::borrow::Cow::Borrowed(clocks.as_ref()),
+            None => std::borrow::Cow::Owned(ProblemClocks::of(
+                self.pool.status.iter().flat_map(|s| s.problem_nodes.iter()),
+            )),
+        }
     }
 
     /// gpupool's pods on a node, terminating ones included.
@@ -445,6 +460,7 @@ mod tests {
             dra_nodes: HashSet::new(),
             pool_uids: ["uid-1".to_string()].into(),
             rejection: None,
+            problem_clocks: None,
             now: Timestamp::UNIX_EPOCH,
         }
     }
@@ -518,6 +534,7 @@ mod tests {
             phase: crate::decide::pods::PodPhase::Running,
             ready: false,
             created: None,
+            plugin: None,
             validates: None,
             started: None,
             finished: None,

@@ -47,6 +47,8 @@ pub struct PodFacts {
     pub phase: PodPhase,
     pub ready: bool,
     pub created: Option<Timestamp>,
+    /// Plugin pods: the plugin they run (annotation `gpupool.io/plugin`, see `plugin_identity`).
+    pub plugin: Option<String>,
     /// Validation pods: what they validate (from their annotations).
     pub validates: Option<ValidationTarget>,
     /// When its container started (`status.startTime`).
@@ -173,6 +175,9 @@ impl PodFacts {
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
+            plugin: (role == PodRole::Plugin)
+                .then(|| meta.annotations.as_ref()?.get(VALIDATES_PLUGIN).cloned())
+                .flatten(),
             validates: (role == PodRole::Validation)
                 .then(|| validation_target(pod))
                 .flatten(),

@@ -433,6 +433,7 @@ impl Sim {
                     phase: PodPhase::Running,
                     ready: true,
                     created: None,
+                    plugin: None,
                     validates: None,
                     started: None,
                     finished: None,
@@ -469,6 +470,7 @@ impl Sim {
             dra_nodes: HashSet::new(),
             pool_uids: self.pools.iter().map(|(p, _)| p.uid.clone()).collect(),
             rejection: None,
+            problem_clocks: None,
             now: Timestamp::UNIX_EPOCH,
         }
     }
@@ -692,6 +694,7 @@ proptest! {
                 dra_nodes: HashSet::new(),
                 pool_uids: Default::default(),
                 rejection: None,
+                problem_clocks: None,
                 now,
             };
             let plan = Plan {

@@ -8,6 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{Reason, Validation};
 use crate::decide::Settings;
+use crate::decide::daemonset::plugin_identity;
 use crate::decide::gate::{GatePlan, NotReady, Readiness, TaintChange, lift_gate, plan_gate};
 use crate::decide::image::ImageKind;
 use crate::decide::model::Stall;
@@ -104,7 +105,7 @@ fn base_readiness(o: &Observed, plan: &Plan, node: &NodeFacts) -> Readiness {
     }
     let platform = plan.plugin.shipped.contains_key(&node.name);
     let elsewhere = plan.claims.excludes(&node.name);
-    if !platform && !elsewhere && !plugin_pod_ready(o, &node.name) {
+    if !platform && !elsewhere && !plugin_pod_ready(o, plan, &node.name) {
         return not_ready("its device plugin pod is not ready yet".into(), None);
     }
     let expected = i64::from(o.pool.spec.expected_gpus_per_node.unwrap_or(1).max(1));
@@ -121,38 +122,33 @@ fn base_readiness(o: &Observed, plan: &Plan, node: &NodeFacts) -> Readiness {
 
 /// When the node's current problem began: its own record, or what the last status said, or now.
 fn problem_since(o: &Observed, node: &NodeFacts, own: Option<Timestamp>) -> Timestamp {
-    let previous = o
-        .pool
-        .status
-        .as_ref()
-        .map(|s| s.problem_nodes.as_slice())
-        .unwrap_or_default();
-    own.or_else(|| {
-        previous
-            .iter()
-            .find(|p| p.name == node.name)
-            .and_then(|p| p.since.as_ref())
-            .map(|t| t.0)
-    })
-    .unwrap_or(o.now)
+    own.or_else(|| o.problem_clocks().get(&node.name).map(|c| c.since))
+        .unwrap_or(o.now)
 }
 
-fn plugin_pod_ready(o: &Observed, node: &str) -> bool {
+/// The pool's plugin pod on the node is ready and runs the pool's current plugin (during a
+/// rollout, the old one does not count: validating it would record a pass for the wrong plugin).
+fn plugin_pod_ready(o: &Observed, plan: &Plan, node: &str) -> bool {
     let key = o.pool_key();
+    let current = desired_plugin(o, plan);
     o.pods_on(node).iter().any(|p| {
-        p.role == PodRole::Plugin && p.pool_key.as_deref() == Some(&key) && p.ready && !p.deleting
+        p.role == PodRole::Plugin
+            && p.pool_key.as_deref() == Some(&key)
+            && p.ready
+            && !p.deleting
+            && p.plugin.as_ref() == Some(&current)
     })
+}
+
+fn desired_plugin(o: &Observed, plan: &Plan) -> String {
+    plugin_identity(&plan.image, o.pool.spec.device_plugin.as_ref())
 }
 
 /// Which plugin a node runs, so a new plugin means validating again.
-fn plugin_identity(plan: &Plan, node: &str) -> String {
+fn node_plugin(o: &Observed, plan: &Plan, node: &str) -> String {
     match plan.plugin.shipped.get(node) {
         Some(kind) => format!("platform:{}", platform_name(*kind)),
-        None => plan
-            .live
-            .as_ref()
-            .and_then(|ds| ds.desired_hash.clone())
-            .unwrap_or_default(),
+        None => desired_plugin(o, plan),
     }
 }
 
@@ -179,7 +175,7 @@ fn validate(
         .filter(|n| {
             readiness.get(&n.name).is_some_and(Result::is_ok) && !plan.claims.excludes(&n.name)
         })
-        .map(|n| (n.as_ref(), plugin_identity(plan, &n.name)))
+        .map(|n| (n.as_ref(), node_plugin(o, plan, &n.name)))
         .collect();
     let mut tolerations: Vec<Toleration> = base_tolerations();
     tolerations.extend(tolerations_for(tolerated));

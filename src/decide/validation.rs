@@ -466,6 +466,7 @@ mod tests {
             },
             ready: finished.is_none(),
             created: None,
+            plugin: None,
             validates: Some(ValidationTarget {
                 node: node.name.clone(),
                 boot_id: node.boot_id.clone(),

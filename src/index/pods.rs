@@ -86,6 +86,7 @@ mod tests {
             phase: PodPhase::Running,
             ready: true,
             created: None,
+            plugin: None,
             validates: None,
             started: None,
             finished: None,

@@ -26,6 +26,8 @@ pub struct Env {
 static READY: OnceCell<()> = OnceCell::const_new();
 static OPERATOR: std::sync::OnceLock<std::sync::Mutex<Option<ChildProcess>>> =
     std::sync::OnceLock::new();
+/// How the shared operator was started (its kubeconfig and flags), to start it again.
+static OPERATOR_START: std::sync::OnceLock<(PathBuf, Vec<String>)> = std::sync::OnceLock::new();
 
 /// The user the shared operator runs as: the shipped ServiceAccount, with exactly the shipped
 /// RBAC (deploy/rbac.yaml). The plane's default audit policy records its every request.
@@ -61,8 +63,14 @@ pub async fn env_with(operator_args: &[&str]) -> Env {
                 .kubeconfig_for_service_account("gpupool-system", "gpupool-operator")
                 .await
                 .expect("a token for the shipped ServiceAccount");
-            let operator = start_operator(plane, kubeconfig, "operator", operator_args);
+            let operator = start_operator(plane, kubeconfig.clone(), "operator", operator_args);
             OPERATOR.get_or_init(|| std::sync::Mutex::new(Some(operator)));
+            OPERATOR_START.get_or_init(|| {
+                (
+                    kubeconfig,
+                    operator_args.iter().map(ToString::to_string).collect(),
+                )
+            });
         })
         .await;
     Env {
@@ -372,6 +380,24 @@ pub fn placement(ds: &DaemonSet) -> (serde_json::Value, Vec<String>) {
 
 pub fn name_of(pool: &GpuPool) -> String {
     pool.name_any()
+}
+
+/// SIGKILLs the shared operator (no shutdown, in-flight writes cut off: as a node failure or an
+/// OOM kill would) and starts it again with the same flags. Other tests of the binary go on.
+pub fn restart_operator(env: &Env) {
+    let (kubeconfig, args) = OPERATOR_START.get().expect("env() started the operator");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cell = OPERATOR.get().expect("env() started the operator");
+    let mut guard = cell.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(mut old) = guard.take() {
+        old.kill();
+    }
+    *guard = Some(start_operator(
+        env.plane,
+        kubeconfig.clone(),
+        "operator",
+        &args,
+    ));
 }
 
 /// Process id of the shared operator started by [`env`] (None before that).

@@ -37,6 +37,8 @@ pub struct Request {
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub received: SystemTime,
+    /// The response's HTTP status code (e.g. 409 for a write that lost a resourceVersion race).
+    pub code: Option<u16>,
 }
 
 impl Request {
@@ -90,5 +92,9 @@ fn request(event: &serde_json::Value) -> Option<Request> {
         name: text("/objectRef/name"),
         verb,
         received: SystemTime::from(received),
+        code: event
+            .pointer("/responseStatus/code")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|c| u16::try_from(c).ok()),
     })
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Taint};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -163,6 +163,19 @@ impl GpuNode {
             status: Some(NodeStatus {
                 capacity: Some(resources.clone()),
                 allocatable: Some(resources),
+                node_info: Some(NodeSystemInfo {
+                    architecture: "amd64".into(),
+                    boot_id: new_boot_id(),
+                    container_runtime_version: "containerd://1.7.27-1".into(),
+                    kernel_version: "5.15.0-1089-azure".into(),
+                    kube_proxy_version: String::new(),
+                    kubelet_version: "v1.33.5".into(),
+                    machine_id: format!("{:032x}", fnv(&self.name)),
+                    operating_system: "linux".into(),
+                    os_image: "Ubuntu 22.04.5 LTS".into(),
+                    system_uuid: format!("{:032x}", fnv(&format!("uuid/{}", self.name))),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
         }
@@ -229,6 +242,39 @@ pub async fn set_gpus(
     api.patch_status(node, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
+}
+
+/// A fresh boot id, as the kernel makes one at every boot (`/proc/sys/kernel/random/boot_id`).
+fn new_boot_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("random bytes");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+fn fnv(s: &str) -> u128 {
+    s.bytes()
+        .fold(0x6c62272e07bb014262b821756295c58d_u128, |h, b| {
+            (h ^ u128::from(b)).wrapping_mul(0x0000000001000000000000000000013B)
+        })
+}
+
+/// The node rebooted: a new `status.nodeInfo.bootID`, as the kubelet reports after a restart of
+/// the machine (kwok keeps it). Returns the new boot id.
+pub async fn reboot(client: &kube::Client, node: &str) -> Result<String, Error> {
+    let boot_id = new_boot_id();
+    let api: Api<Node> = Api::all(client.clone());
+    let patch = serde_json::json!({ "status": { "nodeInfo": { "bootID": boot_id } } });
+    api.patch_status(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(boot_id)
 }
 
 /// Deletes the node (as the cluster autoscaler or a scale-down would). A node that is already

@@ -60,8 +60,24 @@ impl ValidationPods {
 
     /// Starts the simulation with validation containers that run for `run_time`.
     pub fn spawn_with_run_time(client: kube::Client, run_time: Duration) -> ValidationPods {
+        Self::spawn_selecting(client, "", run_time)
+    }
+
+    /// Starts the simulation for the validation pods that also match the label selector `extra`
+    /// (e.g. `gpupool.io/pool=a`): tests sharing a control plane each simulate their own pods.
+    pub fn spawn_selecting(
+        client: kube::Client,
+        extra: &str,
+        run_time: Duration,
+    ) -> ValidationPods {
+        let (key, value) = VALIDATION_POD_LABEL;
+        let selector = if extra.is_empty() {
+            format!("{key}={value}")
+        } else {
+            format!("{key}={value},{extra}")
+        };
         ValidationPods {
-            task: Some(tokio::spawn(watch(client, run_time))),
+            task: Some(tokio::spawn(watch(client, selector, run_time))),
         }
     }
 
@@ -82,9 +98,8 @@ impl Drop for ValidationPods {
     }
 }
 
-async fn watch(client: kube::Client, run_time: Duration) {
-    let (key, value) = VALIDATION_POD_LABEL;
-    let config = watcher::Config::default().labels(&format!("{key}={value}"));
+async fn watch(client: kube::Client, selector: String, run_time: Duration) {
+    let config = watcher::Config::default().labels(&selector);
     let mut pods = watcher(Api::<Pod>::all(client.clone()), config)
         .default_backoff()
         .applied_objects()

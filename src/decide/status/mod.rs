@@ -17,7 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::api::{Condition, ConditionStatus, ConditionType, GpuPoolStatus, PluginMode, Reason};
 use crate::decide::Settings;
 use crate::decide::claims::NodeClaims;
-use crate::decide::model::{Applied, name_list};
+use crate::decide::model::{Applied, ProblemClocks, name_list};
 use crate::decide::nodes::NodeFacts;
 use crate::decide::plan::{Observed, Plan};
 use crate::decide::selector::describe;
@@ -37,6 +37,8 @@ pub struct StatusOutcome {
     pub recheck_after: Option<Duration>,
     /// Nodes that can run GPU work now (for the time-to-GPUs metric).
     pub serving: Vec<String>,
+    /// When every problem node's problem began (the status lists only the first 20).
+    pub problem_clocks: ProblemClocks,
 }
 
 /// One condition's outcome, and what it says about progress.
@@ -78,11 +80,12 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
     let pool = &o.pool;
     let previous = pool.status.clone().unwrap_or_default();
     let nodes: Vec<&NodeFacts> = o.nodes.iter().map(AsRef::as_ref).collect();
+    let clocks = o.problem_clocks();
     let expectations = Expectations {
         expected_gpus: pool.spec.expected_gpus_per_node,
         now: o.now,
         grace: settings.gpu_grace_period,
-        previous: &previous.problem_nodes,
+        previous: &clocks,
         history: previous.observed_generation.is_some(),
     };
     let dra: BTreeSet<&str> = o.dra_nodes.iter().map(String::as_str).collect();
@@ -133,6 +136,7 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
         events,
         status,
         recheck_after: recheck_at.map(|at| until(o.now, at)),
+        problem_clocks: ProblemClocks::of(summary.problems.values()),
         serving: summary.serving,
     }
 }
@@ -490,6 +494,8 @@ mod tests {
         previous_problems: Vec<crate::api::ProblemNode>,
         mode: NodeImage,
         dra: std::collections::HashSet<String>,
+        clocks: Option<ProblemClocks>,
+        at: Timestamp,
     }
 
     impl Case {
@@ -505,6 +511,8 @@ mod tests {
                 previous_problems: vec![],
                 mode: NodeImage::Standard,
                 dra: Default::default(),
+                clocks: None,
+                at: now(),
             }
         }
 
@@ -538,7 +546,8 @@ mod tests {
                 dra_nodes: self.dra.clone(),
                 pool_uids: Default::default(),
                 rejection: None,
-                now: now(),
+                problem_clocks: self.clocks.clone().map(Arc::new),
+                now: self.at,
             };
             let refs: Vec<&NodeFacts> = self.nodes.iter().collect();
             let plan = Plan {
@@ -1089,6 +1098,36 @@ mod tests {
         assert_eq!(s.problem_nodes_total, 50);
         let msg = &cond(&s, ConditionType::Ready).unwrap().message;
         assert!(msg.contains("and 40 more"), "{msg}");
+    }
+
+    #[test]
+    fn every_problem_node_keeps_its_clock_not_only_the_twenty_listed() {
+        let nodes: Vec<NodeFacts> = (0..30)
+            .map(|i| old_node(&format!("n{i:02}"), 0, 0))
+            .collect();
+        let mut case = Case::new(nodes);
+        case.previous = Case::new(vec![old_node("a", 1, 1)]).run().status.conditions;
+        let first = case.run();
+        assert_eq!(first.problem_clocks.len(), 30);
+        case.previous = first.status.conditions.clone();
+        case.previous_problems = first.status.problem_nodes.clone();
+        case.at = now()
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_mins(20))
+            .unwrap();
+        // After a restart only the status is left: the 10 nodes it does not list start again.
+        let restarted = case.run();
+        assert_eq!(restarted.problem_clocks.get("n05").unwrap().since, now());
+        assert_eq!(restarted.problem_clocks.get("n29").unwrap().since, case.at);
+        // Kept by the operator, every node's problem began when it was first seen.
+        case.clocks = Some(first.problem_clocks.clone());
+        let kept = case.run();
+        assert_eq!(kept.problem_clocks.get("n29").unwrap().since, now());
+        assert!(
+            kept.recheck_after
+                .is_none_or(|d| d > Duration::from_secs(60)),
+            "no node's grace period is still running: {:?}",
+            kept.recheck_after
+        );
     }
 
     #[test]

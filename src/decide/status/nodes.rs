@@ -9,6 +9,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::{ProblemNode, Reason};
 use crate::decide::claims::NodeClaims;
+use crate::decide::model::ProblemClocks;
 use crate::decide::nodes::{NodeFacts, NodeReadiness};
 
 /// How one node stands.
@@ -42,8 +43,8 @@ pub(super) struct Expectations<'a> {
     pub expected_gpus: Option<i32>,
     pub now: Timestamp,
     pub grace: Duration,
-    /// The problem nodes of the previous status: when each problem began.
-    pub previous: &'a [ProblemNode],
+    /// When each problem node's problem began, as last reported.
+    pub previous: &'a ProblemClocks,
     /// Whether gpupool reported on the pool before. Without that history a problem's start is
     /// unknown and taken to be the node's creation; with it, a problem not reported before
     /// began now.
@@ -61,9 +62,9 @@ impl Expectations<'_> {
         };
         let unknown = if self.history { None } else { node.created };
         self.previous
-            .iter()
-            .find(|p| p.name == node.name && same_kind(&p.reason))
-            .and_then(|p| p.since.as_ref().map(|t| t.0))
+            .get(&node.name)
+            .filter(|p| same_kind(&p.reason))
+            .map(|p| p.since)
             .or(own)
             .or(unknown)
             .unwrap_or(self.now)
