@@ -169,14 +169,12 @@ fn validate(
     readiness: &BTreeMap<String, Readiness>,
     tolerated: &BTreeSet<TaintKey>,
 ) -> ValidationPlan {
-    let eligible: Vec<(&NodeFacts, String)> = o
+    let (eligible, not_ready): (Vec<_>, Vec<_>) = o
         .nodes
         .iter()
-        .filter(|n| {
-            readiness.get(&n.name).is_some_and(Result::is_ok) && !plan.claims.excludes(&n.name)
-        })
+        .filter(|n| !plan.claims.excludes(&n.name) && !n.unschedulable && !n.deleting)
         .map(|n| (n.as_ref(), node_plugin(o, plan, &n.name)))
-        .collect();
+        .partition(|(n, _)| readiness.get(&n.name).is_some_and(Result::is_ok));
     let mut tolerations: Vec<Toleration> = base_tolerations();
     tolerations.extend(tolerations_for(tolerated));
     let key = o.pool_key();
@@ -188,6 +186,7 @@ fn validate(
         pool_key: &key,
         namespace: &settings.plugin_namespace,
         nodes: eligible,
+        not_ready,
         pods: o
             .pods
             .iter()
@@ -203,7 +202,9 @@ fn validate(
 /// A node that passed before and only waits for a free GPU to validate again counts as validated.
 fn validation_not_ready(o: &Observed, node: &str, state: &NodeValidation) -> Option<NotReady> {
     let why = match state {
+        // Not GPU-ready: its own reason says more.
         NodeValidation::Passed
+        | NodeValidation::AwaitingGpus
         | NodeValidation::WaitingForGpu {
             passed_before: true,
         } => return None,

@@ -69,6 +69,9 @@ pub enum NodeValidation {
     WaitingForGpu { passed_before: bool },
     /// Its turn has not come (at most `maxConcurrent` pods at once).
     Queued,
+    /// Not validated on this boot with this plugin, and not GPU-ready yet: validation starts
+    /// once it is.
+    AwaitingGpus,
     /// Its last validation failed; tried again at `retry_at`.
     Failed {
         message: String,
@@ -98,6 +101,8 @@ pub struct ValidationInputs<'a> {
     pub namespace: &'a str,
     /// The nodes ready for validation (GPU-ready but for it), with the plugin they run.
     pub nodes: Vec<(&'a NodeFacts, String)>,
+    /// The pool's other nodes in service (not GPU-ready yet), with the plugin they will run.
+    pub not_ready: Vec<(&'a NodeFacts, String)>,
     /// This pool's validation pods.
     pub pods: Vec<&'a PodFacts>,
     /// Tolerations every validation pod carries (the gate taint, the pool's taints).
@@ -130,6 +135,10 @@ pub fn plan_validation(i: &ValidationInputs) -> ValidationPlan {
     for (node, plugin) in &i.nodes {
         let state = node_validation(i, node, plugin, &mut plan, &mut in_flight);
         plan.states.insert(node.name.clone(), state);
+    }
+    for (node, plugin) in &i.not_ready {
+        plan.states
+            .insert(node.name.clone(), not_ready_validation(i, node, plugin));
     }
     let timeout = SignedDuration::from_secs(i64::from(i.spec.timeout_seconds) + 1);
     plan.next_check = i
@@ -188,6 +197,23 @@ fn node_validation(
             }
             start(i, node, plugin, attempts + 1, plan, in_flight)
         }
+    }
+}
+
+/// A node not GPU-ready keeps the result it has for its boot and plugin.
+fn not_ready_validation(i: &ValidationInputs, node: &NodeFacts, plugin: &str) -> NodeValidation {
+    match node
+        .validation
+        .as_ref()
+        .filter(|r| r.is_for(i.pool, &node.boot_id, plugin))
+    {
+        Some(r) if r.result == ValidationResult::Passed => NodeValidation::Passed,
+        Some(r) => NodeValidation::Failed {
+            message: r.message.clone(),
+            retry_at: retry_at(r.at, r.attempts, i.retry),
+            attempts: r.attempts,
+        },
+        None => NodeValidation::AwaitingGpus,
     }
 }
 
@@ -441,6 +467,7 @@ mod tests {
             pool_key: "gpu",
             namespace: "gpu-resources",
             nodes,
+            not_ready: vec![],
             pods,
             tolerations: &[],
             retry: Duration::from_secs(30),
@@ -632,6 +659,38 @@ mod tests {
         let plan = plan_validation(&late);
         assert_eq!(plan.delete, vec![running.id.clone()]);
         assert!(plan.records[0].1.message.contains("timed out after 300s"));
+    }
+
+    #[test]
+    fn a_node_not_gpu_ready_keeps_its_result_or_awaits_its_gpus() {
+        let spec = spec();
+        let fresh = gpu_node("fresh", 0, 0);
+        let mut passed = gpu_node("passed", 1, 0);
+        passed.validation = Some(ValidationRecord {
+            pool: "gpu".into(),
+            boot_id: passed.boot_id.clone(),
+            plugin: "p1".into(),
+            result: ValidationResult::Passed,
+            attempts: 1,
+            at: now(),
+            pod: "uid".into(),
+            message: String::new(),
+        });
+        let mut i = inputs(&spec, vec![], vec![]);
+        i.not_ready = vec![(&fresh, "p1".into()), (&passed, "p1".into())];
+        let plan = plan_validation(&i);
+        assert_eq!(plan.states["fresh"], NodeValidation::AwaitingGpus);
+        assert_eq!(plan.states["passed"], NodeValidation::Passed);
+        assert!(
+            plan.create.is_empty(),
+            "nothing runs on a node that is not GPU-ready"
+        );
+        i.not_ready = vec![(&passed, "p2".into())];
+        assert_eq!(
+            plan_validation(&i).states["passed"],
+            NodeValidation::AwaitingGpus,
+            "passed with another plugin"
+        );
     }
 
     #[test]

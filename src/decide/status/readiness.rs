@@ -60,7 +60,12 @@ pub(super) fn validation_status(plan: &Plan) -> Option<ValidationStatus> {
     };
     Some(ValidationStatus {
         validated: count(|s| matches!(s, NodeValidation::Passed)),
-        pending: count(|s| matches!(s, NodeValidation::Running | NodeValidation::Queued)),
+        pending: count(|s| {
+            matches!(
+                s,
+                NodeValidation::Running | NodeValidation::Queued | NodeValidation::AwaitingGpus
+            )
+        }),
         waiting_for_gpu: count(|s| matches!(s, NodeValidation::WaitingForGpu { .. })),
         failed: count(|s| matches!(s, NodeValidation::Failed { .. })),
     })
@@ -86,6 +91,7 @@ pub(super) fn validation_assessment(
     };
     let failed = named(&|s| matches!(s, NodeValidation::Failed { .. }));
     let pending = named(&|s| matches!(s, NodeValidation::Running | NodeValidation::Queued));
+    let awaiting = named(&|s| matches!(s, NodeValidation::AwaitingGpus));
     let waiting = named(&|s| {
         matches!(
             s,
@@ -112,6 +118,15 @@ pub(super) fn validation_assessment(
             Reason::ValidationPending,
             format!("validating the GPUs of {list}"),
             format!("validating GPUs on {list}"),
+        )
+    } else if !awaiting.is_empty() {
+        let list = name_list(&awaiting, 10);
+        Assessment::progressing(
+            Reason::ValidationPending,
+            format!(
+                "{list} not validated yet: validation starts once their GPUs are ready (see status.problemNodes)"
+            ),
+            format!("waiting for the GPUs of {list} to validate them"),
         )
     } else if !waiting.is_empty() {
         let list = name_list(&waiting, 10);
@@ -158,7 +173,7 @@ pub(super) fn readiness_problems(o: &Observed, plan: &Plan, s: &mut NodeSummary)
                     }
                 ),
             ),
-            NodeValidation::Passed => continue,
+            NodeValidation::Passed | NodeValidation::AwaitingGpus => continue,
         };
         s.problem(node, reason, message, None);
     }
