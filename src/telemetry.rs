@@ -62,6 +62,44 @@ const POOL_GAUGES: &[PoolGaugeSpec] = &[
         |s| s.is_true(ConditionType::Ready).into(),
     ),
     (
+        "gpupool_pool_problem_nodes",
+        "Nodes of the pool with a problem (status.problemNodesTotal)",
+        |s| s.problem_nodes_total.into(),
+    ),
+    (
+        "gpupool_pool_gated_nodes",
+        "Nodes of the pool carrying its readiness gate taint (kept out of GPU work)",
+        |s| {
+            s.readiness_gate
+                .as_ref()
+                .map_or(0, |g| g.gated_nodes.into())
+        },
+    ),
+    (
+        "gpupool_pool_validated_nodes",
+        "Nodes of the pool whose GPU validation passed on their current boot and plugin",
+        |s| s.validation.as_ref().map_or(0, |v| v.validated.into()),
+    ),
+    (
+        "gpupool_pool_validation_pending_nodes",
+        "Nodes of the pool not validated yet (running, queued, or waiting for their GPUs)",
+        |s| s.validation.as_ref().map_or(0, |v| v.pending.into()),
+    ),
+    (
+        "gpupool_pool_validation_waiting_for_gpu_nodes",
+        "Nodes of the pool whose validation waits for a free GPU",
+        |s| {
+            s.validation
+                .as_ref()
+                .map_or(0, |v| v.waiting_for_gpu.into())
+        },
+    ),
+    (
+        "gpupool_pool_validation_failed_nodes",
+        "Nodes of the pool whose last GPU validation failed",
+        |s| s.validation.as_ref().map_or(0, |v| v.failed.into()),
+    ),
+    (
         "gpupool_pool_plugin_managed",
         "1 when gpupool runs the device plugin for the pool",
         |s| {
@@ -81,6 +119,20 @@ pub struct Metrics {
     pool_gauges: Vec<(Family<PoolLabels, Gauge>, ReadStatus)>,
     node_gpu_wait: Histogram,
     relists: Family<KindLabels, Counter>,
+    validations: Family<PoolResultLabels, Counter>,
+    gate_writes: Family<PoolActionLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolResultLabels {
+    pool: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolActionLabels {
+    pool: String,
+    action: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,9 +184,23 @@ impl Default for Metrics {
             "Complete re-lists of a watched kind after its watch expired (410 Gone)",
             relists.clone(),
         );
+        let validations = Family::<PoolResultLabels, Counter>::default();
+        registry.register(
+            "gpupool_validations",
+            "GPU validations finished, by pool and result (Passed, Failed)",
+            validations.clone(),
+        );
+        let gate_writes = Family::<PoolActionLabels, Counter>::default();
+        registry.register(
+            "gpupool_gate_taint_writes",
+            "Readiness gate taints written, by pool and action (removed: a node opened for GPU work; added: closed)",
+            gate_writes.clone(),
+        );
         Metrics {
             registry,
             relists,
+            validations,
+            gate_writes,
             reconcile_total,
             reconcile_errors,
             reconcile_time,
@@ -178,6 +244,40 @@ impl Metrics {
         for (family, _) in &self.pool_gauges {
             family.remove(&labels);
         }
+        for result in ["Passed", "Failed"] {
+            self.validations.remove(&PoolResultLabels {
+                pool: pool.into(),
+                result: result.into(),
+            });
+        }
+        for action in ["added", "removed"] {
+            self.gate_writes.remove(&PoolActionLabels {
+                pool: pool.into(),
+                action: action.into(),
+            });
+        }
+    }
+
+    /// A validation result recorded on a node.
+    pub fn validated(&self, pool: &str, passed: bool) {
+        let result = if passed { "Passed" } else { "Failed" };
+        self.validations
+            .get_or_create(&PoolResultLabels {
+                pool: pool.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// A gate taint written to a node.
+    pub fn gate_written(&self, pool: &str, added: bool) {
+        let action = if added { "added" } else { "removed" };
+        self.gate_writes
+            .get_or_create(&PoolActionLabels {
+                pool: pool.into(),
+                action: action.into(),
+            })
+            .inc();
     }
 
     pub fn relisted(&self, kind: &str) {

@@ -310,3 +310,25 @@ fn stalled_wins_over_reconciling() {
         ));
     check(&pool, "Degraded", "DaemonSetRejected");
 }
+
+#[test]
+fn validating_a_gated_pool_is_progressing() {
+    let pool = live("pkg-val-validating");
+    check(&pool, "Progressing", "to validate them");
+    check(&pool, "Progressing", "pkgval-0");
+}
+
+#[test]
+fn a_failed_validation_is_degraded_and_names_the_node() {
+    let pool = live("pkg-val-validation-failed");
+    check(
+        &pool,
+        "Degraded",
+        "ValidationFailed: the GPU validation failed on pkgval-1",
+    );
+}
+
+#[test]
+fn a_validated_pool_is_healthy() {
+    check(&live("pkg-val-validated"), "Healthy", "validated");
+}

@@ -433,6 +433,8 @@ async fn kustomize_install_runs_the_operator_with_least_privilege() {
         .await;
     assert_gitops(&stalled, "Failed", "Degraded");
 
+    gated_and_validated_pool_for_gitops(&c, &op).await;
+
     // Deleting a pool removes its DaemonSet (the operator takes its plugin off its nodes first).
     Api::<GpuPool>::all(c.clone())
         .delete("pkg-std", &DeleteParams::default())
@@ -466,7 +468,14 @@ async fn kustomize_install_runs_the_operator_with_least_privilege() {
     op.assert_never_forbidden();
     delete_pools(
         &c,
-        &["pkg-spec", "pkg-seed", "pkg-stall", "gpu", "gpuspecial"],
+        &[
+            "pkg-spec",
+            "pkg-seed",
+            "pkg-stall",
+            "pkg-val",
+            "gpu",
+            "gpuspecial",
+        ],
     )
     .await;
 }
@@ -1071,6 +1080,84 @@ impl Operator {
 // GitOps verdicts
 // ---------------------------------------------------------------------------------------------
 
+/// A pool with a readiness gate and validation, under the shipped RBAC (validation pods are
+/// created and deleted by the operator's ServiceAccount): validating is progress, a failing
+/// node stalls the pool, a fixed one makes it Current/Healthy.
+async fn gated_and_validated_pool_for_gitops(c: &Client, op: &Operator) {
+    use testenv::simulate::{SIMULATE_VALIDATION_LABEL, ValidationPods};
+    let _kubelet = ValidationPods::spawn_selecting(
+        c.clone(),
+        "gpupool.io/pool=pkg-val",
+        Duration::from_secs(3),
+    );
+    for (name, outcome) in [("pkgval-0", "pass"), ("pkgval-1", "fail")] {
+        create_node(
+            c,
+            &GpuNode::aks(name, "pkgval")
+                .taint("gpupool.io/gpu-not-ready", "", "NoSchedule")
+                .label(SIMULATE_VALIDATION_LABEL, outcome),
+        )
+        .await
+        .unwrap();
+    }
+    create_pool(
+        c,
+        PoolYaml::new("pkg-val").agentpool("pkgval").extra_spec(
+            "  readinessGate: {}
+  validation: {}
+",
+        ),
+    )
+    .await;
+    let validating = op
+        .wait_pool(
+            c,
+            "pkg-val",
+            "GpusValidated False (ValidationPending)",
+            |p| {
+                cond(p, "GpusValidated")
+                    .is_some_and(|r| r.0 == "False" && r.1 == "ValidationPending")
+            },
+        )
+        .await;
+    assert_gitops(&validating, "InProgress", "Progressing");
+    let failed = op
+        .wait_pool(
+            c,
+            "pkg-val",
+            "GpusValidated False (ValidationFailed)",
+            |p| {
+                cond(p, "GpusValidated")
+                    .is_some_and(|r| r.0 == "False" && r.1 == "ValidationFailed")
+            },
+        )
+        .await;
+    assert!(
+        cond(&failed, "GpusValidated")
+            .unwrap()
+            .2
+            .contains("pkgval-1"),
+        "{failed}"
+    );
+    assert_gitops(&failed, "Failed", "Degraded");
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.clone());
+    nodes
+        .patch(
+            "pkgval-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {SIMULATE_VALIDATION_LABEL: "pass"}}})),
+        )
+        .await
+        .unwrap();
+    let validated = op
+        .wait_pool(c, "pkg-val", "GpusValidated True, Ready", |p| {
+            cond(p, "GpusValidated").is_some_and(|r| r.0 == "True")
+                && cond(p, "Ready").is_some_and(|r| r.0 == "True")
+        })
+        .await;
+    assert_gitops(&validated, "Current", "Healthy");
+}
+
 /// What kstatus (Flux) and the shipped Argo CD health check say about the live object.
 fn assert_gitops(pool: &Value, kstatus_wanted: &str, argocd_wanted: &str) {
     if std::env::var_os("PACKAGING_DUMP").is_some() {
@@ -1622,6 +1709,33 @@ async fn the_admission_policy_and_the_user_roles_hold_on_the_real_api_server() {
         )
         .await
         .expect("an allowed repository, even with a tag and a digest, passes");
+    // The validation image gets a GPU on every node of the pool: held to its own list.
+    let bad_validation = PoolYaml::new("vap-bad-validation")
+        .agentpool("vap")
+        .extra_spec("  validation:\n    image: registry.example.com/miner:1\n");
+    let refused = pools
+        .create(
+            &PostParams::default(),
+            &yaml_serde::from_str(&bad_validation.to_string()).unwrap(),
+        )
+        .await
+        .expect_err("a validation image from elsewhere is refused");
+    assert!(
+        refused.to_string().contains(
+            "spec.validation.image registry.example.com/miner:1 is not from an allowed repository"
+        ),
+        "{refused}"
+    );
+    let good_validation = PoolYaml::new("vap-good-validation").agentpool("vap").extra_spec(
+        "  validation:\n    image: mcr.microsoft.com/azuredocs/samples-tf-mnist-demo:gpu\n    args: [--max_steps, \"500\"]\n",
+    );
+    pools
+        .create(
+            &PostParams::default(),
+            &yaml_serde::from_str(&good_validation.to_string()).unwrap(),
+        )
+        .await
+        .expect("the AKS article's sample passes");
 
     // A user bound to the built-in view role reads GpuPools and cannot write them.
     let viewer = "system:serviceaccount:default:gpu-viewer";

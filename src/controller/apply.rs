@@ -97,7 +97,7 @@ pub async fn apply(
 ) -> Result<Applied, TransientError> {
     let mut applied = apply_daemonsets(client, namespace, plan).await?;
     let updates = plan.node_updates();
-    applied.node_writes = write_nodes(nodes, &updates).await?;
+    applied.nodes_written = write_nodes(nodes, &updates).await?;
     applied.more_node_writes = updates.len() > MAX_NODE_WRITES;
     if let Some(validation) = &plan.readiness.validation {
         apply_validation_pods(client, validation).await?;
@@ -117,7 +117,7 @@ pub async fn apply_cleanup(
             .map_err(TransientError)?;
     }
     let updates = node_updates(&cleanup.label_changes, &cleanup.taint_changes, &[]);
-    write_nodes(nodes, &updates).await.map(|_| ())
+    write_nodes(nodes, &updates).await.map(drop)
 }
 
 /// Validation pods: finished and stale ones deleted, new ones created (both idempotent).
@@ -147,21 +147,26 @@ async fn apply_validation_pods(
     Ok(())
 }
 
-/// Node writes, a bounded batch at a time; returns how many changed a node.
-async fn write_nodes(nodes: &NodeWriter, updates: &[NodeUpdate]) -> Result<usize, TransientError> {
-    let mut results: Vec<Result<Written, kube::Error>> = Vec::new();
+/// Node writes, a bounded batch at a time; returns the updates that changed a node.
+async fn write_nodes(
+    nodes: &NodeWriter,
+    updates: &[NodeUpdate],
+) -> Result<Vec<NodeUpdate>, TransientError> {
+    let mut results: Vec<(&NodeUpdate, Result<Written, kube::Error>)> = Vec::new();
     let batch: Vec<&NodeUpdate> = updates.iter().take(MAX_NODE_WRITES).collect();
     for group in batch.chunks(8) {
-        results.extend(futures::future::join_all(group.iter().map(|u| write_node(nodes, u))).await);
+        let written = futures::future::join_all(group.iter().map(|u| write_node(nodes, u))).await;
+        results.extend(group.iter().copied().zip(written));
     }
-    let changed = results
-        .iter()
-        .filter(|r| matches!(r, Ok(Written::Changed)))
-        .count();
-    match results.into_iter().find_map(Result::err) {
-        Some(e) => Err(TransientError(e)),
-        None => Ok(changed),
+    let mut changed = Vec::new();
+    for (update, result) in results {
+        match result {
+            Ok(Written::Changed) => changed.push(update.clone()),
+            Ok(_) => {}
+            Err(e) => return Err(TransientError(e)),
+        }
     }
+    Ok(changed)
 }
 
 async fn write_node(nodes: &NodeWriter, update: &NodeUpdate) -> Result<Written, kube::Error> {

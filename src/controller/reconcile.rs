@@ -69,6 +69,7 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
     {
         ctx.record_rejection(&name, applied.rejected.clone());
     }
+    count_node_writes(ctx, &name, &applied.nodes_written);
     let written = publish(ctx, &observed.pool, &outcome).await?;
     ctx.remember_problem_clocks(&name, outcome.problem_clocks.clone());
 
@@ -182,4 +183,17 @@ fn log_outcome(
 /// Transient errors: exponential backoff per pool, never a hot loop.
 pub fn error_policy(pool: Arc<GpuPool>, _error: &ReconcileError, ctx: Arc<Context>) -> Action {
     Action::requeue(ctx.next_retry(&pool.name_any()))
+}
+
+/// The gate and validation counters, from the node writes that went through.
+fn count_node_writes(ctx: &Context, pool: &str, written: &[crate::decide::plan::NodeUpdate]) {
+    for update in written {
+        if let Some(taint) = &update.taint {
+            ctx.metrics.gate_written(pool, taint.add);
+        }
+        if let Some(record) = &update.record {
+            let passed = record.result == crate::decide::validation::ValidationResult::Passed;
+            ctx.metrics.validated(pool, passed);
+        }
+    }
 }

@@ -227,8 +227,8 @@ pub struct Applied {
     /// A write the API server refused in a way only an admin can fix.
     pub stall: Option<Stall>,
     pub change: Option<DaemonSetChange>,
-    /// Node writes made.
-    pub node_writes: usize,
+    /// The node updates that changed a node.
+    pub nodes_written: Vec<crate::decide::plan::NodeUpdate>,
     /// Node writes left for the next reconcile (a big scale-up is written in batches).
     pub more_node_writes: bool,
     /// The DaemonSet write the API server refused, if it did.
@@ -242,7 +242,7 @@ impl Applied {
             state,
             stall,
             change: None,
-            node_writes: 0,
+            nodes_written: Vec::new(),
             more_node_writes: false,
             rejected: None,
         }

@@ -85,7 +85,7 @@ impl Observed {
 }
 
 /// Everything to write on one node, in one read-modify-write.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeUpdate {
     pub node: String,
     pub label: Option<LabelChange>,

@@ -77,6 +77,8 @@ pub enum NodeValidation {
         message: String,
         retry_at: Timestamp,
         attempts: u32,
+        /// The failed pod, kept so its log can be read.
+        pod: Option<ObjectId>,
     },
 }
 
@@ -192,6 +194,7 @@ fn node_validation(
                         message: failed.message.clone(),
                         retry_at,
                         attempts,
+                        pod: None,
                     };
                 }
             }
@@ -212,6 +215,7 @@ fn not_ready_validation(i: &ValidationInputs, node: &NodeFacts, plugin: &str) ->
             message: r.message.clone(),
             retry_at: retry_at(r.at, r.attempts, i.retry),
             attempts: r.attempts,
+            pod: None,
         },
         None => NodeValidation::AwaitingGpus,
     }
@@ -271,6 +275,7 @@ fn pod_validation(
                 message,
                 retry_at,
                 attempts: attempt,
+                pod: Some(pod.id.clone()),
             }
         }
         None if timed_out(pod, i) => {
@@ -287,6 +292,7 @@ fn pod_validation(
                 message,
                 retry_at: retry_at(i.now, attempt, i.retry),
                 attempts: attempt,
+                pod: None,
             }
         }
         None if pod.waiting_for_gpu => NodeValidation::WaitingForGpu { passed_before },

@@ -349,15 +349,21 @@ fn ready_assessment(
             Reason::NoNodes,
             no_nodes.map(|(_, a)| a.message.clone()).unwrap_or_default(),
         ),
-        None => Assessment::ok(
-            Reason::Ready,
-            format!(
-                "{} nodes with {} allocatable nvidia.com/gpu; device plugin {}",
-                s.serving.len(),
-                s.gpus_allocatable,
-                mode.as_str()
-            ),
-        ),
+        None => {
+            let validated = components
+                .iter()
+                .any(|(t, _)| *t == ConditionType::GpusValidated);
+            Assessment::ok(
+                Reason::Ready,
+                format!(
+                    "{} nodes with {} allocatable nvidia.com/gpu{}; device plugin {}",
+                    s.serving.len(),
+                    s.gpus_allocatable,
+                    if validated { ", validated" } else { "" },
+                    mode.as_str()
+                ),
+            )
+        }
     }
 }
 

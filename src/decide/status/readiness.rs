@@ -108,8 +108,9 @@ pub(super) fn validation_assessment(
         Assessment::failed(
             Reason::ValidationFailed,
             format!(
-                "the GPU validation failed on {}: see status.problemNodes and the kept pod's log (kubectl -n {namespace} logs -l app.kubernetes.io/component=gpu-validation); retried with backoff",
-                name_list(&failed, 10)
+                "the GPU validation failed on {}: see status.problemNodes for the error and the failed pod (kubectl -n {namespace} get pods -l app.kubernetes.io/component=gpu-validation,gpupool.io/pool={}); retried with backoff",
+                name_list(&failed, 10),
+                o.pool_key()
             ),
         )
     } else if !pending.is_empty() {
@@ -152,10 +153,15 @@ pub(super) fn readiness_problems(o: &Observed, plan: &Plan, s: &mut NodeSummary)
                 message,
                 retry_at,
                 attempts,
+                pod,
             } => (
                 Reason::ValidationFailed,
                 format!(
-                    "GPU validation failed ({attempts} attempts): {message}; next attempt at {retry_at}"
+                    "GPU validation failed ({attempts} attempt{}): {message}; next attempt at {retry_at}{}",
+                    if *attempts == 1 { "" } else { "s" },
+                    pod.as_ref()
+                        .map(|p| format!("; its log: kubectl -n {} logs {}", p.namespace, p.name))
+                        .unwrap_or_default()
                 ),
             ),
             NodeValidation::Running | NodeValidation::Queued => (
