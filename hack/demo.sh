@@ -2,13 +2,16 @@
 # The gpupool demo: a local simulated AKS cluster on a real control plane, with the operator.
 #
 #   hack/demo.sh           # run until Ctrl-C, printing the pools as they converge
-#   hack/demo.sh --check   # exit 0 once every example pool is Ready (used by CI), 1 on timeout
+#   hack/demo.sh --check   # exit 0 once every example pool is where it should be (used by CI)
 #
 # What happens: builds (or reuses) the control plane (etcd, kube-apiserver, controller-manager,
 # scheduler, kwok) and the operator, starts a cluster with a standard GPU pool `gpu` (3 nodes
 # tainted sku=gpu:NoSchedule whose GPUs register ~20 s later, as a device plugin coming up
-# does), a specialized-image pool `gpuspecial` (2 nodes) and 2 CPU nodes, runs the operator,
-# applies examples/, and shows `kubectl get gpupools` and the conditions converging.
+# does), a specialized-image pool `gpuspecial` (2 nodes), a gated pool `gpugated` (3 nodes that
+# join with the readiness taint gpupool.io/gpu-not-ready; their GPUs register ~20 s later and a
+# CUDA validation pod runs on each; the third node's GPU is broken, so it fails validation, stays
+# tainted and is named in the status) and 2 CPU nodes, runs the operator, applies examples/, and
+# shows `kubectl get gpupools`, the conditions and the gated nodes converging.
 # Ctrl-C tears everything down and leaves no process behind.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -68,6 +71,11 @@ cat >&2 <<MSG
     $kubectl -n gpu-resources get daemonsets,pods -o wide
   Operator log: $state/operator.log
   The 'gpu' pool's GPUs register about 20 s after start; watch it go from WaitingForGpus to Ready.
+  The 'gpugated' pool's nodes lose their gpupool.io/gpu-not-ready taint once validated; the third
+  fails validation and keeps it:
+    $kubectl get nodes -l kubernetes.azure.com/agentpool=gpugated -o custom-columns=NODE:.metadata.name,TAINTS:.spec.taints[*].key
+    $kubectl get gpupool gpugated -o jsonpath='{.status.problemNodes}'
+    $kubectl -n gpu-resources get pods -l app.kubernetes.io/component=gpu-validation
 
 MSG
 
@@ -75,6 +83,22 @@ show() {
   echo "---- $(date +%T)"
   "$kubectl" get gpupools -o wide
   "$kubectl" get gpupools -o jsonpath='{range .items[*]}{.metadata.name}{": "}{range .status.conditions[*]}{.type}={.status}({.reason}) {end}{"\n"}{end}'
+  "$kubectl" get nodes -l kubernetes.azure.com/agentpool=gpugated \
+    -o custom-columns='GATED-NODE:.metadata.name,TAINTS:.spec.taints[*].key'
+}
+
+# The gated pool where it should end: two nodes validated and open, the broken one still
+# tainted and named with the CUDA sample's error.
+gated_as_expected() {
+  local tainted problem
+  tainted=$("$kubectl" get nodes -l kubernetes.azure.com/agentpool=gpugated \
+    -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.taints[*].key}{"\n"}{end}' \
+    | grep 'gpupool.io/gpu-not-ready' | cut -d' ' -f1 | tr '\n' ' ')
+  problem=$("$kubectl" get gpupool gpugated \
+    -o jsonpath='{range .status.problemNodes[*]}{.name}{"="}{.reason}{": "}{.message}{"\n"}{end}')
+  [[ "$tainted" == "aks-gpugated-14142135-vmss000002 " ]] \
+    && grep -q '^aks-gpugated-14142135-vmss000002=ValidationFailed: .*no CUDA-capable device' <<<"$problem" \
+    && [[ $("$kubectl" get gpupool gpugated -o jsonpath='{.status.validation.validated}') == 2 ]]
 }
 
 deadline=$((SECONDS + 180))
@@ -82,8 +106,9 @@ while true; do
   show
   if $check; then
     ready=$("$kubectl" get gpupools -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$' || true)
-    if [[ "$ready" == 2 ]]; then
-      log "both example pools are Ready"
+    if [[ "$ready" == 2 ]] && gated_as_expected; then
+      log "gpu and gpuspecial are Ready; gpugated opened its 2 validated nodes and keeps the broken one gated:"
+      "$kubectl" get gpupool gpugated -o jsonpath='{range .status.problemNodes[*]}{.name}{": "}{.reason}{": "}{.message}{"\n"}{end}' >&2
       exit 0
     fi
     if (( SECONDS > deadline )); then

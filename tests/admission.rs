@@ -345,6 +345,7 @@ async fn valid_gpupools_are_accepted_with_defaults() {
     for example in [
         "examples/aks-standard-pool.yaml",
         "examples/aks-specialized-pool.yaml",
+        "examples/aks-gated-pool.yaml",
     ] {
         let path = format!("{}/{example}", env!("CARGO_MANIFEST_DIR"));
         let out = plane

@@ -475,6 +475,7 @@ async fn kustomize_install_runs_the_operator_with_least_privilege() {
             "pkg-val",
             "gpu",
             "gpuspecial",
+            "gpugated",
         ],
     )
     .await;
@@ -525,7 +526,7 @@ async fn reapplying_the_examples_changes_nothing(plane: &ControlPlane, c: &Clien
     };
     let pools_now = || async {
         let mut out = Vec::new();
-        for name in ["gpu", "gpuspecial"] {
+        for name in ["gpu", "gpuspecial", "gpugated"] {
             out.push(snapshot(&get_pool(c, name).await.unwrap()));
         }
         out

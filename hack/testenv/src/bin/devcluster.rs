@@ -12,6 +12,11 @@
 //!   without `nvidia.com/gpu` until `--register-gpus-after` seconds have passed (what a device
 //!   plugin coming up does);
 //! - `gpuspecial` pool: 2 GPU nodes on the GPU-dedicated AKS image, 1 GPU each, registered.
+//! - `gpugated` pool: 3 standard-image GPU nodes that join with the readiness gate taint
+//!   `gpupool.io/gpu-not-ready:NoSchedule` (as AKS node initialization taints or Karpenter
+//!   `startupTaints` put it), their GPUs registering like the `gpu` pool's; the third node's GPU
+//!   is broken: its validation pods fail with the CUDA sample's error (label
+//!   `gpupool.io/simulate-validation=fail`).
 //!
 //! GPU validation pods (`app.kubernetes.io/component=gpu-validation`) finish after 3 s with the
 //! CUDA sample's "Test PASSED", as [`testenv::simulate::ValidationPods`] plays their kubelet;
@@ -30,7 +35,7 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use testenv::nodes::{self, GpuNode};
-use testenv::simulate::ValidationPods;
+use testenv::simulate::{SIMULATE_VALIDATION_LABEL, ValidationPods};
 use testenv::{ControlPlane, Error};
 
 /// A small simulated AKS cluster on a private control plane, for demos and manual testing of
@@ -71,6 +76,13 @@ const SPECIAL_NODES: [&str; 2] = [
     "aks-gpuspecial-16180339-vmss000000",
     "aks-gpuspecial-16180339-vmss000001",
 ];
+const GATED_NODES: [&str; 3] = [
+    "aks-gpugated-14142135-vmss000000",
+    "aks-gpugated-14142135-vmss000001",
+    "aks-gpugated-14142135-vmss000002",
+];
+/// The node whose GPU fails validation.
+const BROKEN_NODE: &str = "aks-gpugated-14142135-vmss000002";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -151,13 +163,13 @@ async fn serve(
     }
     eprintln!(
         "devcluster: {} nodes ready; the 'gpu' pool registers its GPUs in {:?}. Ctrl-C to stop.",
-        SYSTEM_NODES.len() + GPU_NODES.len() + SPECIAL_NODES.len(),
+        SYSTEM_NODES.len() + GPU_NODES.len() + SPECIAL_NODES.len() + GATED_NODES.len(),
         args.register_gpus_after
     );
 
     let register = async {
         tokio::time::sleep(args.register_gpus_after).await;
-        for name in GPU_NODES {
+        for name in GPU_NODES.iter().chain(&GATED_NODES) {
             nodes::set_gpus(&client, name, 1, 1).await?;
         }
         eprintln!("devcluster: device plugin registered nvidia.com/gpu=1 on the 'gpu' pool");
@@ -189,6 +201,16 @@ async fn create_nodes(client: &kube::Client) -> Result<(), Error> {
     }
     for name in SPECIAL_NODES {
         nodes::create_node(client, &GpuNode::aks(name, "gpuspecial").specialized()).await?;
+    }
+    for name in GATED_NODES {
+        let mut node = GpuNode::aks(name, "gpugated")
+            .instance_type("Standard_NC24ads_A100_v4")
+            .taint("gpupool.io/gpu-not-ready", "true", "NoSchedule")
+            .no_gpus_yet();
+        if name == BROKEN_NODE {
+            node = node.label(SIMULATE_VALIDATION_LABEL, "fail");
+        }
+        nodes::create_node(client, &node).await?;
     }
     Ok(())
 }
