@@ -3,6 +3,7 @@
 //! report (pure), then writes the status only when it changed.
 
 mod apply;
+mod coalesce;
 mod context;
 mod finalizer;
 mod node_writes;
@@ -73,10 +74,13 @@ pub async fn run(
         watches::dra(client.clone(), ctx.clone()).boxed(),
     ])
     .flat_map(futures::stream::iter);
+    // Node, DaemonSet and pod changes batched per pool, one window at most (kube-runtime's own
+    // debounce restarts on every trigger: a steady stream would starve a pool's reconcile).
+    let triggers = coalesce::coalesce(triggers, options.debounce);
 
     let tombstones = tokio::spawn(tombstones::clear(client.clone(), ctx.clone()));
     Controller::for_shared_stream(subscriber, pools)
-        .with_config(ControllerConfig::default().debounce(options.debounce))
+        .with_config(ControllerConfig::default().debounce(Duration::ZERO))
         .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

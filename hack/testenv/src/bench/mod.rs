@@ -18,6 +18,7 @@
 //! measured and the machine measured on.
 
 mod audit;
+pub mod gate;
 mod observe;
 mod operator;
 mod phases;
@@ -175,16 +176,20 @@ pub async fn run(opts: BenchOptions) -> Result<Report, Error> {
 
 /// Auditing of exactly the operator's requests, and kwok timings for thousands of nodes.
 fn plane_options(opts: &BenchOptions, user: &str) -> Options {
+    plane_options_for(opts.heartbeat, opts.lease_seconds, user)
+}
+
+fn plane_options_for(heartbeat: Duration, lease_seconds: u32, user: &str) -> Options {
     let policy = crate::audit::policy_for_user(user);
     Options {
-        node_status_heartbeat: opts.heartbeat,
-        node_lease_duration_seconds: opts.lease_seconds,
+        node_status_heartbeat: heartbeat,
+        node_lease_duration_seconds: lease_seconds,
         audit_policy: Some(policy),
         // Leases renewed every lease/4: give the node lifecycle controller matching patience,
         // or nodes go Unknown (and get tainted) merely because the plane is busy.
         controller_manager_args: vec![format!(
             "--node-monitor-grace-period={}s",
-            (u64::from(opts.lease_seconds) * 3 / 4).max(40) + 60
+            (u64::from(lease_seconds) * 3 / 4).max(40) + 60
         )],
         ..Options::default()
     }
