@@ -860,6 +860,19 @@ async fn a_paused_leader_writes_nothing_once_another_leads() {
         image.ends_with("v0.17.0").then_some(())
     })
     .await;
+    // A GPU falls off just before op-a stops. When it wakes, the grace period is over: its own
+    // cache calls for a status write (its recheck timer is due at once), decided before it can
+    // hear from the API server that it lost the Lease.
+    set_gpus(&c, "fence-gpu-0", 1, 0).await.unwrap();
+    testenv::wait_for("op-a to report the lost GPU", CONVERGE, || async {
+        let pool = Api::<GpuPool>::all(c.clone()).get("fence").await.ok()?;
+        pool.status?
+            .problem_nodes
+            .iter()
+            .any(|p| p.name == "fence-gpu-0")
+            .then_some(())
+    })
+    .await;
 
     a.pause();
     testenv::wait_for("op-b to take over", CONVERGE, || async {

@@ -85,7 +85,11 @@ mod tests {
             fired.push(start.elapsed());
         }
         feeder.abort();
-        assert_eq!(fired[0], Duration::from_millis(200), "one window after the first");
+        assert_eq!(
+            fired[0],
+            Duration::from_millis(200),
+            "one window after the first"
+        );
         for pair in fired.windows(2) {
             assert!(
                 pair[1] - pair[0] <= Duration::from_millis(250),

@@ -114,6 +114,12 @@ pub struct ValidationInputs<'a> {
     pub now: Timestamp,
 }
 
+/// The plan being built, and how many pods are in flight in it.
+struct Building {
+    plan: ValidationPlan,
+    in_flight: usize,
+}
+
 pub fn plan_validation(i: &ValidationInputs) -> ValidationPlan {
     let mut plan = ValidationPlan::default();
     let wanted: BTreeSet<&str> = i.nodes.iter().map(|(n, _)| n.name.as_str()).collect();
@@ -129,15 +135,17 @@ pub fn plan_validation(i: &ValidationInputs) -> ValidationPlan {
             plan.delete.push(pod.id.clone());
         }
     }
-    let mut in_flight = i
+    let in_flight = i
         .pods
         .iter()
         .filter(|p| !p.deleting && p.finished.is_none() && !plan.delete.contains(&p.id))
         .count();
+    let mut b = Building { plan, in_flight };
     for (node, plugin) in &i.nodes {
-        let state = node_validation(i, node, plugin, &mut plan, &mut in_flight);
-        plan.states.insert(node.name.clone(), state);
+        let state = node_validation(i, node, plugin, &mut b);
+        b.plan.states.insert(node.name.clone(), state);
     }
+    let mut plan = b.plan;
     for (node, plugin) in &i.not_ready {
         plan.states
             .insert(node.name.clone(), not_ready_validation(i, node, plugin));
@@ -156,8 +164,7 @@ fn node_validation(
     i: &ValidationInputs,
     node: &NodeFacts,
     plugin: &str,
-    plan: &mut ValidationPlan,
-    in_flight: &mut usize,
+    b: &mut Building,
 ) -> NodeValidation {
     let record = node
         .validation
@@ -179,12 +186,12 @@ fn node_validation(
         .max_by_key(|p| p.validates.as_ref().map_or(0, |t| t.attempt));
     if record.is_some_and(|r| r.result == ValidationResult::Passed) {
         if let Some(pod) = pod {
-            plan.delete.push(pod.id.clone());
+            b.plan.delete.push(pod.id.clone());
         }
         return NodeValidation::Passed;
     }
     match pod {
-        Some(pod) => pod_validation(i, node, plugin, pod, record, passed_before, plan, in_flight),
+        Some(pod) => pod_validation(i, node, plugin, pod, record, passed_before, b),
         None => {
             let attempts = record.map_or(0, |r| r.attempts);
             if let Some(failed) = record.filter(|r| r.result == ValidationResult::Failed) {
@@ -198,7 +205,7 @@ fn node_validation(
                     };
                 }
             }
-            start(i, node, plugin, attempts + 1, plan, in_flight)
+            start(i, node, plugin, attempts + 1, b)
         }
     }
 }
@@ -222,7 +229,6 @@ fn not_ready_validation(i: &ValidationInputs, node: &NodeFacts, plugin: &str) ->
 }
 
 /// A node whose validation pod exists.
-#[allow(clippy::too_many_arguments)]
 fn pod_validation(
     i: &ValidationInputs,
     node: &NodeFacts,
@@ -230,8 +236,7 @@ fn pod_validation(
     pod: &PodFacts,
     record: Option<&ValidationRecord>,
     passed_before: bool,
-    plan: &mut ValidationPlan,
-    in_flight: &mut usize,
+    b: &mut Building,
 ) -> NodeValidation {
     let attempt = pod.validates.as_ref().map_or(1, |t| t.attempt);
     let result = |result, message: String, at: Timestamp| ValidationRecord {
@@ -244,32 +249,30 @@ fn pod_validation(
         pod: pod.uid.clone(),
         message,
     };
-    let recorded = record.is_some_and(|r| r.pod == pod.uid);
     match &pod.finished {
         Some(t) if t.exit_code == 0 && pod.phase == crate::decide::pods::PodPhase::Succeeded => {
-            plan.records.push((
-                node.name.clone(),
-                result(ValidationResult::Passed, String::new(), i.now),
-            ));
-            plan.delete.push(pod.id.clone());
+            let passed = result(ValidationResult::Passed, String::new(), i.now);
+            b.plan.records.push((node.name.clone(), passed));
+            b.plan.delete.push(pod.id.clone());
             NodeValidation::Passed
         }
         Some(t) => {
             let message = failure_message(t);
-            let at = record
-                .filter(|_| recorded)
-                .map_or(t.at.unwrap_or(i.now), |r| r.at);
-            if !recorded {
-                plan.records.push((
-                    node.name.clone(),
-                    result(ValidationResult::Failed, message.clone(), at),
-                ));
-            }
+            // Recorded once, at the time it failed.
+            let at = match record.filter(|r| r.pod == pod.uid) {
+                Some(r) => r.at,
+                None => {
+                    let at = t.at.unwrap_or(i.now);
+                    let failed = result(ValidationResult::Failed, message.clone(), at);
+                    b.plan.records.push((node.name.clone(), failed));
+                    at
+                }
+            };
             let retry_at = retry_at(at, attempt, i.retry);
             if i.now >= retry_at {
                 // The next attempt replaces the kept failure (whose log could be read until now).
-                plan.delete.push(pod.id.clone());
-                return start(i, node, plugin, attempt + 1, plan, in_flight);
+                b.plan.delete.push(pod.id.clone());
+                return start(i, node, plugin, attempt + 1, b);
             }
             NodeValidation::Failed {
                 message,
@@ -283,11 +286,9 @@ fn pod_validation(
                 "timed out after {}s (spec.validation.timeoutSeconds)",
                 i.spec.timeout_seconds
             );
-            plan.records.push((
-                node.name.clone(),
-                result(ValidationResult::Failed, message.clone(), i.now),
-            ));
-            plan.delete.push(pod.id.clone());
+            let failed = result(ValidationResult::Failed, message.clone(), i.now);
+            b.plan.records.push((node.name.clone(), failed));
+            b.plan.delete.push(pod.id.clone());
             NodeValidation::Failed {
                 message,
                 retry_at: retry_at(i.now, attempt, i.retry),
@@ -305,14 +306,13 @@ fn start(
     node: &NodeFacts,
     plugin: &str,
     attempt: u32,
-    plan: &mut ValidationPlan,
-    in_flight: &mut usize,
+    b: &mut Building,
 ) -> NodeValidation {
-    if *in_flight >= usize::try_from(i.spec.max_concurrent.max(1)).unwrap_or(1) {
+    if b.in_flight >= usize::try_from(i.spec.max_concurrent.max(1)).unwrap_or(1) {
         return NodeValidation::Queued;
     }
-    *in_flight += 1;
-    plan.create.push(validation_pod(i, node, plugin, attempt));
+    b.in_flight += 1;
+    b.plan.create.push(validation_pod(i, node, plugin, attempt));
     NodeValidation::Running
 }
 

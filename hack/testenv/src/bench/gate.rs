@@ -265,12 +265,11 @@ pub async fn run(opts: GateBenchOptions) -> Result<GateReport, Error> {
     match &result {
         Ok(report) => {
             if let Some(path) = &opts.json {
-                let json = serde_json::to_string_pretty(&report.summary()).map_err(|e| {
-                    Error::Config {
+                let json =
+                    serde_json::to_string_pretty(&report.summary()).map_err(|e| Error::Config {
                         what: "the JSON summary".into(),
                         detail: e.to_string(),
-                    }
-                })?;
+                    })?;
                 std::fs::write(path, json)
                     .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
             }
@@ -386,9 +385,11 @@ fn watch_nodes(client: &kube::Client) -> Arc<Mutex<NodeTimes>> {
     let seen = times.clone();
     let api: Api<Node> = Api::all(client.clone());
     tokio::spawn(async move {
-        let mut events = watcher(api, watcher::Config::default().labels(&format!(
-            "kubernetes.azure.com/agentpool={AGENTPOOL}"
-        )))
+        let mut events = watcher(
+            api,
+            watcher::Config::default()
+                .labels(&format!("kubernetes.azure.com/agentpool={AGENTPOOL}")),
+        )
         .default_backoff()
         .applied_objects()
         .boxed();
