@@ -73,6 +73,12 @@ const REVIEWED_PERMISSIONS: &[&str] = &[
     // Validation pods (spec.validation), in the plugin namespace only.
     "gpu-resources: core/pods create",
     "gpu-resources: core/pods delete",
+    // The plugin's config (spec.sharing, spec.mig): its ConfigMap, watched and written there only.
+    "gpu-resources: core/configmaps create",
+    "gpu-resources: core/configmaps delete",
+    "gpu-resources: core/configmaps list",
+    "gpu-resources: core/configmaps patch",
+    "gpu-resources: core/configmaps watch",
     // Events about cluster-scoped GpuPools (kube's Recorder: create, then patch for a series).
     "default: events.k8s.io/events create",
     "default: events.k8s.io/events patch",
@@ -1374,6 +1380,8 @@ async fn wait_until_rbac_allows(
     }
     let never = [
         json!({"group": "", "resource": "secrets", "verb": "list"}),
+        json!({"group": "", "resource": "configmaps", "verb": "list"}),
+        json!({"group": "", "resource": "configmaps", "verb": "patch", "namespace": "kube-system"}),
         json!({"group": "", "resource": "secrets", "verb": "get", "namespace": sa_namespace}),
         json!({"group": "apps", "resource": "daemonsets", "verb": "create", "namespace": "kube-system"}),
         json!({"group": "apps", "resource": "daemonsets", "verb": "delete", "namespace": "default"}),

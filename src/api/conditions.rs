@@ -22,6 +22,9 @@ pub enum ConditionType {
     Conflict,
     /// Every node passed the validation workload (present when `spec.validation` is set).
     GpusValidated,
+    /// No node reports a GPU fault: no GPU node condition is True and no GPU is marked
+    /// unhealthy by the plugin (always present).
+    GpusHealthy,
 }
 
 impl ConditionType {
@@ -96,6 +99,10 @@ pub enum Reason {
     DaemonSetNameTaken,
     StaleDaemonSet,
     ImageNotAllowed,
+    // GpusHealthy
+    GpusHealthy,
+    GpuFaultsReported,
+    UnhealthyGpus,
     // Conflict
     NodesSelectedByOtherPools,
     ForeignDevicePlugin,
@@ -105,6 +112,8 @@ pub enum Reason {
     NoAllocatableGpus,
     FewerGpusThanExpected,
     AllocatableBelowCapacity,
+    NotNvidiaGpus,
+    GpuFault,
     NotReady,
     Cordoned,
     Deleting,

@@ -11,10 +11,14 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod capacity;
 mod conditions;
 mod gate;
 mod status;
 
+pub use capacity::{
+    AksMigProfile, CapacityStatus, Health, Mig, MigResource, MigStrategy, Sharing, TimeSlicing,
+};
 pub use conditions::{ConditionStatus, ConditionType, Reason};
 pub use gate::{
     DEFAULT_GATE_TAINT, DEFAULT_VALIDATION_IMAGE, GateMode, GateStatus, ReadinessGate, Validation,
@@ -62,6 +66,14 @@ pub const API_VERSION_FULL: &str = "gpupool.io/v1alpha1";
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!has(self.devicePlugin) || !has(self.devicePlugin.image) || self.nodeImage != 'Specialized'",
      "message": "spec.devicePlugin.image has no effect when spec.nodeImage is Specialized (the node image ships the device plugin); remove it or set nodeImage to Auto or Standard"},
+    {"rule": "!(has(self.sharing) || has(self.mig)) || self.nodeImage != 'Specialized'",
+     "message": "spec.sharing and spec.mig configure gpupool's device plugin, which a Specialized pool does not run; remove them or set nodeImage to Auto or Standard"},
+    {"rule": "!has(self.sharing) || !has(self.mig) || self.mig.strategy != 'mixed'",
+     "message": "spec.sharing.timeSlicing shares nvidia.com/gpu, which spec.mig.strategy mixed does not advertise (its devices are nvidia.com/mig-*): use strategy single, or no sharing"},
+    {"rule": "!(has(self.sharing) || has(self.mig)) || !has(self.devicePlugin) || !has(self.devicePlugin.env) || !self.devicePlugin.env.exists(e, e.name in ['CONFIG_FILE', 'MIG_STRATEGY'])",
+     "message": "spec.devicePlugin.env must not set CONFIG_FILE or MIG_STRATEGY when spec.sharing or spec.mig is set: gpupool sets the plugin's config from those fields"},
+    {"rule": "!has(self.mig) || !has(self.mig.profile) || self.mig.strategy != 'none'",
+     "message": "spec.mig.profile needs spec.mig.strategy single or mixed: with none the plugin advertises no MIG device"},
 ]))]
 pub struct GpuPoolSpec {
     /// Which nodes form the pool, as a standard label selector (matchLabels and/or
@@ -95,6 +107,19 @@ pub struct GpuPoolSpec {
     /// Run a GPU workload on every node before it counts as ready. Absent: no validation pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<Validation>,
+
+    /// Share each GPU between several pods (time-slicing). Expected allocatable becomes the
+    /// physical GPUs times `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing: Option<Sharing>,
+
+    /// How MIG devices are advertised (for node pools created with a GPU instance profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig: Option<Mig>,
+
+    /// More node conditions that report GPU faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
 }
 
 /// A standard Kubernetes label selector. The requirements are ANDed.

@@ -27,6 +27,9 @@ pub struct GpuPoolStatus {
     /// Sum of `nvidia.com/gpu` allocatable over the selected nodes.
     #[serde(default)]
     pub gpus_allocatable: i64,
+    /// What the nodes should have, and in which resource (see `CapacityStatus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<super::CapacityStatus>,
     /// How the nodes' image was classified: Standard, Specialized, Mixed, or Unknown (no nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_image: Option<String>,

@@ -14,9 +14,10 @@ use crate::decide::model::{
     PluginState, Rejection, Stall,
 };
 use crate::decide::plan::{NodeUpdate, node_updates};
+use crate::decide::plugin_config::ConfigMapAction;
 use crate::decide::validation::ValidationPlan;
 use crate::decide::{Cleanup, Plan};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::PostParams;
 
 use super::node_writes::{NodeWriter, UpdateEdit, Written};
@@ -28,6 +29,9 @@ pub struct TransientError(#[source] pub kube::Error);
 /// Which write failed, to say what an admin should do about it.
 enum Write<'a> {
     ApplyDaemonSet {
+        namespace: &'a str,
+    },
+    ApplyConfigMap {
         namespace: &'a str,
     },
     DeleteStale {
@@ -50,6 +54,20 @@ fn stall_for(err: &kube::Error, write: Write) -> Option<Stall> {
             ),
         ),
         (_, Write::DeleteStale { .. }) => return None,
+        (404, Write::ApplyConfigMap { namespace }) => (
+            Reason::PluginNamespaceNotFound,
+            format!(
+                "namespace {namespace} does not exist: create it (kubectl create namespace {namespace}) or start the operator with --plugin-namespace naming an existing one"
+            ),
+        ),
+        (403, Write::ApplyConfigMap { namespace }) => (
+            Reason::Forbidden,
+            format!(
+                "the operator may not write the plugin's ConfigMap in {namespace}: {}; check its Role there",
+                status.message
+            ),
+        ),
+        (_, Write::ApplyConfigMap { .. }) => return None,
         // An apply creates what is missing, so a 404 can only mean the namespace is.
         (404, Write::ApplyDaemonSet { namespace }) => (
             Reason::PluginNamespaceNotFound,
@@ -183,6 +201,10 @@ async fn apply_daemonsets(
     if let Some(stall) = delete_stale(client, namespace, &plan.delete_stale).await? {
         return Ok(Applied::kept(live_state(live), Some(stall)));
     }
+    // The config first: the pods the DaemonSet (re)starts read it.
+    if let Some(stall) = apply_config_map(client, namespace, &plan.config_map).await? {
+        return Ok(Applied::kept(live_state(live), Some(stall)));
+    }
     let keep = Applied::kept;
     Ok(match &plan.daemonset {
         DaemonSetAction::Nothing => keep(live_state(live), None),
@@ -271,6 +293,42 @@ async fn delete_stale(
         tracing::info!(daemonset = %id, "removed this pool's DaemonSet from the previous plugin namespace");
     }
     Ok(None)
+}
+
+/// The plugin's ConfigMap: applied (server-side) or deleted as the plan says.
+async fn apply_config_map(
+    client: &Client,
+    namespace: &str,
+    action: &ConfigMapAction,
+) -> Result<Option<Stall>, TransientError> {
+    let result = match action {
+        ConfigMapAction::Nothing => return Ok(None),
+        ConfigMapAction::Apply(cm) => {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+            let name = cm.metadata.name.as_deref().unwrap_or_default();
+            api.patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(cm.as_ref()),
+            )
+            .await
+            .map(drop)
+        }
+        ConfigMapAction::Delete(id) => {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &id.namespace);
+            match api.delete(&id.name, &DeleteParams::background()).await {
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                other => other.map(drop),
+            }
+        }
+    };
+    match result {
+        Ok(()) => Ok(None),
+        Err(e) => match stall_for(&e, Write::ApplyConfigMap { namespace }) {
+            Some(stall) => Ok(Some(stall)),
+            None => Err(TransientError(e)),
+        },
+    }
 }
 
 /// Server-side apply of the desired DaemonSet; returns what the API server made of it.

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::api::GpuPool;
 use crate::decide::Settings;
 use crate::decide::model::{ProblemClocks, Rejection};
-use crate::index::{DaemonSetIndex, DraIndex, NodeIndex, PodIndex};
+use crate::index::{ConfigMapIndex, DaemonSetIndex, DraIndex, NodeIndex, PodIndex};
 use crate::server::Health;
 use crate::telemetry::Metrics;
 
@@ -31,11 +31,12 @@ pub struct Synced {
     pub daemonsets: bool,
     pub pods: bool,
     pub dra: bool,
+    pub config_maps: bool,
 }
 
 impl Synced {
     pub fn all(self) -> bool {
-        self.pools && self.nodes && self.daemonsets && self.pods && self.dra
+        self.pools && self.nodes && self.daemonsets && self.pods && self.dra && self.config_maps
     }
 }
 
@@ -50,6 +51,7 @@ pub struct Context {
     pub nodes: RwLock<NodeIndex>,
     pub daemonsets: RwLock<DaemonSetIndex>,
     pub pods: RwLock<PodIndex>,
+    pub config_maps: RwLock<ConfigMapIndex>,
     pub dra: RwLock<DraIndex>,
     pub node_writer: NodeWriter,
     pub members: PoolMembers,
@@ -97,6 +99,7 @@ impl Context {
             nodes: RwLock::default(),
             daemonsets: RwLock::default(),
             pods: RwLock::default(),
+            config_maps: RwLock::default(),
             dra: RwLock::default(),
             node_writer: NodeWriter::new(
                 client.clone(),
@@ -137,6 +140,14 @@ impl Context {
 
     pub fn pods_mut(&self) -> std::sync::RwLockWriteGuard<'_, PodIndex> {
         self.pods.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn config_maps(&self) -> std::sync::RwLockReadGuard<'_, ConfigMapIndex> {
+        self.config_maps.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn config_maps_mut(&self) -> std::sync::RwLockWriteGuard<'_, ConfigMapIndex> {
+        self.config_maps.write().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn dra(&self) -> std::sync::RwLockReadGuard<'_, DraIndex> {

@@ -72,6 +72,7 @@ pub async fn run(
         watches::daemonsets(client.clone(), ctx.clone()).boxed(),
         watches::pods(client.clone(), ctx.clone()).boxed(),
         watches::dra(client.clone(), ctx.clone()).boxed(),
+        watches::config_maps(client.clone(), ctx.clone()).boxed(),
     ])
     .flat_map(futures::stream::iter);
     // Node, DaemonSet and pod changes batched per pool, one window at most (kube-runtime's own

@@ -81,6 +81,12 @@ pub fn observe(ctx: &Context, pool: Arc<GpuPool>) -> Observed {
             .filter_map(|p| p.metadata.uid.clone())
             .collect(),
         rejection: ctx.rejection(&pool.name_any()),
+        plugin_configs: ctx
+            .config_maps()
+            .values()
+            .filter(|c| c.pool_key.as_deref() == Some(key.as_str()))
+            .cloned()
+            .collect(),
         problem_clocks: ctx.problem_clocks(&pool.name_any()),
         pool,
         nodes,

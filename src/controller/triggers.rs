@@ -169,6 +169,9 @@ mod tests {
                 expected_gpus_per_node: None,
                 readiness_gate: None,
                 validation: None,
+                sharing: None,
+                mig: None,
+                health: None,
             },
         );
         p.metadata.uid = Some(format!("uid-{name}"));

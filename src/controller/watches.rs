@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::api::resource::v1::ResourceSlice;
 use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -15,8 +15,10 @@ use kube::{Api, Client, ResourceExt};
 use tracing::warn;
 
 use crate::api::GpuPool;
+use crate::decide::daemonset::pool_key;
 use crate::decide::model::DaemonSetFacts;
 use crate::decide::nodes::NodeFacts;
+use crate::decide::plugin_config::{CONFIG_COMPONENT, ConfigMapFacts};
 use crate::decide::pods::{MANAGED_BY, PodFacts};
 use crate::index::{Change, GpuSlice, Keyed, NVIDIA_GPU_DRIVER, Tracked};
 
@@ -154,6 +156,44 @@ pub fn pods(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> +
             changes
                 .iter()
                 .flat_map(|c| pools_for_pod(c, &pools, &nodes))
+                .collect(),
+        )
+    })
+}
+
+/// gpupool's plugin ConfigMaps in the plugin namespace: one edited or deleted by someone else
+/// is put back.
+pub fn config_maps(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
+    let (key, value) = CONFIG_COMPONENT;
+    let api = Api::<ConfigMap>::namespaced(client, &ctx.settings.plugin_namespace);
+    let events = watcher(api, config().labels(&format!("{key}={value}"))).default_backoff();
+    triggers_of(events, "ConfigMap", move |event| {
+        let event = map_event(event, |cm| ConfigMapFacts::from_config_map(&cm));
+        let done = is_init_done(&event);
+        let changes = ctx.config_maps_mut().apply(event);
+        if done {
+            ctx.listed("ConfigMap", |s| &mut s.config_maps, vanished(&changes));
+        }
+        if !ctx.is_synced() || changes.is_empty() {
+            return Vec::new();
+        }
+        let pools = ctx.pools.state();
+        let keys: BTreeSet<String> = changes
+            .iter()
+            .flat_map(|c| {
+                let (old, new) = c.states();
+                [old, new]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|cm| cm.pool_key.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        refs(
+            pools
+                .iter()
+                .filter(|p| keys.contains(&pool_key(&p.name_any())))
+                .map(|p| p.name_any())
                 .collect(),
         )
     })

@@ -8,18 +8,25 @@ use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, HostPathVolumeSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PodSpec, PodTemplateSpec, SecurityContext,
-    Toleration, Volume, VolumeMount,
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, EnvVar, HostPathVolumeSource,
+    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec,
+    PodTemplateSpec, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::{API_VERSION_FULL, DevicePluginSpec, KIND, PluginToleration, TolerationOperator};
+use crate::api::{
+    API_VERSION_FULL, DevicePluginSpec, KIND, MigStrategy, PluginToleration, TolerationOperator,
+};
 use crate::decide::model::{DESIRED_HASH_ANNOTATION, TOLERATED_TAINTS_ANNOTATION};
 use crate::decide::placement::DEVICE_PLUGIN_LABEL;
+use crate::decide::plugin_config::{CONFIG_DIR, CONFIG_KEY, PluginConfig, config_map_name};
 use crate::decide::pods::{MANAGED_BY, PLUGIN_POD_LABEL, POOL_LABEL, VALIDATES_PLUGIN};
 use crate::decide::scheduling::{TaintKey, base_tolerations, tolerations_for};
+
+/// The pod-template annotation carrying the plugin config's hash.
+pub const CONFIG_HASH_ANNOTATION: &str = "gpupool.io/plugin-config";
+const CONFIG_VOLUME: &str = "plugin-config";
 
 /// The default plugin image: the one the current AKS GPU article uses.
 pub const DEFAULT_PLUGIN_IMAGE: &str = "nvcr.io/nvidia/k8s-device-plugin:v0.18.0";
@@ -72,6 +79,8 @@ pub struct PluginPlacement<'a> {
     /// Taint keys the plugin tolerates beyond its base tolerations. Kept once added (recorded on
     /// the DaemonSet): a startup taint that comes and goes must not restart every plugin pod twice.
     pub tolerated: &'a BTreeSet<TaintKey>,
+    /// The plugin's config file (sharing, MIG), when the pool needs one.
+    pub config: Option<&'a PluginConfig>,
 }
 
 pub fn desired_daemonset(p: &PluginPlacement) -> DaemonSet {
@@ -127,10 +136,16 @@ pub fn desired_daemonset(p: &PluginPlacement) -> DaemonSet {
                             // validated again, and not before its pod runs this one.
                             (
                                 VALIDATES_PLUGIN.to_string(),
-                                plugin_identity(p.image, p.spec),
+                                plugin_identity(p.image, p.spec, p.config),
                             ),
                         ]
-                        .into(),
+                        .into_iter()
+                        // The config's hash: a config change (and only that) rolls the plugin.
+                        .chain(
+                            p.config
+                                .map(|c| (CONFIG_HASH_ANNOTATION.to_string(), c.hash.clone())),
+                        )
+                        .collect(),
                     ),
                     ..ObjectMeta::default()
                 }),
@@ -184,48 +199,99 @@ fn pod_spec(p: &PluginPlacement, key: &str) -> PodSpec {
         ),
         // The plugin talks to the kubelet over its socket only; it needs no API credentials.
         automount_service_account_token: Some(false),
-        containers: vec![plugin_container(p.image, &spec)],
-        volumes: Some(vec![Volume {
-            name: "device-plugin".into(),
-            host_path: Some(HostPathVolumeSource {
-                path: DEVICE_PLUGIN_PATH.into(),
-                // The kubelet's directory, never one created by the plugin.
-                type_: Some("Directory".into()),
-            }),
-            ..Volume::default()
-        }]),
+        containers: vec![plugin_container(p.image, &spec, p.config)],
+        volumes: Some(
+            [Volume {
+                name: "device-plugin".into(),
+                host_path: Some(HostPathVolumeSource {
+                    path: DEVICE_PLUGIN_PATH.into(),
+                    // The kubelet's directory, never one created by the plugin.
+                    type_: Some("Directory".into()),
+                }),
+                ..Volume::default()
+            }]
+            .into_iter()
+            .chain(p.config.map(|_| Volume {
+                name: CONFIG_VOLUME.into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config_map_name(p.pool),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            }))
+            .collect(),
+        ),
         ..PodSpec::default()
     }
 }
 
-fn plugin_container(image: &str, spec: &DevicePluginSpec) -> Container {
+fn plugin_container(
+    image: &str,
+    spec: &DevicePluginSpec,
+    config: Option<&PluginConfig>,
+) -> Container {
+    let mut env: Vec<EnvVar> = spec.env.iter().map(|e| e.0.clone()).collect();
+    let mut mounts = vec![VolumeMount {
+        name: "device-plugin".into(),
+        mount_path: DEVICE_PLUGIN_PATH.into(),
+        ..VolumeMount::default()
+    }];
+    let mut add_capabilities = None;
+    if let Some(config) = config {
+        env.push(env_var(
+            "CONFIG_FILE",
+            &format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+        ));
+        mounts.push(VolumeMount {
+            name: CONFIG_VOLUME.into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        if config.mig != MigStrategy::None {
+            // What NVIDIA's own chart gives the plugin for MIG (and AKS's MIG guide asks of a
+            // custom plugin DaemonSet): every MIG device monitored, and CAP_SYS_ADMIN to read
+            // the MIG configuration.
+            env.push(env_var("NVIDIA_MIG_MONITOR_DEVICES", "all"));
+            add_capabilities = Some(vec!["SYS_ADMIN".to_string()]);
+        }
+    }
     Container {
         name: "nvidia-device-plugin-ctr".into(),
         image: Some(image.to_string()),
-        env: (!spec.env.is_empty()).then(|| spec.env.iter().map(|e| e.0.clone()).collect()),
+        env: (!env.is_empty()).then_some(env),
         resources: spec.resources.as_ref().map(|r| r.to_requirements()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities {
                 drop: Some(vec!["ALL".into()]),
-                add: None,
+                add: add_capabilities,
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "device-plugin".into(),
-            mount_path: DEVICE_PLUGIN_PATH.into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     }
 }
 
-/// What identifies the plugin a pod runs: its container (image, environment, resources), not
-/// where it is scheduled or what it tolerates.
-pub fn plugin_identity(image: &str, spec: Option<&DevicePluginSpec>) -> String {
-    let container = plugin_container(image, &spec.cloned().unwrap_or_default());
-    let json = serde_json::to_vec(&container).expect("a Container serializes to JSON");
+fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// What identifies the plugin a pod runs: its container (image, environment, resources) and its
+/// config, not where it is scheduled or what it tolerates.
+pub fn plugin_identity(
+    image: &str,
+    spec: Option<&DevicePluginSpec>,
+    config: Option<&PluginConfig>,
+) -> String {
+    let container = plugin_container(image, &spec.cloned().unwrap_or_default(), config);
+    let mut json = serde_json::to_vec(&container).expect("a Container serializes to JSON");
+    json.extend(config.map(|c| c.hash.as_bytes()).unwrap_or_default());
     format!("{:016x}", fnv1a(&json))
 }
 
@@ -309,6 +375,7 @@ mod tests {
                 .unwrap_or(DEFAULT_PLUGIN_IMAGE),
             spec,
             tolerated,
+            config: None,
         }
     }
 

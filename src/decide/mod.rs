@@ -3,20 +3,24 @@
 //! observed, planned and applied); the shell in `controller` observes and applies.
 
 pub mod action;
+pub mod capacity;
 pub mod claims;
 pub mod daemonset;
 pub mod gate;
+pub mod health;
 pub mod image;
 pub mod model;
 pub mod nodes;
 pub mod placement;
 pub mod plan;
+pub mod plugin_config;
 pub mod pods;
 #[cfg(test)]
 mod proptests;
 pub mod readiness;
 pub mod scheduling;
 pub mod selector;
+pub mod sizes;
 pub mod status;
 pub mod validation;
 
@@ -92,6 +96,8 @@ pub(crate) mod testing {
             ready_since: None,
             gpu_capacity: None,
             gpu_allocatable: None,
+            other_gpu_resources: Default::default(),
+            conditions: vec![],
             created: None,
             deleting: false,
             boot_id: "boot-0".into(),

@@ -10,6 +10,8 @@ use k8s_openapi::jiff::Timestamp;
 
 /// The extended resource the NVIDIA device plugin registers.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// The prefix of the MIG resources the device plugin advertises under strategy mixed.
+pub const MIG_RESOURCE_PREFIX: &str = "nvidia.com/mig-";
 /// The AKS label that names the node image (and tells the GPU-dedicated image apart).
 pub const NODE_IMAGE_LABEL: &str = "kubernetes.azure.com/node-image-version";
 
@@ -26,6 +28,12 @@ pub struct NodeFacts {
     /// `nvidia.com/gpu` capacity; None when the node reports none at all.
     pub gpu_capacity: Option<i64>,
     pub gpu_allocatable: Option<i64>,
+    /// Other `nvidia.com/*` resources (`nvidia.com/gpu.shared`, `nvidia.com/mig-1g.10gb`, ...):
+    /// name -> (capacity, allocatable).
+    pub other_gpu_resources: BTreeMap<String, (i64, i64)>,
+    /// Node conditions other than the kubelet's own (node-problem-detector's GPU checks among
+    /// them), without their heartbeat times.
+    pub conditions: Vec<NodeCondition>,
     pub created: Option<Timestamp>,
     pub deleting: bool,
     /// `status.nodeInfo.bootID`: a new one means the node rebooted.
@@ -33,6 +41,24 @@ pub struct NodeFacts {
     /// The last validation result gpupool recorded on the node (annotation `gpupool.io/validation`).
     pub validation: Option<crate::decide::validation::ValidationRecord>,
 }
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NodeCondition {
+    pub type_: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub since: Option<Timestamp>,
+}
+
+/// The kubelet's own conditions, read elsewhere (Ready) or not GPU matters.
+const KUBELET_CONDITIONS: [&str; 5] = [
+    "Ready",
+    "MemoryPressure",
+    "DiskPressure",
+    "PIDPressure",
+    "NetworkUnavailable",
+];
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeTaint {
@@ -76,6 +102,23 @@ impl NodeFacts {
             ready,
             gpu_capacity: gpu(status.and_then(|s| s.capacity.as_ref())),
             gpu_allocatable: gpu(status.and_then(|s| s.allocatable.as_ref())),
+            other_gpu_resources: other_gpu_resources(
+                status.and_then(|s| s.capacity.as_ref()),
+                status.and_then(|s| s.allocatable.as_ref()),
+            ),
+            conditions: status
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|c| !KUBELET_CONDITIONS.contains(&c.type_.as_str()))
+                .map(|c| NodeCondition {
+                    type_: c.type_.clone(),
+                    status: c.status.clone(),
+                    reason: c.reason.clone().unwrap_or_default(),
+                    message: c.message.clone().unwrap_or_default(),
+                    since: c.last_transition_time.as_ref().map(|t| t.0),
+                })
+                .collect(),
             ready_since: ready_condition
                 .and_then(|c| c.last_transition_time.as_ref())
                 .map(|t| t.0),
@@ -91,6 +134,27 @@ impl NodeFacts {
                 .and_then(|a| a.get(crate::decide::validation::VALIDATION_ANNOTATION))
                 .and_then(|v| serde_json::from_str(v).ok()),
         }
+    }
+
+    /// (capacity, allocatable) of any `nvidia.com/*` resource, zero when not reported.
+    pub fn resource(&self, name: &str) -> (i64, i64) {
+        if name == GPU_RESOURCE {
+            return (self.gpus_capacity(), self.gpus_allocatable());
+        }
+        self.other_gpu_resources
+            .get(name)
+            .copied()
+            .unwrap_or((0, 0))
+    }
+
+    /// (capacity, allocatable) summed over the MIG resources (`nvidia.com/mig-*`).
+    pub fn mig_total(&self) -> (i64, i64) {
+        self.other_gpu_resources
+            .iter()
+            .filter(|(name, _)| name.starts_with(MIG_RESOURCE_PREFIX))
+            .fold((0, 0), |(c, a), (_, (rc, ra))| {
+                (c.saturating_add(*rc), a.saturating_add(*ra))
+            })
     }
 
     /// `nvidia.com/gpu` allocatable, treating "not reported" as zero.
@@ -111,6 +175,22 @@ impl From<&Taint> for NodeTaint {
             effect: t.effect.clone(),
         }
     }
+}
+
+/// Every `nvidia.com/*` resource but `nvidia.com/gpu` (kept in its own fields).
+fn other_gpu_resources(
+    capacity: Option<&BTreeMap<String, Quantity>>,
+    allocatable: Option<&BTreeMap<String, Quantity>>,
+) -> BTreeMap<String, (i64, i64)> {
+    let mut out: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let nvidia = |name: &String| name.starts_with("nvidia.com/") && name != GPU_RESOURCE;
+    for (name, q) in capacity.into_iter().flatten().filter(|(n, _)| nvidia(n)) {
+        out.entry(name.clone()).or_default().0 = parse_count(&q.0);
+    }
+    for (name, q) in allocatable.into_iter().flatten().filter(|(n, _)| nvidia(n)) {
+        out.entry(name.clone()).or_default().1 = parse_count(&q.0);
+    }
+    out
 }
 
 /// Parses a device count. Extended resources are whole numbers; anything else a node might carry

@@ -1,7 +1,7 @@
 //! `plan`: from what was observed of one pool and its surroundings to the writes that bring the
 //! cluster where the pool wants it. Pure: the shell observes, this decides, the shell applies.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -11,6 +11,7 @@ use kube::ResourceExt;
 use crate::api::{GpuPool, PluginMode, Reason};
 use crate::decide::Settings;
 use crate::decide::action::{DaemonSetAction, daemonset_action, stale_daemonsets};
+use crate::decide::capacity::{self, Expected};
 use crate::decide::claims::{ForeignPlugin, NodeClaims, PoolRef, claim_nodes};
 use crate::decide::daemonset::{PluginPlacement, daemonset_name, desired_daemonset, pool_key};
 use crate::decide::gate::TaintChange;
@@ -20,6 +21,10 @@ use crate::decide::model::{
 };
 use crate::decide::nodes::NodeFacts;
 use crate::decide::placement::{LabelChange, Placement, place};
+use crate::decide::plugin_config::{
+    ConfigMapAction, ConfigMapFacts, PluginConfig, config_map_action, desired_config_map,
+    plugin_config,
+};
 use crate::decide::pods::{PodFacts, PodRole};
 use crate::decide::readiness::{ReadinessPlan, plan_readiness};
 use crate::decide::scheduling::{TaintKey, pool_taint_keys};
@@ -45,6 +50,8 @@ pub struct Observed {
     pub pool_uids: HashSet<String>,
     /// The pool's last DaemonSet the API server refused.
     pub rejection: Option<Rejection>,
+    /// The pool's plugin ConfigMaps (in the plugin namespace).
+    pub plugin_configs: Vec<Arc<ConfigMapFacts>>,
     /// When each problem node's problem began, as the last reconcile found (None after a
     /// restart: then the status says it, for the nodes it lists).
     pub problem_clocks: Option<Arc<ProblemClocks>>,
@@ -155,6 +162,11 @@ pub struct Plan {
     pub leftover_pods: Vec<ObjectId>,
     /// Each node's GPU readiness, the readiness gate and validation.
     pub readiness: ReadinessPlan,
+    /// What each node should have allocatable (see `capacity`).
+    pub expected: BTreeMap<String, Expected>,
+    /// The plugin's config file (sharing, MIG), and what to do to its ConfigMap.
+    pub config: Option<PluginConfig>,
+    pub config_map: ConfigMapAction,
 }
 
 pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
@@ -181,6 +193,9 @@ pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
         &observed.dra_nodes,
     );
     let image = plugin_image(pool, settings);
+    let config = (plugin.mode == PluginMode::Managed)
+        .then(|| plugin_config(&pool.spec))
+        .flatten();
     let live = own_daemonset(observed, &settings.plugin_namespace);
     let serves = |n: &NodeFacts| plugin.wants_plugin_on(&n.name) && !claims.excludes(&n.name);
     let tolerated = tolerated_taints(observed, live.as_deref(), &nodes, &serves);
@@ -192,8 +207,24 @@ pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
             image: &image,
             spec: pool.spec.device_plugin.as_ref(),
             tolerated: &tolerated,
+            config: config.as_ref(),
         })
     });
+    let config_map = config_map_action(
+        config.as_ref().map(|c| {
+            desired_config_map(
+                &this.name,
+                observed.pool_uid(),
+                &settings.plugin_namespace,
+                c,
+            )
+        }),
+        observed
+            .plugin_configs
+            .iter()
+            .find(|c| c.id.namespace == settings.plugin_namespace)
+            .map(Arc::as_ref),
+    );
     let leftover_pods = leftover_pods(observed, &settings.plugin_namespace);
     let daemonset = daemonset_plan(
         observed,
@@ -210,7 +241,17 @@ pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
             observed.pods_on(n)
         }),
     };
+    let expected = nodes
+        .iter()
+        .map(|n| {
+            let ours = !plugin.shipped.contains_key(&n.name);
+            (n.name.clone(), capacity::expected(n, &pool.spec, ours))
+        })
+        .collect();
     let mut plan = Plan {
+        expected,
+        config,
+        config_map,
         delete_stale: stale_daemonsets(
             observed.plugin_daemonsets.iter().map(Arc::as_ref),
             observed.pool_uid(),
@@ -447,6 +488,9 @@ mod tests {
                 expected_gpus_per_node: None,
                 readiness_gate: None,
                 validation: None,
+                sharing: None,
+                mig: None,
+                health: None,
             },
         );
         pool.metadata.uid = Some("uid-1".into());
@@ -461,6 +505,7 @@ mod tests {
             pool_uids: ["uid-1".to_string()].into(),
             rejection: None,
             problem_clocks: None,
+            plugin_configs: vec![],
             now: Timestamp::UNIX_EPOCH,
         }
     }

@@ -128,6 +128,8 @@ fn nodes(max: usize) -> impl Strategy<Value = Vec<NodeFacts>> {
                         ready_since: None,
                         gpu_capacity: cap,
                         gpu_allocatable: alloc,
+                        other_gpu_resources: Default::default(),
+                        conditions: vec![],
                         created: age.map(|a| {
                             Timestamp::from_second(1_800_000_000 - a).expect("valid timestamp")
                         }),
@@ -358,6 +360,9 @@ fn gpupool(p: &PoolRef, node_image: NodeImage, managed: bool) -> GpuPool {
             expected_gpus_per_node: None,
             readiness_gate: None,
             validation: None,
+            sharing: None,
+            mig: None,
+            health: None,
         },
     );
     pool.metadata.uid = Some(p.uid.clone());
@@ -471,6 +476,7 @@ impl Sim {
             pool_uids: self.pools.iter().map(|(p, _)| p.uid.clone()).collect(),
             rejection: None,
             problem_clocks: None,
+            plugin_configs: vec![],
             now: Timestamp::UNIX_EPOCH,
         }
     }
@@ -681,6 +687,9 @@ proptest! {
                 expected_gpus_per_node: expected,
                 readiness_gate: None,
                 validation: None,
+                sharing: None,
+                mig: None,
+                health: None,
             });
             pool.metadata.generation = generation;
             pool.status = Some(GpuPoolStatus { conditions: previous.clone(), problem_nodes: previous_problems.clone(), ..Default::default() });
@@ -695,6 +704,7 @@ proptest! {
                 pool_uids: Default::default(),
                 rejection: None,
                 problem_clocks: None,
+                plugin_configs: vec![],
                 now,
             };
             let plan = Plan {
@@ -707,6 +717,13 @@ proptest! {
                 placement: Default::default(),
                 leftover_pods: vec![],
                 readiness: Default::default(),
+                expected: observed
+                    .nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), crate::decide::capacity::expected(n, &observed.pool.spec, true)))
+                    .collect(),
+                config: None,
+                config_map: crate::decide::plugin_config::ConfigMapAction::Nothing,
             };
             let applied = Applied::kept(daemonset, stall.clone());
             let outcome = report(&observed, &plan, &applied, &settings());
@@ -714,7 +731,7 @@ proptest! {
             let find = |t: ConditionType| conditions.iter().find(|c| c.type_ == t.as_str());
             let types: BTreeSet<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
             prop_assert_eq!(types.len(), conditions.len(), "duplicate condition types: {:?}", conditions);
-            let summary = [ConditionType::Ready, ConditionType::DevicePluginReady, ConditionType::GpusSchedulable];
+            let summary = [ConditionType::Ready, ConditionType::DevicePluginReady, ConditionType::GpusSchedulable, ConditionType::GpusHealthy];
             for always in summary {
                 prop_assert!(find(always).is_some(), "{} missing", always);
             }

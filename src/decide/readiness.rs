@@ -8,8 +8,10 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{Reason, Validation};
 use crate::decide::Settings;
+use crate::decide::capacity::judge;
 use crate::decide::daemonset::plugin_identity;
 use crate::decide::gate::{GatePlan, NotReady, Readiness, TaintChange, lift_gate, plan_gate};
+use crate::decide::health::gpu_faults;
 use crate::decide::image::ImageKind;
 use crate::decide::model::Stall;
 use crate::decide::nodes::{NodeFacts, NodeReadiness};
@@ -108,14 +110,22 @@ fn base_readiness(o: &Observed, plan: &Plan, node: &NodeFacts) -> Readiness {
     if !platform && !elsewhere && !plugin_pod_ready(o, plan, &node.name) {
         return not_ready("its device plugin pod is not ready yet".into(), None);
     }
-    let expected = i64::from(o.pool.spec.expected_gpus_per_node.unwrap_or(1).max(1));
     let dra = o.dra_nodes.contains(&node.name);
-    if !dra && node.gpus_allocatable() < expected {
-        let why = format!(
-            "{} of {expected} nvidia.com/gpu allocatable",
-            node.gpus_allocatable()
-        );
+    if let Some(e) = plan.expected.get(&node.name).filter(|_| !dra)
+        && let Err((_, why)) = judge(node, e)
+    {
         return not_ready(why, None);
+    }
+    let extra = o
+        .pool
+        .spec
+        .health
+        .as_ref()
+        .map(|h| h.node_conditions.as_slice())
+        .unwrap_or_default();
+    if let Some(fault) = gpu_faults(node, extra).first() {
+        let why = format!("it reports a GPU fault: {}: {}", fault.type_, fault.message);
+        return not_ready(why, fault.since);
     }
     Ok(())
 }
@@ -141,7 +151,11 @@ fn plugin_pod_ready(o: &Observed, plan: &Plan, node: &str) -> bool {
 }
 
 fn desired_plugin(o: &Observed, plan: &Plan) -> String {
-    plugin_identity(&plan.image, o.pool.spec.device_plugin.as_ref())
+    plugin_identity(
+        &plan.image,
+        o.pool.spec.device_plugin.as_ref(),
+        plan.config.as_ref(),
+    )
 }
 
 /// Which plugin a node runs, so a new plugin means validating again.

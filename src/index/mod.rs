@@ -22,3 +22,12 @@ impl Keyed for DaemonSetFacts {
 
 /// The DaemonSets gpupool cares about: its own and other device plugins.
 pub type DaemonSetIndex = Tracked<DaemonSetFacts>;
+
+impl Keyed for crate::decide::plugin_config::ConfigMapFacts {
+    fn key(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Owned(self.id.to_string())
+    }
+}
+
+/// gpupool's plugin ConfigMaps, in the plugin namespace.
+pub type ConfigMapIndex = Tracked<crate::decide::plugin_config::ConfigMapFacts>;

@@ -277,6 +277,51 @@ pub async fn reboot(client: &kube::Client, node: &str) -> Result<String, Error> 
     Ok(boot_id)
 }
 
+/// Sets extended resources in the node's status, `(name, capacity, allocatable)` each — what the
+/// device plugin registers under MIG (`nvidia.com/mig-1g.10gb`) or renamed time-slicing
+/// (`nvidia.com/gpu.shared`). kwok keeps them.
+pub async fn set_resources(
+    client: &kube::Client,
+    node: &str,
+    resources: &[(&str, u32, u32)],
+) -> Result<(), Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    let capacity: serde_json::Map<String, serde_json::Value> = resources
+        .iter()
+        .map(|(name, c, _)| ((*name).to_owned(), c.to_string().into()))
+        .collect();
+    let allocatable: serde_json::Map<String, serde_json::Value> = resources
+        .iter()
+        .map(|(name, _, a)| ((*name).to_owned(), a.to_string().into()))
+        .collect();
+    let patch =
+        serde_json::json!({ "status": { "capacity": capacity, "allocatable": allocatable } });
+    api.patch_status(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Sets one node condition as node-problem-detector does (e.g. `XIDErrors` True), merged by type
+/// into the node's conditions; `status` "False" clears the problem.
+pub async fn set_condition(
+    client: &kube::Client,
+    node: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) -> Result<(), Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = serde_json::json!({ "status": { "conditions": [{
+        "type": type_, "status": status, "reason": reason, "message": message,
+        "lastHeartbeatTime": now, "lastTransitionTime": now,
+    }]}});
+    api.patch_status(node, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await?;
+    Ok(())
+}
+
 /// Deletes the node (as the cluster autoscaler or a scale-down would). A node that is already
 /// gone counts as deleted.
 pub async fn delete_node(client: &kube::Client, name: &str) -> Result<(), Error> {

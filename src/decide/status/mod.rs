@@ -81,8 +81,14 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
     let previous = pool.status.clone().unwrap_or_default();
     let nodes: Vec<&NodeFacts> = o.nodes.iter().map(AsRef::as_ref).collect();
     let clocks = o.problem_clocks();
+    let no_extra_conditions = Vec::new();
     let expectations = Expectations {
-        expected_gpus: pool.spec.expected_gpus_per_node,
+        expected: &plan.expected,
+        fault_conditions: pool
+            .spec
+            .health
+            .as_ref()
+            .map_or(&no_extra_conditions, |h| &h.node_conditions),
         now: o.now,
         grace: settings.gpu_grace_period,
         previous: &clocks,
@@ -110,6 +116,7 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
         nodes_with_gpus: summary.serving.len() as i32,
         gpus_capacity: summary.gpus_capacity,
         gpus_allocatable: summary.gpus_allocatable,
+        capacity: Some(capacity_status(o, plan, &summary)),
         node_image: Some(plan.plugin.detected.to_string()),
         readiness_gate: readiness::gate_status(o, plan),
         validation: readiness::validation_status(plan),
@@ -170,10 +177,12 @@ fn components(
         summary,
         o.nodes.len(),
         &describe(&o.pool.spec.node_selector),
+        &counted_resource(o, plan),
     );
     let mut components = vec![
         (ConditionType::DevicePluginReady, plugin),
         (ConditionType::GpusSchedulable, gpus),
+        (ConditionType::GpusHealthy, health_assessment(summary)),
     ];
     components.extend(
         readiness::validation_assessment(o, plan, &settings.plugin_namespace)
@@ -263,7 +272,12 @@ fn until(now: Timestamp, at: Timestamp) -> Duration {
 }
 
 /// `GpusSchedulable`.
-fn gpus_assessment(s: &NodeSummary, node_count: usize, selector: &str) -> Assessment {
+fn gpus_assessment(
+    s: &NodeSummary,
+    node_count: usize,
+    selector: &str,
+    resource: &str,
+) -> Assessment {
     if node_count == 0 {
         return Assessment::failed(
             Reason::NoNodes,
@@ -317,11 +331,95 @@ fn gpus_assessment(s: &NodeSummary, node_count: usize, selector: &str) -> Assess
     Assessment::ok(
         Reason::GpusSchedulable,
         format!(
-            "{} nodes with {} allocatable nvidia.com/gpu",
+            "{} nodes with {} allocatable {resource}{}",
             s.serving.len(),
-            s.gpus_allocatable
+            s.gpus_allocatable,
+            if s.gpus_expected > 0 {
+                format!(" ({} expected)", s.gpus_expected)
+            } else {
+                String::new()
+            }
         ),
     )
+}
+
+/// `GpusHealthy`: no node reports a GPU fault and no plugin marks a GPU unhealthy.
+fn health_assessment(s: &NodeSummary) -> Assessment {
+    if !s.faulty.is_empty() {
+        let listed: Vec<String> = s
+            .faulty
+            .iter()
+            .map(|(n, types)| format!("{n} ({})", types.join(", ")))
+            .collect();
+        return Assessment::failed(
+            Reason::GpuFaultsReported,
+            format!(
+                "{} nodes report GPU faults: {}; see status.problemNodes, then drain the node and repair or replace it (kubectl describe node shows the condition)",
+                s.faulty.len(),
+                name_list(&listed, 10)
+            ),
+        );
+    }
+    if !s.unhealthy.is_empty() {
+        return Assessment::failed(
+            Reason::UnhealthyGpus,
+            format!(
+                "the device plugin marks GPUs unhealthy on {} nodes: {}; see status.problemNodes and the plugin pod's log",
+                s.unhealthy.len(),
+                name_list(&s.unhealthy, 10)
+            ),
+        );
+    }
+    Assessment::ok(
+        Reason::GpusHealthy,
+        format!("no GPU faults reported on {} nodes", s.in_service),
+    )
+}
+
+/// `status.capacity`: what the nodes should have, in which resource.
+fn capacity_status(o: &Observed, plan: &Plan, s: &NodeSummary) -> crate::api::CapacityStatus {
+    let sharing = o.pool.spec.sharing.as_ref().map(|x| &x.time_slicing);
+    crate::api::CapacityStatus {
+        resource: counted_resource(o, plan),
+        expected: s.gpus_expected,
+        physical_gpus: (s.physical_expected != s.gpus_expected).then_some(s.physical_expected),
+        replicas: sharing.map(|t| t.replicas),
+        unknown_sizes: s.unknown_sizes.iter().take(10).cloned().collect(),
+        mig_resources: s
+            .mig_resources
+            .iter()
+            .map(|(name, (capacity, allocatable))| crate::api::MigResource {
+                name: name.clone(),
+                capacity: *capacity,
+                allocatable: *allocatable,
+            })
+            .collect(),
+    }
+}
+
+/// The resource most of the pool's nodes are counted in (nodes whose platform runs the plugin
+/// count plain `nvidia.com/gpu`).
+fn counted_resource(o: &Observed, plan: &Plan) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in plan.expected.values() {
+        *counts.entry(e.resource.as_str()).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(r, _)| r.to_string())
+        .unwrap_or_else(|| {
+            if o.pool
+                .spec
+                .sharing
+                .as_ref()
+                .is_some_and(|x| x.time_slicing.rename_by_default)
+            {
+                crate::decide::capacity::SHARED_RESOURCE.to_string()
+            } else {
+                crate::decide::nodes::GPU_RESOURCE.to_string()
+            }
+        })
 }
 
 fn waiting_word(reason: Reason) -> &'static str {
@@ -532,6 +630,9 @@ mod tests {
                     expected_gpus_per_node: self.expected,
                     readiness_gate: None,
                     validation: None,
+                    sharing: None,
+                    mig: None,
+                    health: None,
                 },
             );
             pool.metadata.generation = Some(2);
@@ -553,6 +654,7 @@ mod tests {
                 pool_uids: Default::default(),
                 rejection: None,
                 problem_clocks: self.clocks.clone().map(Arc::new),
+                plugin_configs: vec![],
                 now: self.at,
             };
             let refs: Vec<&NodeFacts> = self.nodes.iter().collect();
@@ -566,6 +668,16 @@ mod tests {
                 placement: Default::default(),
                 leftover_pods: vec![],
                 readiness: Default::default(),
+                expected: self
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let e = crate::decide::capacity::expected(n, &observed.pool.spec, true);
+                        (n.name.clone(), e)
+                    })
+                    .collect(),
+                config: None,
+                config_map: crate::decide::plugin_config::ConfigMapAction::Nothing,
             };
             let applied = Applied::kept(self.daemonset.clone(), self.stall.clone());
             let mut settings = settings();
@@ -699,20 +811,94 @@ mod tests {
             Reason::FewerGpusThanExpected.as_str()
         );
 
-        // Without an expectation, one unhealthy GPU is a warning, not a failure.
+        // Without an expectation two GPUs are enough to schedule on, but the plugin marks two
+        // unhealthy: the GPUs are schedulable, not healthy, and the pool not Ready.
         let s = Case::new(vec![old_node("four", 4, 4), old_node("two", 4, 2)])
             .run()
             .status;
-        assert_eq!(state_of(&s, ConditionType::Ready), ConditionStatus::True);
+        assert_eq!(
+            state_of(&s, ConditionType::GpusSchedulable),
+            ConditionStatus::True
+        );
+        assert_eq!(
+            state_of(&s, ConditionType::GpusHealthy),
+            ConditionStatus::False
+        );
+        assert_eq!(reason_of(&s, ConditionType::Ready), Reason::UnhealthyGpus);
         assert_eq!(
             s.problem_nodes[0].reason,
             Reason::AllocatableBelowCapacity.as_str()
+        );
+        assert!(
+            cond(&s, ConditionType::GpusHealthy)
+                .unwrap()
+                .message
+                .contains("two"),
+            "names the node"
         );
         let s = Case::new(vec![old_node("none", 4, 0)]).run().status;
         assert_eq!(
             s.problem_nodes[0].reason,
             Reason::NoAllocatableGpus.as_str()
         );
+    }
+
+    #[test]
+    fn gpu_fault_conditions_make_the_gpus_unhealthy_and_name_node_and_condition() {
+        let mut faulty = old_node("faulty", 8, 8);
+        faulty.conditions = vec![crate::decide::nodes::NodeCondition {
+            type_: "XIDErrors".into(),
+            status: "True".into(),
+            reason: "XIDErrors".into(),
+            message: "XID 79 (GPU has fallen off the bus) in kernel log".into(),
+            since: Some("2026-11-23T11:00:00Z".parse().unwrap()),
+        }];
+        let mut healthy = old_node("healthy", 8, 8);
+        healthy.conditions = vec![crate::decide::nodes::NodeCondition {
+            type_: "GPUMissing".into(),
+            status: "False".into(),
+            reason: "NoGPUMissing".into(),
+            message: String::new(),
+            since: None,
+        }];
+        let s = Case::new(vec![faulty, healthy]).run().status;
+        assert_eq!(
+            reason_of(&s, ConditionType::Ready),
+            Reason::GpuFaultsReported
+        );
+        let health = cond(&s, ConditionType::GpusHealthy).unwrap();
+        assert!(
+            health.message.contains("faulty (XIDErrors)") && !health.message.contains("healthy ("),
+            "{}",
+            health.message
+        );
+        assert_eq!(s.problem_nodes.len(), 1);
+        assert_eq!(s.problem_nodes[0].reason, "XIDErrors");
+        assert!(s.problem_nodes[0].message.contains("fallen off the bus"));
+        assert_eq!(state_of(&s, ConditionType::Stalled), ConditionStatus::True);
+    }
+
+    #[test]
+    fn capacity_says_what_is_expected_in_which_resource_and_which_sizes_are_unknown() {
+        let mut h100 = old_node("h100", 8, 8);
+        h100.labels.insert(
+            crate::decide::capacity::INSTANCE_TYPE_LABEL.into(),
+            "Standard_ND96isr_H100_v5".into(),
+        );
+        let mut odd = old_node("odd", 2, 2);
+        odd.labels.insert(
+            crate::decide::capacity::INSTANCE_TYPE_LABEL.into(),
+            "Standard_ND96is_flex_H100_v5".into(),
+        );
+        let s = Case::new(vec![h100, odd]).run().status;
+        let capacity = s.capacity.clone().unwrap();
+        assert_eq!(capacity.resource, "nvidia.com/gpu");
+        assert_eq!(
+            capacity.expected, 9,
+            "8 for the H100 size, at least 1 for the unknown"
+        );
+        assert_eq!(capacity.unknown_sizes, vec!["Standard_ND96is_flex_H100_v5"]);
+        assert_eq!(state_of(&s, ConditionType::Ready), ConditionStatus::True);
     }
 
     #[test]

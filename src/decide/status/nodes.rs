@@ -8,7 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::{ProblemNode, Reason};
+use crate::decide::capacity::{Expected, Source, judge};
 use crate::decide::claims::NodeClaims;
+use crate::decide::health::{gpu_faults, problem_reason};
 use crate::decide::model::ProblemClocks;
 use crate::decide::nodes::{NodeFacts, NodeReadiness};
 
@@ -40,7 +42,10 @@ pub(super) enum NodeHealth {
 /// What a node's health is judged against.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Expectations<'a> {
-    pub expected_gpus: Option<i32>,
+    /// What each node should have (nodes missing here: at least one `nvidia.com/gpu`).
+    pub expected: &'a BTreeMap<String, Expected>,
+    /// Node condition types that report a GPU fault when True, besides AKS's.
+    pub fault_conditions: &'a [String],
     pub now: Timestamp,
     pub grace: Duration,
     /// When each problem node's problem began, as last reported.
@@ -100,9 +105,17 @@ pub(super) fn node_health(node: &NodeFacts, e: Expectations, dra: bool) -> NodeH
         // GPUs published through DRA: nvidia.com/gpu stays 0 by design.
         return NodeHealth::Serving;
     } else {
-        match gpu_shortfall(node, e.expected_gpus) {
+        let fallback;
+        let expected = match e.expected.get(&node.name) {
+            Some(x) => x,
+            None => {
+                fallback = at_least_one();
+                &fallback
+            }
+        };
+        match judge(node, expected) {
             Ok(None) => return NodeHealth::Serving,
-            Ok(Some(degraded)) => return degraded,
+            Ok(Some((reason, message))) => return NodeHealth::Degraded(reason, message),
             Err((reason, message)) => {
                 // A node that just joined has had no GPUs since it was created.
                 let joined = node.created.filter(|c| e.grace_ends(*c) > e.now);
@@ -128,42 +141,13 @@ pub(super) fn node_health(node: &NodeFacts, e: Expectations, dra: bool) -> NodeH
     }
 }
 
-/// Ok(None): the GPUs it should have; Ok(Some(degraded)): enough, but some unhealthy;
-/// Err: not enough, and why.
-fn gpu_shortfall(
-    node: &NodeFacts,
-    expected: Option<i32>,
-) -> Result<Option<NodeHealth>, (Reason, String)> {
-    let required = i64::from(expected.unwrap_or(1).max(1));
-    let (capacity, allocatable) = (node.gpus_capacity(), node.gpus_allocatable());
-    if allocatable >= required {
-        return Ok((allocatable < capacity).then(|| {
-            NodeHealth::Degraded(
-                Reason::AllocatableBelowCapacity,
-                format!("{allocatable} of {capacity} nvidia.com/gpu allocatable: some GPUs are unhealthy"),
-            )
-        }));
+fn at_least_one() -> Expected {
+    Expected {
+        physical: 1,
+        per_gpu: 1,
+        resource: crate::decide::nodes::GPU_RESOURCE.to_string(),
+        source: Source::NoSize,
     }
-    Err(if capacity == 0 {
-        (
-            Reason::NoGpuCapacity,
-            "the node reports no nvidia.com/gpu capacity: the device plugin is not running there or found no GPU (check the plugin pod's log and the NVIDIA driver)".into(),
-        )
-    } else if expected.is_some() {
-        (
-            Reason::FewerGpusThanExpected,
-            format!(
-                "{allocatable} nvidia.com/gpu allocatable (capacity {capacity}), spec.expectedGpusPerNode is {required}: GPUs may have fallen off the bus or be unhealthy"
-            ),
-        )
-    } else {
-        (
-            Reason::NoAllocatableGpus,
-            format!(
-                "capacity {capacity} nvidia.com/gpu but none allocatable: the device plugin reports the GPUs unhealthy (check the plugin pod's log and nvidia-smi)"
-            ),
-        )
-    })
 }
 
 /// The pool's nodes summed up. Name lists are sorted: the same nodes always give the same
@@ -181,6 +165,17 @@ pub(super) struct NodeSummary {
     pub problems: BTreeMap<String, ProblemNode>,
     pub gpus_capacity: i64,
     pub gpus_allocatable: i64,
+    /// What the in-service nodes should have in total, and how many physical GPUs that is.
+    pub gpus_expected: i64,
+    pub physical_expected: i64,
+    /// Nodes reporting GPU faults (a GPU node condition True), with the condition types.
+    pub faulty: Vec<(String, Vec<String>)>,
+    /// Nodes whose plugin marks some GPUs unhealthy (allocatable below capacity).
+    pub unhealthy: Vec<String>,
+    /// VM sizes of in-service nodes whose GPU count gpupool does not know.
+    pub unknown_sizes: BTreeSet<String>,
+    /// MIG mixed: (capacity, allocatable) per `nvidia.com/mig-*` resource.
+    pub mig_resources: BTreeMap<String, (i64, i64)>,
 }
 
 impl NodeSummary {
@@ -211,17 +206,40 @@ pub(super) fn summarize(
 ) -> NodeSummary {
     let mut s = NodeSummary::default();
     for node in nodes {
-        // Saturating: a node may report any integer the API server accepts (up to i64::MAX).
-        s.gpus_capacity = s.gpus_capacity.saturating_add(node.gpus_capacity());
-        s.gpus_allocatable = s.gpus_allocatable.saturating_add(node.gpus_allocatable());
+        count_capacity(&mut s, node, e.expected.get(&node.name));
         let health = node_health(node, e, dra_nodes.contains(node.name.as_str()));
         if !matches!(health, NodeHealth::OutOfService(..)) {
             s.in_service += 1;
+            count_expectation(&mut s, e.expected.get(&node.name));
+            let faults = gpu_faults(node, e.fault_conditions);
+            if !faults.is_empty() {
+                s.faulty.push((
+                    node.name.clone(),
+                    faults.iter().map(|c| c.type_.clone()).collect(),
+                ));
+                // Listed first: a reported fault says more than a missing GPU.
+                let fault = faults[0];
+                let message = format!("{}: {}", fault.type_, fault.message);
+                s.problems.insert(
+                    node.name.clone(),
+                    ProblemNode {
+                        name: node.name.clone(),
+                        reason: problem_reason(fault),
+                        message,
+                        since: fault
+                            .since
+                            .map(|t| Time(Timestamp::from_second(t.as_second()).unwrap_or(t))),
+                    },
+                );
+            }
         }
         match health {
             NodeHealth::Serving => s.serving.push(node.name.clone()),
             NodeHealth::Degraded(reason, message) => {
                 s.serving.push(node.name.clone());
+                if reason == Reason::AllocatableBelowCapacity {
+                    s.unhealthy.push(node.name.clone());
+                }
                 s.problem(&node.name, reason, message, None);
             }
             NodeHealth::Waiting {
@@ -255,6 +273,43 @@ pub(super) fn summarize(
     s
 }
 
+/// Totals of the counted resource (saturating: a node may report any integer the API server
+/// accepts, up to i64::MAX).
+fn count_capacity(s: &mut NodeSummary, node: &NodeFacts, expected: Option<&Expected>) {
+    let (capacity, allocatable) = match expected {
+        Some(e) => e.have(node),
+        None => (node.gpus_capacity(), node.gpus_allocatable()),
+    };
+    s.gpus_capacity = s.gpus_capacity.saturating_add(capacity);
+    s.gpus_allocatable = s.gpus_allocatable.saturating_add(allocatable);
+    if expected.is_some_and(|e| {
+        e.resource
+            .starts_with(crate::decide::nodes::MIG_RESOURCE_PREFIX)
+    }) {
+        for (name, (c, a)) in node
+            .other_gpu_resources
+            .iter()
+            .filter(|(n, _)| n.starts_with(crate::decide::nodes::MIG_RESOURCE_PREFIX))
+        {
+            let entry = s.mig_resources.entry(name.clone()).or_default();
+            *entry = (entry.0.saturating_add(*c), entry.1.saturating_add(*a));
+        }
+    }
+}
+
+fn count_expectation(s: &mut NodeSummary, expected: Option<&Expected>) {
+    let Some(e) = expected else {
+        s.gpus_expected = s.gpus_expected.saturating_add(1);
+        s.physical_expected = s.physical_expected.saturating_add(1);
+        return;
+    };
+    s.gpus_expected = s.gpus_expected.saturating_add(e.count());
+    s.physical_expected = s.physical_expected.saturating_add(e.physical);
+    if let Source::UnknownSize(size) = &e.source {
+        s.unknown_sizes.insert(size.clone());
+    }
+}
+
 /// A node within its grace period: lacking GPUs reads as WaitingForGpus (it joined, or its
 /// plugin restarted); NotReady stays NotReady (it is rebooting), both say until when.
 fn waiting_problem(
@@ -270,9 +325,7 @@ fn waiting_problem(
         ),
         _ => (
             Reason::WaitingForGpus,
-            format!(
-                "no usable nvidia.com/gpu since {since} (joined or restarting); expected by {until}"
-            ),
+            format!("{message}; since {since} (joined or restarting), expected by {until}"),
         ),
     }
 }
