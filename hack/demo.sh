@@ -10,7 +10,9 @@
 # does), a specialized-image pool `gpuspecial` (2 nodes), a gated pool `gpugated` (3 nodes that
 # join with the readiness taint gpupool.io/gpu-not-ready; their GPUs register ~20 s later and a
 # CUDA validation pod runs on each; the third node's GPU is broken, so it fails validation, stays
-# tainted and is named in the status) and 2 CPU nodes, runs the operator, applies examples/, and
+# tainted and is named in the status), an H100 pool `gpuh100` (2 Standard_ND96isr_H100_v5 nodes,
+# one showing 7 of its 8 GPUs: gpupool knows 8 from the VM size alone and names it) and 2 CPU
+# nodes, runs the operator, applies examples/, and
 # shows `kubectl get gpupools`, the conditions and the gated nodes converging.
 # Ctrl-C tears everything down and leaves no process behind.
 set -euo pipefail
@@ -76,6 +78,8 @@ cat >&2 <<MSG
     $kubectl get nodes -l kubernetes.azure.com/agentpool=gpugated -o custom-columns=NODE:.metadata.name,TAINTS:.spec.taints[*].key
     $kubectl get gpupool gpugated -o jsonpath='{.status.problemNodes}'
     $kubectl -n gpu-resources get pods -l app.kubernetes.io/component=gpu-validation
+  The 'gpuh100' pool expects 8 GPUs per node from the VM size; one node shows 7:
+    $kubectl get gpupool gpuh100 -o jsonpath='{.status.capacity}{"\n"}{.status.problemNodes}'
 
 MSG
 
@@ -101,14 +105,22 @@ gated_as_expected() {
     && [[ $("$kubectl" get gpupool gpugated -o jsonpath='{.status.validation.validated}') == 2 ]]
 }
 
+# The H100 pool: the node with 7 of 8 GPUs named against its VM size (progress for the
+# operator's grace period, a failure after it).
+h100_as_expected() {
+  "$kubectl" get gpupool gpuh100 \
+    -o jsonpath='{range .status.problemNodes[*]}{.name}{"="}{.reason}{": "}{.message}{"\n"}{end}' \
+    | grep -Eq '^aks-gpuh100-17320508-vmss000001=(WaitingForGpus|FewerGpusThanExpected): has 7 of 8 nvidia.com/gpu expected for Standard_ND96isr_H100_v5'
+}
+
 deadline=$((SECONDS + 180))
 while true; do
   show
   if $check; then
     ready=$("$kubectl" get gpupools -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$' || true)
-    if [[ "$ready" == 2 ]] && gated_as_expected; then
-      log "gpu and gpuspecial are Ready; gpugated opened its 2 validated nodes and keeps the broken one gated:"
-      "$kubectl" get gpupool gpugated -o jsonpath='{range .status.problemNodes[*]}{.name}{": "}{.reason}{": "}{.message}{"\n"}{end}' >&2
+    if [[ "$ready" == 2 ]] && gated_as_expected && h100_as_expected; then
+      log "gpu and gpuspecial are Ready; gpugated opened its 2 validated nodes and keeps the broken one gated; gpuh100 names the node missing a GPU:"
+      "$kubectl" get gpupools gpugated gpuh100 -o jsonpath='{range .items[*]}{range .status.problemNodes[*]}{.name}{": "}{.reason}{": "}{.message}{"\n"}{end}{end}' >&2
       exit 0
     fi
     if (( SECONDS > deadline )); then

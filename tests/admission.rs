@@ -346,6 +346,7 @@ async fn valid_gpupools_are_accepted_with_defaults() {
         "examples/aks-standard-pool.yaml",
         "examples/aks-specialized-pool.yaml",
         "examples/aks-gated-pool.yaml",
+        "examples/aks-h100-pool.yaml",
     ] {
         let path = format!("{}/{example}", env!("CARGO_MANIFEST_DIR"));
         let out = plane

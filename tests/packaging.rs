@@ -482,6 +482,7 @@ async fn kustomize_install_runs_the_operator_with_least_privilege() {
             "gpu",
             "gpuspecial",
             "gpugated",
+            "gpuh100",
         ],
     )
     .await;
@@ -532,7 +533,7 @@ async fn reapplying_the_examples_changes_nothing(plane: &ControlPlane, c: &Clien
     };
     let pools_now = || async {
         let mut out = Vec::new();
-        for name in ["gpu", "gpuspecial", "gpugated"] {
+        for name in ["gpu", "gpuspecial", "gpugated", "gpuh100"] {
             out.push(snapshot(&get_pool(c, name).await.unwrap()));
         }
         out

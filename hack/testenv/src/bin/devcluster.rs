@@ -17,6 +17,8 @@
 //!   `startupTaints` put it), their GPUs registering like the `gpu` pool's; the third node's GPU
 //!   is broken: its validation pods fail with the CUDA sample's error (label
 //!   `gpupool.io/simulate-validation=fail`).
+//! - `gpuh100` pool: 2 `Standard_ND96isr_H100_v5` nodes (8 H100 each); one shows 7 of its 8
+//!   GPUs (one fell off the bus), which gpupool catches from the VM size alone.
 //!
 //! GPU validation pods (`app.kubernetes.io/component=gpu-validation`) finish after 3 s with the
 //! CUDA sample's "Test PASSED", as [`testenv::simulate::ValidationPods`] plays their kubelet;
@@ -81,6 +83,12 @@ const GATED_NODES: [&str; 3] = [
     "aks-gpugated-14142135-vmss000001",
     "aks-gpugated-14142135-vmss000002",
 ];
+const H100_NODES: [&str; 2] = [
+    "aks-gpuh100-17320508-vmss000000",
+    "aks-gpuh100-17320508-vmss000001",
+];
+/// The H100 node with one GPU missing.
+const SHORT_NODE: &str = "aks-gpuh100-17320508-vmss000001";
 /// The node whose GPU fails validation.
 const BROKEN_NODE: &str = "aks-gpugated-14142135-vmss000002";
 
@@ -163,7 +171,11 @@ async fn serve(
     }
     eprintln!(
         "devcluster: {} nodes ready; the 'gpu' pool registers its GPUs in {:?}. Ctrl-C to stop.",
-        SYSTEM_NODES.len() + GPU_NODES.len() + SPECIAL_NODES.len() + GATED_NODES.len(),
+        SYSTEM_NODES.len()
+            + GPU_NODES.len()
+            + SPECIAL_NODES.len()
+            + GATED_NODES.len()
+            + H100_NODES.len(),
         args.register_gpus_after
     );
 
@@ -212,6 +224,14 @@ async fn create_nodes(client: &kube::Client) -> Result<(), Error> {
         }
         nodes::create_node(client, &node).await?;
     }
+    for name in H100_NODES {
+        let node = GpuNode::aks(name, "gpuh100")
+            .instance_type("Standard_ND96isr_H100_v5")
+            .gpus(8);
+        nodes::create_node(client, &node).await?;
+    }
+    // One GPU fell off the bus: the plugin still counts 8, one is not allocatable.
+    nodes::set_gpus(client, SHORT_NODE, 8, 7).await?;
     Ok(())
 }
 
