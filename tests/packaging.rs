@@ -505,9 +505,10 @@ async fn reapplying_the_examples_changes_nothing(plane: &ControlPlane, c: &Clien
     .unwrap();
     let examples = path_str("examples");
     run(plane.kubectl().args(["apply", "-f", &examples]));
-    for name in ["gpu", "gpuspecial"] {
-        op.wait_pool(c, name, "Ready=True", |p| {
-            cond(p, "Ready").is_some_and(|r| r.0 == "True")
+    // Every example pool settled (those without nodes here are Ready with NoNodes).
+    for name in ["gpu", "gpuspecial", "gpugated", "gpuh100"] {
+        op.wait_pool(c, name, "Ready=True, not Reconciling", |p| {
+            cond(p, "Ready").is_some_and(|r| r.0 == "True") && cond(p, "Reconciling").is_none()
         })
         .await;
     }

@@ -93,8 +93,11 @@ pub struct GpuPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_plugin: Option<DevicePluginSpec>,
 
-    /// The number of `nvidia.com/gpu` each node must have allocatable (e.g. 4 for Standard_NC24).
-    /// A node with fewer is reported and keeps the pool from being Ready. When unset, one is enough.
+    /// The GPUs each node must have (e.g. 4 for Standard_NC24); with sharing or MIG the expected
+    /// allocatable is derived from it. A node with fewer is reported and keeps the pool from
+    /// being Ready. When unset, each node's count comes from a provisioner's GPU-count label
+    /// (AKS node auto-provisioning's `karpenter.azure.com/sku-gpu-count`) or its VM size
+    /// (`node.kubernetes.io/instance-type`, Azure's documented GPU sizes), else at least one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024))]
     pub expected_gpus_per_node: Option<i32>,
