@@ -82,7 +82,12 @@ struct RunArgs {
     /// Every pool is re-checked at least this often, even without events.
     #[arg(long, env = "GPUPOOL_RESYNC_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
     resync_period: Duration,
-    /// Node events within this window are coalesced into one reconcile per pool.
+    /// Pools reconciled at once: a cold start or a resync reconciles every pool, and a bound
+    /// keeps the memory of that peak small.
+    #[arg(long, env = "GPUPOOL_MAX_CONCURRENT_RECONCILES", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
+    /// A pool's first node, DaemonSet or pod event is handled at once; further events within
+    /// this window are coalesced into one more reconcile at its end.
     #[arg(long, env = "GPUPOOL_DEBOUNCE", default_value = "200ms", value_parser = humantime::parse_duration)]
     debounce: Duration,
     /// Address of the HTTP endpoint serving /metrics, /healthz and /readyz.
@@ -245,6 +250,7 @@ fn run_options(args: &RunArgs, identity: &str) -> Result<RunOptions, String> {
         instance: Some(identity.to_string()),
         resync: args.resync_period,
         debounce: args.debounce,
+        concurrency: args.max_concurrent_reconciles,
         node_writes_per_second: args.node_writes_per_second,
         node_write_burst: args.node_write_burst,
     })

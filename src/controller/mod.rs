@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub resync: Duration,
     /// Reconcile requests for one pool within this window are coalesced.
     pub debounce: Duration,
+    /// Pools reconciled at once (a cold start reconciles every pool).
+    pub concurrency: u16,
     /// Rate and burst of node writes (device-plugin labels, readiness-gate taints).
     pub node_writes_per_second: u32,
     pub node_write_burst: u32,
@@ -81,7 +83,11 @@ pub async fn run(
 
     let tombstones = tokio::spawn(tombstones::clear(client.clone(), ctx.clone()));
     Controller::for_shared_stream(subscriber, pools)
-        .with_config(ControllerConfig::default().debounce(Duration::ZERO))
+        .with_config(
+            ControllerConfig::default()
+                .debounce(Duration::ZERO)
+                .concurrency(options.concurrency),
+        )
         .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::resource::v1::ResourceSlice;
 use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -20,6 +20,7 @@ use crate::decide::model::DaemonSetFacts;
 use crate::decide::nodes::NodeFacts;
 use crate::decide::plugin_config::{CONFIG_COMPONENT, ConfigMapFacts};
 use crate::decide::pods::{MANAGED_BY, PodFacts};
+use crate::index::slim::SlimNode;
 use crate::index::{Change, GpuSlice, Keyed, NVIDIA_GPU_DRIVER, Tracked};
 
 use super::context::Context;
@@ -73,11 +74,12 @@ fn triggers_of<K>(
     })
 }
 
-/// Node events: only the facts gpupool decides on are kept (the Node is dropped at once).
+/// Node events: decoded slim (see `index::slim`), and only the facts gpupool decides on are
+/// kept (the rest is dropped at once).
 pub fn nodes(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
-    let events = watcher(Api::<Node>::all(client), config()).default_backoff();
+    let events = watcher(Api::<SlimNode>::all(client), config()).default_backoff();
     triggers_of(events, "Node", move |event| {
-        let event = map_event(event, |n| NodeFacts::from_node(&n));
+        let event = map_event(event, |n| NodeFacts::from_node(&n.0));
         let done = is_init_done(&event);
         let changes = ctx.nodes_mut().apply(event);
         if done {

@@ -5,6 +5,7 @@
 mod dra;
 mod nodes;
 mod pods;
+pub mod slim;
 mod tracked;
 
 pub use dra::{DraIndex, GpuSlice, NVIDIA_GPU_DRIVER};
