@@ -43,7 +43,7 @@ pub const API_VERSION_FULL: &str = "gpupool.io/v1alpha1";
 /// A pool of GPU nodes that gpupool makes ready to run GPU work: it deploys the NVIDIA device
 /// plugin to the pool's nodes (unless their image already ships one) and reports whether the
 /// nodes' `nvidia.com/gpu` resources are schedulable.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "gpupool.io",
     version = "v1alpha1",

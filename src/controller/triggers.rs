@@ -165,13 +165,7 @@ mod tests {
             GpuPoolSpec {
                 node_selector: selector(labels),
                 node_image: Default::default(),
-                device_plugin: None,
-                expected_gpus_per_node: None,
-                readiness_gate: None,
-                validation: None,
-                sharing: None,
-                mig: None,
-                health: None,
+                ..Default::default()
             },
         );
         p.metadata.uid = Some(format!("uid-{name}"));

@@ -305,17 +305,7 @@ mod tests {
     use crate::decide::testing::gpu_node;
 
     fn spec() -> GpuPoolSpec {
-        GpuPoolSpec {
-            node_selector: Default::default(),
-            node_image: Default::default(),
-            device_plugin: None,
-            expected_gpus_per_node: None,
-            readiness_gate: None,
-            validation: None,
-            sharing: None,
-            mig: None,
-            health: None,
-        }
+        GpuPoolSpec::default()
     }
 
     fn sized(name: &str, size: &str, gpus: i64) -> NodeFacts {

@@ -484,13 +484,7 @@ mod tests {
             GpuPoolSpec {
                 node_selector: selector(&[("agentpool", "gpu")]),
                 node_image,
-                device_plugin: None,
-                expected_gpus_per_node: None,
-                readiness_gate: None,
-                validation: None,
-                sharing: None,
-                mig: None,
-                health: None,
+                ..Default::default()
             },
         );
         pool.metadata.uid = Some("uid-1".into());

@@ -175,17 +175,7 @@ mod tests {
     use crate::api::{AksMigProfile, Mig, Sharing, TimeSlicing};
 
     fn spec() -> GpuPoolSpec {
-        GpuPoolSpec {
-            node_selector: Default::default(),
-            node_image: Default::default(),
-            device_plugin: None,
-            expected_gpus_per_node: None,
-            readiness_gate: None,
-            validation: None,
-            sharing: None,
-            mig: None,
-            health: None,
-        }
+        GpuPoolSpec::default()
     }
 
     #[test]

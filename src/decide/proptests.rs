@@ -356,13 +356,7 @@ fn gpupool(p: &PoolRef, node_image: NodeImage, managed: bool) -> GpuPool {
         GpuPoolSpec {
             node_selector: p.selector.clone(),
             node_image,
-            device_plugin: None,
-            expected_gpus_per_node: None,
-            readiness_gate: None,
-            validation: None,
-            sharing: None,
-            mig: None,
-            health: None,
+            ..Default::default()
         },
     );
     pool.metadata.uid = Some(p.uid.clone());
@@ -685,11 +679,7 @@ proptest! {
                 node_image,
                 device_plugin: None,
                 expected_gpus_per_node: expected,
-                readiness_gate: None,
-                validation: None,
-                sharing: None,
-                mig: None,
-                health: None,
+                ..Default::default()
             });
             pool.metadata.generation = generation;
             pool.status = Some(GpuPoolStatus { conditions: previous.clone(), problem_nodes: previous_problems.clone(), ..Default::default() });

@@ -628,11 +628,7 @@ mod tests {
                     node_image: self.mode,
                     device_plugin: None,
                     expected_gpus_per_node: self.expected,
-                    readiness_gate: None,
-                    validation: None,
-                    sharing: None,
-                    mig: None,
-                    health: None,
+                    ..Default::default()
                 },
             );
             pool.metadata.generation = Some(2);
