@@ -30,8 +30,9 @@ set -euo pipefail
 # Pinned versions (bump here; the cache folder is keyed by them).
 HELM_VERSION=v3.22.0
 CLI_UTILS_VERSION=v0.37.2
-# Prometheus tags its Go module v0.3MM.P for release v3.MM.P: v0.316.0 is Prometheus 3.16.0.
-PROMETHEUS_VERSION=v0.316.0
+# Prometheus tags its Go module v0.3MM.P for release v3.MM.P: v0.315.1 is Prometheus 3.15.1 (the
+# newest whose go.mod asks for no more than Go 1.26.0, the README's minimum).
+PROMETHEUS_VERSION=v0.315.1
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
 MONITORING_CRDS="servicemonitors podmonitors prometheusrules"
 
@@ -108,7 +109,7 @@ build_kstatus() {
   src_hash > "$BIN/kstatus.src.sha256"
 }
 
-# promtool's release version (v0.316.0 -> 3.16.0), shown by `promtool --version`.
+# promtool's release version (v0.315.1 -> 3.15.1), shown by `promtool --version`.
 promtool_ldflags() {
   local minor_patch=${PROMETHEUS_VERSION#v0.3}
   local minor=${minor_patch%%.*} patch=${minor_patch#*.}
