@@ -14,16 +14,27 @@
 #   kstatus   hack/tools/kstatus/main.go: prints what sigs.k8s.io/cli-utils/pkg/kstatus/status
 #             (the library Flux and kpt use to judge health) computes for an object read from
 #             stdin (YAML or JSON): Current, InProgress, Failed, ... and the message
+#   promtool  github.com/prometheus/prometheus/cmd/promtool (check and unit-test the alerting
+#             rules in deploy/monitoring/)
+#   prometheus-operator-crds/  the ServiceMonitor, PodMonitor and PrometheusRule CRDs, copied from
+#             the github.com/prometheus-operator/prometheus-operator Go module: tests install
+#             them so that the API server validates the monitoring objects gpupool ships
 #
 # Environment:
 #   GPUPOOL_CACHE   cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/gpupool), shared with
 #                   build-control-plane.sh
-#   GPUPOOL_TOOLS_BIN  folder with existing `helm` and `kstatus` binaries: used as is
+#   GPUPOOL_TOOLS_BIN  folder with existing `helm`, `kstatus` and `promtool` binaries and the
+#                   `prometheus-operator-crds` folder: used as is
 set -euo pipefail
 
 # Pinned versions (bump here; the cache folder is keyed by them).
 HELM_VERSION=v3.22.0
 CLI_UTILS_VERSION=v0.37.2
+# Prometheus tags its Go module v0.3MM.P for release v3.MM.P: v0.315.1 is Prometheus 3.15.1 (the
+# newest whose go.mod asks for no more than Go 1.26.0, the README's minimum).
+PROMETHEUS_VERSION=v0.315.1
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
+MONITORING_CRDS="servicemonitors podmonitors prometheusrules"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KSTATUS_SRC="$ROOT/hack/tools/kstatus/main.go"
@@ -31,11 +42,12 @@ LOG_PREFIX=tools # used by lib.sh
 # shellcheck source=hack/lib.sh
 source "$ROOT/hack/lib.sh"
 
-use_prebuilt GPUPOOL_TOOLS_BIN helm kstatus
-require_go "helm and kstatus"
+# (-x holds for a folder too: use_prebuilt checks the CRD folder is there.)
+use_prebuilt GPUPOOL_TOOLS_BIN helm kstatus promtool prometheus-operator-crds
+require_go "helm, kstatus and promtool"
 [[ -f "$KSTATUS_SRC" ]] || die "missing $KSTATUS_SRC"
 
-BIN="$CACHE/bin/tools_helm-${HELM_VERSION}_cli-utils-${CLI_UTILS_VERSION}"
+BIN="$CACHE/bin/tools_helm-${HELM_VERSION}_cli-utils-${CLI_UTILS_VERSION}_prometheus-${PROMETHEUS_VERSION}_prometheus-operator-${PROMETHEUS_OPERATOR_VERSION}"
 take_build_lock "$BIN"
 
 # Builds to helm.tmp and renames, so that a failed build never leaves a helm that looks usable.
@@ -97,10 +109,60 @@ build_kstatus() {
   src_hash > "$BIN/kstatus.src.sha256"
 }
 
+# promtool's release version (v0.315.1 -> 3.15.1), shown by `promtool --version`.
+promtool_ldflags() {
+  local minor_patch=${PROMETHEUS_VERSION#v0.3}
+  local minor=${minor_patch%%.*} patch=${minor_patch#*.}
+  echo "-s -w -X github.com/prometheus/common/version.Version=3.$((10#$minor)).${patch}"
+}
+
+have_promtool() {
+  [[ -x "$BIN/promtool" && -f "$BIN/promtool.ldflags" && "$(cat "$BIN/promtool.ldflags")" == "$(promtool_ldflags)" ]]
+}
+
+# Only the rule checking and testing commands are used; promtool links every service discovery
+# too, and the build tag remove_all_sd leaves them out (a smaller, faster build).
+build_promtool() {
+  local work="$CACHE/src/promtool-${PROMETHEUS_VERSION}"
+  prepare_module "$work" promtool-build "" "github.com/prometheus/prometheus/cmd/promtool@${PROMETHEUS_VERSION}" || return 1
+  (cd "$work" && go build -trimpath -tags remove_all_sd -ldflags "$(promtool_ldflags)" \
+    -o "$BIN/promtool.tmp" github.com/prometheus/prometheus/cmd/promtool) || return 1
+  mv "$BIN/promtool.tmp" "$BIN/promtool"
+  promtool_ldflags > "$BIN/promtool.ldflags"
+}
+
+have_monitoring_crds() {
+  local crd
+  for crd in $MONITORING_CRDS; do
+    [[ -f "$BIN/prometheus-operator-crds/monitoring.coreos.com_${crd}.yaml" ]] || return 1
+  done
+}
+
+# The CRDs as prometheus-operator publishes them in its module (example/prometheus-operator-crd/).
+fetch_monitoring_crds() {
+  local module=github.com/prometheus-operator/prometheus-operator
+  go mod download "${module}@${PROMETHEUS_OPERATOR_VERSION}" || return 1
+  local src
+  src="$(go env GOMODCACHE)/${module}@${PROMETHEUS_OPERATOR_VERSION}/example/prometheus-operator-crd"
+  rm -rf "$BIN/prometheus-operator-crds.tmp"
+  mkdir -p "$BIN/prometheus-operator-crds.tmp"
+  local crd
+  for crd in $MONITORING_CRDS; do
+    cp "$src/monitoring.coreos.com_${crd}.yaml" "$BIN/prometheus-operator-crds.tmp/" || return 1
+  done
+  rm -rf "$BIN/prometheus-operator-crds"
+  mv "$BIN/prometheus-operator-crds.tmp" "$BIN/prometheus-operator-crds"
+}
+
 have_helm || build_step "helm ${HELM_VERSION}" "$CACHE/logs/helm-${HELM_VERSION}.log" build_helm
 have_kstatus || build_step "kstatus (cli-utils ${CLI_UTILS_VERSION})" \
   "$CACHE/logs/kstatus-cli-utils-${CLI_UTILS_VERSION}.log" build_kstatus
+have_promtool || build_step "promtool (prometheus ${PROMETHEUS_VERSION})" \
+  "$CACHE/logs/promtool-${PROMETHEUS_VERSION}.log" build_promtool
+have_monitoring_crds || build_step "prometheus-operator ${PROMETHEUS_OPERATOR_VERSION} CRDs" \
+  "$CACHE/logs/prometheus-operator-crds-${PROMETHEUS_OPERATOR_VERSION}.log" fetch_monitoring_crds
 
 "$BIN/helm" version --short >/dev/null 2>&1 || die "$BIN/helm does not run (remove it to rebuild)"
+"$BIN/promtool" --version >/dev/null 2>&1 || die "$BIN/promtool does not run (remove it to rebuild)"
 log "tools ready in $BIN"
 echo "$BIN"

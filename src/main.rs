@@ -209,6 +209,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             .leadership_known
             .store(true, Ordering::Release);
         options.health.leader.store(true, Ordering::Release);
+        options.metrics.set_leader(true);
         run_controller(
             client,
             options,
@@ -306,13 +307,18 @@ async fn lead(
     let outcome = if became_leader {
         info!("became leader");
         options.health.leader.store(true, Ordering::Release);
+        options.metrics.set_leader(true);
         let mut lost = leading.clone();
         let stop_for_lost = stop.clone();
+        let metrics = options.metrics.clone();
         let lost_or_stopped = async move {
             tokio::select! {
                 _ = lost.wait_for(|leader| !*leader) => {},
                 _ = stopped(stop_for_lost) => {},
             }
+            // From here on the controller winds down and the Lease is about to go: this replica
+            // no longer counts as the leader, even while in-flight reconciles finish.
+            metrics.set_leader(false);
         };
         run_controller(
             client,

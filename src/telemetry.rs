@@ -1,14 +1,16 @@
 //! Prometheus metrics, with the controller-runtime names dashboards already know, plus per-pool
-//! gauges. Label values are bounded: the controller name, a result, and pool names (a deleted
-//! pool's series are removed).
+//! gauges, whether this replica leads, and the process's own `process_*` figures. Label values
+//! are bounded: the controller name, a result, and pool names (a deleted pool's series are
+//! removed).
 
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -109,6 +111,33 @@ const POOL_GAUGES: &[PoolGaugeSpec] = &[
                 .into()
         },
     ),
+    (
+        "gpupool_pool_plugin_ready",
+        "1 when the pool's DevicePluginReady condition is True",
+        |s| s.is_true(ConditionType::DevicePluginReady).into(),
+    ),
+    (
+        "gpupool_pool_plugin_pods_desired",
+        "Nodes that should run the pool's plugin pod (status.devicePlugin.desired)",
+        |s| s.device_plugin.as_ref().map_or(0, |d| d.desired.into()),
+    ),
+    (
+        "gpupool_pool_plugin_pods_ready",
+        "Nodes whose plugin pod is ready (status.devicePlugin.ready)",
+        |s| s.device_plugin.as_ref().map_or(0, |d| d.ready.into()),
+    ),
+    (
+        "gpupool_pool_plugin_pods_updated",
+        "Nodes running the current plugin pod template (status.devicePlugin.updated)",
+        |s| s.device_plugin.as_ref().map_or(0, |d| d.updated.into()),
+    ),
+    // Stalled is gpupool's own verdict that waiting will not help (an admin must act): alerting
+    // on it pages for what the status calls stuck, not for a rollout or a node still booting.
+    (
+        "gpupool_pool_stalled",
+        "1 when the pool's Stalled condition is True (not Ready and not making progress)",
+        |s| s.is_true(ConditionType::Stalled).into(),
+    ),
 ];
 
 pub struct Metrics {
@@ -121,6 +150,7 @@ pub struct Metrics {
     relists: Family<KindLabels, Counter>,
     validations: Family<PoolResultLabels, Counter>,
     gate_writes: Family<PoolActionLabels, Counter>,
+    leader: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -196,8 +226,27 @@ impl Default for Metrics {
             "Readiness gate taints written, by pool and action (removed: a node opened for GPU work; added: closed)",
             gate_writes.clone(),
         );
+        // As controller-runtime does: the counters exist at 0 from the start, so rate() and the
+        // alerts on errors see "no errors" instead of no series until the first one.
+        for result in ["success", "error"] {
+            let _ = reconcile_total.get_or_create(&ResultLabels {
+                controller: CONTROLLER.into(),
+                result: result.into(),
+            });
+        }
+        let _ = reconcile_errors.get_or_create(&ControllerLabels {
+            controller: CONTROLLER.into(),
+        });
+        let leader = Gauge::default();
+        registry.register(
+            "gpupool_leader",
+            "1 while this replica leads (holds the leader Lease, or runs without leader election), else 0",
+            leader.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
         Metrics {
             registry,
+            leader,
             relists,
             validations,
             gate_writes,
@@ -280,14 +329,24 @@ impl Metrics {
             .inc();
     }
 
-    pub fn relisted(&self, kind: &str) {
-        self.relists
-            .get_or_create(&KindLabels { kind: kind.into() })
-            .inc();
+    /// A watch of `kind` delivered a complete list: its first (the series starts at 0, so a
+    /// dashboard sees every watched kind), or a re-list after its watch expired (counted).
+    pub fn watch_listed(&self, kind: &str, relist: bool) {
+        let counter = self
+            .relists
+            .get_or_create(&KindLabels { kind: kind.into() });
+        if relist {
+            counter.inc();
+        }
     }
 
     pub fn node_got_gpus(&self, waited: Duration) {
         self.node_gpu_wait.observe(waited.as_secs_f64());
+    }
+
+    /// Whether this replica leads now: it reconciles and writes.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(leading.into());
     }
 
     /// The Prometheus text exposition.
@@ -297,6 +356,96 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// The operator process's memory, CPU time and start time, read from `/proc` at each scrape under
+/// the names every Prometheus client library uses (`process_*`), so the usual dashboards find them.
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// One reading of the process's figures.
+#[derive(Debug, Clone, PartialEq)]
+struct ProcessSample {
+    resident_memory_bytes: u64,
+    cpu_seconds: f64,
+    start_time_seconds: f64,
+}
+
+/// Linux reports process times in USER_HZ ticks, fixed at 100 per second for user space on the
+/// architectures Kubernetes runs on (Prometheus' Go procfs library assumes the same).
+const USER_HZ: f64 = 100.0;
+
+impl ProcessSample {
+    fn read() -> Option<ProcessSample> {
+        let read = |path| std::fs::read_to_string(path).ok();
+        parse_process(
+            &read("/proc/self/stat")?,
+            &read("/proc/self/status")?,
+            &read("/proc/stat")?,
+        )
+    }
+}
+
+/// Reads `/proc/self/stat` (utime, stime and starttime in ticks), `/proc/self/status` (VmRSS)
+/// and `/proc/stat` (btime: boot time in Unix seconds).
+fn parse_process(self_stat: &str, self_status: &str, system_stat: &str) -> Option<ProcessSample> {
+    // The command name (field 2) is in parentheses and may itself hold spaces and parentheses:
+    // the fields after it start after the last ')'. Index 0 is then field 3 (state).
+    let after_comm = &self_stat[self_stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    let (utime, stime, start_ticks) = (field(14)?, field(15)?, field(22)?);
+    let rss_kib: u64 = self_status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    let boot_time: u64 = system_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(ProcessSample {
+        resident_memory_bytes: rss_kib * 1024,
+        cpu_seconds: (utime + stime) as f64 / USER_HZ,
+        start_time_seconds: boot_time as f64 + start_ticks as f64 / USER_HZ,
+    })
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Without /proc (not Linux) the process series are left out; the rest is still served.
+        let Some(sample) = ProcessSample::read() else {
+            return Ok(());
+        };
+        let memory = ConstGauge::new(sample.resident_memory_bytes);
+        memory.encode(encoder.encode_descriptor(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            None,
+            memory.metric_type(),
+        )?)?;
+        // A counter: the text format appends _total (process_cpu_seconds_total).
+        let cpu = ConstCounter::new(sample.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let start = ConstGauge::new(sample.start_time_seconds);
+        start.encode(encoder.encode_descriptor(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds",
+            None,
+            start.metric_type(),
+        )?)?;
+        Ok(())
     }
 }
 
@@ -344,5 +493,188 @@ mod tests {
         }
         m.forget_pool("gpu");
         assert!(!m.encode().contains(r#"pool="gpu""#));
+    }
+
+    fn condition(type_: ConditionType, status: ConditionStatus) -> Condition {
+        Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            observed_generation: None,
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+            reason: String::new(),
+            message: String::new(),
+        }
+    }
+
+    /// The value of one sample line, e.g. `gpupool_pool_stalled{pool="a"}`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn stalled_and_plugin_rollout_gauges_follow_the_status() {
+        let m = Metrics::default();
+        let stuck = GpuPoolStatus {
+            device_plugin: Some(DevicePluginStatus {
+                mode: PluginMode::Managed,
+                desired: 4,
+                ready: 1,
+                updated: 3,
+                ..Default::default()
+            }),
+            conditions: vec![
+                condition(ConditionType::Ready, ConditionStatus::False),
+                condition(ConditionType::DevicePluginReady, ConditionStatus::False),
+                condition(ConditionType::Stalled, ConditionStatus::True),
+            ],
+            ..Default::default()
+        };
+        m.set_pool("stuck", &stuck);
+        let rolled_out = GpuPoolStatus {
+            device_plugin: Some(DevicePluginStatus {
+                mode: PluginMode::Managed,
+                desired: 2,
+                ready: 2,
+                updated: 2,
+                ..Default::default()
+            }),
+            conditions: vec![
+                condition(ConditionType::Ready, ConditionStatus::True),
+                condition(ConditionType::DevicePluginReady, ConditionStatus::True),
+            ],
+            ..Default::default()
+        };
+        m.set_pool("fine", &rolled_out);
+        let text = m.encode();
+        for (series, value) in [
+            (r#"gpupool_pool_stalled{pool="stuck"}"#, 1.0),
+            (r#"gpupool_pool_plugin_ready{pool="stuck"}"#, 0.0),
+            (r#"gpupool_pool_plugin_pods_desired{pool="stuck"}"#, 4.0),
+            (r#"gpupool_pool_plugin_pods_ready{pool="stuck"}"#, 1.0),
+            (r#"gpupool_pool_plugin_pods_updated{pool="stuck"}"#, 3.0),
+            (r#"gpupool_pool_stalled{pool="fine"}"#, 0.0),
+            (r#"gpupool_pool_plugin_ready{pool="fine"}"#, 1.0),
+            (r#"gpupool_pool_plugin_pods_ready{pool="fine"}"#, 2.0),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        }
+        // The pool recovers: the same series, new values.
+        m.set_pool("stuck", &rolled_out);
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, r#"gpupool_pool_stalled{pool="stuck"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&text, r#"gpupool_pool_plugin_ready{pool="stuck"}"#),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn leader_gauge_is_served_from_the_start_and_follows_leadership() {
+        let m = Metrics::default();
+        // A standby must report 0, not nothing: "no replica leads" is sum(gpupool_leader) == 0.
+        assert_eq!(sample(&m.encode(), "gpupool_leader"), Some(0.0));
+        m.set_leader(true);
+        assert_eq!(sample(&m.encode(), "gpupool_leader"), Some(1.0));
+        m.set_leader(false);
+        assert_eq!(sample(&m.encode(), "gpupool_leader"), Some(0.0));
+    }
+
+    #[test]
+    fn process_figures_are_parsed_from_proc() {
+        // A command name with a space and a parenthesis of its own: fields are counted from the
+        // last ')'. utime 150 + stime 50 ticks; started 4200 ticks after boot.
+        let stat = "12345 (gpupool (op) x) S 1 12345 12345 0 -1 4194560 2000 0 0 0 150 50 0 0 \
+                    20 0 8 0 4200 123456789 5000 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1";
+        let status = "Name:\tgpupool\nVmPeak:\t  99999 kB\nVmRSS:\t   20480 kB\nThreads:\t8\n";
+        let system = "cpu  1 2 3 4\nintr 5\nbtime 1700000000\nprocesses 77\n";
+        assert_eq!(
+            parse_process(stat, status, system),
+            Some(ProcessSample {
+                resident_memory_bytes: 20480 * 1024,
+                cpu_seconds: 2.0,
+                start_time_seconds: 1_700_000_042.0,
+            })
+        );
+        assert_eq!(parse_process("12345 (x) S 1 2", status, system), None);
+        assert_eq!(parse_process(stat, "Name:\tx\n", system), None);
+        assert_eq!(parse_process(stat, status, "cpu 1 2\n"), None);
+    }
+
+    #[test]
+    fn process_figures_of_this_process_are_live() {
+        let first = ProcessSample::read().expect("/proc/self is readable on Linux");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            first.resident_memory_bytes > 1 << 20,
+            "a test process holds more than 1 MiB: {first:?}"
+        );
+        // Tick rounding and clock granularity allow a little slack.
+        assert!(
+            first.start_time_seconds <= now + 1.0 && first.start_time_seconds > now - 24.0 * 3600.0,
+            "this test process started within the day: {first:?}, now {now}"
+        );
+        // Burning CPU moves the counter: utime and stime are the fields read.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut spin = 0u64;
+        loop {
+            for i in 0..1_000_000u64 {
+                spin = std::hint::black_box(spin.wrapping_add(i));
+            }
+            let later = ProcessSample::read().unwrap();
+            if later.cpu_seconds >= first.cpu_seconds + 0.05 {
+                assert_eq!(later.start_time_seconds, first.start_time_seconds);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CPU time did not grow while spinning: {first:?} -> {later:?}"
+            );
+        }
+        let text = Metrics::default().encode();
+        for line in [
+            "# TYPE process_resident_memory_bytes gauge",
+            "# TYPE process_cpu_seconds counter",
+            "# TYPE process_start_time_seconds gauge",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        for series in [
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                sample(&text, series).is_some_and(|v| v > 0.0),
+                "{series} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_and_relist_counters_exist_at_zero_before_the_first_event() {
+        let m = Metrics::default();
+        let text = m.encode();
+        for series in [
+            r#"controller_runtime_reconcile_total{controller="gpupool",result="success"}"#,
+            r#"controller_runtime_reconcile_total{controller="gpupool",result="error"}"#,
+            r#"controller_runtime_reconcile_errors_total{controller="gpupool"}"#,
+        ] {
+            assert_eq!(sample(&text, series), Some(0.0), "{series} in\n{text}");
+        }
+        let relists = r#"gpupool_watch_relists_total{kind="Node"}"#;
+        assert_eq!(sample(&text, relists), None, "no watch has listed yet");
+        m.watch_listed("Node", false);
+        assert_eq!(sample(&m.encode(), relists), Some(0.0), "first list");
+        m.watch_listed("Node", true);
+        m.watch_listed("Node", true);
+        assert_eq!(sample(&m.encode(), relists), Some(2.0), "two re-lists");
     }
 }

@@ -733,9 +733,14 @@ async fn what_vanished_while_the_watch_was_down_is_dropped_after_the_relist() {
         CONVERGE,
         || async {
             let m = metrics(port).await;
-            let relisted = ["GpuPool", "Node", "DaemonSet"]
-                .iter()
-                .all(|k| m.contains(&format!(r#"gpupool_watch_relists_total{{kind="{k}"}}"#)));
+            // The series exist at 0 from the first list: a re-list is a count of at least 1.
+            let relisted = ["GpuPool", "Node", "DaemonSet"].iter().all(|k| {
+                let series = format!(r#"gpupool_watch_relists_total{{kind="{k}"}} "#);
+                m.lines()
+                    .find_map(|l| l.strip_prefix(&series))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .is_some_and(|v| v >= 1.0)
+            });
             (relisted
                 && !m.contains(r#"pool="v-gone""#)
                 && m.contains(r#"gpupool_pool_nodes{pool="v-keep"} 1"#))

@@ -52,6 +52,12 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The replica's `gpupool_leader`, None while it does not answer.
+async fn leader_gauge(port: u16) -> Option<f64> {
+    let (_, text) = http_get(port, "/metrics").await?;
+    sample(&text, "gpupool_leader")
+}
+
 fn operator(plane: &ControlPlane, name: &str, port: u16, leader_elect: bool) -> ChildProcess {
     let port = format!("127.0.0.1:{port}");
     let mut args = vec!["--metrics-addr", port.as_str()];
@@ -131,6 +137,15 @@ async fn metrics_health_and_events_tell_the_truth() {
         let series = format!(r#"{gauge}{{pool="metrics"}}"#);
         assert_eq!(sample(&text, &series), Some(value), "{series}");
     }
+    assert_eq!(
+        sample(&text, "gpupool_leader"),
+        Some(1.0),
+        "without leader election the replica leads"
+    );
+    assert!(
+        sample(&text, "process_resident_memory_bytes").is_some_and(|v| v > 0.0),
+        "{text}"
+    );
     let successes = sample(
         &text,
         r#"controller_runtime_reconcile_total{controller="gpupool",result="success"}"#,
@@ -218,6 +233,15 @@ async fn two_replicas_elect_one_writer_and_fail_over() {
     })
     .await;
 
+    // gpupool_leader (what the GpuPoolOperatorNoLeader alert sums): 1 on the leader, 0 on the
+    // standby.
+    wait_for("gpupool_leader 1 on op-a, 0 on op-b", TIMEOUT, || async {
+        let a = leader_gauge(port_a).await?;
+        let b = leader_gauge(port_b).await?;
+        (a == 1.0 && b == 0.0).then_some(())
+    })
+    .await;
+
     create_node(c, &GpuNode::aks("le-gpu-0", "lepool"))
         .await
         .unwrap();
@@ -246,6 +270,12 @@ async fn two_replicas_elect_one_writer_and_fail_over() {
         took < Duration::from_secs(6 + 6),
         "takeover took {took:?}, lease duration is 6s"
     );
+    wait_for(
+        "gpupool_leader 1 on op-b once it leads",
+        TIMEOUT,
+        || async { (leader_gauge(port_b).await? == 1.0).then_some(()) },
+    )
+    .await;
     set_gpus(c, "le-gpu-0", 2, 2).await.unwrap();
     wait_pool(&env, "le", "new leader reconciles", |p| {
         p.status.as_ref().is_some_and(|s| s.gpus_allocatable == 2)
@@ -254,13 +284,15 @@ async fn two_replicas_elect_one_writer_and_fail_over() {
 
     // SIGTERM: the leader finishes, releases the lease and exits 0; a fresh standby takes over
     // well before the lease would have expired.
-    let c2 = operator(plane, "op-c", free_port().unwrap(), true);
+    let port_c = free_port().unwrap();
+    let c2 = operator(plane, "op-c", port_c, true);
     wait_for("op-c up as standby", TIMEOUT, || async {
         c2.log_tail(50)
             .contains("waiting for leadership")
             .then_some(())
     })
     .await;
+    assert_eq!(leader_gauge(port_c).await, Some(0.0), "op-c stands by");
     let termed_at = Instant::now();
     let status = b.stop(Duration::from_secs(25)).await.expect("op-b exits");
     assert!(
@@ -282,6 +314,12 @@ async fn two_replicas_elect_one_writer_and_fail_over() {
         "hand-over after SIGTERM took {:?}",
         termed_at.elapsed()
     );
+    wait_for(
+        "gpupool_leader 1 on op-c once it leads",
+        TIMEOUT,
+        || async { (leader_gauge(port_c).await? == 1.0).then_some(()) },
+    )
+    .await;
     set_gpus(c, "le-gpu-0", 3, 3).await.unwrap();
     wait_pool(&env, "le", "op-c reconciles", |p| {
         p.status.as_ref().is_some_and(|s| s.gpus_allocatable == 3)

@@ -15,10 +15,8 @@ mod argocd;
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use gpupool::api::GpuPool;
@@ -33,6 +31,9 @@ use kube::api::{
 };
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use support::tools::{
+    helm, path_str, read, repo, run, run_with_stdin, tools_bin, try_run, yaml_docs,
+};
 use support::{PLUGIN_NAMESPACE, PoolYaml, TIMEOUT};
 use testenv::nodes::{GpuNode, create_node, set_gpus};
 use testenv::{ChildProcess, ControlPlane, wait_for};
@@ -1533,44 +1534,6 @@ fn kubectl_apply(plane: &ControlPlane, flags: &[&str], docs: &[Value]) -> String
 // Tools, files, processes
 // ---------------------------------------------------------------------------------------------
 
-/// The folder with helm and kstatus: `hack/build-tools.sh` (honours `GPUPOOL_TOOLS_BIN`).
-fn tools_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo("hack/build-tools.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("bash runs hack/build-tools.sh");
-        assert!(
-            out.status.success(),
-            "hack/build-tools.sh failed ({}); see its messages above",
-            out.status
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        PathBuf::from(
-            stdout
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .expect("hack/build-tools.sh prints the bin folder"),
-        )
-    })
-    .clone()
-}
-
-/// helm with private config, cache and data folders (no repositories, no plugins from $HOME).
-fn helm() -> Command {
-    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let home = HOME.get_or_init(|| tempfile::tempdir().unwrap()).path();
-    let mut cmd = Command::new(tools_bin().join("helm"));
-    cmd.env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .env_remove("KUBECONFIG");
-    cmd
-}
-
 /// `helm template helmtest charts/gpupool-operator -n gpupool-helm <args>`.
 fn helm_template(args: &[&str]) -> String {
     run(helm()
@@ -1582,27 +1545,6 @@ fn helm_template(args: &[&str]) -> String {
             HELM_NAMESPACE,
         ])
         .args(args))
-}
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-fn path_str(rel: &str) -> String {
-    repo(rel).to_str().unwrap().to_string()
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
-/// Every non-empty document of a YAML stream, as JSON values.
-fn yaml_docs(text: &str) -> Vec<Value> {
-    use serde::Deserialize;
-    yaml_serde::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
-        .filter(|v| !v.is_null())
-        .collect()
 }
 
 /// `crd` is crds/gpupool.yaml (numbers compared by value: kustomize writes 1.0 as 1).
@@ -1628,45 +1570,6 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind} {name} among the manifests"))
-}
-
-fn try_run(cmd: &mut Command, stdin: Option<&str>) -> (bool, String, String) {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn run(cmd: &mut Command) -> String {
-    let (ok, out, err) = try_run(cmd, None);
-    assert!(ok, "{cmd:?} failed:\n{err}\n{out}");
-    out
-}
-
-fn run_with_stdin(cmd: &mut Command, input: &str) -> String {
-    let (ok, out, err) = try_run(cmd, Some(input));
-    assert!(ok, "{cmd:?} failed:\n{err}\n{out}");
-    out
 }
 
 /// #10.6: the shipped ValidatingAdmissionPolicy rejects a plugin image from elsewhere at

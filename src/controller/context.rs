@@ -172,8 +172,8 @@ impl Context {
             again = *listed;
             *listed = true;
         });
+        self.metrics.watch_listed(kind, again);
         if again {
-            self.metrics.relisted(kind);
             tracing::info!(
                 kind,
                 vanished,
