@@ -294,49 +294,13 @@ async fn lead(
         deadline,
         fence,
     ));
-    let (mut leading, lease_task) = manager.watch().await;
+    let (leading, lease_task) = manager.watch().await;
     options
         .health
         .leadership_known
         .store(true, Ordering::Release);
     info!(%lease, "waiting for leadership");
-    let became_leader = tokio::select! {
-        r = leading.wait_for(|leader| *leader) => r.is_ok(),
-        _ = stopped(stop.clone()) => false,
-    };
-    let outcome = if became_leader {
-        info!("became leader");
-        options.health.leader.store(true, Ordering::Release);
-        options.metrics.set_leader(true);
-        let mut lost = leading.clone();
-        let stop_for_lost = stop.clone();
-        let metrics = options.metrics.clone();
-        let lost_or_stopped = async move {
-            tokio::select! {
-                _ = lost.wait_for(|leader| !*leader) => {},
-                _ = stopped(stop_for_lost) => {},
-            }
-            // From here on the controller winds down and the Lease is about to go: this replica
-            // no longer counts as the leader, even while in-flight reconciles finish.
-            metrics.set_leader(false);
-        };
-        run_controller(
-            client,
-            options,
-            lost_or_stopped,
-            stop.clone(),
-            args.shutdown_timeout,
-        )
-        .await;
-        if *stop.borrow() {
-            Ok(())
-        } else {
-            // Another replica may be writing already: stop at once and restart as a standby.
-            Err("lost leadership; exiting so that this replica restarts as a standby".to_string())
-        }
-    } else {
-        Ok(())
-    };
+    let outcome = lead_while_leader(args, leading.clone(), client, options, stop).await;
     // Closing the channel releases the Lease, so a standby takes over without waiting for expiry.
     drop(leading);
     match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
@@ -345,6 +309,52 @@ async fn lead(
         _ => warn!("releasing the leader Lease timed out"),
     }
     outcome
+}
+
+/// Once leader, runs the controller until the Lease is lost or a stop is requested; a lost
+/// Lease is an error (this replica restarts as a standby).
+async fn lead_while_leader(
+    args: &RunArgs,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+    client: kube::Client,
+    options: RunOptions,
+    stop: Stop,
+) -> Result<(), String> {
+    let became_leader = tokio::select! {
+        r = leading.wait_for(|leader| *leader) => r.is_ok(),
+        _ = stopped(stop.clone()) => false,
+    };
+    if !became_leader {
+        return Ok(());
+    }
+    info!("became leader");
+    options.health.leader.store(true, Ordering::Release);
+    options.metrics.set_leader(true);
+    let stop_for_lost = stop.clone();
+    let metrics = options.metrics.clone();
+    let lost_or_stopped = async move {
+        tokio::select! {
+            _ = leading.wait_for(|leader| !*leader) => {},
+            _ = stopped(stop_for_lost) => {},
+        }
+        // From here on the controller winds down and the Lease is about to go: this replica
+        // no longer counts as the leader, even while in-flight reconciles finish.
+        metrics.set_leader(false);
+    };
+    run_controller(
+        client,
+        options,
+        lost_or_stopped,
+        stop.clone(),
+        args.shutdown_timeout,
+    )
+    .await;
+    if *stop.borrow() {
+        Ok(())
+    } else {
+        // Another replica may be writing already: stop at once and restart as a standby.
+        Err("lost leadership; exiting so that this replica restarts as a standby".to_string())
+    }
 }
 
 /// Runs the controller until `until` resolves; after a stop request, in-flight reconciles get

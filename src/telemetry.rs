@@ -170,30 +170,64 @@ struct KindLabels {
     kind: String,
 }
 
+/// controller-runtime's reconcile metrics, registered without a prefix so the names are exactly
+/// controller-runtime's.
+type ReconcileFamilies = (
+    Family<ResultLabels, Counter>,
+    Family<ControllerLabels, Counter>,
+    Family<ControllerLabels, Histogram>,
+);
+
+fn reconcile_metrics(registry: &mut Registry) -> ReconcileFamilies {
+    let total = Family::<ResultLabels, Counter>::default();
+    let errors = Family::<ControllerLabels, Counter>::default();
+    let time = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+        Histogram::new(exponential_buckets(0.001, 2.0, 16))
+    });
+    registry.register(
+        "controller_runtime_reconcile",
+        "Total number of reconciliations per controller",
+        total.clone(),
+    );
+    registry.register(
+        "controller_runtime_reconcile_errors",
+        "Total number of reconciliation errors per controller",
+        errors.clone(),
+    );
+    registry.register(
+        "controller_runtime_reconcile_time_seconds",
+        "Length of time per reconciliation per controller",
+        time.clone(),
+    );
+    // As controller-runtime does: the counters exist at 0 from the start, so rate() and the
+    // alerts on errors see "no errors" instead of no series until the first one.
+    for result in ["success", "error"] {
+        let _ = total.get_or_create(&ResultLabels {
+            controller: CONTROLLER.into(),
+            result: result.into(),
+        });
+    }
+    let _ = errors.get_or_create(&ControllerLabels {
+        controller: CONTROLLER.into(),
+    });
+    (total, errors, time)
+}
+
+/// Registers `metric` under `name` and hands it back.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let reconcile_total = Family::<ResultLabels, Counter>::default();
-        let reconcile_errors = Family::<ControllerLabels, Counter>::default();
-        let reconcile_time = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.001, 2.0, 16))
-        });
-        // Registered without a prefix so the names are exactly controller-runtime's.
-        registry.register(
-            "controller_runtime_reconcile",
-            "Total number of reconciliations per controller",
-            reconcile_total.clone(),
-        );
-        registry.register(
-            "controller_runtime_reconcile_errors",
-            "Total number of reconciliation errors per controller",
-            reconcile_errors.clone(),
-        );
-        registry.register(
-            "controller_runtime_reconcile_time_seconds",
-            "Length of time per reconciliation per controller",
-            reconcile_time.clone(),
-        );
+        let (reconcile_total, reconcile_errors, reconcile_time) = reconcile_metrics(&mut registry);
         let pool_gauges = POOL_GAUGES
             .iter()
             .map(|(name, help, read)| {
@@ -202,46 +236,36 @@ impl Default for Metrics {
                 (family, *read)
             })
             .collect();
-        let node_gpu_wait = Histogram::new(exponential_buckets(1.0, 2.0, 14));
-        registry.register(
+        let r = &mut registry;
+        let node_gpu_wait = registered(
+            r,
             "gpupool_node_gpu_wait_seconds",
             "Time from a node joining a pool without GPUs to its nvidia.com/gpu being schedulable",
-            node_gpu_wait.clone(),
+            Histogram::new(exponential_buckets(1.0, 2.0, 14)),
         );
-        let relists = Family::<KindLabels, Counter>::default();
-        registry.register(
+        let relists = registered(
+            r,
             "gpupool_watch_relists",
             "Complete re-lists of a watched kind after its watch expired (410 Gone)",
-            relists.clone(),
+            Family::<KindLabels, Counter>::default(),
         );
-        let validations = Family::<PoolResultLabels, Counter>::default();
-        registry.register(
+        let validations = registered(
+            r,
             "gpupool_validations",
             "GPU validations finished, by pool and result (Passed, Failed)",
-            validations.clone(),
+            Family::<PoolResultLabels, Counter>::default(),
         );
-        let gate_writes = Family::<PoolActionLabels, Counter>::default();
-        registry.register(
+        let gate_writes = registered(
+            r,
             "gpupool_gate_taint_writes",
             "Readiness gate taints written, by pool and action (removed: a node opened for GPU work; added: closed)",
-            gate_writes.clone(),
+            Family::<PoolActionLabels, Counter>::default(),
         );
-        // As controller-runtime does: the counters exist at 0 from the start, so rate() and the
-        // alerts on errors see "no errors" instead of no series until the first one.
-        for result in ["success", "error"] {
-            let _ = reconcile_total.get_or_create(&ResultLabels {
-                controller: CONTROLLER.into(),
-                result: result.into(),
-            });
-        }
-        let _ = reconcile_errors.get_or_create(&ControllerLabels {
-            controller: CONTROLLER.into(),
-        });
-        let leader = Gauge::default();
-        registry.register(
+        let leader = registered(
+            r,
             "gpupool_leader",
             "1 while this replica leads (holds the leader Lease, or runs without leader election), else 0",
-            leader.clone(),
+            Gauge::default(),
         );
         registry.register_collector(Box::new(ProcessCollector));
         Metrics {

@@ -118,12 +118,12 @@ async fn metrics_health_and_events_tell_the_truth() {
     .unwrap();
     create_pool(c, PoolYaml::new("metrics").agentpool("metricspool")).await;
     wait_condition(&env, "metrics", "GpusSchedulable", "False", None).await;
-    set_gpus(c, "metrics-gpu-1", 4, 3).await.unwrap();
+    set_gpus(c, "metrics-gpu-1", 4, 4).await.unwrap();
     wait_condition(&env, "metrics", "Ready", "True", None).await;
 
     let text = wait_for("per-pool gauges to show the pool", TIMEOUT, || async {
         let (_, text) = http_get(port, "/metrics").await?;
-        (sample(&text, r#"gpupool_pool_gpus_allocatable{pool="metrics"}"#) == Some(7.0))
+        (sample(&text, r#"gpupool_pool_gpus_allocatable{pool="metrics"}"#) == Some(8.0))
             .then_some(text)
     })
     .await;

@@ -678,8 +678,11 @@ async fn nothing_is_written_when_nothing_changed() {
 
     let after = get_pool(c, "quiet").await;
     assert_eq!(
-        after.metadata.resource_version, before.metadata.resource_version,
-        "status rewritten without a change"
+        after.metadata.resource_version,
+        before.metadata.resource_version,
+        "status rewritten without a change:\nbefore: {}\nafter: {}",
+        yaml_serde::to_string(&before.status).unwrap(),
+        yaml_serde::to_string(&after.status).unwrap()
     );
     let ds_after = get_daemonset(c, &plugin_name("quiet")).await.unwrap();
     assert_eq!(

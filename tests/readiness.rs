@@ -231,7 +231,7 @@ async fn bootstrap_removes_the_gate_once_gpus_are_usable_and_never_adds_it() {
         &env,
         "boot",
         "boot-1's lost GPU failed after the grace period",
-        |p| problem(p, "boot-1").is_some_and(|n| n.reason == "NoAllocatableGpus"),
+        |p| problem(p, "boot-1").is_some_and(|n| n.reason == "FewerGpusThanExpected"),
     )
     .await;
     for node in ["boot-0", "boot-1", "boot-2"] {

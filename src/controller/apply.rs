@@ -115,8 +115,9 @@ pub async fn apply(
 ) -> Result<Applied, TransientError> {
     let mut applied = apply_daemonsets(client, namespace, plan).await?;
     let updates = plan.node_updates();
-    applied.nodes_written = write_nodes(nodes, &updates).await?;
-    applied.more_node_writes = updates.len() > MAX_NODE_WRITES;
+    let (written, due) = write_nodes(nodes, &updates).await?;
+    applied.nodes_written = written;
+    applied.node_writes_due = due;
     if let Some(validation) = &plan.readiness.validation {
         apply_validation_pods(client, validation).await?;
     }
@@ -165,13 +166,17 @@ async fn apply_validation_pods(
     Ok(())
 }
 
-/// Node writes, a bounded batch at a time; returns the updates that changed a node.
+/// Node writes, as many as the rate limit allows now (at most a bounded batch): a reconcile never
+/// waits for the limiter, so a pool's DaemonSet is never held back behind other pools' node
+/// writes. Returns the updates that changed a node, and when to come back for the rest.
 async fn write_nodes(
     nodes: &NodeWriter,
     updates: &[NodeUpdate],
-) -> Result<Vec<NodeUpdate>, TransientError> {
+) -> Result<(Vec<NodeUpdate>, Option<std::time::Duration>), TransientError> {
+    let (allowed, wait) = nodes.take(updates.len().min(MAX_NODE_WRITES));
+    let due = (allowed < updates.len()).then(|| wait.unwrap_or_default());
     let mut results: Vec<(&NodeUpdate, Result<Written, kube::Error>)> = Vec::new();
-    let batch: Vec<&NodeUpdate> = updates.iter().take(MAX_NODE_WRITES).collect();
+    let batch: Vec<&NodeUpdate> = updates.iter().take(allowed).collect();
     for group in batch.chunks(8) {
         let written = futures::future::join_all(group.iter().map(|u| write_node(nodes, u))).await;
         results.extend(group.iter().copied().zip(written));
@@ -184,7 +189,7 @@ async fn write_nodes(
             Err(e) => return Err(TransientError(e)),
         }
     }
-    Ok(changed)
+    Ok((changed, due))
 }
 
 async fn write_node(nodes: &NodeWriter, update: &NodeUpdate) -> Result<Written, kube::Error> {

@@ -63,8 +63,21 @@ impl NodeWriter {
         }
     }
 
-    /// Applies `edit` to the node as it is now; a conflict (someone wrote in between) reads the
-    /// node again and decides anew.
+    /// Takes up to `wanted` write tokens without waiting: how many it got, and when the next
+    /// one is due if it got fewer.
+    pub fn take(&self, wanted: usize) -> (usize, Option<std::time::Duration>) {
+        let clock = governor::clock::DefaultClock::default();
+        for got in 0..wanted {
+            if let Err(not_until) = self.limiter.check() {
+                use governor::clock::Clock;
+                return (got, Some(not_until.wait_time_from(clock.now())));
+            }
+        }
+        (wanted, None)
+    }
+
+    /// Applies `edit` to the node as it is now (its write token already taken, see `take`); a
+    /// conflict (someone wrote in between) reads the node again and decides anew.
     pub async fn write(
         &self,
         name: &str,
@@ -78,7 +91,6 @@ impl NodeWriter {
             let Some(patch) = patch_for(&node, edit) else {
                 return Ok(Written::Unchanged);
             };
-            self.limiter.until_ready().await;
             let params = PatchParams {
                 field_manager: Some(MANAGER.into()),
                 ..PatchParams::default()

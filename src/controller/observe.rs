@@ -11,35 +11,17 @@ use crate::api::GpuPool;
 use crate::decide::Observed;
 use crate::decide::claims::PoolRef;
 use crate::decide::daemonset::pool_key;
+use crate::decide::model::DaemonSetFacts;
+use crate::decide::nodes::NodeFacts;
 use crate::decide::placement::DEVICE_PLUGIN_LABEL;
+use crate::decide::pods::PodFacts;
 
 use super::context::Context;
 
 pub fn observe(ctx: &Context, pool: Arc<GpuPool>) -> Observed {
     let key = pool_key(&pool.name_any());
-    let (nodes, strays) = {
-        let index = ctx.nodes();
-        let nodes = index.selected(&pool.spec.node_selector);
-        let selected: HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-        let strays = index
-            .with_label(DEVICE_PLUGIN_LABEL, &key)
-            .into_iter()
-            .filter(|n| !selected.contains(n.name.as_str()))
-            .collect();
-        (nodes, strays)
-    };
-    let pods = {
-        let index = ctx.pods();
-        let mut pods: BTreeMap<String, _> = BTreeMap::new();
-        for pod in nodes
-            .iter()
-            .flat_map(|n| index.on_node(&n.name))
-            .chain(index.of_pool(&key))
-        {
-            pods.insert(pod.id.to_string(), pod.clone());
-        }
-        pods.into_values().collect()
-    };
+    let (nodes, strays) = pool_nodes(ctx, &pool, &key);
+    let pods = pods_of(ctx, &nodes, &key);
     let dra_nodes = {
         let dra = ctx.dra();
         nodes
@@ -48,32 +30,15 @@ pub fn observe(ctx: &Context, pool: Arc<GpuPool>) -> Observed {
             .map(|n| n.name.clone())
             .collect()
     };
-    let (plugin_daemonsets, owners) = {
-        let index = ctx.daemonsets();
-        let mut plugins: Vec<_> = index
-            .values()
-            .filter(|ds| ds.plugin_pod.is_some())
-            .cloned()
-            .collect();
-        // Deleted foreign plugins whose pods may still run (read under the index's lock).
-        plugins.extend(ctx.tombstones.all());
-        let owners: HashSet<String> = index
-            .values()
-            .filter(|ds| !ds.deleting)
-            .filter_map(|ds| ds.pool_owner.as_ref().map(|o| o.uid.clone()))
-            .collect();
-        (plugins, owners)
-    };
+    let (plugin_daemonsets, owners) = plugin_daemonsets(ctx);
     let pools = ctx.pools.state();
     Observed {
         other_pools: pools
             .iter()
             .filter(|p| p.metadata.uid != pool.metadata.uid)
             .map(|p| {
-                PoolRef::of(
-                    p,
-                    p.metadata.uid.as_ref().is_some_and(|u| owners.contains(u)),
-                )
+                let serving = p.metadata.uid.as_ref().is_some_and(|u| owners.contains(u));
+                PoolRef::of(p, serving)
             })
             .collect(),
         pool_uids: pools
@@ -96,4 +61,53 @@ pub fn observe(ctx: &Context, pool: Arc<GpuPool>) -> Observed {
         dra_nodes,
         now: Timestamp::now(),
     }
+}
+
+/// The nodes the pool selects, and those carrying its plugin label that it no longer selects.
+fn pool_nodes(
+    ctx: &Context,
+    pool: &GpuPool,
+    key: &str,
+) -> (Vec<Arc<NodeFacts>>, Vec<Arc<NodeFacts>>) {
+    let index = ctx.nodes();
+    let nodes = index.selected(&pool.spec.node_selector);
+    let selected: HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let strays = index
+        .with_label(DEVICE_PLUGIN_LABEL, key)
+        .into_iter()
+        .filter(|n| !selected.contains(n.name.as_str()))
+        .collect();
+    (nodes, strays)
+}
+
+/// gpupool's pods on the pool's nodes and the pool's own pods wherever they are, once each.
+fn pods_of(ctx: &Context, nodes: &[Arc<NodeFacts>], key: &str) -> Vec<Arc<PodFacts>> {
+    let index = ctx.pods();
+    let mut pods: BTreeMap<String, _> = BTreeMap::new();
+    for pod in nodes
+        .iter()
+        .flat_map(|n| index.on_node(&n.name))
+        .chain(index.of_pool(key))
+    {
+        pods.insert(pod.id.to_string(), pod.clone());
+    }
+    pods.into_values().collect()
+}
+
+/// Every device plugin DaemonSet (and the tombstones of deleted foreign ones, read under the
+/// index's lock), and the uids of the pools that own a live DaemonSet.
+fn plugin_daemonsets(ctx: &Context) -> (Vec<Arc<DaemonSetFacts>>, HashSet<String>) {
+    let index = ctx.daemonsets();
+    let mut plugins: Vec<_> = index
+        .values()
+        .filter(|ds| ds.plugin_pod.is_some())
+        .cloned()
+        .collect();
+    plugins.extend(ctx.tombstones.all());
+    let owners = index
+        .values()
+        .filter(|ds| !ds.deleting)
+        .filter_map(|ds| ds.pool_owner.as_ref().map(|o| o.uid.clone()))
+        .collect();
+    (plugins, owners)
 }

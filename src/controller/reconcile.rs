@@ -22,6 +22,8 @@ use super::observe::observe;
 /// A replaced DaemonSet is recreated once its deletion is visible; the watch usually brings that
 /// first, this is the fallback.
 const PENDING_RETRY: Duration = Duration::from_secs(2);
+/// The soonest a pool with node writes left is looked at again.
+const MIN_NODE_WRITE_RETRY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -146,8 +148,9 @@ fn next_look(
     resync: Duration,
     stall_retry: Duration,
 ) -> Duration {
-    if applied.more_node_writes {
-        Duration::ZERO
+    if let Some(due) = applied.node_writes_due {
+        // Not sooner than that: a pool waiting for its share of the writes must not spin.
+        due.max(MIN_NODE_WRITE_RETRY)
     } else if applied.stall.is_some() {
         stall_retry
     } else if matches!(applied.state, PluginState::Pending { .. }) {

@@ -122,35 +122,7 @@ pub fn desired_daemonset(p: &PluginPlacement) -> DaemonSet {
                     max_surge: Some(IntOrString::Int(0)),
                 }),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    // The article's legacy critical add-on marker; priorityClassName does the real work.
-                    annotations: Some(
-                        [
-                            (
-                                "scheduler.alpha.kubernetes.io/critical-pod".to_string(),
-                                String::new(),
-                            ),
-                            // Which plugin a pod runs: a node validated with another one is
-                            // validated again, and not before its pod runs this one.
-                            (
-                                VALIDATES_PLUGIN.to_string(),
-                                plugin_identity(p.image, p.spec, p.config),
-                            ),
-                        ]
-                        .into_iter()
-                        // The config's hash: a config change (and only that) rolls the plugin.
-                        .chain(
-                            p.config
-                                .map(|c| (CONFIG_HASH_ANNOTATION.to_string(), c.hash.clone())),
-                        )
-                        .collect(),
-                    ),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod_spec(p, &key)),
-            },
+            template: pod_template(p, &key, pod_labels),
             ..DaemonSetSpec::default()
         }),
         status: None,
@@ -167,6 +139,41 @@ pub fn desired_daemonset(p: &PluginPlacement) -> DaemonSet {
         .into(),
     );
     ds
+}
+
+fn pod_template(
+    p: &PluginPlacement,
+    key: &str,
+    labels: BTreeMap<String, String>,
+) -> PodTemplateSpec {
+    let annotations = [
+        // The article's legacy critical add-on marker; priorityClassName does the real work.
+        (
+            "scheduler.alpha.kubernetes.io/critical-pod".to_string(),
+            String::new(),
+        ),
+        // Which plugin a pod runs: a node validated with another one is validated again, and
+        // not before its pod runs this one.
+        (
+            VALIDATES_PLUGIN.to_string(),
+            plugin_identity(p.image, p.spec, p.config),
+        ),
+    ]
+    .into_iter()
+    // The config's hash: a config change (and only that) rolls the plugin.
+    .chain(
+        p.config
+            .map(|c| (CONFIG_HASH_ANNOTATION.to_string(), c.hash.clone())),
+    )
+    .collect();
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod_spec(p, key)),
+    }
 }
 
 fn owner_reference(p: &PluginPlacement) -> OwnerReference {

@@ -230,7 +230,8 @@ pub struct Applied {
     /// The node updates that changed a node.
     pub nodes_written: Vec<crate::decide::plan::NodeUpdate>,
     /// Node writes left for the next reconcile (a big scale-up is written in batches).
-    pub more_node_writes: bool,
+    /// Node writes left for later (the rate limit allowed no more now): look again after this.
+    pub node_writes_due: Option<std::time::Duration>,
     /// The DaemonSet write the API server refused, if it did.
     pub rejected: Option<Rejection>,
 }
@@ -243,7 +244,7 @@ impl Applied {
             stall,
             change: None,
             nodes_written: Vec::new(),
-            more_node_writes: false,
+            node_writes_due: None,
             rejected: None,
         }
     }

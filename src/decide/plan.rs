@@ -20,14 +20,14 @@ use crate::decide::model::{
     DESIRED_HASH_ANNOTATION, DaemonSetFacts, ObjectId, ProblemClocks, Rejection, Stall,
 };
 use crate::decide::nodes::NodeFacts;
-use crate::decide::placement::{LabelChange, Placement, place};
+use crate::decide::placement::{DEVICE_PLUGIN_LABEL, LabelChange, Placement, place};
 use crate::decide::plugin_config::{
     ConfigMapAction, ConfigMapFacts, PluginConfig, config_map_action, desired_config_map,
     plugin_config,
 };
 use crate::decide::pods::{PodFacts, PodRole};
 use crate::decide::readiness::{ReadinessPlan, plan_readiness};
-use crate::decide::scheduling::{TaintKey, pool_taint_keys};
+use crate::decide::scheduling::{TaintKey, pool_taint_keys, tolerates_node_taints};
 use crate::decide::validation::ValidationRecord;
 
 /// Everything a reconcile of one pool reads, as plain data.
@@ -164,6 +164,9 @@ pub struct Plan {
     pub readiness: ReadinessPlan,
     /// What each node should have allocatable (see `capacity`).
     pub expected: BTreeMap<String, Expected>,
+    /// Nodes the plugin should run on once this plan is written: labelled for this pool, their
+    /// taints tolerated. The DaemonSet's desired count must reach it before the plugin is ready.
+    pub plugin_nodes: usize,
     /// The plugin's config file (sharing, MIG), and what to do to its ConfigMap.
     pub config: Option<PluginConfig>,
     pub config_map: ConfigMapAction,
@@ -172,24 +175,12 @@ pub struct Plan {
 pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
     let pool = &observed.pool;
     let nodes: Vec<&NodeFacts> = observed.nodes.iter().map(Arc::as_ref).collect();
-    let previous_mode = pool
-        .status
-        .as_ref()
-        .and_then(|s| s.device_plugin.as_ref())
-        .map(|d| d.mode);
-    let plugin = decide_plugin(
-        pool.spec.node_image,
-        &nodes,
-        &observed.dra_nodes,
-        previous_mode,
-    );
-    let this = PoolRef::of(pool, false);
-    let foreign = foreign_plugins(observed);
+    let plugin = plugin_decision(observed, &nodes);
     let claims = claim_nodes(
-        &this,
+        &PoolRef::of(pool, false),
         &nodes,
         &observed.other_pools,
-        &foreign,
+        &foreign_plugins(observed),
         &observed.dra_nodes,
     );
     let image = plugin_image(pool, settings);
@@ -201,7 +192,7 @@ pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
     let tolerated = tolerated_taints(observed, live.as_deref(), &nodes, &serves);
     let desired = (plugin.mode == PluginMode::Managed).then(|| {
         desired_daemonset(&PluginPlacement {
-            pool: &this.name,
+            pool: &observed.pool_name(),
             pool_uid: observed.pool_uid(),
             namespace: &settings.plugin_namespace,
             image: &image,
@@ -210,21 +201,6 @@ pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
             config: config.as_ref(),
         })
     });
-    let config_map = config_map_action(
-        config.as_ref().map(|c| {
-            desired_config_map(
-                &this.name,
-                observed.pool_uid(),
-                &settings.plugin_namespace,
-                c,
-            )
-        }),
-        observed
-            .plugin_configs
-            .iter()
-            .find(|c| c.id.namespace == settings.plugin_namespace)
-            .map(Arc::as_ref),
-    );
     let leftover_pods = leftover_pods(observed, &settings.plugin_namespace);
     let daemonset = daemonset_plan(
         observed,
@@ -241,17 +217,14 @@ pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
             observed.pods_on(n)
         }),
     };
-    let expected = nodes
-        .iter()
-        .map(|n| {
-            let ours = !plugin.shipped.contains_key(&n.name);
-            (n.name.clone(), capacity::expected(n, &pool.spec, ours))
-        })
-        .collect();
+    let plugin_nodes = desired
+        .as_ref()
+        .map_or(0, |ds| plugin_nodes(observed, &placement, ds));
     let mut plan = Plan {
-        expected,
+        plugin_nodes,
+        expected: expectations(observed, &plugin),
+        config_map: plan_config_map(observed, settings, config.as_ref()),
         config,
-        config_map,
         delete_stale: stale_daemonsets(
             observed.plugin_daemonsets.iter().map(Arc::as_ref),
             observed.pool_uid(),
@@ -268,6 +241,77 @@ pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
     };
     plan.readiness = plan_readiness(observed, settings, &plan, &tolerated);
     plan
+}
+
+/// Which nodes run gpupool's plugin and which their platform's (the previous mode is kept while
+/// the pool has no nodes to detect from).
+fn plugin_decision(observed: &Observed, nodes: &[&NodeFacts]) -> PluginDecision {
+    let pool = &observed.pool;
+    let previous_mode = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.device_plugin.as_ref())
+        .map(|d| d.mode);
+    decide_plugin(
+        pool.spec.node_image,
+        nodes,
+        &observed.dra_nodes,
+        previous_mode,
+    )
+}
+
+/// How many nodes carry this pool's plugin label once `placement` is written (the DaemonSet's
+/// only placement rule) and have no taint its pods do not tolerate.
+fn plugin_nodes(observed: &Observed, placement: &Placement, ds: &DaemonSet) -> usize {
+    let key = observed.pool_key();
+    let Some(pod) = ds.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+        return 0;
+    };
+    let label_after = |n: &NodeFacts| -> Option<String> {
+        match placement.label_changes.iter().find(|c| c.node == n.name) {
+            Some(change) => change.to.clone(),
+            None => n.labels.get(DEVICE_PLUGIN_LABEL).cloned(),
+        }
+    };
+    observed
+        .nodes
+        .iter()
+        .chain(&observed.strays)
+        .filter(|n| label_after(n).as_deref() == Some(key.as_str()))
+        .filter(|n| tolerates_node_taints(pod, n))
+        .count()
+}
+
+/// What each node should have (sharing and MIG only where gpupool runs the plugin).
+fn expectations(observed: &Observed, plugin: &PluginDecision) -> BTreeMap<String, Expected> {
+    observed
+        .nodes
+        .iter()
+        .map(|n| {
+            let ours = !plugin.shipped.contains_key(&n.name);
+            (
+                n.name.clone(),
+                capacity::expected(n, &observed.pool.spec, ours),
+            )
+        })
+        .collect()
+}
+
+fn plan_config_map(
+    observed: &Observed,
+    settings: &Settings,
+    config: Option<&PluginConfig>,
+) -> ConfigMapAction {
+    let namespace = &settings.plugin_namespace;
+    config_map_action(
+        config
+            .map(|c| desired_config_map(&observed.pool_name(), observed.pool_uid(), namespace, c)),
+        observed
+            .plugin_configs
+            .iter()
+            .find(|c| &c.id.namespace == namespace)
+            .map(Arc::as_ref),
+    )
 }
 
 /// The taint keys the plugin tolerates: those it tolerated already (kept, see

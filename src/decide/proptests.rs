@@ -707,6 +707,7 @@ proptest! {
                 placement: Default::default(),
                 leftover_pods: vec![],
                 readiness: Default::default(),
+                plugin_nodes: 0,
                 expected: observed
                     .nodes
                     .iter()

@@ -109,6 +109,12 @@ pub fn daemon_pod_would_run_on(pod: &PodSpec, node: &NodeFacts) -> bool {
     {
         return false;
     }
+    tolerates_node_taints(pod, node)
+}
+
+/// Whether the pod tolerates the node's NoSchedule/NoExecute taints (Kubernetes' own node taints
+/// are tolerated by the DaemonSet controller by itself).
+pub fn tolerates_node_taints(pod: &PodSpec, node: &NodeFacts) -> bool {
     let tolerations = pod.tolerations.as_deref().unwrap_or_default();
     node.taints
         .iter()

@@ -257,29 +257,12 @@ fn pod_validation(
             NodeValidation::Passed
         }
         Some(t) => {
-            let message = failure_message(t);
-            // Recorded once, at the time it failed.
-            let at = match record.filter(|r| r.pod == pod.uid) {
-                Some(r) => r.at,
-                None => {
-                    let at = t.at.unwrap_or(i.now);
-                    let failed = result(ValidationResult::Failed, message.clone(), at);
-                    b.plan.records.push((node.name.clone(), failed));
-                    at
-                }
+            let failure = Failure {
+                message: failure_message(t),
+                at: t.at.unwrap_or(i.now),
+                attempt,
             };
-            let retry_at = retry_at(at, attempt, i.retry);
-            if i.now >= retry_at {
-                // The next attempt replaces the kept failure (whose log could be read until now).
-                b.plan.delete.push(pod.id.clone());
-                return start(i, node, plugin, attempt + 1, b);
-            }
-            NodeValidation::Failed {
-                message,
-                retry_at,
-                attempts: attempt,
-                pod: Some(pod.id.clone()),
-            }
+            failed_pod(i, node, plugin, pod, record, failure, b)
         }
         None if timed_out(pod, i) => {
             let message = format!(
@@ -298,6 +281,54 @@ fn pod_validation(
         }
         None if pod.waiting_for_gpu => NodeValidation::WaitingForGpu { passed_before },
         None => NodeValidation::Running,
+    }
+}
+
+/// How a finished pod failed.
+struct Failure {
+    message: String,
+    at: Timestamp,
+    attempt: u32,
+}
+
+/// A failed pod: its result recorded once (at the time it failed), kept for its log until the
+/// retry is due, then replaced by the next attempt.
+fn failed_pod(
+    i: &ValidationInputs,
+    node: &NodeFacts,
+    plugin: &str,
+    pod: &PodFacts,
+    record: Option<&ValidationRecord>,
+    f: Failure,
+    b: &mut Building,
+) -> NodeValidation {
+    let at = match record.filter(|r| r.pod == pod.uid) {
+        Some(r) => r.at,
+        None => {
+            let failed = ValidationRecord {
+                pool: i.pool.to_string(),
+                boot_id: node.boot_id.clone(),
+                plugin: plugin.to_string(),
+                result: ValidationResult::Failed,
+                attempts: f.attempt,
+                at: f.at,
+                pod: pod.uid.clone(),
+                message: f.message.clone(),
+            };
+            b.plan.records.push((node.name.clone(), failed));
+            f.at
+        }
+    };
+    let retry_at = retry_at(at, f.attempt, i.retry);
+    if i.now >= retry_at {
+        b.plan.delete.push(pod.id.clone());
+        return start(i, node, plugin, f.attempt + 1, b);
+    }
+    NodeValidation::Failed {
+        message: f.message,
+        retry_at,
+        attempts: f.attempt,
+        pod: Some(pod.id.clone()),
     }
 }
 

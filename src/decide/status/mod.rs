@@ -80,23 +80,7 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
     let pool = &o.pool;
     let previous = pool.status.clone().unwrap_or_default();
     let nodes: Vec<&NodeFacts> = o.nodes.iter().map(AsRef::as_ref).collect();
-    let clocks = o.problem_clocks();
-    let no_extra_conditions = Vec::new();
-    let expectations = Expectations {
-        expected: &plan.expected,
-        fault_conditions: pool
-            .spec
-            .health
-            .as_ref()
-            .map_or(&no_extra_conditions, |h| &h.node_conditions),
-        now: o.now,
-        grace: settings.gpu_grace_period,
-        previous: &clocks,
-        history: previous.observed_generation.is_some(),
-    };
-    let dra: BTreeSet<&str> = o.dra_nodes.iter().map(String::as_str).collect();
-    let mut summary = summarize(&nodes, expectations, &plan.claims, &dra);
-    readiness::readiness_problems(o, plan, &mut summary);
+    let summary = node_summary(o, plan, settings, &previous, &nodes);
     let components = components(o, plan, applied, settings, &summary, &previous);
     let recheck_at = components
         .iter()
@@ -148,6 +132,36 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
     }
 }
 
+/// How each node stands, summed up, with the problems of validation and the gate.
+fn node_summary(
+    o: &Observed,
+    plan: &Plan,
+    settings: &Settings,
+    previous: &GpuPoolStatus,
+    nodes: &[&NodeFacts],
+) -> NodeSummary {
+    let clocks = o.problem_clocks();
+    let fault_conditions = o
+        .pool
+        .spec
+        .health
+        .as_ref()
+        .map(|h| h.node_conditions.as_slice())
+        .unwrap_or_default();
+    let expectations = Expectations {
+        expected: &plan.expected,
+        fault_conditions,
+        now: o.now,
+        grace: settings.gpu_grace_period,
+        previous: &clocks,
+        history: previous.observed_generation.is_some(),
+    };
+    let dra: BTreeSet<&str> = o.dra_nodes.iter().map(String::as_str).collect();
+    let mut summary = summarize(nodes, expectations, &plan.claims, &dra);
+    readiness::readiness_problems(o, plan, &mut summary);
+    summary
+}
+
 /// The conditions Ready is rolled up from: the plugin, the GPUs, and validation when set.
 fn components(
     o: &Observed,
@@ -165,6 +179,7 @@ fn components(
         not_ready_since: false_since(previous, ConditionType::DevicePluginReady),
         rollout_deadline: settings.rollout_deadline,
         now: o.now,
+        plugin_nodes: plan.plugin_nodes,
     });
     if let Some(progress) = hand_over_progress(plan) {
         plugin.progressing = Some(
@@ -287,40 +302,10 @@ fn gpus_assessment(
         );
     }
     if !s.failing.is_empty() {
-        let all_not_ready = s.failing.iter().all(|(_, r)| *r == Reason::NotReady);
-        let listed: Vec<String> = s
-            .failing
-            .iter()
-            .map(|(n, r)| format!("{n} ({r})"))
-            .collect();
-        return Assessment::failed(
-            if all_not_ready {
-                Reason::NodesNotReady
-            } else {
-                Reason::GpusMissing
-            },
-            format!(
-                "{} of {node_count} nodes cannot run GPU work: {}; see status.problemNodes",
-                s.failing.len(),
-                name_list(&listed, 10)
-            ),
-        );
+        return failing_assessment(s, node_count);
     }
     if !s.waiting.is_empty() {
-        let listed: Vec<String> = s
-            .waiting
-            .iter()
-            .map(|(n, r)| format!("{n} ({})", waiting_word(*r)))
-            .collect();
-        let names = name_list(&listed, 10);
-        return Assessment::progressing(
-            Reason::WaitingForGpus,
-            format!(
-                "{} nodes joined, rebooted or restarted their plugin within the grace period and cannot run GPU work yet: {names}",
-                s.waiting.len()
-            ),
-            format!("waiting for GPUs on {names}"),
-        );
+        return waiting_assessment(s);
     }
     if s.in_service == 0 {
         return Assessment::failed(
@@ -340,6 +325,47 @@ fn gpus_assessment(
                 String::new()
             }
         ),
+    )
+}
+
+/// Nodes that cannot run GPU work for longer than the grace period.
+fn failing_assessment(s: &NodeSummary, node_count: usize) -> Assessment {
+    let all_not_ready = s.failing.iter().all(|(_, r)| *r == Reason::NotReady);
+    let listed: Vec<String> = s
+        .failing
+        .iter()
+        .map(|(n, r)| format!("{n} ({r})"))
+        .collect();
+    let reason = if all_not_ready {
+        Reason::NodesNotReady
+    } else {
+        Reason::GpusMissing
+    };
+    Assessment::failed(
+        reason,
+        format!(
+            "{} of {node_count} nodes cannot run GPU work: {}; see status.problemNodes",
+            s.failing.len(),
+            name_list(&listed, 10)
+        ),
+    )
+}
+
+/// Nodes within their grace period: progress.
+fn waiting_assessment(s: &NodeSummary) -> Assessment {
+    let listed: Vec<String> = s
+        .waiting
+        .iter()
+        .map(|(n, r)| format!("{n} ({})", waiting_word(*r)))
+        .collect();
+    let names = name_list(&listed, 10);
+    Assessment::progressing(
+        Reason::WaitingForGpus,
+        format!(
+            "{} nodes joined, rebooted or restarted their plugin within the grace period and cannot run GPU work yet: {names}",
+            s.waiting.len()
+        ),
+        format!("waiting for GPUs on {names}"),
     )
 }
 
@@ -600,6 +626,7 @@ mod tests {
         dra: std::collections::HashSet<String>,
         clocks: Option<ProblemClocks>,
         at: Timestamp,
+        plugin_nodes: usize,
     }
 
     impl Case {
@@ -617,6 +644,7 @@ mod tests {
                 dra: Default::default(),
                 clocks: None,
                 at: now(),
+                plugin_nodes: 0,
             }
         }
 
@@ -664,6 +692,7 @@ mod tests {
                 placement: Default::default(),
                 leftover_pods: vec![],
                 readiness: Default::default(),
+                plugin_nodes: self.plugin_nodes,
                 expected: self
                     .nodes
                     .iter()
@@ -836,6 +865,29 @@ mod tests {
         assert_eq!(
             s.problem_nodes[0].reason,
             Reason::NoAllocatableGpus.as_str()
+        );
+    }
+
+    #[test]
+    fn a_new_daemonset_is_not_ready_before_it_counts_the_labelled_nodes() {
+        // Just created: the DaemonSet controller says 0 of 0 before it sees the node labels.
+        let mut case = Case::new(vec![old_node("a", 1, 1), old_node("b", 1, 1)]);
+        case.daemonset = live(0, 0);
+        case.plugin_nodes = 2;
+        let s = case.run().status;
+        assert_eq!(
+            reason_of(&s, ConditionType::DevicePluginReady),
+            Reason::DaemonSetProgressing
+        );
+        assert_eq!(state_of(&s, ConditionType::Ready), ConditionStatus::False);
+        assert_eq!(
+            state_of(&s, ConditionType::Reconciling),
+            ConditionStatus::True
+        );
+        case.daemonset = live(2, 2);
+        assert_eq!(
+            state_of(&case.run().status, ConditionType::Ready),
+            ConditionStatus::True
         );
     }
 

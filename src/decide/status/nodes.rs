@@ -192,8 +192,7 @@ impl NodeSummary {
                 name: node.into(),
                 reason: reason.to_string(),
                 message,
-                // Whole seconds, as the API server stores times: the same problem, the same status.
-                since: since.map(|t| Time(Timestamp::from_second(t.as_second()).unwrap_or(t))),
+                since: since.map(whole_seconds),
             });
     }
 }
@@ -211,27 +210,7 @@ pub(super) fn summarize(
         if !matches!(health, NodeHealth::OutOfService(..)) {
             s.in_service += 1;
             count_expectation(&mut s, e.expected.get(&node.name));
-            let faults = gpu_faults(node, e.fault_conditions);
-            if !faults.is_empty() {
-                s.faulty.push((
-                    node.name.clone(),
-                    faults.iter().map(|c| c.type_.clone()).collect(),
-                ));
-                // Listed first: a reported fault says more than a missing GPU.
-                let fault = faults[0];
-                let message = format!("{}: {}", fault.type_, fault.message);
-                s.problems.insert(
-                    node.name.clone(),
-                    ProblemNode {
-                        name: node.name.clone(),
-                        reason: problem_reason(fault),
-                        message,
-                        since: fault
-                            .since
-                            .map(|t| Time(Timestamp::from_second(t.as_second()).unwrap_or(t))),
-                    },
-                );
-            }
+            record_faults(&mut s, node, e.fault_conditions);
         }
         match health {
             NodeHealth::Serving => s.serving.push(node.name.clone()),
@@ -271,6 +250,31 @@ pub(super) fn summarize(
     s.waiting.sort();
     claim_problems(&mut s, claims);
     s
+}
+
+/// A node's GPU fault conditions: listed first among its problems (a reported fault says more
+/// than a missing GPU).
+fn record_faults(s: &mut NodeSummary, node: &NodeFacts, extra: &[String]) {
+    let faults = gpu_faults(node, extra);
+    let Some(fault) = faults.first() else {
+        return;
+    };
+    s.faulty.push((
+        node.name.clone(),
+        faults.iter().map(|c| c.type_.clone()).collect(),
+    ));
+    let problem = ProblemNode {
+        name: node.name.clone(),
+        reason: problem_reason(fault),
+        message: format!("{}: {}", fault.type_, fault.message),
+        since: fault.since.map(whole_seconds),
+    };
+    s.problems.insert(node.name.clone(), problem);
+}
+
+/// Whole seconds, as the API server stores times: the same problem, the same status.
+fn whole_seconds(t: Timestamp) -> Time {
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
 /// Totals of the counted resource (saturating: a node may report any integer the API server

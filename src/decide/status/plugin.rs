@@ -23,6 +23,8 @@ pub(super) struct PluginInputs<'a> {
     pub not_ready_since: Option<Timestamp>,
     pub rollout_deadline: Duration,
     pub now: Timestamp,
+    /// Nodes the plugin should run on (see `Plan::plugin_nodes`).
+    pub plugin_nodes: usize,
 }
 
 pub(super) fn plugin_assessment(i: &PluginInputs) -> Assessment {
@@ -44,6 +46,13 @@ pub(super) fn plugin_assessment(i: &PluginInputs) -> Assessment {
                 format!("the DaemonSet controller has not yet picked up the latest spec of {id}"),
                 format!("DaemonSet {id} is rolling out"),
             )
+        }
+        // Nodes just labelled for the plugin: the DaemonSet controller has not counted them yet
+        // (a new DaemonSet says "0 of 0 ready" before then).
+        PluginState::Live { id, rollout }
+            if usize::try_from(rollout.desired).unwrap_or(0) < i.plugin_nodes =>
+        {
+            unscheduled(i, &id.to_string(), rollout)
         }
         PluginState::Live { id, rollout }
             if rollout.updated < rollout.desired || rollout.ready < rollout.desired =>
@@ -69,6 +78,37 @@ fn duplicate_plugin(claims: &NodeClaims) -> Assessment {
             name_list(&nodes, 10)
         ),
     )
+}
+
+/// Fewer plugin pods scheduled than nodes labelled for them: the DaemonSet controller has not
+/// caught up yet (progress), or, past the rollout deadline, something keeps the pods off.
+fn unscheduled(i: &PluginInputs, id: &str, r: &Rollout) -> Assessment {
+    let counts = format!(
+        "{} of the {} nodes labelled for it have a plugin pod scheduled",
+        r.desired, i.plugin_nodes
+    );
+    let deadline = i
+        .not_ready_since
+        .unwrap_or(i.now)
+        .checked_add(SignedDuration::try_from(i.rollout_deadline).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX);
+    if deadline > i.now {
+        let mut a = Assessment::progressing(
+            Reason::DaemonSetProgressing,
+            format!("{id}: {counts}"),
+            format!("DaemonSet {id} is rolling out"),
+        );
+        a.recheck_at = Some(deadline);
+        a
+    } else {
+        Assessment::failed(
+            Reason::DaemonSetRolloutStuck,
+            format!(
+                "{id}: {counts} for longer than {}: a taint or a scheduling rule keeps the DaemonSet's pods off the others (kubectl describe daemonset)",
+                humantime::format_duration(i.rollout_deadline)
+            ),
+        )
+    }
 }
 
 /// Pods need time to be created, pulled and started; past the rollout deadline (counted from

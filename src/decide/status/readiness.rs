@@ -7,7 +7,7 @@ use crate::api::{GateStatus, Reason, ValidationStatus};
 use crate::decide::gate::{TaintChange, carries};
 use crate::decide::model::name_list;
 use crate::decide::plan::{Observed, Plan};
-use crate::decide::validation::{NodeValidation, ValidationResult};
+use crate::decide::validation::{NodeValidation, ValidationRecord, ValidationResult};
 
 use super::Assessment;
 use super::events::PoolEvent;
@@ -82,12 +82,13 @@ pub(super) fn validation_assessment(
         return Some(Assessment::failed(stall.reason, stall.message.clone()));
     }
     let states = &plan.readiness.validation.as_ref()?.states;
-    let named = |f: &dyn Fn(&NodeValidation) -> bool| -> Vec<String> {
-        states
+    let named = |f: &dyn Fn(&NodeValidation) -> bool| -> Option<String> {
+        let names: Vec<String> = states
             .iter()
             .filter(|(_, s)| f(s))
             .map(|(n, _)| n.clone())
-            .collect()
+            .collect();
+        (!names.is_empty()).then(|| name_list(&names, 10))
     };
     let failed = named(&|s| matches!(s, NodeValidation::Failed { .. }));
     let pending = named(&|s| matches!(s, NodeValidation::Running | NodeValidation::Queued));
@@ -100,47 +101,41 @@ pub(super) fn validation_assessment(
             }
         )
     });
-    let validated = states
-        .values()
-        .filter(|s| matches!(s, NodeValidation::Passed))
-        .count();
-    Some(if !failed.is_empty() {
-        Assessment::failed(
+    Some(match (failed, pending, awaiting, waiting) {
+        (Some(list), ..) => Assessment::failed(
             Reason::ValidationFailed,
             format!(
-                "the GPU validation failed on {}: see status.problemNodes for the error and the failed pod (kubectl -n {namespace} get pods -l app.kubernetes.io/component=gpu-validation,gpupool.io/pool={}); retried with backoff",
-                name_list(&failed, 10),
+                "the GPU validation failed on {list}: see status.problemNodes for the error and the failed pod (kubectl -n {namespace} get pods -l app.kubernetes.io/component=gpu-validation,gpupool.io/pool={}); retried with backoff",
                 o.pool_key()
             ),
-        )
-    } else if !pending.is_empty() {
-        let list = name_list(&pending, 10);
-        Assessment::progressing(
+        ),
+        (None, Some(list), ..) => Assessment::progressing(
             Reason::ValidationPending,
             format!("validating the GPUs of {list}"),
             format!("validating GPUs on {list}"),
-        )
-    } else if !awaiting.is_empty() {
-        let list = name_list(&awaiting, 10);
-        Assessment::progressing(
+        ),
+        (None, None, Some(list), _) => Assessment::progressing(
             Reason::ValidationPending,
             format!(
                 "{list} not validated yet: validation starts once their GPUs are ready (see status.problemNodes)"
             ),
             format!("waiting for the GPUs of {list} to validate them"),
-        )
-    } else if !waiting.is_empty() {
-        let list = name_list(&waiting, 10);
-        Assessment::progressing(
+        ),
+        (None, None, None, Some(list)) => Assessment::progressing(
             Reason::ValidationWaitingForGpu,
             format!("every GPU of {list} is in use: validation waits for a free one"),
             format!("waiting for a free GPU to validate {list}"),
-        )
-    } else {
-        Assessment::ok(
-            Reason::GpusValidated,
-            format!("{validated} nodes passed the GPU validation"),
-        )
+        ),
+        (None, None, None, None) => {
+            let validated = states
+                .values()
+                .filter(|s| matches!(s, NodeValidation::Passed))
+                .count();
+            Assessment::ok(
+                Reason::GpusValidated,
+                format!("{validated} nodes passed the GPU validation"),
+            )
+        }
     })
 }
 
@@ -199,6 +194,13 @@ pub(super) fn readiness_problems(o: &Observed, plan: &Plan, s: &mut NodeSummary)
 
 /// Events about the gate's writes (or, in dry run, what it would write) and validation results.
 pub(super) fn readiness_events(o: &Observed, plan: &Plan) -> Vec<PoolEvent> {
+    let mut events = gate_events(plan);
+    events.extend(dry_run_event(o, plan));
+    events.extend(validation_events(plan));
+    events
+}
+
+fn gate_events(plan: &Plan) -> Vec<PoolEvent> {
     let r = &plan.readiness;
     let changes: Vec<&TaintChange> = r
         .gate
@@ -213,22 +215,29 @@ pub(super) fn readiness_events(o: &Observed, plan: &Plan) -> Vec<PoolEvent> {
             .map(|c| c.node.clone())
             .collect()
     };
-    let mut events = Vec::new();
     let (opened, closed) = (nodes(false), nodes(true));
+    let mut events = Vec::new();
     if !opened.is_empty() {
-        events.push(event(
-            false,
-            Reason::GateOpened,
-            format!(
-                "removed the readiness gate taint from {}",
-                name_list(&opened, 20)
-            ),
-        ));
+        let note = format!(
+            "removed the readiness gate taint from {}",
+            name_list(&opened, 20)
+        );
+        events.push(event(false, Reason::GateOpened, note));
     }
     if !closed.is_empty() {
-        events.push(event(true, Reason::GateClosed, format!("put the readiness gate taint on {}: not GPU-ready for longer than the grace period", name_list(&closed, 20))));
+        let note = format!(
+            "put the readiness gate taint on {}: not GPU-ready for longer than the grace period",
+            name_list(&closed, 20)
+        );
+        events.push(event(true, Reason::GateClosed, note));
     }
-    let would: Vec<String> = r
+    events
+}
+
+/// What a dry run would do, when that changed since the last status said it.
+fn dry_run_event(o: &Observed, plan: &Plan) -> Option<PoolEvent> {
+    let would: Vec<String> = plan
+        .readiness
         .gate
         .iter()
         .flat_map(|g| &g.would)
@@ -241,45 +250,44 @@ pub(super) fn readiness_events(o: &Observed, plan: &Plan) -> Vec<PoolEvent> {
         .and_then(|s| s.readiness_gate.as_ref())
         .map(|g| g.would.clone())
         .unwrap_or_default();
-    if !would.is_empty()
-        && would.iter().take(MAX_LISTED).cloned().collect::<Vec<_>>() != said_before
-    {
-        events.push(event(
+    let now: Vec<String> = would.iter().take(MAX_LISTED).cloned().collect();
+    (!would.is_empty() && now != said_before).then(|| {
+        event(
             false,
             Reason::GateDryRun,
             format!("dry run, would {}", name_list(&would, 20)),
-        ));
-    }
-    for (result, warning, reason) in [
+        )
+    })
+}
+
+fn validation_events(plan: &Plan) -> Vec<PoolEvent> {
+    let records: Vec<&(String, ValidationRecord)> = plan
+        .readiness
+        .validation
+        .iter()
+        .flat_map(|v| &v.records)
+        .collect();
+    [
         (ValidationResult::Passed, false, Reason::ValidationPassed),
         (ValidationResult::Failed, true, Reason::ValidationFailed),
-    ] {
-        let nodes: Vec<String> = r
-            .validation
+    ]
+    .into_iter()
+    .filter_map(|(result, warning, reason)| {
+        let nodes: Vec<String> = records
             .iter()
-            .flat_map(|v| &v.records)
             .filter(|(_, rec)| rec.result == result)
-            .map(|(n, rec)| {
-                if rec.message.is_empty() {
-                    n.clone()
-                } else {
-                    format!("{n} ({})", rec.message)
-                }
+            .map(|(n, rec)| match rec.message.as_str() {
+                "" => n.clone(),
+                message => format!("{n} ({message})"),
             })
             .collect();
-        if !nodes.is_empty() {
-            events.push(event(
-                warning,
-                reason,
-                format!(
-                    "GPU validation {}: {}",
-                    if warning { "failed" } else { "passed" },
-                    name_list(&nodes, 10)
-                ),
-            ));
-        }
-    }
-    events
+        let verb = if warning { "failed" } else { "passed" };
+        (!nodes.is_empty()).then(|| {
+            let note = format!("GPU validation {verb}: {}", name_list(&nodes, 10));
+            event(warning, reason, note)
+        })
+    })
+    .collect()
 }
 
 fn event(warning: bool, reason: Reason, note: String) -> PoolEvent {

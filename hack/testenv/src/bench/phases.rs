@@ -199,6 +199,9 @@ impl<'a> Bench<'a> {
 
     /// Nothing changes but kwok's heartbeats; then the first operator's totals are read.
     async fn quiet_period(&mut self, op: &Operator) -> Result<(), Error> {
+        // The last change's Event is published right after the status the previous phase waited
+        // for: let it land before counting.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         log(format!("quiet period: {} s", self.opts.quiet.as_secs()));
         let phase_start = Instant::now();
         tokio::time::sleep(self.opts.quiet).await;
