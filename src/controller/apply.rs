@@ -111,11 +111,12 @@ pub async fn apply(
     client: &Client,
     nodes: &NodeWriter,
     namespace: &str,
+    pool: &str,
     plan: &Plan,
 ) -> Result<Applied, TransientError> {
     let mut applied = apply_daemonsets(client, namespace, plan).await?;
     let updates = plan.node_updates();
-    let (written, due) = write_nodes(nodes, &updates).await?;
+    let (written, due) = write_nodes(nodes, pool, &updates).await?;
     applied.nodes_written = written;
     applied.node_writes_due = due;
     if let Some(validation) = &plan.readiness.validation {
@@ -128,6 +129,7 @@ pub async fn apply(
 pub async fn apply_cleanup(
     client: &Client,
     nodes: &NodeWriter,
+    pool: &str,
     cleanup: &Cleanup,
 ) -> Result<(), TransientError> {
     for id in &cleanup.delete_daemonsets {
@@ -136,7 +138,7 @@ pub async fn apply_cleanup(
             .map_err(TransientError)?;
     }
     let updates = node_updates(&cleanup.label_changes, &cleanup.taint_changes, &[]);
-    write_nodes(nodes, &updates).await.map(drop)
+    write_nodes(nodes, pool, &updates).await.map(drop)
 }
 
 /// Validation pods: finished and stale ones deleted, new ones created (both idempotent).
@@ -171,10 +173,10 @@ async fn apply_validation_pods(
 /// writes. Returns the updates that changed a node, and when to come back for the rest.
 async fn write_nodes(
     nodes: &NodeWriter,
+    pool: &str,
     updates: &[NodeUpdate],
 ) -> Result<(Vec<NodeUpdate>, Option<std::time::Duration>), TransientError> {
-    let (allowed, wait) = nodes.take(updates.len().min(MAX_NODE_WRITES));
-    let due = (allowed < updates.len()).then(|| wait.unwrap_or_default());
+    let (allowed, due) = nodes.take(pool, updates.len(), MAX_NODE_WRITES);
     let mut results: Vec<(&NodeUpdate, Result<Written, kube::Error>)> = Vec::new();
     let batch: Vec<&NodeUpdate> = updates.iter().take(allowed).collect();
     for group in batch.chunks(8) {

@@ -12,6 +12,7 @@ mod reconcile;
 mod tombstones;
 mod triggers;
 mod watches;
+mod write_schedule;
 
 use std::sync::Arc;
 use std::time::Duration;

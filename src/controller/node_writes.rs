@@ -4,9 +4,9 @@
 //! them through one rate limiter, so a 1,000-node scale-up does not flood the API server.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
@@ -16,6 +16,8 @@ use crate::decide::model::MANAGER;
 use crate::decide::placement::DEVICE_PLUGIN_LABEL;
 use crate::decide::plan::NodeUpdate;
 use crate::decide::validation::VALIDATION_ANNOTATION;
+
+use super::write_schedule::WriteSchedule;
 
 /// String maps changed by a node write: keys to set (Some) or remove (None).
 type MapChanges = Vec<(String, Option<String>)>;
@@ -49,31 +51,30 @@ const MAX_ATTEMPTS: usize = 5;
 
 pub struct NodeWriter {
     client: Client,
-    limiter: DefaultDirectRateLimiter,
+    schedule: Mutex<WriteSchedule>,
 }
 
 impl NodeWriter {
     pub fn new(client: Client, per_second: u32, burst: u32) -> NodeWriter {
-        let quota =
-            Quota::per_second(NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN))
-                .allow_burst(NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN));
         NodeWriter {
             client,
-            limiter: RateLimiter::direct(quota),
+            schedule: Mutex::new(WriteSchedule::new(per_second, burst)),
         }
     }
 
-    /// Takes up to `wanted` write tokens without waiting: how many it got, and when the next
-    /// one is due if it got fewer.
-    pub fn take(&self, wanted: usize) -> (usize, Option<std::time::Duration>) {
-        let clock = governor::clock::DefaultClock::default();
-        for got in 0..wanted {
-            if let Err(not_until) = self.limiter.check() {
-                use governor::clock::Clock;
-                return (got, Some(not_until.wait_time_from(clock.now())));
-            }
-        }
-        (wanted, None)
+    /// `pool` wants `wanted` writes, at most `batch` now. Never waits: returns how many it may
+    /// make now and, if some are left, when to come back for them (its slots are kept till then).
+    pub fn take(&self, pool: &str, wanted: usize, batch: usize) -> (usize, Option<Duration>) {
+        // A panic while holding the lock leaves the schedule consistent enough to go on.
+        let mut schedule = self.schedule.lock().unwrap_or_else(|e| e.into_inner());
+        let grant = schedule.take(pool, wanted, batch, Instant::now());
+        (grant.now, grant.come_back)
+    }
+
+    /// The pool is gone: its reserved slots are not waited for.
+    pub fn forget(&self, pool: &str) {
+        let mut schedule = self.schedule.lock().unwrap_or_else(|e| e.into_inner());
+        schedule.forget(pool);
     }
 
     /// Applies `edit` to the node as it is now (its write token already taken, see `take`); a

@@ -59,6 +59,7 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
         &ctx.client,
         &ctx.node_writer,
         &ctx.settings.plugin_namespace,
+        &name,
         &plan,
     )
     .await?;
@@ -100,10 +101,11 @@ async fn clean_up(ctx: &Context, pool: Arc<GpuPool>) -> Result<Action, Reconcile
         finalizer::remove(&ctx.client, &observed.pool)
             .await
             .map_err(ReconcileError::Finalizer)?;
+        ctx.node_writer.forget(&name);
         info!(pool = %name, "deleted: its device plugin is off every node");
         return Ok(Action::await_change());
     }
-    apply_cleanup(&ctx.client, &ctx.node_writer, &cleanup).await?;
+    apply_cleanup(&ctx.client, &ctx.node_writer, &name, &cleanup).await?;
     debug!(pool = %name, pods_left = cleanup.pods_left.len(), "deleting: waiting for its plugin pods to go");
     // Pod deletions wake the pool at once; this is the fallback.
     Ok(Action::requeue(PENDING_RETRY))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::resource::v1::ResourceSlice;
 use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -20,7 +20,7 @@ use crate::decide::model::DaemonSetFacts;
 use crate::decide::nodes::NodeFacts;
 use crate::decide::plugin_config::{CONFIG_COMPONENT, ConfigMapFacts};
 use crate::decide::pods::{MANAGED_BY, PodFacts};
-use crate::index::slim::SlimNode;
+use crate::index::slim::{SlimNode, SlimPod};
 use crate::index::{Change, GpuSlice, Keyed, NVIDIA_GPU_DRIVER, Tracked};
 
 use super::context::Context;
@@ -139,10 +139,11 @@ pub fn daemonsets(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Trigg
 /// for another pool's plugin, so it reaches the pools selecting its node as well as its own.
 pub fn pods(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
     let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
-    let events = watcher(Api::<Pod>::all(client), config().labels(&selector)).default_backoff();
+    let events =
+        watcher(Api::<SlimPod>::all(client), config().labels(&selector)).default_backoff();
     triggers_of(events, "Pod", move |event| {
         let done = is_init_done(&event);
-        let changes = match filter_event(event, |p| PodFacts::from_pod(&p)) {
+        let changes = match filter_event(event, |p| PodFacts::from_pod(&p.0)) {
             Some(event) => ctx.pods_mut().apply(event),
             None => Vec::new(),
         };

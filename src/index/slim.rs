@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{
-    Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+    ContainerState, ContainerStatus, Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    Pod, PodCondition, PodSpec, PodStatus, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::core::ClusterResourceScope;
+use kube::core::{ClusterResourceScope, NamespaceResourceScope};
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 
@@ -119,6 +120,120 @@ impl<'de> Deserialize<'de> for SlimNode {
                     ..NodeSystemInfo::default()
                 }),
                 ..NodeStatus::default()
+            }),
+        }))
+    }
+}
+
+/// A Pod holding only what `PodFacts` reads: its identity, labels and annotations, node, and
+/// status. Its spec (containers, volumes, tolerations) and `managedFields`, most of a plugin
+/// pod's JSON, are skipped while parsing: a 5,000-pod list is decoded in a fraction of the memory.
+#[derive(Clone, Debug, Default)]
+pub struct SlimPod(pub Pod);
+
+impl kube::Resource for SlimPod {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.0.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.0.metadata
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RawPod {
+    #[serde(default)]
+    metadata: RawPodMeta,
+    #[serde(default)]
+    spec: Option<RawPodSpec>,
+    #[serde(default)]
+    status: Option<RawPodStatus>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawPodMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
+    creation_timestamp: Option<Time>,
+    deletion_timestamp: Option<Time>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawPodSpec {
+    node_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawPodStatus {
+    phase: Option<String>,
+    conditions: Option<Vec<PodCondition>>,
+    start_time: Option<Time>,
+    container_statuses: Option<Vec<RawContainerStatus>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawContainerStatus {
+    #[serde(default)]
+    name: String,
+    state: Option<ContainerState>,
+}
+
+impl<'de> Deserialize<'de> for SlimPod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawPod::deserialize(d)?;
+        let m = raw.metadata;
+        Ok(SlimPod(Pod {
+            metadata: ObjectMeta {
+                name: m.name,
+                namespace: m.namespace,
+                uid: m.uid,
+                resource_version: m.resource_version,
+                labels: m.labels,
+                annotations: m.annotations,
+                creation_timestamp: m.creation_timestamp,
+                deletion_timestamp: m.deletion_timestamp,
+                ..ObjectMeta::default()
+            },
+            spec: raw.spec.map(|s| PodSpec {
+                node_name: s.node_name,
+                ..PodSpec::default()
+            }),
+            status: raw.status.map(|s| PodStatus {
+                phase: s.phase,
+                conditions: s.conditions,
+                start_time: s.start_time,
+                container_statuses: s.container_statuses.map(|cs| {
+                    cs.into_iter()
+                        .map(|c| ContainerStatus {
+                            name: c.name,
+                            state: c.state,
+                            ..ContainerStatus::default()
+                        })
+                        .collect()
+                }),
+                ..PodStatus::default()
             }),
         }))
     }
@@ -252,6 +367,47 @@ mod tests {
             vec!["nvidia.com/gpu", "nvidia.com/mig-1g.10gb"]
         );
         assert!(node.spec.unwrap().provider_id.is_none());
+    }
+
+    /// A plugin pod as the API server returns it (abridged), terminating, one container done.
+    const PLUGIN_POD: &str = r#"{
+      "apiVersion": "v1", "kind": "Pod",
+      "metadata": {
+        "name": "nvidia-device-plugin-gpu-x7k2p", "namespace": "gpu-resources", "uid": "u2",
+        "resourceVersion": "7", "creationTimestamp": "2026-11-20T10:00:00Z",
+        "deletionTimestamp": "2026-11-20T10:09:00Z",
+        "labels": {"app.kubernetes.io/managed-by": "gpupool", "name": "nvidia-device-plugin-ds",
+                   "gpupool.io/pool": "gpu"},
+        "annotations": {"gpupool.io/plugin": "abc"},
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "nvidia-device-plugin-gpu", "uid": "d", "controller": true}],
+        "managedFields": [{"manager": "kube-controller-manager", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]
+      },
+      "spec": {"nodeName": "aks-gpu-0", "containers": [{"name": "plugin", "image": "nvcr.io/nvidia/k8s-device-plugin:v0.18.0",
+               "volumeMounts": [{"name": "dp", "mountPath": "/var/lib/kubelet/device-plugins"}]}],
+               "tolerations": [{"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}],
+               "volumes": [{"name": "dp", "hostPath": {"path": "/var/lib/kubelet/device-plugins"}}]},
+      "status": {
+        "phase": "Running", "startTime": "2026-11-20T10:00:05Z", "hostIP": "10.224.0.4",
+        "conditions": [{"type": "Ready", "status": "True"},
+                       {"type": "PodScheduled", "status": "True"}],
+        "containerStatuses": [{"name": "plugin", "ready": false, "restartCount": 0, "image": "i", "imageID": "d",
+                               "state": {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": "2026-11-20T10:09:01Z"}}}]
+      }
+    }"#;
+
+    #[test]
+    fn pod_facts_are_the_same_as_from_the_whole_pod() {
+        use crate::decide::pods::PodFacts;
+        let whole: Pod = serde_json::from_str(PLUGIN_POD).unwrap();
+        let slim: SlimPod = serde_json::from_str(PLUGIN_POD).unwrap();
+        let facts = PodFacts::from_pod(&slim.0);
+        assert_eq!(facts, PodFacts::from_pod(&whole));
+        let facts = facts.expect("a plugin pod");
+        assert!(facts.deleting && facts.ready && facts.finished.is_some());
+        assert_eq!(facts.node.as_deref(), Some("aks-gpu-0"));
+        let pod = slim.0;
+        assert!(pod.metadata.managed_fields.is_none());
+        assert!(pod.spec.unwrap().containers.is_empty());
     }
 
     #[test]

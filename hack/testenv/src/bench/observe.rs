@@ -39,6 +39,8 @@ pub(super) struct Seen {
     pub allocatable: Option<i64>,
     pub plugin_desired: Option<i64>,
     pub plugin_ready: Option<i64>,
+    /// The `Ready` condition is True.
+    pub ready: bool,
 }
 
 impl Seen {
@@ -52,6 +54,11 @@ impl Seen {
             allocatable: int("/gpusAllocatable"),
             plugin_desired: int("/devicePlugin/desired"),
             plugin_ready: int("/devicePlugin/ready"),
+            ready: status
+                .and_then(|s| s.get("conditions")?.as_array())
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True"),
         }
     }
 
@@ -61,6 +68,11 @@ impl Seen {
             && self.observed_generation == self.generation
             && self.nodes == Some(want.nodes)
             && self.allocatable == Some(want.allocatable)
+    }
+
+    /// Current and Ready: nothing left in flight for this pool.
+    pub fn settled(&self, want: &Expected) -> bool {
+        self.current(want) && self.ready
     }
 
     /// Every plugin pod the pool wants is ready.

@@ -199,14 +199,21 @@ impl<'a> Bench<'a> {
 
     /// Nothing changes but kwok's heartbeats; then the first operator's totals are read.
     async fn quiet_period(&mut self, op: &Operator) -> Result<(), Error> {
-        // The last change's Event is published right after the status the previous phase waited
-        // for: let it land before counting.
+        // Quiet means settled: every pool Ready (the spaced pools' DaemonSets counted by a
+        // DaemonSet controller still busy with the burst's 5,000 pods), and the last change's
+        // Event, published right after the status the previous phase waited for, landed.
+        self.all_pools("every pool Ready before the quiet period", None, Seen::settled)
+            .await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         log(format!("quiet period: {} s", self.opts.quiet.as_secs()));
+        let before = op.reconcile_metrics().await;
         let phase_start = Instant::now();
         tokio::time::sleep(self.opts.quiet).await;
         self.end_phase(QUIET, Some(op.pid()), phase_start);
         self.report.reconciles = op.reconcile_metrics().await;
+        self.report.quiet_reconciles = before
+            .zip(self.report.reconciles)
+            .map(|((before, _), (after, _))| after - before);
         self.report.operator = read_proc_stats(op, "operator")?;
         Ok(())
     }

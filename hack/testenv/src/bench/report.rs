@@ -107,6 +107,8 @@ pub struct Report {
     pub cpu: BTreeMap<&'static str, BTreeMap<String, f64>>,
     /// Reconciles counted by the operator's own metrics (first process), and their total time.
     pub reconciles: Option<(f64, f64)>,
+    /// Reconciles during the quiet period (nothing changed but heartbeats: ideally none).
+    pub quiet_reconciles: Option<f64>,
     pub versions: Versions,
     pub machine: Machine,
 }
@@ -160,6 +162,7 @@ impl Report {
             quiet_cpu_percent: self.quiet_cpu_percent(),
             quiet_writes: self.quiet_writes(),
             reconciles: self.reconciles.map_or(0, |(count, _)| count as u64),
+            quiet_reconciles: self.quiet_reconciles.map_or(0, |count| count as u64),
             versions: self.versions.clone(),
             machine: self.machine.clone(),
         }
@@ -190,6 +193,7 @@ pub struct Summary {
     pub quiet_cpu_percent: f64,
     pub quiet_writes: u64,
     pub reconciles: u64,
+    pub quiet_reconciles: u64,
     pub versions: Versions,
     pub machine: Machine,
 }
@@ -313,10 +317,12 @@ impl Report {
     fn fmt_requests_and_cpu(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "5. operator API requests in a quiet period of {} s: {} writes; operator CPU {:.2}% of a core",
+            "5. operator API requests in a quiet period of {} s: {} writes; operator CPU {:.2}% of a core; {} reconciles",
             self.quiet.as_secs(),
             self.quiet_writes(),
-            self.quiet_cpu_percent()
+            self.quiet_cpu_percent(),
+            self.quiet_reconciles
+                .map_or_else(|| "?".to_owned(), |n| format!("{n:.0}"))
         )?;
         for (phase, counts) in &self.requests {
             let total: u64 = counts.values().sum();
@@ -365,6 +371,7 @@ mod tests {
             "/quiet_cpu_percent",
             "/quiet_writes",
             "/reconciles",
+            "/quiet_reconciles",
             "/versions/kubernetes",
             "/versions/etcd",
             "/versions/kwok",
