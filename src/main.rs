@@ -84,13 +84,18 @@ struct RunArgs {
     resync_period: Duration,
     /// Pools reconciled at once: a cold start or a resync reconciles every pool, and a bound
     /// keeps the memory of that peak small.
-    #[arg(long, env = "GPUPOOL_MAX_CONCURRENT_RECONCILES", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "GPUPOOL_MAX_CONCURRENT_RECONCILES", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     max_concurrent_reconciles: u16,
     /// Threads that run the operator's work. 1 (the default) runs everything on one thread:
     /// watch events cost no cross-thread wake-ups, which is most of an idle operator's CPU;
     /// more only help a very busy operator with a CPU limit above one core.
     #[arg(long, env = "GPUPOOL_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     worker_threads: u16,
+    /// How the watches get their initial state: `auto` streams it (Kubernetes' WatchList, on by
+    /// default from 1.34) where the API server is 1.34 or later and pages it elsewhere; `on` and
+    /// `off` force one way (`off` for an API server with the WatchList feature turned off).
+    #[arg(long, env = "GPUPOOL_WATCH_LIST", value_enum, default_value_t = WatchListArg::Auto)]
+    watch_list: WatchListArg,
     /// A pool's first node, DaemonSet or pod event is handled at once; further events within
     /// this window are coalesced into one more reconcile at its end.
     #[arg(long, env = "GPUPOOL_DEBOUNCE", default_value = "200ms", value_parser = humantime::parse_duration)]
@@ -113,6 +118,13 @@ struct RunArgs {
     /// How long in-flight reconciles get to finish after SIGTERM.
     #[arg(long, env = "GPUPOOL_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum WatchListArg {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -282,6 +294,11 @@ fn run_options(args: &RunArgs, identity: &str) -> Result<RunOptions, String> {
         concurrency: args.max_concurrent_reconciles,
         node_writes_per_second: args.node_writes_per_second,
         node_write_burst: args.node_write_burst,
+        watch_list: match args.watch_list {
+            WatchListArg::Auto => controller::WatchList::Auto,
+            WatchListArg::On => controller::WatchList::On,
+            WatchListArg::Off => controller::WatchList::Off,
+        },
     })
 }
 

@@ -105,16 +105,27 @@ fn live_state(live: Option<&DaemonSetFacts>) -> PluginState {
 /// a big scale-up does not hold a pool's status back.
 pub const MAX_NODE_WRITES: usize = 100;
 
-/// Carries out the plan: stale DaemonSets first, then the pool's own, then the node writes
-/// (labels, gate taints, validation records), then the validation pods.
-pub async fn apply(
+/// Carries out the plan's workloads: stale DaemonSets first, then the pool's own. Both are
+/// owned by the pool (garbage-collected with it), so they need no finalizer: a new pool's plugin
+/// goes out before anything else.
+pub async fn apply_workloads(
     client: &Client,
-    nodes: &NodeWriter,
     namespace: &str,
-    pool: &str,
     plan: &Plan,
 ) -> Result<Applied, TransientError> {
-    let mut applied = apply_daemonsets(client, namespace, plan).await?;
+    apply_daemonsets(client, namespace, plan).await
+}
+
+/// Carries out the rest of the plan, which the pool's finalizer must already guard (node
+/// writes outlive the pool unless its cleanup undoes them): the node writes (labels, gate
+/// taints, validation records), then the validation pods.
+pub async fn apply_nodes(
+    client: &Client,
+    nodes: &NodeWriter,
+    pool: &str,
+    plan: &Plan,
+    mut applied: Applied,
+) -> Result<Applied, TransientError> {
     let updates = plan.node_updates();
     let (written, due) = write_nodes(nodes, pool, &updates).await?;
     applied.nodes_written = written;

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+
+use super::publisher::EventPublisher;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::watch;
 
@@ -44,9 +46,11 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    pub events: EventPublisher,
     /// Every pool is looked at at least this often, a safety net for missed events.
     pub resync: Duration,
+    /// The watches stream their initial lists (`sendInitialEvents`) instead of paging.
+    pub streaming_lists: bool,
     pub pools: Store<GpuPool>,
     pub nodes: RwLock<NodeIndex>,
     pub daemonsets: RwLock<DaemonSetIndex>,
@@ -78,6 +82,7 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Context {
     pub fn new(
         client: Client,
+        streaming_lists: bool,
         options: &RunOptions,
         pools: Store<GpuPool>,
         wake: futures::channel::mpsc::UnboundedSender<ObjectRef<GpuPool>>,
@@ -89,12 +94,16 @@ impl Context {
                 instance: options.instance.clone(),
             },
         );
+        // The publishing task ends with the last Context (its sender dropped).
+        let (events, publishing) = EventPublisher::new(recorder);
+        tokio::spawn(publishing);
         Context {
             client: client.clone(),
             settings: options.settings.clone(),
             metrics: options.metrics.clone(),
-            recorder,
+            events,
             resync: options.resync,
+            streaming_lists,
             pools,
             nodes: RwLock::default(),
             daemonsets: RwLock::default(),

@@ -8,6 +8,7 @@ mod context;
 mod finalizer;
 mod node_writes;
 mod observe;
+mod publisher;
 mod reconcile;
 mod tombstones;
 mod triggers;
@@ -22,7 +23,7 @@ use kube::Client;
 use kube::runtime::Controller;
 use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::reflector;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::decide::Settings;
 use crate::server::Health;
@@ -46,6 +47,46 @@ pub struct RunOptions {
     /// Rate and burst of node writes (device-plugin labels, readiness-gate taints).
     pub node_writes_per_second: u32,
     pub node_write_burst: u32,
+    /// How the watches list (see [`WatchList`]).
+    pub watch_list: WatchList,
+}
+
+/// How the watches get their initial state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchList {
+    /// Streaming lists where the API server has them on by default (Kubernetes 1.34 and later),
+    /// paginated lists elsewhere.
+    Auto,
+    /// Streaming lists (`sendInitialEvents`): objects arrive one by one from the watch cache,
+    /// no 500-object pages to buffer and decode at once, no round trip per page.
+    On,
+    /// Paginated lists, then a watch.
+    Off,
+}
+
+/// Whether to stream the initial lists: `Auto` asks the API server for its version. An API
+/// server that has the `WatchList` feature turned off by hand needs `Off`.
+async fn streaming_lists(client: &Client, mode: WatchList) -> bool {
+    match mode {
+        WatchList::On => true,
+        WatchList::Off => false,
+        WatchList::Auto => match client.apiserver_version().await {
+            Ok(info) => {
+                let minor: u32 = info
+                    .minor
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .unwrap_or(0);
+                info.major == "1" && minor >= 34
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the API server's version; using paginated lists");
+                false
+            }
+        },
+    }
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -61,8 +102,11 @@ pub async fn run(
         .subscribe()
         .expect("a shared store hands out subscribers");
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
+    let streaming = streaming_lists(&client, options.watch_list).await;
+    info!(streaming_lists = streaming, "watches start");
     let ctx = Arc::new(Context::new(
         client.clone(),
+        streaming,
         &options,
         pools.clone(),
         wake_tx,

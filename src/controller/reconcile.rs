@@ -7,14 +7,14 @@ use kube::Resource;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::api::{ConditionType, GpuPool};
 use crate::decide::action::DaemonSetAction;
 use crate::decide::model::{Applied, PluginState};
 use crate::decide::{StatusOutcome, plan, plan_cleanup, report};
 
-use super::apply::{TransientError, apply, apply_cleanup, write_status};
+use super::apply::{TransientError, apply_cleanup, apply_nodes, apply_workloads, write_status};
 use super::context::Context;
 use super::finalizer;
 use super::observe::observe;
@@ -48,21 +48,15 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
     if pool.metadata.deletion_timestamp.is_some() {
         return clean_up(ctx, pool).await;
     }
-    if !finalizer::has_finalizer(&pool) {
-        finalizer::add(&ctx.client, &pool)
+    let observed = observe(ctx, pool);
+    let plan = plan(&observed, &ctx.settings);
+    let applied = apply_workloads(&ctx.client, &ctx.settings.plugin_namespace, &plan).await?;
+    if !finalizer::has_finalizer(&observed.pool) {
+        finalizer::add(&ctx.client, &observed.pool)
             .await
             .map_err(ReconcileError::Finalizer)?;
     }
-    let observed = observe(ctx, pool);
-    let plan = plan(&observed, &ctx.settings);
-    let applied = apply(
-        &ctx.client,
-        &ctx.node_writer,
-        &ctx.settings.plugin_namespace,
-        &name,
-        &plan,
-    )
-    .await?;
+    let applied = apply_nodes(&ctx.client, &ctx.node_writer, &name, &plan, applied).await?;
     let outcome = report(&observed, &plan, &applied, &ctx.settings);
     // A refused DaemonSet is remembered, so the same write waits for a spec change or the stall
     // retry; a write that went through (or none needed) forgets it.
@@ -136,9 +130,7 @@ async fn publish(
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
-            warn!(pool = %pool.name_any(), error = %e, "cannot publish event");
-        }
+        ctx.events.publish(ev, pool.object_ref(&()));
     }
     Ok(changed)
 }

@@ -54,8 +54,13 @@ fn is_init_done<K>(event: &watcher::Event<K>) -> bool {
     matches!(event, watcher::Event::InitDone)
 }
 
-fn config() -> watcher::Config {
-    watcher::Config::default().any_semantic()
+fn config(ctx: &Context) -> watcher::Config {
+    let config = watcher::Config::default().any_semantic();
+    if ctx.streaming_lists {
+        config.streaming_lists()
+    } else {
+        config
+    }
 }
 
 /// Turns each event of a watch into triggers with `step`; watch errors are logged (the watch
@@ -77,9 +82,9 @@ fn triggers_of<K>(
 /// Node events: decoded slim (see `index::slim`), and only the facts gpupool decides on are
 /// kept (the rest is dropped at once).
 pub fn nodes(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
-    let events = watcher(Api::<SlimNode>::all(client), config()).default_backoff();
+    let events = watcher(Api::<SlimNode>::all(client), config(&ctx)).default_backoff();
     triggers_of(events, "Node", move |event| {
-        let event = map_event(event, |n| NodeFacts::from_node(&n.0));
+        let event = map_event(event, |n| NodeFacts::from_owned(n.0));
         let done = is_init_done(&event);
         let changes = ctx.nodes_mut().apply(event);
         if done {
@@ -100,7 +105,7 @@ pub fn nodes(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> 
 
 /// DaemonSet events.
 pub fn daemonsets(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
-    let events = watcher(Api::<DaemonSet>::all(client), config()).default_backoff();
+    let events = watcher(Api::<DaemonSet>::all(client), config(&ctx)).default_backoff();
     triggers_of(events, "DaemonSet", move |event| {
         let event = map_event(event, |ds| DaemonSetFacts::from_daemonset(&ds));
         let done = is_init_done(&event);
@@ -140,7 +145,7 @@ pub fn daemonsets(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Trigg
 pub fn pods(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
     let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
     let events =
-        watcher(Api::<SlimPod>::all(client), config().labels(&selector)).default_backoff();
+        watcher(Api::<SlimPod>::all(client), config(&ctx).labels(&selector)).default_backoff();
     triggers_of(events, "Pod", move |event| {
         let done = is_init_done(&event);
         let changes = match filter_event(event, |p| PodFacts::from_pod(&p.0)) {
@@ -169,7 +174,7 @@ pub fn pods(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> +
 pub fn config_maps(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
     let (key, value) = CONFIG_COMPONENT;
     let api = Api::<ConfigMap>::namespaced(client, &ctx.settings.plugin_namespace);
-    let events = watcher(api, config().labels(&format!("{key}={value}"))).default_backoff();
+    let events = watcher(api, config(&ctx).labels(&format!("{key}={value}"))).default_backoff();
     triggers_of(events, "ConfigMap", move |event| {
         let event = map_event(event, |cm| ConfigMapFacts::from_config_map(&cm));
         let done = is_init_done(&event);
@@ -208,7 +213,7 @@ pub fn dra(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + 
     let selector = format!("spec.driver={NVIDIA_GPU_DRIVER}");
     let events = watcher(
         Api::<ResourceSlice>::all(client),
-        config().fields(&selector),
+        config(&ctx).fields(&selector),
     )
     .default_backoff();
     events.map(move |event| match event {
@@ -286,7 +291,7 @@ pub fn pools(
     ctx: Arc<Context>,
 ) -> impl Stream<Item = Triggers> + Send {
     let mut known: Tracked<PoolKey> = Tracked::default();
-    let events = watcher(Api::<GpuPool>::all(client), config())
+    let events = watcher(Api::<GpuPool>::all(client), config(&ctx))
         .default_backoff()
         .reflect_shared(writer);
     triggers_of(events, "GpuPool", move |event| {

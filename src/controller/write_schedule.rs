@@ -69,9 +69,7 @@ impl WriteSchedule {
             self.reserved.remove(pool);
             granted = r.writes.min(cap);
         }
-        let banked = now
-            .checked_sub(self.interval * self.burst)
-            .unwrap_or(now);
+        let banked = now.checked_sub(self.interval * self.burst).unwrap_or(now);
         let mut free_at = self.free_at.map_or(banked, |f| f.max(banked));
         let available = usize::try_from(
             now.saturating_duration_since(free_at).as_nanos() / self.interval.as_nanos().max(1),
@@ -178,9 +176,8 @@ mod tests {
         let mut s = WriteSchedule::new(50, 10);
         let mut written = 0;
         // 20 pools of 25 writes each, every pool coming back exactly when told.
-        let mut next: Vec<(Instant, String, usize)> = (0..20)
-            .map(|i| (t0, format!("p{i}"), 25))
-            .collect();
+        let mut next: Vec<(Instant, String, usize)> =
+            (0..20).map(|i| (t0, format!("p{i}"), 25)).collect();
         let mut last = t0;
         while let Some(pos) = (0..next.len()).min_by_key(|&i| next[i].0) {
             let (at, pool, left) = next.remove(pos);

@@ -75,6 +75,16 @@ pub enum NodeReadiness {
 }
 
 impl NodeFacts {
+    /// As `from_node`, moving the labels (most of a node's facts) instead of copying them: the
+    /// watch hands over every heartbeat, so this is on the idle path.
+    pub fn from_owned(mut node: Node) -> NodeFacts {
+        let labels = node.metadata.labels.take().unwrap_or_default();
+        NodeFacts {
+            labels,
+            ..NodeFacts::from_node(&node)
+        }
+    }
+
     pub fn from_node(node: &Node) -> NodeFacts {
         let meta = &node.metadata;
         let spec = node.spec.as_ref();

@@ -340,7 +340,10 @@ mod tests {
     fn the_facts_are_the_same_as_from_the_whole_node() {
         let whole: Node = serde_json::from_str(AKS_NODE).unwrap();
         let slim: SlimNode = serde_json::from_str(AKS_NODE).unwrap();
-        assert_eq!(NodeFacts::from_node(&slim.0), NodeFacts::from_node(&whole));
+        assert_eq!(
+            NodeFacts::from_owned(slim.0.clone()),
+            NodeFacts::from_node(&whole)
+        );
         let facts = NodeFacts::from_node(&slim.0);
         assert_eq!(facts.boot_id, "b-1");
         assert!(facts.validation.is_some());

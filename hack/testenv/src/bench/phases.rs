@@ -202,8 +202,12 @@ impl<'a> Bench<'a> {
         // Quiet means settled: every pool Ready (the spaced pools' DaemonSets counted by a
         // DaemonSet controller still busy with the burst's 5,000 pods), and the last change's
         // Event, published right after the status the previous phase waited for, landed.
-        self.all_pools("every pool Ready before the quiet period", None, Seen::settled)
-            .await?;
+        self.all_pools(
+            "every pool Ready before the quiet period",
+            None,
+            Seen::settled,
+        )
+        .await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         log(format!("quiet period: {} s", self.opts.quiet.as_secs()));
         let before = op.reconcile_metrics().await;
