@@ -64,6 +64,19 @@ pub enum WatchList {
     Off,
 }
 
+/// Whether an API server of this version has WatchList on by default (1.34 and later; minor
+/// versions may carry a suffix, e.g. "34+" on managed clusters).
+fn watch_list_on_by_default(major: &str, minor: &str) -> bool {
+    let number = |v: &str| -> u32 {
+        v.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0)
+    };
+    (number(major), number(minor)) >= (1, 34)
+}
+
 /// Whether to stream the initial lists: `Auto` asks the API server for its version. An API
 /// server that has the `WatchList` feature turned off by hand needs `Off`.
 async fn streaming_lists(client: &Client, mode: WatchList) -> bool {
@@ -71,16 +84,7 @@ async fn streaming_lists(client: &Client, mode: WatchList) -> bool {
         WatchList::On => true,
         WatchList::Off => false,
         WatchList::Auto => match client.apiserver_version().await {
-            Ok(info) => {
-                let minor: u32 = info
-                    .minor
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect::<String>()
-                    .parse()
-                    .unwrap_or(0);
-                info.major == "1" && minor >= 34
-            }
+            Ok(info) => watch_list_on_by_default(&info.major, &info.minor),
             Err(e) => {
                 warn!(error = %e, "cannot read the API server's version; using paginated lists");
                 false
@@ -147,4 +151,19 @@ pub async fn run(
         })
         .await;
     tombstones.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watch_list_on_by_default;
+
+    #[test]
+    fn watch_lists_stream_from_kubernetes_1_34() {
+        assert!(!watch_list_on_by_default("1", "33"));
+        assert!(!watch_list_on_by_default("1", "33+"));
+        assert!(watch_list_on_by_default("1", "34"));
+        assert!(watch_list_on_by_default("1", "36+"));
+        assert!(!watch_list_on_by_default("1", ""));
+        assert!(watch_list_on_by_default("2", "0"));
+    }
 }
