@@ -158,6 +158,7 @@ async fn serve(
     let client = plane.client().await;
     create_nodes(&client).await?;
     wait_nodes_ready(&client).await?;
+    lose_one_gpu(&client).await?;
     // GPU validation pods finish as on real GPU nodes (see testenv::simulate).
     let _validation = ValidationPods::spawn(client.clone());
 
@@ -230,9 +231,26 @@ async fn create_nodes(client: &kube::Client) -> Result<(), Error> {
             .gpus(8);
         nodes::create_node(client, &node).await?;
     }
-    // One GPU fell off the bus: the plugin still counts 8, one is not allocatable.
-    nodes::set_gpus(client, SHORT_NODE, 8, 7).await?;
     Ok(())
+}
+
+/// One GPU fell off the bus: the plugin still counts 8, one is not allocatable. Written once the
+/// node is Ready (kwok's initialization rewrites a new node's status, and could undo it), and
+/// again until the node shows it.
+async fn lose_one_gpu(client: &kube::Client) -> Result<(), Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    testenv::poll_until(
+        "the short H100 node to show 7 allocatable GPUs",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            nodes::set_gpus(client, SHORT_NODE, 8, 7).await.ok()?;
+            let node = api.get(SHORT_NODE).await.ok()?;
+            let allocatable = node.status?.allocatable?;
+            (allocatable.get("nvidia.com/gpu")?.0 == "7").then_some(())
+        },
+    )
+    .await
 }
 
 async fn wait_nodes_ready(client: &kube::Client) -> Result<(), Error> {
