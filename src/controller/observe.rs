@@ -80,15 +80,19 @@ fn pool_nodes(
     (nodes, strays)
 }
 
-/// gpupool's pods on the pool's nodes and the pool's own pods wherever they are, once each.
+/// gpupool's pods on the pool's nodes and the pool's own pods wherever they are, once each. A
+/// pod bound to a node that no longer exists is left out: it runs nothing and serves no node,
+/// and it lingers until the pod garbage collector's 40 s quarantine ends (a deleted pool must not
+/// wait for it).
 fn pods_of(ctx: &Context, nodes: &[Arc<NodeFacts>], key: &str) -> Vec<Arc<PodFacts>> {
     let index = ctx.pods();
+    let known = ctx.nodes();
     let mut pods: BTreeMap<String, _> = BTreeMap::new();
-    for pod in nodes
-        .iter()
-        .flat_map(|n| index.on_node(&n.name))
-        .chain(index.of_pool(key))
-    {
+    for pod in nodes.iter().flat_map(|n| index.on_node(&n.name)).chain(
+        index
+            .of_pool(key)
+            .filter(|p| p.node.as_ref().is_none_or(|n| known.get(n).is_some())),
+    ) {
         pods.insert(pod.id.to_string(), pod.clone());
     }
     pods.into_values().collect()
