@@ -92,6 +92,16 @@ pub struct Health {
     pub node_conditions: Vec<String>,
 }
 
+impl super::GpuPoolSpec {
+    /// The node condition types the pool counts as GPU faults beyond AKS's own.
+    pub fn fault_conditions(&self) -> &[String] {
+        self.health
+            .as_ref()
+            .map(|h| h.node_conditions.as_slice())
+            .unwrap_or_default()
+    }
+}
+
 /// What the pool's GPUs amount to (status).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -105,17 +105,6 @@ fn live_state(live: Option<&DaemonSetFacts>) -> PluginState {
 /// a big scale-up does not hold a pool's status back.
 pub const MAX_NODE_WRITES: usize = 100;
 
-/// Carries out the plan's workloads: stale DaemonSets first, then the pool's own. Both are
-/// owned by the pool (garbage-collected with it), so they need no finalizer: a new pool's plugin
-/// goes out before anything else.
-pub async fn apply_workloads(
-    client: &Client,
-    namespace: &str,
-    plan: &Plan,
-) -> Result<Applied, TransientError> {
-    apply_daemonsets(client, namespace, plan).await
-}
-
 /// Carries out the rest of the plan, which the pool's finalizer must already guard (node
 /// writes outlive the pool unless its cleanup undoes them): the node writes (labels, gate
 /// taints, validation records), then the validation pods.
@@ -209,8 +198,10 @@ async fn write_node(nodes: &NodeWriter, update: &NodeUpdate) -> Result<Written, 
     nodes.write(&update.node, &UpdateEdit(update)).await
 }
 
-/// Stale DaemonSets first, then the pool's own.
-async fn apply_daemonsets(
+/// Carries out the plan's workloads: stale DaemonSets first, then the pool's own. Both are
+/// owned by the pool (garbage-collected with it), so they need no finalizer: a new pool's plugin
+/// goes out before anything else.
+pub async fn apply_daemonsets(
     client: &Client,
     namespace: &str,
     plan: &Plan,

@@ -32,9 +32,7 @@ impl EventPublisher {
 
     pub fn publish(&self, event: Event, about: ObjectReference) {
         if let Err(e) = self.queue.try_send((event, about)) {
-            let (event, about) = match e {
-                mpsc::error::TrySendError::Full(x) | mpsc::error::TrySendError::Closed(x) => x,
-            };
+            let (event, about) = e.into_inner();
             warn!(object = ?about.name, reason = %event.reason, "event dropped: the API server is behind");
         }
     }

@@ -14,7 +14,7 @@ use crate::decide::action::DaemonSetAction;
 use crate::decide::model::{Applied, PluginState};
 use crate::decide::{StatusOutcome, plan, plan_cleanup, report};
 
-use super::apply::{TransientError, apply_cleanup, apply_nodes, apply_workloads, write_status};
+use super::apply::{TransientError, apply_cleanup, apply_daemonsets, apply_nodes, write_status};
 use super::context::Context;
 use super::finalizer;
 use super::observe::observe;
@@ -50,7 +50,7 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
     }
     let observed = observe(ctx, pool);
     let plan = plan(&observed, &ctx.settings);
-    let applied = apply_workloads(&ctx.client, &ctx.settings.plugin_namespace, &plan).await?;
+    let applied = apply_daemonsets(&ctx.client, &ctx.settings.plugin_namespace, &plan).await?;
     if !finalizer::has_finalizer(&observed.pool) {
         finalizer::add(&ctx.client, &observed.pool)
             .await

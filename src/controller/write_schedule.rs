@@ -219,6 +219,15 @@ mod tests {
         assert!(g.come_back.is_some());
         s.take("b", 0, 100, t0 + RESERVATION_TTL + Duration::from_secs(2));
         assert!(s.reserved.is_empty());
-        s.forget("a");
+    }
+
+    #[test]
+    fn a_deleted_pool_gives_up_its_reservation() {
+        let t0 = Instant::now();
+        let mut s = WriteSchedule::new(10, 1);
+        s.take("a", 1, 100, t0);
+        assert!(s.take("gone", 5, 100, t0).come_back.is_some());
+        s.forget("gone");
+        assert!(s.reserved.is_empty());
     }
 }

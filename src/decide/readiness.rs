@@ -116,13 +116,7 @@ fn base_readiness(o: &Observed, plan: &Plan, node: &NodeFacts) -> Readiness {
     {
         return not_ready(why, None);
     }
-    let extra = o
-        .pool
-        .spec
-        .health
-        .as_ref()
-        .map(|h| h.node_conditions.as_slice())
-        .unwrap_or_default();
+    let extra = o.pool.spec.fault_conditions();
     if let Some(fault) = gpu_faults(node, extra).first() {
         let why = format!("it reports a GPU fault: {}: {}", fault.type_, fault.message);
         return not_ready(why, fault.since);

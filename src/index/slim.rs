@@ -20,29 +20,36 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 #[derive(Clone, Debug, Default)]
 pub struct SlimNode(pub Node);
 
-impl kube::Resource for SlimNode {
-    type DynamicType = ();
-    type Scope = ClusterResourceScope;
+/// A core/v1 kind decoded slim: the API's kind, plural and scope, the wrapped object's metadata.
+macro_rules! core_v1_resource {
+    ($slim:ty, $kind:literal, $plural:literal, $scope:ty) => {
+        impl kube::Resource for $slim {
+            type DynamicType = ();
+            type Scope = $scope;
 
-    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
-        "Node".into()
-    }
-    fn group(_: &()) -> std::borrow::Cow<'_, str> {
-        "".into()
-    }
-    fn version(_: &()) -> std::borrow::Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
-        "nodes".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.0.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.0.metadata
-    }
+            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+                $kind.into()
+            }
+            fn group(_: &()) -> std::borrow::Cow<'_, str> {
+                "".into()
+            }
+            fn version(_: &()) -> std::borrow::Cow<'_, str> {
+                "v1".into()
+            }
+            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+                $plural.into()
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.0.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.0.metadata
+            }
+        }
+    };
 }
+
+core_v1_resource!(SlimNode, "Node", "nodes", ClusterResourceScope);
 
 #[derive(Deserialize, Default)]
 struct Raw {
@@ -131,29 +138,7 @@ impl<'de> Deserialize<'de> for SlimNode {
 #[derive(Clone, Debug, Default)]
 pub struct SlimPod(pub Pod);
 
-impl kube::Resource for SlimPod {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
-        "Pod".into()
-    }
-    fn group(_: &()) -> std::borrow::Cow<'_, str> {
-        "".into()
-    }
-    fn version(_: &()) -> std::borrow::Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
-        "pods".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.0.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.0.metadata
-    }
-}
+core_v1_resource!(SlimPod, "Pod", "pods", NamespaceResourceScope);
 
 #[derive(Deserialize, Default)]
 struct RawPod {

@@ -141,13 +141,7 @@ fn node_summary(
     nodes: &[&NodeFacts],
 ) -> NodeSummary {
     let clocks = o.problem_clocks();
-    let fault_conditions = o
-        .pool
-        .spec
-        .health
-        .as_ref()
-        .map(|h| h.node_conditions.as_slice())
-        .unwrap_or_default();
+    let fault_conditions = o.pool.spec.fault_conditions();
     let expectations = Expectations {
         expected: &plan.expected,
         fault_conditions,
