@@ -154,9 +154,18 @@ async fn wait_converged(client: &Client, what: &str, log: &dyn Fn() -> String) {
 
 /// Polls plugin pods per node until stopped; records every node seen with more than one.
 /// A double is `(node, first seen, last seen)` over consecutive polls.
+/// Two plugin pods, neither terminating, seen on one node from `first` to `last`.
+#[derive(Clone, Debug)]
+struct Double {
+    node: String,
+    pods: Vec<String>,
+    first: Instant,
+    last: Instant,
+}
+
 struct DoubleWatch {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    doubles: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
+    doubles: Arc<Mutex<Vec<Double>>>,
     polls: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -164,7 +173,7 @@ struct DoubleWatch {
 impl DoubleWatch {
     fn start(client: Client) -> DoubleWatch {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let doubles: Arc<Mutex<Vec<(String, Instant, Instant)>>> = Arc::default();
+        let doubles: Arc<Mutex<Vec<Double>>> = Arc::default();
         let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let task = {
             let (stop, doubles, polls) = (stop.clone(), doubles.clone(), polls.clone());
@@ -178,7 +187,7 @@ impl DoubleWatch {
                         .await
                     {
                         let now = Instant::now();
-                        let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+                        let mut per_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
                         for pod in pods
                             .items
                             .iter()
@@ -186,19 +195,24 @@ impl DoubleWatch {
                         {
                             if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone())
                             {
-                                *per_node.entry(node).or_insert(0) += 1;
+                                per_node.entry(node).or_default().push(pod.name_any());
                             }
                         }
                         let mut d = doubles.lock().unwrap();
                         let mut still = BTreeMap::new();
-                        for (node, _) in per_node.into_iter().filter(|(_, n)| *n > 1) {
+                        for (node, pods) in per_node.into_iter().filter(|(_, p)| p.len() > 1) {
                             match open.get(&node) {
                                 Some(&i) => {
-                                    d[i].2 = now;
+                                    d[i].last = now;
                                     still.insert(node, i);
                                 }
                                 None => {
-                                    d.push((node.clone(), now, now));
+                                    d.push(Double {
+                                        node: node.clone(),
+                                        pods,
+                                        first: now,
+                                        last: now,
+                                    });
                                     still.insert(node, d.len() - 1);
                                 }
                             }
@@ -218,7 +232,7 @@ impl DoubleWatch {
         }
     }
 
-    async fn finish(self) -> (usize, Vec<(String, Instant, Instant)>) {
+    async fn finish(self) -> (usize, Vec<Double>) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.task.await;
         let doubles = self.doubles.lock().unwrap().clone();
@@ -364,7 +378,14 @@ async fn sigkilled_repeatedly_while_pools_and_nodes_churn_it_always_converges() 
     assert!(polls > 10, "the pod poller barely ran ({polls} polls)");
     let report: Vec<String> = found
         .iter()
-        .map(|(node, from, to)| format!("{node}: two plugin pods for {:?}", *to - *from))
+        .map(|d| {
+            format!(
+                "{}: {:?} for {:?}",
+                d.node,
+                d.pods,
+                d.last.duration_since(d.first)
+            )
+        })
         .collect();
     assert!(
         found.is_empty(),

@@ -517,3 +517,143 @@ async fn managed_gpu_and_dra_nodes_get_no_plugin_and_miss_no_gpus() {
     )
     .await;
 }
+
+/// #10.2: the node writer checks the API server itself before it puts a pool's plugin label on a
+/// node: a reconcile decides from caches, which may not have seen the plugin pod the DaemonSet
+/// controller created a moment ago (the SIGKILL churn test caught two plugins that way). A node
+/// with a plugin pod, terminating or not, or labelled for a pool whose DaemonSet runs, is not
+/// labelled for another pool.
+#[tokio::test]
+async fn the_plugin_label_goes_on_only_once_the_api_server_shows_the_node_free() {
+    use gpupool::controller::node_writes::{NodeWriter, UpdateEdit, Written};
+    use gpupool::decide::placement::{DEVICE_PLUGIN_LABEL, LabelChange};
+    use gpupool::decide::plan::NodeUpdate;
+
+    let env = fleet().await;
+    let c = &env.client;
+    let (with_pod, held) = ("nw-gpu-0", "nw-gpu-1");
+    create_node(c, &GpuNode::aks(with_pod, "nwpool"))
+        .await
+        .unwrap();
+    create_node(
+        c,
+        &GpuNode::aks(held, "nwpool").label(DEVICE_PLUGIN_LABEL, "nw-old"),
+    )
+    .await
+    .unwrap();
+    let writer = NodeWriter::new(c.clone(), 50, 10);
+    let take = |node: &str, from: Option<&str>| NodeUpdate {
+        node: node.to_string(),
+        label: Some(LabelChange {
+            node: node.to_string(),
+            from: from.map(str::to_string),
+            to: Some("nw-new".into()),
+        }),
+        ..NodeUpdate::default()
+    };
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.clone());
+    let label_of = |node: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            nodes
+                .get(node)
+                .await
+                .unwrap()
+                .labels()
+                .get(DEVICE_PLUGIN_LABEL)
+                .cloned()
+        }
+    };
+
+    // A plugin pod of another pool on the node (as its DaemonSet would have made it).
+    let pods: Api<Pod> = Api::namespaced(c.clone(), PLUGIN_NAMESPACE);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "nw-old-plugin", "labels": {
+            "app.kubernetes.io/managed-by": "gpupool", "name": "nvidia-device-plugin-ds",
+            "gpupool.io/pool": "nw-old"}},
+        "spec": {"nodeName": with_pod, "containers": [{"name": "plugin", "image": "plugin"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let update = take(with_pod, None);
+    assert_eq!(
+        writer.write(with_pod, &UpdateEdit(&update)).await.unwrap(),
+        Written::Occupied
+    );
+    // Terminating (kwok keeps a deleted plugin pod for a few seconds): still occupied.
+    pods.delete("nw-old-plugin", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(
+        pods.get("nw-old-plugin")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some(),
+        "the pod is terminating"
+    );
+    assert_eq!(
+        writer.write(with_pod, &UpdateEdit(&update)).await.unwrap(),
+        Written::Occupied
+    );
+    assert_eq!(label_of(with_pod).await, None);
+    wait_for("the old plugin pod gone", TIMEOUT, || async {
+        pods.get_opt("nw-old-plugin")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        writer.write(with_pod, &UpdateEdit(&update)).await.unwrap(),
+        Written::Changed
+    );
+    assert_eq!(label_of(with_pod).await.as_deref(), Some("nw-new"));
+
+    // Labelled for a pool whose DaemonSet runs (here one that would start no pod: it is the
+    // DaemonSet itself that holds the node, not a pod seen or unseen).
+    let daemonsets: Api<DaemonSet> = Api::namespaced(c.clone(), PLUGIN_NAMESPACE);
+    let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "nw-old-plugin", "labels": {
+            "app.kubernetes.io/managed-by": "gpupool", "gpupool.io/pool": "nw-old"}},
+        "spec": {
+            "selector": {"matchLabels": {"app": "nw-old"}},
+            "template": {
+                "metadata": {"labels": {"app": "nw-old"}},
+                "spec": {"nodeSelector": {"nw-no-such-label": "x"},
+                         "containers": [{"name": "plugin", "image": "plugin"}]}
+            }
+        }
+    }))
+    .unwrap();
+    daemonsets
+        .create(&PostParams::default(), &ds)
+        .await
+        .unwrap();
+    let update = take(held, Some("nw-old"));
+    assert_eq!(
+        writer.write(held, &UpdateEdit(&update)).await.unwrap(),
+        Written::Occupied
+    );
+    assert_eq!(label_of(held).await.as_deref(), Some("nw-old"));
+    daemonsets
+        .delete("nw-old-plugin", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the old DaemonSet gone", TIMEOUT, || async {
+        daemonsets
+            .get_opt("nw-old-plugin")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        writer.write(held, &UpdateEdit(&update)).await.unwrap(),
+        Written::Changed
+    );
+    assert_eq!(label_of(held).await.as_deref(), Some("nw-new"));
+}

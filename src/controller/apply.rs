@@ -22,6 +22,9 @@ use kube::api::PostParams;
 
 use super::node_writes::{NodeWriter, UpdateEdit, Written};
 
+/// When a pool whose node write found the node still occupied looks again at the latest.
+const OCCUPIED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 #[error("transient API error: {0}")]
 pub struct TransientError(#[source] pub kube::Error);
@@ -184,9 +187,23 @@ async fn write_nodes(
         results.extend(group.iter().copied().zip(written));
     }
     let mut changed = Vec::new();
+    let mut due = due;
     for (update, result) in results {
+        if let Some(label) = &update.label {
+            tracing::debug!(
+                node = %update.node,
+                from = ?label.from,
+                to = ?label.to,
+                result = ?result.as_ref().map_err(|e| e.to_string()),
+                "device-plugin label write"
+            );
+        }
         match result {
             Ok(Written::Changed) => changed.push(update.clone()),
+            // The pod's or DaemonSet's watch event wakes the pool too; this is the fallback.
+            Ok(Written::Occupied) => {
+                due = Some(due.map_or(OCCUPIED_RETRY, |d| d.min(OCCUPIED_RETRY)));
+            }
             Ok(_) => {}
             Err(e) => return Err(TransientError(e)),
         }

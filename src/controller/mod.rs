@@ -6,7 +6,7 @@ mod apply;
 mod coalesce;
 mod context;
 mod finalizer;
-mod node_writes;
+pub mod node_writes;
 mod observe;
 mod publisher;
 mod reconcile;

@@ -7,14 +7,16 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Taint};
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
 use crate::decide::model::MANAGER;
 use crate::decide::placement::DEVICE_PLUGIN_LABEL;
 use crate::decide::plan::NodeUpdate;
+use crate::decide::pods::{MANAGED_BY, PLUGIN_POD_LABEL, POOL_LABEL};
 use crate::decide::validation::VALIDATION_ANNOTATION;
 
 use super::write_schedule::WriteSchedule;
@@ -35,6 +37,10 @@ pub trait NodeEdit {
     fn taints(&self, _current: &[Taint]) -> Option<Vec<Taint>> {
         None
     }
+    /// The pool this write puts the device-plugin label on the node for, if it does.
+    fn hands_to(&self, _current: &BTreeMap<String, String>) -> Option<String> {
+        None
+    }
 }
 
 /// What a node write did.
@@ -45,6 +51,9 @@ pub enum Written {
     Unchanged,
     /// The node is gone.
     Gone,
+    /// Not written: the node still runs a device-plugin pod, or its label names a pool whose
+    /// DaemonSet runs (the reconcile's caches had not seen it yet).
+    Occupied,
 }
 
 const MAX_ATTEMPTS: usize = 5;
@@ -89,6 +98,15 @@ impl NodeWriter {
             let Some(node) = api.get_opt(name).await? else {
                 return Ok(Written::Gone);
             };
+            let labels = node.metadata.labels.clone().unwrap_or_default();
+            if let Some(pool) = edit.hands_to(&labels)
+                && let Some(occupant) = self
+                    .occupant(name, labels.get(DEVICE_PLUGIN_LABEL), &pool)
+                    .await?
+            {
+                tracing::debug!(node = name, pool, occupant, "not handed over yet");
+                return Ok(Written::Occupied);
+            }
             let Some(patch) = patch_for(&node, edit) else {
                 return Ok(Written::Unchanged);
             };
@@ -111,6 +129,59 @@ impl NodeWriter {
             .with_code(409)
             .boxed(),
         ))
+    }
+}
+
+impl NodeWriter {
+    /// What still holds a node that is about to get `pool`'s device-plugin label, read from the
+    /// API server rather than from caches that may not have seen a plugin pod the DaemonSet
+    /// controller created a moment ago: a gpupool plugin pod on the node (terminating or not),
+    /// or a live DaemonSet of the pool whose label (`holder`) the node carries now.
+    async fn occupant(
+        &self,
+        node: &str,
+        holder: Option<&String>,
+        pool: &str,
+    ) -> Result<Option<String>, kube::Error> {
+        let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+        if let Some(holder) = holder.filter(|h| h.as_str() != pool) {
+            let daemonsets: Api<DaemonSet> = Api::all(self.client.clone());
+            let live = daemonsets
+                .list_metadata(
+                    &ListParams::default().labels(&format!("{managed},{POOL_LABEL}={holder}")),
+                )
+                .await?
+                .items
+                .into_iter()
+                .find(|ds| ds.metadata.deletion_timestamp.is_none());
+            if let Some(ds) = live {
+                return Ok(Some(format!(
+                    "DaemonSet {}/{} of pool {holder}",
+                    ds.metadata.namespace.unwrap_or_default(),
+                    ds.metadata.name.unwrap_or_default()
+                )));
+            }
+        }
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let on_node = ListParams::default()
+            .labels(&format!(
+                "{managed},{}={}",
+                PLUGIN_POD_LABEL.0, PLUGIN_POD_LABEL.1
+            ))
+            .fields(&format!("spec.nodeName={node}"));
+        Ok(pods
+            .list_metadata(&on_node)
+            .await?
+            .items
+            .into_iter()
+            .next()
+            .map(|pod| {
+                format!(
+                    "pod {}/{}",
+                    pod.metadata.namespace.unwrap_or_default(),
+                    pod.metadata.name.unwrap_or_default()
+                )
+            }))
     }
 }
 
@@ -169,6 +240,13 @@ impl NodeEdit for UpdateEdit<'_> {
         let record = serde_json::to_string(self.0.record.as_ref()?).ok()?;
         (current.get(VALIDATION_ANNOTATION) != Some(&record))
             .then(|| vec![(VALIDATION_ANNOTATION.to_string(), Some(record))])
+    }
+
+    fn hands_to(&self, current: &BTreeMap<String, String>) -> Option<String> {
+        let change = self.0.label.as_ref()?;
+        (current.get(DEVICE_PLUGIN_LABEL) == change.from.as_ref())
+            .then(|| change.to.clone())
+            .flatten()
     }
 
     fn taints(&self, current: &[Taint]) -> Option<Vec<Taint>> {

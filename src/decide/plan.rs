@@ -20,7 +20,7 @@ use crate::decide::model::{
     DESIRED_HASH_ANNOTATION, DaemonSetFacts, ObjectId, ProblemClocks, Rejection, Stall,
 };
 use crate::decide::nodes::NodeFacts;
-use crate::decide::placement::{DEVICE_PLUGIN_LABEL, LabelChange, Placement, place};
+use crate::decide::placement::{DEVICE_PLUGIN_LABEL, LabelChange, Occupancy, Placement, place};
 use crate::decide::plugin_config::{
     ConfigMapAction, ConfigMapFacts, PluginConfig, config_map_action, desired_config_map,
     plugin_config,
@@ -80,14 +80,25 @@ impl Observed {
             )),
         }
     }
+}
 
-    /// gpupool's pods on a node, terminating ones included.
-    pub fn pods_on(&self, node: &str) -> Vec<&PodFacts> {
+impl Occupancy for Observed {
+    fn pods_on(&self, node: &str) -> Vec<&PodFacts> {
         self.pods
             .iter()
             .filter(|p| p.node.as_deref() == Some(node))
             .map(Arc::as_ref)
             .collect()
+    }
+
+    fn runs_plugin(&self, key: &str) -> bool {
+        self.plugin_daemonsets.iter().any(|ds| {
+            !ds.deleting
+                && ds
+                    .pool_owner
+                    .as_ref()
+                    .is_some_and(|owner| pool_key(&owner.name) == key)
+        })
     }
 }
 
@@ -213,9 +224,7 @@ pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
     let strays: Vec<&NodeFacts> = observed.strays.iter().map(Arc::as_ref).collect();
     let placement = match &daemonset {
         DaemonSetAction::Blocked(_) => Placement::default(),
-        _ => place(&observed.pool_key(), &nodes, serves, &strays, |n| {
-            observed.pods_on(n)
-        }),
+        _ => place(&observed.pool_key(), &nodes, serves, &strays, observed),
     };
     let plugin_nodes = desired
         .as_ref()
@@ -501,7 +510,7 @@ pub fn plan_cleanup(observed: &Observed) -> Cleanup {
             .filter(|ds| ds.controlled_by(observed.pool_uid()) && !ds.deleting)
             .map(|ds| ds.id.clone())
             .collect(),
-        label_changes: place(&key, &nodes, |_| false, &strays, |_| Vec::new()).label_changes,
+        label_changes: place(&key, &nodes, |_| false, &strays, observed).label_changes,
         taint_changes: gate_keys(observed)
             .iter()
             .flat_map(|key| crate::decide::gate::lift_gate(key, &nodes))

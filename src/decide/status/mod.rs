@@ -242,16 +242,33 @@ fn rollup(
 /// Nodes waiting for another plugin's pods to go before this pool's plugin starts there, and a
 /// namespace move waiting for the old pods: progress, said in Reconciling.
 fn hand_over_progress(plan: &Plan) -> Option<String> {
-    let nodes: Vec<String> = plan
+    let (held, freeing): (Vec<_>, Vec<_>) = plan
         .placement
         .hand_overs
         .iter()
-        .map(|h| h.node.clone())
-        .collect();
+        .partition(|h| h.held_by.is_some());
     let mut parts = Vec::new();
-    if !nodes.is_empty() {
+    if !freeing.is_empty() {
+        let nodes: Vec<String> = freeing.iter().map(|h| h.node.clone()).collect();
         parts.push(format!(
             "handing {} over to this pool's plugin once the previous plugin pods there are gone: {}",
+            nodes.len(),
+            name_list(&nodes, 10)
+        ));
+    }
+    if !held.is_empty() {
+        let nodes: Vec<String> = held
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} (pool {})",
+                    h.node,
+                    h.held_by.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        parts.push(format!(
+            "waiting for the pools whose plugin they carry to release {}: {}",
             nodes.len(),
             name_list(&nodes, 10)
         ));
