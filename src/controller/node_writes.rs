@@ -1,7 +1,9 @@
 //! Writes to Node objects (the device-plugin label; the readiness gate's taints): each one a
 //! read-modify-write of that node guarded by its resourceVersion and retried on conflict, so a
 //! concurrent writer (the cluster autoscaler, kubectl) never loses a label or taint; and all of
-//! them through one rate limiter, so a 1,000-node scale-up does not flood the API server.
+//! them through one rate limiter, so a 1,000-node scale-up does not flood the API server. A write
+//! that puts a pool's device-plugin label on a node first asks the API server whether the node is
+//! free (no plugin pod on it, no other pool's DaemonSet behind its current label).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -98,8 +100,9 @@ impl NodeWriter {
             let Some(node) = api.get_opt(name).await? else {
                 return Ok(Written::Gone);
             };
-            let labels = node.metadata.labels.clone().unwrap_or_default();
-            if let Some(pool) = edit.hands_to(&labels)
+            let no_labels = BTreeMap::new();
+            let labels = node.metadata.labels.as_ref().unwrap_or(&no_labels);
+            if let Some(pool) = edit.hands_to(labels)
                 && let Some(occupant) = self
                     .occupant(name, labels.get(DEVICE_PLUGIN_LABEL), &pool)
                     .await?
@@ -130,9 +133,7 @@ impl NodeWriter {
             .boxed(),
         ))
     }
-}
 
-impl NodeWriter {
     /// What still holds a node that is about to get `pool`'s device-plugin label, read from the
     /// API server rather than from caches that may not have seen a plugin pod the DaemonSet
     /// controller created a moment ago: a gpupool plugin pod on the node (terminating or not),

@@ -638,6 +638,7 @@ mod tests {
         clocks: Option<ProblemClocks>,
         at: Timestamp,
         plugin_nodes: usize,
+        placement: crate::decide::placement::Placement,
     }
 
     impl Case {
@@ -656,6 +657,7 @@ mod tests {
                 clocks: None,
                 at: now(),
                 plugin_nodes: 0,
+                placement: Default::default(),
             }
         }
 
@@ -700,7 +702,7 @@ mod tests {
                 delete_stale: vec![],
                 daemonset: DaemonSetAction::Nothing,
                 live: None,
-                placement: Default::default(),
+                placement: self.placement.clone(),
                 leftover_pods: vec![],
                 readiness: Default::default(),
                 plugin_nodes: self.plugin_nodes,
@@ -746,6 +748,41 @@ mod tests {
         let mut n = gpu_node(name, cap, alloc);
         n.created = Some("2026-11-23T10:00:00Z".parse().unwrap());
         n
+    }
+
+    #[test]
+    fn hand_overs_are_progress_that_names_the_nodes_and_what_they_wait_for() {
+        use crate::decide::placement::HandOver;
+        let mut case = Case::new(vec![old_node("a", 1, 1), old_node("b", 1, 1)]);
+        case.placement.hand_overs = vec![
+            HandOver {
+                node: "a".into(),
+                pods: vec![],
+                held_by: Some("older".into()),
+            },
+            HandOver {
+                node: "b".into(),
+                pods: vec![crate::decide::model::ObjectId {
+                    namespace: "gpu-resources".into(),
+                    name: "nvidia-device-plugin-older-x".into(),
+                }],
+                held_by: None,
+            },
+        ];
+        let s = case.run().status;
+        let message = &cond(&s, ConditionType::Reconciling)
+            .expect("hand-overs are progress")
+            .message;
+        assert!(
+            message.contains("once the previous plugin pods there are gone: b"),
+            "{message}"
+        );
+        assert!(
+            message.contains(
+                "waiting for the pools whose plugin they carry to release 1: a (pool older)"
+            ),
+            "{message}"
+        );
     }
 
     #[test]
