@@ -152,8 +152,6 @@ async fn wait_converged(client: &Client, what: &str, log: &dyn Fn() -> String) {
     }
 }
 
-/// Polls plugin pods per node until stopped; records every node seen with more than one.
-/// A double is `(node, first seen, last seen)` over consecutive polls.
 /// Two plugin pods, neither terminating, seen on one node from `first` to `last`.
 #[derive(Clone, Debug)]
 struct Double {
@@ -163,6 +161,7 @@ struct Double {
     last: Instant,
 }
 
+/// Polls plugin pods per node until stopped; records every node seen with more than one.
 struct DoubleWatch {
     stop: Arc<std::sync::atomic::AtomicBool>,
     doubles: Arc<Mutex<Vec<Double>>>,
@@ -268,6 +267,27 @@ fn log_tail(op: &ChildProcess) -> String {
     op.log_tail(40)
 }
 
+/// Waits for `f` like `testenv::wait_for`, but reads the operator's log when it gives up, not
+/// when it starts.
+async fn wait_logged<T, Fut>(what: &str, op: &ChildProcess, f: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    testenv::poll_until(what, CONVERGE, Duration::from_millis(200), f)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\noperator log:\n{}", log_tail(op)))
+}
+
+/// A deleted pool is gone once its plugin pods are (its finalizer): as `kubectl wait
+/// --for=delete` would, wait for that before a pool of the same name is created again.
+async fn wait_pool_gone(client: &Client, name: &str, op: &ChildProcess) {
+    let pools: Api<GpuPool> = Api::all(client.clone());
+    wait_logged(&format!("pool {name} to be gone"), op, || async {
+        pools.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_repeatedly_while_pools_and_nodes_churn_it_always_converges() {
     let (plane, c) = own_plane(Options::default()).await;
@@ -322,10 +342,12 @@ async fn sigkilled_repeatedly_while_pools_and_nodes_churn_it_always_converges() 
             }
             1 => delete_pool(&c, "k-zone").await,
             2 => {
+                wait_pool_gone(&c, "k-zone", &op).await;
                 create_pool(&c, &zone_pool).await;
             }
             3 => delete_pool(&c, "k-kb").await,
             _ => {
+                wait_pool_gone(&c, "k-kb", &op).await;
                 create_pool(&c, PoolYaml::new("k-kb").agentpool("kb")).await;
             }
         }
@@ -462,11 +484,13 @@ async fn apiserver_and_etcd_restart_with_expired_watches_it_reconnects_and_conve
     );
     assert_eq!(op.id(), pid);
     let log = std::fs::read_to_string(op.log_path()).unwrap();
+    // The operator's own line for a re-list, which only an expired watch (410 Gone) causes; not
+    // "410" anywhere in a line (timestamps have it).
     let expired = log
         .lines()
-        .filter(|l| l.contains("410") || l.contains("Expired") || l.contains("too old"))
+        .filter(|l| l.contains("re-listed after the watch expired"))
         .count();
-    eprintln!("etcd compacted at revision {revision}; {expired} log lines about expired watches");
+    eprintln!("etcd compacted at revision {revision}; {expired} watches re-listed after expiring");
     assert!(
         expired > 0,
         "no watch expired (410 Gone) after compaction and restart, so re-listing went untested:\n{}",
@@ -713,6 +737,15 @@ async fn what_vanished_while_the_watch_was_down_is_dropped_after_the_relist() {
     .await;
     let foreign = get_pool(&c, "v-foreign").await;
     assert!(condition(&foreign, "Conflict").is_some_and(|c| c.reason == "ForeignDevicePlugin"));
+    // Rollouts finished: no DaemonSet status update is still on its way to the paused watches.
+    wait_logged("v-keep and v-gone Ready", &op, || async {
+        for pool in ["v-keep", "v-gone"] {
+            let pool = get_pool(&c, pool).await;
+            condition(&pool, "Ready").filter(|r| r.status == "True")?;
+        }
+        Some(())
+    })
+    .await;
 
     op.pause();
     let pools: Api<GpuPool> = Api::all(c.clone());
@@ -730,6 +763,27 @@ async fn what_vanished_while_the_watch_was_down_is_dropped_after_the_relist() {
         .await
         .unwrap();
     delete_node(&c, "v-keep-1").await.unwrap();
+    // Its plugin pod goes at once, as after a node lifecycle eviction, not when the pod GC gets
+    // to it 40 s later (its DaemonSet's status would change then, after the compaction).
+    let plugin_pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(c.clone(), PLUGIN_NAMESPACE);
+    for pod in plugin_pods
+        .list(&ListParams::default().fields("spec.nodeName=v-keep-1"))
+        .await
+        .unwrap()
+        .items
+    {
+        plugin_pods
+            .delete(
+                &pod.name_any(),
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..DeleteParams::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
     Api::<DaemonSet>::namespaced(c.clone(), "default")
         .delete(
             "nvidia-device-plugin-daemonset",
@@ -737,10 +791,47 @@ async fn what_vanished_while_the_watch_was_down_is_dropped_after_the_relist() {
         )
         .await
         .unwrap();
+    // The garbage collector and the DaemonSet controller act on those deletions on their own
+    // time: wait for them, so that every watched kind's last event predates the compaction and
+    // each watch has to re-list (a DaemonSet event after it would let that watch resume).
+    let plugin_daemonsets: Api<DaemonSet> = Api::namespaced(c.clone(), PLUGIN_NAMESPACE);
+    wait_logged(
+        "v-gone's DaemonSet collected and v-keep's down to one node",
+        &op,
+        || async {
+            let gone = plugin_daemonsets
+                .get_opt(&plugin_name("v-gone"))
+                .await
+                .ok()?
+                .is_none();
+            let keep = plugin_daemonsets
+                .get_opt(&plugin_name("v-keep"))
+                .await
+                .ok()??;
+            let status = keep.status?;
+            let keep_pods = plugin_pods
+                .list(&ListParams::default().labels("gpupool.io/pool=v-keep"))
+                .await
+                .ok()?;
+            (gone
+                && status.desired_number_scheduled == 1
+                && status.current_number_scheduled == 1
+                && status.number_ready == 1
+                && keep_pods.items.len() == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    // Advance etcd well past the last revision any watch has seen (a watch resumes from the
+    // revision after its last event; that one must be compacted away too), then compact.
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
-    let cm: ConfigMap =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "v-bump"}})).unwrap();
-    cms.create(&PostParams::default(), &cm).await.unwrap();
+    for i in 0..3 {
+        let cm: ConfigMap = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": format!("v-bump-{i}")}}),
+        )
+        .unwrap();
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
     plane.compact_etcd().await.unwrap();
     plane
         .restart_apiserver()
@@ -749,36 +840,28 @@ async fn what_vanished_while_the_watch_was_down_is_dropped_after_the_relist() {
     op.resume();
     let c = plane.client().await;
 
-    testenv::wait_for(
-        &format!("the re-list to drop what vanished\n{}", log_tail(&op)),
-        CONVERGE,
-        || async {
-            let m = metrics(port).await;
-            // The series exist at 0 from the first list: a re-list is a count of at least 1.
-            let relisted = ["GpuPool", "Node", "DaemonSet"].iter().all(|k| {
-                let series = format!(r#"gpupool_watch_relists_total{{kind="{k}"}} "#);
-                m.lines()
-                    .find_map(|l| l.strip_prefix(&series))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .is_some_and(|v| v >= 1.0)
-            });
-            (relisted
-                && !m.contains(r#"pool="v-gone""#)
-                && m.contains(r#"gpupool_pool_nodes{pool="v-keep"} 1"#))
-            .then_some(())
-        },
-    )
+    wait_logged("the re-list to drop what vanished", &op, || async {
+        let m = metrics(port).await;
+        // The series exist at 0 from the first list: a re-list is a count of at least 1.
+        let relisted = ["GpuPool", "Node", "DaemonSet"].iter().all(|k| {
+            let series = format!(r#"gpupool_watch_relists_total{{kind="{k}"}} "#);
+            m.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .is_some_and(|v| v >= 1.0)
+        });
+        (relisted
+            && !m.contains(r#"pool="v-gone""#)
+            && m.contains(r#"gpupool_pool_nodes{pool="v-keep"} 1"#))
+        .then_some(())
+    })
     .await;
-    testenv::wait_for(
-        &format!("v-foreign to take its node\n{}", log_tail(&op)),
-        CONVERGE,
-        || async {
-            let pool = get_pool(&c, "v-foreign").await;
-            (condition(&pool, "Conflict").is_none()
-                && condition(&pool, "Ready").is_some_and(|r| r.status == "True"))
-            .then_some(())
-        },
-    )
+    wait_logged("v-foreign to take its node", &op, || async {
+        let pool = get_pool(&c, "v-foreign").await;
+        (condition(&pool, "Conflict").is_none()
+            && condition(&pool, "Ready").is_some_and(|r| r.status == "True"))
+        .then_some(())
+    })
     .await;
     let node = Api::<Node>::all(c.clone())
         .get("v-foreign-0")
