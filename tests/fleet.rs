@@ -7,6 +7,9 @@ mod support;
 
 use std::collections::BTreeMap;
 
+use gpupool::controller::node_writes::UpdateEdit;
+use gpupool::decide::placement::{DEVICE_PLUGIN_LABEL, LabelChange};
+use gpupool::decide::plan::NodeUpdate;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, PropagationPolicy};
@@ -525,9 +528,7 @@ async fn managed_gpu_and_dra_nodes_get_no_plugin_and_miss_no_gpus() {
 /// labelled for another pool.
 #[tokio::test]
 async fn the_plugin_label_goes_on_only_once_the_api_server_shows_the_node_free() {
-    use gpupool::controller::node_writes::{NodeWriter, UpdateEdit, Written};
-    use gpupool::decide::placement::{DEVICE_PLUGIN_LABEL, LabelChange};
-    use gpupool::decide::plan::NodeUpdate;
+    use gpupool::controller::node_writes::Written::{Changed, Occupied};
 
     let env = fleet().await;
     let c = &env.client;
@@ -541,29 +542,7 @@ async fn the_plugin_label_goes_on_only_once_the_api_server_shows_the_node_free()
     )
     .await
     .unwrap();
-    let writer = NodeWriter::new(c.clone(), 50, 10);
-    let take = |node: &str, from: Option<&str>| NodeUpdate {
-        node: node.to_string(),
-        label: Some(LabelChange {
-            node: node.to_string(),
-            from: from.map(str::to_string),
-            to: Some("nw-new".into()),
-        }),
-        ..NodeUpdate::default()
-    };
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.clone());
-    let label_of = |node: &'static str| {
-        let nodes = nodes.clone();
-        async move {
-            nodes
-                .get(node)
-                .await
-                .unwrap()
-                .labels()
-                .get(DEVICE_PLUGIN_LABEL)
-                .cloned()
-        }
-    };
+    let writer = LabelWriter::new(c);
 
     // A plugin pod of another pool on the node (as its DaemonSet would have made it).
     let pods: Api<Pod> = Api::namespaced(c.clone(), PLUGIN_NAMESPACE);
@@ -575,42 +554,16 @@ async fn the_plugin_label_goes_on_only_once_the_api_server_shows_the_node_free()
     }))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
-    let update = take(with_pod, None);
-    assert_eq!(
-        writer.write(with_pod, &UpdateEdit(&update)).await.unwrap(),
-        Written::Occupied
-    );
+    writer.take(with_pod, None, Occupied, None).await;
     // Terminating (kwok keeps a deleted plugin pod for a few seconds): still occupied.
     pods.delete("nw-old-plugin", &DeleteParams::default())
         .await
         .unwrap();
-    assert!(
-        pods.get("nw-old-plugin")
-            .await
-            .unwrap()
-            .metadata
-            .deletion_timestamp
-            .is_some(),
-        "the pod is terminating"
-    );
-    assert_eq!(
-        writer.write(with_pod, &UpdateEdit(&update)).await.unwrap(),
-        Written::Occupied
-    );
-    assert_eq!(label_of(with_pod).await, None);
-    wait_for("the old plugin pod gone", TIMEOUT, || async {
-        pods.get_opt("nw-old-plugin")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    assert_eq!(
-        writer.write(with_pod, &UpdateEdit(&update)).await.unwrap(),
-        Written::Changed
-    );
-    assert_eq!(label_of(with_pod).await.as_deref(), Some("nw-new"));
+    let terminating = pods.get("nw-old-plugin").await.unwrap();
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    writer.take(with_pod, None, Occupied, None).await;
+    wait_deleted(&pods, "nw-old-plugin").await;
+    writer.take(with_pod, None, Changed, Some("nw-new")).await;
 
     // Labelled for a pool whose DaemonSet runs (here one that would start no pod: it is the
     // DaemonSet itself that holds the node, not a pod seen or unseen).
@@ -632,28 +585,67 @@ async fn the_plugin_label_goes_on_only_once_the_api_server_shows_the_node_free()
         .create(&PostParams::default(), &ds)
         .await
         .unwrap();
-    let update = take(held, Some("nw-old"));
-    assert_eq!(
-        writer.write(held, &UpdateEdit(&update)).await.unwrap(),
-        Written::Occupied
-    );
-    assert_eq!(label_of(held).await.as_deref(), Some("nw-old"));
+    writer
+        .take(held, Some("nw-old"), Occupied, Some("nw-old"))
+        .await;
     daemonsets
         .delete("nw-old-plugin", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for("the old DaemonSet gone", TIMEOUT, || async {
-        daemonsets
-            .get_opt("nw-old-plugin")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
+    wait_deleted(&daemonsets, "nw-old-plugin").await;
+    writer
+        .take(held, Some("nw-old"), Changed, Some("nw-new"))
+        .await;
+}
+
+/// The operator's node writer, moving device-plugin labels to pool `nw-new`.
+struct LabelWriter {
+    writer: gpupool::controller::node_writes::NodeWriter,
+    nodes: Api<k8s_openapi::api::core::v1::Node>,
+}
+
+impl LabelWriter {
+    fn new(c: &Client) -> LabelWriter {
+        LabelWriter {
+            writer: gpupool::controller::node_writes::NodeWriter::new(c.clone(), 50, 10),
+            nodes: Api::all(c.clone()),
+        }
+    }
+
+    /// Writes `from` → `nw-new` on `node`; asserts what the write did and the label after it.
+    async fn take(
+        &self,
+        node: &str,
+        from: Option<&str>,
+        written: gpupool::controller::node_writes::Written,
+        label_after: Option<&str>,
+    ) {
+        let update = NodeUpdate {
+            node: node.to_string(),
+            label: Some(LabelChange {
+                node: node.to_string(),
+                from: from.map(str::to_string),
+                to: Some("nw-new".into()),
+            }),
+            ..NodeUpdate::default()
+        };
+        let did = self.writer.write(node, &UpdateEdit(&update)).await.unwrap();
+        assert_eq!(did, written, "{node}");
+        let now = self.nodes.get(node).await.unwrap();
+        assert_eq!(
+            now.labels().get(DEVICE_PLUGIN_LABEL).map(String::as_str),
+            label_after,
+            "{node}"
+        );
+    }
+}
+
+async fn wait_deleted<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait_for(&format!("{name} gone"), TIMEOUT, || async {
+        api.get_opt(name).await.unwrap().is_none().then_some(())
     })
     .await;
-    assert_eq!(
-        writer.write(held, &UpdateEdit(&update)).await.unwrap(),
-        Written::Changed
-    );
-    assert_eq!(label_of(held).await.as_deref(), Some("nw-new"));
 }
