@@ -160,9 +160,12 @@ async fn metrics_health_and_events_tell_the_truth() {
         .unwrap_or(0.0)
             >= successes
     );
-    assert_eq!(
-        sample(&text, "gpupool_node_gpu_wait_seconds_count"),
-        Some(1.0),
+    // metrics-gpu-1 waited for its GPUs; metrics-gpu-0 may count too (a few ms): the harness
+    // creates a node, then writes its status, and the pool's first reconcile can see the node
+    // in between when the node watch is behind the pool watch.
+    assert!(
+        sample(&text, "gpupool_node_gpu_wait_seconds_count")
+            .is_some_and(|n| (1.0..=2.0).contains(&n)),
         "metrics-gpu-1 waited for its GPUs:\n{text}"
     );
 
