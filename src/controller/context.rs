@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
-
-use super::publisher::EventPublisher;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::watch;
 
@@ -22,6 +20,7 @@ use crate::telemetry::Metrics;
 
 use super::RunOptions;
 use super::node_writes::NodeWriter;
+use super::publisher::EventPublisher;
 use super::tombstones::Tombstones;
 use super::triggers::PoolMembers;
 

@@ -80,15 +80,20 @@ impl Observed {
             )),
         }
     }
-}
 
-impl Occupancy for Observed {
-    fn pods_on(&self, node: &str) -> Vec<&PodFacts> {
+    /// gpupool's pods on a node, terminating ones included.
+    pub fn pods_on(&self, node: &str) -> Vec<&PodFacts> {
         self.pods
             .iter()
             .filter(|p| p.node.as_deref() == Some(node))
             .map(Arc::as_ref)
             .collect()
+    }
+}
+
+impl Occupancy for Observed {
+    fn pods_on(&self, node: &str) -> Vec<&PodFacts> {
+        Observed::pods_on(self, node)
     }
 
     fn runs_plugin(&self, key: &str) -> bool {

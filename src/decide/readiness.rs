@@ -15,7 +15,6 @@ use crate::decide::health::gpu_faults;
 use crate::decide::image::ImageKind;
 use crate::decide::model::Stall;
 use crate::decide::nodes::{NodeFacts, NodeReadiness};
-use crate::decide::placement::Occupancy;
 use crate::decide::plan::{Observed, Plan};
 use crate::decide::pods::PodRole;
 use crate::decide::scheduling::{TaintKey, base_tolerations, tolerations_for};

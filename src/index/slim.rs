@@ -61,10 +61,13 @@ struct Raw {
     status: Option<RawStatus>,
 }
 
+/// Metadata of either kind: identity, labels, gpupool's annotations (the validation record on a
+/// node, what a validation or plugin pod is for) and the two timestamps.
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct RawMeta {
     name: Option<String>,
+    namespace: Option<String>,
     uid: Option<String>,
     resource_version: Option<String>,
     labels: Option<BTreeMap<String, String>>,
@@ -72,6 +75,22 @@ struct RawMeta {
     annotations: Option<BTreeMap<String, String>>,
     creation_timestamp: Option<Time>,
     deletion_timestamp: Option<Time>,
+}
+
+impl From<RawMeta> for ObjectMeta {
+    fn from(m: RawMeta) -> ObjectMeta {
+        ObjectMeta {
+            name: m.name,
+            namespace: m.namespace,
+            uid: m.uid,
+            resource_version: m.resource_version,
+            labels: m.labels,
+            annotations: m.annotations,
+            creation_timestamp: m.creation_timestamp,
+            deletion_timestamp: m.deletion_timestamp,
+            ..ObjectMeta::default()
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -101,18 +120,8 @@ struct RawNodeInfo {
 impl<'de> Deserialize<'de> for SlimNode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = Raw::deserialize(d)?;
-        let m = raw.metadata;
         Ok(SlimNode(Node {
-            metadata: ObjectMeta {
-                name: m.name,
-                uid: m.uid,
-                resource_version: m.resource_version,
-                labels: m.labels,
-                annotations: m.annotations,
-                creation_timestamp: m.creation_timestamp,
-                deletion_timestamp: m.deletion_timestamp,
-                ..ObjectMeta::default()
-            },
+            metadata: raw.metadata.into(),
             spec: raw.spec.map(|s| NodeSpec {
                 taints: s.taints,
                 unschedulable: s.unschedulable,
@@ -143,24 +152,11 @@ core_v1_resource!(SlimPod, "Pod", "pods", NamespaceResourceScope);
 #[derive(Deserialize, Default)]
 struct RawPod {
     #[serde(default)]
-    metadata: RawPodMeta,
+    metadata: RawMeta,
     #[serde(default)]
     spec: Option<RawPodSpec>,
     #[serde(default)]
     status: Option<RawPodStatus>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct RawPodMeta {
-    name: Option<String>,
-    namespace: Option<String>,
-    uid: Option<String>,
-    resource_version: Option<String>,
-    labels: Option<BTreeMap<String, String>>,
-    annotations: Option<BTreeMap<String, String>>,
-    creation_timestamp: Option<Time>,
-    deletion_timestamp: Option<Time>,
 }
 
 #[derive(Deserialize, Default)]
@@ -188,19 +184,8 @@ struct RawContainerStatus {
 impl<'de> Deserialize<'de> for SlimPod {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = RawPod::deserialize(d)?;
-        let m = raw.metadata;
         Ok(SlimPod(Pod {
-            metadata: ObjectMeta {
-                name: m.name,
-                namespace: m.namespace,
-                uid: m.uid,
-                resource_version: m.resource_version,
-                labels: m.labels,
-                annotations: m.annotations,
-                creation_timestamp: m.creation_timestamp,
-                deletion_timestamp: m.deletion_timestamp,
-                ..ObjectMeta::default()
-            },
+            metadata: raw.metadata.into(),
             spec: raw.spec.map(|s| PodSpec {
                 node_name: s.node_name,
                 ..PodSpec::default()
@@ -279,7 +264,7 @@ fn nvidia_resources<'de, D: Deserializer<'de>>(
     filtered(d, |k| k.starts_with("nvidia.com/"))
 }
 
-/// Annotations: gpupool's only (the validation record).
+/// Annotations: gpupool's only (all that `NodeFacts` and `PodFacts` read).
 fn gpupool_annotations<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<BTreeMap<String, String>>, D::Error> {
