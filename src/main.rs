@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use gpupool::controller::{self, RunOptions};
-use gpupool::decide::daemonset::DEFAULT_PLUGIN_IMAGE;
+use gpupool::decide::plugin::daemonset::DEFAULT_PLUGIN_IMAGE;
 use gpupool::decide::{DEFAULT_ALLOWED_PLUGIN_IMAGES, DEFAULT_ALLOWED_VALIDATION_IMAGES, Settings};
 use gpupool::leader::{self, Fence, FenceLayer};
 use gpupool::server::{self, Health};

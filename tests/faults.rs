@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gpupool::api::GpuPool;
-use gpupool::decide::nodes::NodeFacts;
-use gpupool::decide::selector::selects;
+use gpupool::decide::facts::NodeFacts;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -70,7 +69,7 @@ async fn convergence_problems(client: &Client) -> Vec<String> {
         let name = pool.name_any();
         let members: Vec<&NodeFacts> = nodes
             .iter()
-            .filter(|n| selects(&pool.spec.node_selector, &n.labels))
+            .filter(|n| pool.spec.node_selector.selects(&n.labels))
             .collect();
         let allocatable: i64 = members.iter().map(|n| n.gpus_allocatable()).sum();
         let Some(status) = pool.status.as_ref() else {
@@ -662,7 +661,7 @@ async fn garbage_on_nodes_never_crashes_the_operator() {
 
 /// The uid of the GpuPool controlling a DaemonSet, if one does.
 fn owner_uid(ds: &DaemonSet) -> Option<String> {
-    gpupool::decide::model::DaemonSetFacts::from_daemonset(ds)
+    gpupool::decide::facts::DaemonSetFacts::from_daemonset(ds)
         .pool_owner
         .map(|o| o.uid)
 }

@@ -8,8 +8,9 @@ mod support;
 use std::collections::BTreeMap;
 
 use gpupool::controller::node_writes::UpdateEdit;
-use gpupool::decide::placement::{DEVICE_PLUGIN_LABEL, LabelChange};
+use gpupool::decide::names::DEVICE_PLUGIN_LABEL;
 use gpupool::decide::plan::NodeUpdate;
+use gpupool::decide::plugin::placement::LabelChange;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, PropagationPolicy};

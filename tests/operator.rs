@@ -199,7 +199,7 @@ async fn edits_and_deletion_of_the_daemonset_are_undone() {
             .as_ref()
             .unwrap()
             .containers[0];
-        c.image.as_deref() == Some(gpupool::decide::daemonset::DEFAULT_PLUGIN_IMAGE)
+        c.image.as_deref() == Some(gpupool::decide::plugin::daemonset::DEFAULT_PLUGIN_IMAGE)
             && c.env.is_none()
     })
     .await;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 mod capacity;
 mod conditions;
 mod gate;
+mod selector;
 mod status;
 
 pub use capacity::{

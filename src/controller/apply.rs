@@ -8,14 +8,13 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use crate::api::{API_VERSION_FULL, GpuPool, GpuPoolStatus, KIND, Reason};
-use crate::decide::action::DaemonSetAction;
-use crate::decide::model::{
-    Applied, DESIRED_HASH_ANNOTATION, DaemonSetChange, DaemonSetFacts, MANAGER, ObjectId,
-    PluginState, Rejection, Stall,
-};
+use crate::decide::applied::{Applied, DaemonSetChange, PluginState};
+use crate::decide::facts::{DaemonSetFacts, ObjectId, Rejection, Stall};
+use crate::decide::names::{DESIRED_HASH_ANNOTATION, MANAGER};
 use crate::decide::plan::{NodeUpdate, node_updates};
-use crate::decide::plugin_config::ConfigMapAction;
-use crate::decide::validation::ValidationPlan;
+use crate::decide::plugin::action::DaemonSetAction;
+use crate::decide::plugin::config::ConfigMapAction;
+use crate::decide::readiness::validation::ValidationPlan;
 use crate::decide::{Cleanup, Plan};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::PostParams;
@@ -223,16 +222,16 @@ pub async fn apply_daemonsets(
     namespace: &str,
     plan: &Plan,
 ) -> Result<Applied, TransientError> {
-    let live = plan.live.as_deref();
-    if let Some(stall) = delete_stale(client, namespace, &plan.delete_stale).await? {
+    let live = plan.plugin.live.as_deref();
+    if let Some(stall) = delete_stale(client, namespace, &plan.plugin.delete_stale).await? {
         return Ok(Applied::kept(live_state(live), Some(stall)));
     }
     // The config first: the pods the DaemonSet (re)starts read it.
-    if let Some(stall) = apply_config_map(client, namespace, &plan.config_map).await? {
+    if let Some(stall) = apply_config_map(client, namespace, &plan.plugin.config_map).await? {
         return Ok(Applied::kept(live_state(live), Some(stall)));
     }
     let keep = Applied::kept;
-    Ok(match &plan.daemonset {
+    Ok(match &plan.plugin.daemonset {
         DaemonSetAction::Nothing => keep(live_state(live), None),
         DaemonSetAction::Wait { id } => keep(PluginState::Pending { id: id.clone() }, None),
         DaemonSetAction::Blocked(stall) => keep(live_state(live), Some(stall.clone())),

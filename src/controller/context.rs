@@ -13,12 +13,13 @@ use tokio::sync::watch;
 
 use crate::api::GpuPool;
 use crate::decide::Settings;
-use crate::decide::model::{ProblemClocks, Rejection};
+use crate::decide::facts::{ProblemClocks, Rejection};
 use crate::index::{ConfigMapIndex, DaemonSetIndex, DraIndex, NodeIndex, PodIndex};
 use crate::server::Health;
 use crate::telemetry::Metrics;
 
 use super::RunOptions;
+use super::locking::lock;
 use super::node_writes::NodeWriter;
 use super::publisher::EventPublisher;
 use super::tombstones::Tombstones;
@@ -71,11 +72,6 @@ pub struct Context {
     rejections: Mutex<HashMap<String, Rejection>>,
     /// When each problem node of each pool had its problem begin (see `ProblemClocks`).
     problem_clocks: Mutex<HashMap<String, Arc<ProblemClocks>>>,
-}
-
-/// A poisoned lock only means a panic elsewhere; the data is plain and still consistent.
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Context {

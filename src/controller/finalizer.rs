@@ -9,8 +9,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::api::GpuPool;
-
-pub const FINALIZER: &str = "gpupool.io/cleanup";
+use crate::decide::names::FINALIZER;
 
 pub fn has_finalizer(pool: &GpuPool) -> bool {
     pool.finalizers().iter().any(|f| f == FINALIZER)

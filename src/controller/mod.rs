@@ -6,6 +6,7 @@ mod apply;
 mod coalesce;
 mod context;
 mod finalizer;
+mod locking;
 pub mod node_writes;
 mod observe;
 mod publisher;
@@ -20,9 +21,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::Client;
-use kube::runtime::Controller;
 use kube::runtime::controller::Config as ControllerConfig;
-use kube::runtime::reflector;
+use kube::runtime::{Controller, reflector};
 use tracing::{info, warn};
 
 use crate::decide::Settings;
@@ -130,7 +130,7 @@ pub async fn run(
     // debounce restarts on every trigger: a steady stream would starve a pool's reconcile).
     let triggers = coalesce::coalesce(triggers, options.debounce);
 
-    let tombstones = tokio::spawn(tombstones::clear(client.clone(), ctx.clone()));
+    let tombstones = tokio::spawn(watches::clear_tombstones(client.clone(), ctx.clone()));
     Controller::for_shared_stream(subscriber, pools)
         .with_config(
             ControllerConfig::default()

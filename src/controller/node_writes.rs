@@ -15,12 +15,12 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::decide::model::MANAGER;
-use crate::decide::placement::DEVICE_PLUGIN_LABEL;
+use crate::decide::names::{
+    DEVICE_PLUGIN_LABEL, MANAGED_BY, MANAGER, PLUGIN_POD_LABEL, POOL_LABEL, VALIDATION_ANNOTATION,
+};
 use crate::decide::plan::NodeUpdate;
-use crate::decide::pods::{MANAGED_BY, PLUGIN_POD_LABEL, POOL_LABEL};
-use crate::decide::validation::VALIDATION_ANNOTATION;
 
+use super::locking::lock;
 use super::write_schedule::WriteSchedule;
 
 /// String maps changed by a node write: keys to set (Some) or remove (None).
@@ -77,14 +77,14 @@ impl NodeWriter {
     /// make now and, if some are left, when to come back for them (its slots are kept till then).
     pub fn take(&self, pool: &str, wanted: usize, batch: usize) -> (usize, Option<Duration>) {
         // A panic while holding the lock leaves the schedule consistent enough to go on.
-        let mut schedule = self.schedule.lock().unwrap_or_else(|e| e.into_inner());
+        let mut schedule = lock(&self.schedule);
         let grant = schedule.take(pool, wanted, batch, Instant::now());
         (grant.now, grant.come_back)
     }
 
     /// The pool is gone: its reserved slots are not waited for.
     pub fn forget(&self, pool: &str) {
-        let mut schedule = self.schedule.lock().unwrap_or_else(|e| e.into_inner());
+        let mut schedule = lock(&self.schedule);
         schedule.forget(pool);
     }
 

@@ -9,12 +9,8 @@ use kube::ResourceExt;
 
 use crate::api::GpuPool;
 use crate::decide::Observed;
-use crate::decide::claims::PoolRef;
-use crate::decide::daemonset::pool_key;
-use crate::decide::model::DaemonSetFacts;
-use crate::decide::nodes::NodeFacts;
-use crate::decide::placement::DEVICE_PLUGIN_LABEL;
-use crate::decide::pods::PodFacts;
+use crate::decide::facts::{DaemonSetFacts, NodeFacts, PodFacts, PoolRef};
+use crate::decide::names::{DEVICE_PLUGIN_LABEL, pool_key};
 
 use super::context::Context;
 

@@ -3,15 +3,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::Resource;
-use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
 use tracing::{debug, info};
 
 use crate::api::{ConditionType, GpuPool};
-use crate::decide::action::DaemonSetAction;
-use crate::decide::model::{Applied, PluginState};
+use crate::decide::applied::{Applied, PluginState};
+use crate::decide::plugin::action::DaemonSetAction;
 use crate::decide::{StatusOutcome, plan, plan_cleanup, report};
 
 use super::apply::{TransientError, apply_cleanup, apply_daemonsets, apply_nodes, write_status};
@@ -62,7 +61,7 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
     // retry; a write that went through (or none needed) forgets it.
     if applied.rejected.is_some()
         || applied.change.is_some()
-        || plan.daemonset == DaemonSetAction::Nothing
+        || plan.plugin.daemonset == DaemonSetAction::Nothing
     {
         ctx.record_rejection(&name, applied.rejected.clone());
     }
@@ -73,7 +72,8 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
     let members: Vec<String> = observed.nodes.iter().map(|n| n.name.clone()).collect();
     ctx.metrics.set_pool(&name, &outcome.status);
     ctx.record_gpu_waits(&name, &members, &outcome.serving);
-    let serving = plan.plugin.mode == crate::api::PluginMode::Managed && plan.live.is_some();
+    let serving =
+        plan.plugin.decision.mode == crate::api::PluginMode::Managed && plan.plugin.live.is_some();
     ctx.wake(ctx.members.record(&name, members, serving));
     ctx.reset_retry(&name);
     let next = next_look(&applied, &outcome, ctx.resync, ctx.settings.stall_retry);
@@ -189,7 +189,7 @@ fn count_node_writes(ctx: &Context, pool: &str, written: &[crate::decide::plan::
             ctx.metrics.gate_written(pool, taint.add);
         }
         if let Some(record) = &update.record {
-            let passed = record.result == crate::decide::validation::ValidationResult::Passed;
+            let passed = record.result == crate::decide::facts::ValidationResult::Passed;
             ctx.metrics.validated(pool, passed);
         }
     }

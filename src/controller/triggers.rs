@@ -9,16 +9,12 @@ use std::sync::{Arc, Mutex};
 use kube::ResourceExt;
 
 use crate::api::GpuPool;
-use crate::decide::daemonset::pool_key;
-use crate::decide::model::DaemonSetFacts;
-use crate::decide::nodes::NodeFacts;
-use crate::decide::placement::assigned;
-use crate::decide::pods::PodFacts;
-use crate::decide::selector::selects;
-use crate::index::Change;
-use crate::index::NodeIndex;
+use crate::decide::facts::{DaemonSetFacts, NodeFacts, PodFacts};
+use crate::decide::names::pool_key;
+use crate::decide::plugin::placement::assigned;
+use crate::index::{Change, NodeIndex};
 
-use super::context::lock;
+use super::locking::lock;
 
 /// Pools to look at for a node change: those selecting it before or after, and those whose
 /// device-plugin label it carried or carries (a stray label is its pool's to remove).
@@ -37,7 +33,7 @@ pub fn pools_selecting(node: &NodeFacts, pools: &[Arc<GpuPool>]) -> Vec<String> 
     pools
         .iter()
         .filter(|p| {
-            selects(&p.spec.node_selector, &node.labels)
+            p.spec.node_selector.selects(&node.labels)
                 || assigned == Some(pool_key(&p.name_any()).as_str())
         })
         .map(|p| p.name_any())
@@ -194,7 +190,7 @@ mod tests {
 
     #[test]
     fn a_daemonset_change_reaches_its_pool_or_every_pool() {
-        use crate::decide::model::{ObjectId, PoolOwner, Rollout};
+        use crate::decide::facts::{ObjectId, PoolOwner, Rollout};
         let pools = [pool("a", &[("x", "1")]), pool("b", &[("x", "2")])];
         let ds = |owner: Option<&str>, plugin: bool| DaemonSetFacts {
             id: ObjectId {

@@ -4,24 +4,23 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::resource::v1::ResourceSlice;
+use kube::api::ListParams;
 use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use crate::api::GpuPool;
-use crate::decide::daemonset::pool_key;
-use crate::decide::model::DaemonSetFacts;
-use crate::decide::nodes::NodeFacts;
-use crate::decide::plugin_config::{CONFIG_COMPONENT, ConfigMapFacts};
-use crate::decide::pods::{MANAGED_BY, PodFacts};
+use crate::decide::facts::{ConfigMapFacts, DaemonSetFacts, NodeFacts, PodFacts};
+use crate::decide::names::{CONFIG_COMPONENT, MANAGED_BY, NVIDIA_GPU_DRIVER, pool_key};
 use crate::index::slim::{SlimNode, SlimPod};
-use crate::index::{Change, GpuSlice, Keyed, NVIDIA_GPU_DRIVER, Tracked};
+use crate::index::{Change, GpuSlice, Keyed, Tracked};
 
 use super::context::Context;
 use super::triggers::{pools_for_daemonset, pools_for_node, pools_for_pod, pools_selecting};
@@ -338,4 +337,50 @@ fn on_pool_changes(ctx: &Context, changes: &[Change<PoolKey>]) -> Triggers {
     } else {
         Vec::new()
     }
+}
+
+/// How often the pods of deleted foreign plugins are looked for.
+const TOMBSTONE_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Lists the pods of each tombstone until none is left, then wakes every pool.
+pub async fn clear_tombstones(client: Client, ctx: Arc<Context>) {
+    loop {
+        tokio::time::sleep(TOMBSTONE_CHECK_EVERY).await;
+        for ds in ctx.tombstones.all() {
+            match pods_left(&client, &ds).await {
+                Ok(0) => {
+                    info!(daemonset = %ds.id, "the deleted device plugin's pods are gone");
+                    ctx.tombstones.remove(&ds.id);
+                    ctx.wake(
+                        ctx.pools
+                            .state()
+                            .iter()
+                            .map(|p| kube::ResourceExt::name_any(p.as_ref())),
+                    );
+                }
+                Ok(n) => {
+                    debug!(daemonset = %ds.id, pods = n, "the deleted device plugin's pods are still terminating")
+                }
+                Err(e) => {
+                    warn!(daemonset = %ds.id, error = %e, "cannot list the deleted device plugin's pods; trying again")
+                }
+            }
+        }
+    }
+}
+
+async fn pods_left(client: &Client, ds: &DaemonSetFacts) -> Result<usize, kube::Error> {
+    if ds.pod_selector.is_empty() {
+        return Ok(0);
+    }
+    let selector: Vec<String> = ds
+        .pod_selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ds.id.namespace);
+    let pods = api
+        .list(&ListParams::default().labels(&selector.join(",")))
+        .await?;
+    Ok(pods.items.len())
 }

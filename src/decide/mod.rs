@@ -1,81 +1,37 @@
-//! The functional core: pure decisions over plain data, no API server. A reconcile is
-//! `plan` (what to write, from what was observed) and `report` (the status, from what was
-//! observed, planned and applied); the shell in `controller` observes and applies.
+//! The functional core: pure decisions over plain data, no API server. A reconcile is `plan`
+//! (what to write, from what was observed) and `report` (the status, from what was observed,
+//! planned and applied); the shell in `controller` observes and applies.
+//!
+//! The folders, each depending only on those listed before it:
+//! - `names`, `text`, `settings`: the names gpupool reads and writes, message wording, options;
+//! - `facts`: what gpupool knows (nodes, pods, DaemonSets, ConfigMaps, pools), and `Observed`;
+//! - `scheduling`: selectors, taints and tolerations (where a pod may run);
+//! - `capacity`: what each node should have (VM sizes, sharing, MIG) and GPU health;
+//! - `plugin`: the plugin mode, which pool serves which node, the DaemonSet and its config;
+//! - `readiness`: each node's GPU readiness, the readiness gate and validation;
+//! - `plan`: `Plan` = the plugin plan + the readiness plan, and the cleanup of a deleted pool;
+//! - `applied`, `status`: what the shell wrote, and the status and events reported from it.
 
-pub mod action;
+pub mod applied;
 pub mod capacity;
-pub mod claims;
-pub mod daemonset;
-pub mod gate;
-pub mod health;
-pub mod image;
-pub mod model;
-pub mod nodes;
-pub mod placement;
+pub mod facts;
+pub mod names;
 pub mod plan;
-pub mod plugin_config;
-pub mod pods;
+pub mod plugin;
 #[cfg(test)]
 mod proptests;
 pub mod readiness;
 pub mod scheduling;
-pub mod selector;
-pub mod sizes;
+pub mod settings;
 pub mod status;
-pub mod validation;
+pub mod text;
 
-pub use plan::{Cleanup, Observed, Plan, plan, plan_cleanup};
+pub use facts::Observed;
+pub use plan::{Cleanup, Plan, plan, plan_cleanup};
+pub use settings::{
+    DEFAULT_ALLOWED_PLUGIN_IMAGES, DEFAULT_ALLOWED_VALIDATION_IMAGES, Settings, image_repository,
+};
 pub use status::{StatusOutcome, report};
-
-/// Operator settings the decisions depend on.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub plugin_namespace: String,
-    pub default_plugin_image: String,
-    pub gpu_grace_period: std::time::Duration,
-    /// How long the plugin DaemonSet may take to become ready before it counts as stuck.
-    pub rollout_deadline: std::time::Duration,
-    /// Image repositories plugin images may come from (`registry/path`, no tag or digest).
-    pub allowed_plugin_images: Vec<String>,
-    /// How long a write the API server refused is not tried again (unless the spec changes).
-    pub stall_retry: std::time::Duration,
-    /// Image repositories validation images may come from.
-    pub allowed_validation_images: Vec<String>,
-    /// The first wait before a failed validation is tried again (it doubles, up to 10 min).
-    pub validation_retry: std::time::Duration,
-}
-
-/// What the validation image may be by default: NVIDIA's CUDA samples and the AKS article's.
-pub const DEFAULT_ALLOWED_VALIDATION_IMAGES: [&str; 2] = [
-    "nvcr.io/nvidia/k8s/cuda-sample",
-    "mcr.microsoft.com/azuredocs/samples-tf-mnist-demo",
-];
-
-/// What the device plugin image may be by default: NVIDIA's registry and the AKS mirror.
-pub const DEFAULT_ALLOWED_PLUGIN_IMAGES: [&str; 2] = [
-    "nvcr.io/nvidia/k8s-device-plugin",
-    "mcr.microsoft.com/oss/nvidia/k8s-device-plugin",
-];
-
-impl Settings {
-    /// Whether the image's repository (the reference without `:tag` and `@digest`) is allowed.
-    pub fn image_allowed(&self, image: &str) -> bool {
-        let repository = image_repository(image);
-        self.allowed_plugin_images
-            .iter()
-            .any(|allowed| allowed == repository)
-    }
-}
-
-/// `registry:port/path/name:tag@sha256:…` → `registry:port/path/name`.
-pub fn image_repository(image: &str) -> &str {
-    let without_digest = image.split_once('@').map_or(image, |(r, _)| r);
-    match without_digest.rsplit_once(':') {
-        // A colon after the last slash starts the tag; before it, it is a registry port.
-        Some((repository, tag)) if !tag.contains('/') => repository,
-        _ => without_digest,
-    }
-}
 
 #[cfg(test)]
 pub(crate) mod testing {
@@ -83,8 +39,7 @@ pub(crate) mod testing {
     use std::collections::BTreeMap;
 
     use crate::api::PoolSelector;
-    use crate::decide::claims::PoolRef;
-    use crate::decide::nodes::{NodeFacts, NodeReadiness, NodeTaint};
+    use crate::decide::facts::{NodeFacts, NodeReadiness, NodeTaint, PoolRef};
 
     pub fn node(name: &str) -> NodeFacts {
         NodeFacts {
@@ -153,7 +108,7 @@ pub(crate) mod testing {
     pub fn settings() -> crate::decide::Settings {
         crate::decide::Settings {
             plugin_namespace: "gpu-resources".into(),
-            default_plugin_image: crate::decide::daemonset::DEFAULT_PLUGIN_IMAGE.into(),
+            default_plugin_image: crate::decide::plugin::daemonset::DEFAULT_PLUGIN_IMAGE.into(),
             gpu_grace_period: std::time::Duration::from_secs(600),
             rollout_deadline: std::time::Duration::from_secs(300),
             allowed_plugin_images: crate::decide::DEFAULT_ALLOWED_PLUGIN_IMAGES

@@ -18,13 +18,16 @@ use crate::api::{
     Condition, ConditionStatus, ConditionType, GpuPool, GpuPoolSpec, GpuPoolStatus, NodeImage,
     PluginMode, PoolSelector, Reason, SelectorOperator, SelectorRequirement,
 };
-use crate::decide::action::DaemonSetAction;
-use crate::decide::claims::{ForeignPlugin, NodeClaims, PoolRef};
-use crate::decide::image::decide_plugin;
-use crate::decide::model::{Applied, DaemonSetFacts, ObjectId, PluginState, Rollout, Stall};
-use crate::decide::nodes::{NODE_IMAGE_LABEL, NodeFacts, NodeReadiness, NodeTaint};
-use crate::decide::placement::DEVICE_PLUGIN_LABEL;
-use crate::decide::pods::{PodFacts, PodPhase, PodRole};
+use crate::decide::applied::{Applied, PluginState};
+use crate::decide::facts::{
+    DaemonSetFacts, NodeFacts, NodeReadiness, NodeTaint, ObjectId, PodFacts, PodPhase, PodRole,
+    PoolRef, Rollout, Stall,
+};
+use crate::decide::names::{DEVICE_PLUGIN_LABEL, NODE_IMAGE_LABEL};
+use crate::decide::plugin::PluginPlan;
+use crate::decide::plugin::action::DaemonSetAction;
+use crate::decide::plugin::claims::{ForeignPlugin, NodeClaims};
+use crate::decide::plugin::mode::decide_plugin;
 use crate::decide::scheduling::{base_tolerations, pool_taint_keys, tolerations_for};
 use crate::decide::{Observed, Plan, Settings, plan, report};
 
@@ -480,12 +483,12 @@ impl Sim {
         for &i in order {
             let plan = plan(&self.observed(i), &settings());
             let name = self.pools[i].0.name.clone();
-            if plan.plugin.mode == PluginMode::Managed {
+            if plan.plugin.decision.mode == PluginMode::Managed {
                 self.managed.insert(name);
             } else {
                 self.managed.remove(&name);
             }
-            for change in plan.placement.label_changes {
+            for change in plan.plugin.placement.label_changes {
                 let node = self
                     .nodes
                     .iter_mut()
@@ -651,114 +654,270 @@ proptest! {
         };
         for (nodes, node_image, state, (generation_step, lag, desired, ready, updated), stall, advance, expected, (other, foreign)) in steps {
             now = now.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(advance)).unwrap();
-            let refs: Vec<&NodeFacts> = nodes.iter().collect();
-            let plugin = decide_plugin(node_image, &refs, &HashSet::new(), previous_mode);
-            let mut claims = NodeClaims::default();
-            for i in other.iter().filter(|i| **i < nodes.len()) {
-                claims.served_by_other_pool.insert(nodes[*i].name.clone(), "older".into());
-            }
-            for i in foreign.iter().filter(|i| **i < nodes.len()) {
-                claims.foreign_plugins.insert(nodes[*i].name.clone(), vec!["kube-system/seed".into()]);
-            }
-            let id = ObjectId { namespace: "gpu-resources".into(), name: "p".into() };
-            let daemonset = match (plugin.mode, state) {
-                (PluginMode::Skipped, _) | (_, 0) => PluginState::NotDeployed,
-                (_, 1) => PluginState::Pending { id },
-                _ => PluginState::Live { id, rollout: Rollout {
-                    generation: 1 + generation_step,
-                    observed_generation: 1 + generation_step - lag.min(generation_step + 1),
-                    desired,
-                    ready: ready.min(desired),
-                    updated: updated.min(desired),
-                }},
-            };
             let stall = stall.map(|reason| Stall { reason, message: format!("{reason} happened") });
             let generation = Some(1 + generation_step);
-            let mut pool = GpuPool::new("p", GpuPoolSpec {
-                node_selector: selector.clone(),
-                node_image,
-                device_plugin: None,
-                expected_gpus_per_node: expected,
-                ..Default::default()
-            });
-            pool.metadata.generation = generation;
-            pool.status = Some(GpuPoolStatus { conditions: previous.clone(), problem_nodes: previous_problems.clone(), ..Default::default() });
-            let observed = Observed {
-                pool: Arc::new(pool),
-                nodes: nodes.iter().cloned().map(Arc::new).collect(),
-                strays: vec![],
-                other_pools: vec![],
-                plugin_daemonsets: vec![],
-                pods: vec![],
-                dra_nodes: HashSet::new(),
-                pool_uids: Default::default(),
-                rejection: None,
-                problem_clocks: None,
-                plugin_configs: vec![],
-                now,
+            let step = ConditionStep {
+                nodes: &nodes, node_image, state, rollout: (generation_step, lag, desired, ready, updated),
+                stall: stall.clone(), expected, other: &other, foreign: &foreign,
             };
-            let plan = Plan {
-                plugin: plugin.clone(),
-                claims,
-                image: "img".into(),
-                delete_stale: vec![],
-                daemonset: DaemonSetAction::Nothing,
-                live: None,
-                placement: Default::default(),
-                leftover_pods: vec![],
-                readiness: Default::default(),
-                plugin_nodes: 0,
-                expected: observed
-                    .nodes
-                    .iter()
-                    .map(|n| (n.name.clone(), crate::decide::capacity::expected(n, &observed.pool.spec, true)))
-                    .collect(),
-                config: None,
-                config_map: crate::decide::plugin_config::ConfigMapAction::Nothing,
-            };
-            let applied = Applied::kept(daemonset, stall.clone());
-            let outcome = report(&observed, &plan, &applied, &settings());
-            let conditions = &outcome.status.conditions;
-            let find = |t: ConditionType| conditions.iter().find(|c| c.type_ == t.as_str());
-            let types: BTreeSet<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
-            prop_assert_eq!(types.len(), conditions.len(), "duplicate condition types: {:?}", conditions);
-            let summary = [ConditionType::Ready, ConditionType::DevicePluginReady, ConditionType::GpusSchedulable, ConditionType::GpusHealthy];
-            for always in summary {
-                prop_assert!(find(always).is_some(), "{} missing", always);
-            }
-            for c in conditions {
-                prop_assert!(c.has_status(ConditionStatus::True) || c.has_status(ConditionStatus::False), "{:?}", c);
-                if !summary.iter().any(|t| t.as_str() == c.type_) {
-                    prop_assert!(c.is_true(), "{} is present only while True", &c.type_);
-                }
-                prop_assert_eq!(c.observed_generation, generation);
-                prop_assert!(!c.reason.is_empty() && c.reason.chars().next().unwrap().is_ascii_uppercase(), "reason {:?}", c.reason);
-                let now_s = Timestamp::from_second(now.as_second()).unwrap();
-                match previous.iter().find(|p| p.type_ == c.type_) {
-                    Some(p) if p.status == c.status => prop_assert_eq!(&c.last_transition_time, &p.last_transition_time, "{} did not flip", &c.type_),
-                    _ => prop_assert_eq!(c.last_transition_time.0, now_s, "{} flipped or appeared now", &c.type_),
-                }
-            }
-            let is_true = |t: ConditionType| find(t).is_some_and(|c| c.is_true());
-            let (stalled, reconciling) = (ConditionType::Stalled, ConditionType::Reconciling);
-            prop_assert!(!(is_true(stalled) && is_true(reconciling)), "Stalled and Reconciling both True: {:?}", conditions);
-            if let Some(stall) = &stall {
-                prop_assert!(is_true(stalled), "a stall is reported: {:?}", conditions);
-                prop_assert_eq!(find(stalled).map(|c| c.reason.as_str()), Some(stall.reason.as_str()));
-            }
-            // kstatus: a pool that is not Ready is either progressing or failed (except when
-            // every node is cordoned on purpose).
-            let ready = find(ConditionType::Ready).unwrap();
-            if !ready.is_true() && ready.reason != Reason::AllNodesCordoned.as_str() {
-                prop_assert!(is_true(stalled) != is_true(reconciling), "not Ready needs exactly one of Reconciling/Stalled: {:?}", conditions);
-            }
-            if ready.is_true() {
-                prop_assert!(is_true(ConditionType::DevicePluginReady), "Ready without the plugin ready: {:?}", conditions);
-                prop_assert!(is_true(ConditionType::GpusSchedulable) || nodes.is_empty(), "Ready without schedulable GPUs: {:?}", conditions);
-            }
+            let outcome = report_step(&step, &selector, &previous, &previous_problems, previous_mode, now);
+            check_conventions(&outcome, &previous, now, generation, stall.as_ref(), nodes.is_empty())?;
             previous = outcome.status.conditions.clone();
             previous_problems = outcome.status.problem_nodes.clone();
             previous_mode = outcome.status.device_plugin.as_ref().map(|d| d.mode);
         }
     }
+}
+
+/// One reconcile of `condition_transitions_follow_the_conventions`.
+struct ConditionStep<'a> {
+    nodes: &'a [NodeFacts],
+    node_image: NodeImage,
+    state: usize,
+    rollout: (i64, i64, i32, i32, i32),
+    stall: Option<Stall>,
+    expected: Option<i32>,
+    other: &'a BTreeSet<usize>,
+    foreign: &'a BTreeSet<usize>,
+}
+
+/// The status `report` gives for one step, after the previous step's status.
+fn report_step(
+    step: &ConditionStep,
+    selector: &PoolSelector,
+    previous: &[Condition],
+    previous_problems: &[crate::api::ProblemNode],
+    previous_mode: Option<PluginMode>,
+    now: Timestamp,
+) -> crate::decide::StatusOutcome {
+    let ConditionStep {
+        nodes,
+        node_image,
+        state,
+        rollout: (generation_step, ..),
+        expected,
+        other,
+        foreign,
+        ..
+    } = *step;
+    let generation = Some(1 + generation_step);
+    let refs: Vec<&NodeFacts> = nodes.iter().collect();
+    let plugin = decide_plugin(node_image, &refs, &HashSet::new(), previous_mode);
+    let mut claims = NodeClaims::default();
+    for i in other.iter().filter(|i| **i < nodes.len()) {
+        claims
+            .served_by_other_pool
+            .insert(nodes[*i].name.clone(), "older".into());
+    }
+    for i in foreign.iter().filter(|i| **i < nodes.len()) {
+        claims
+            .foreign_plugins
+            .insert(nodes[*i].name.clone(), vec!["kube-system/seed".into()]);
+    }
+    let daemonset = step_daemonset(plugin.mode, state, step.rollout);
+
+    let mut pool = GpuPool::new(
+        "p",
+        GpuPoolSpec {
+            node_selector: selector.clone(),
+            node_image,
+            device_plugin: None,
+            expected_gpus_per_node: expected,
+            ..Default::default()
+        },
+    );
+    pool.metadata.generation = generation;
+    pool.status = Some(GpuPoolStatus {
+        conditions: previous.to_vec(),
+        problem_nodes: previous_problems.to_vec(),
+        ..Default::default()
+    });
+    let observed = Observed {
+        pool: Arc::new(pool),
+        nodes: nodes.iter().cloned().map(Arc::new).collect(),
+        strays: vec![],
+        other_pools: vec![],
+        plugin_daemonsets: vec![],
+        pods: vec![],
+        dra_nodes: HashSet::new(),
+        pool_uids: Default::default(),
+        rejection: None,
+        problem_clocks: None,
+        plugin_configs: vec![],
+        now,
+    };
+    let plan = plan_with(&observed, plugin, claims);
+    let applied = Applied::kept(daemonset, step.stall.clone());
+    report(&observed, &plan, &applied, &settings())
+}
+
+/// The conventions every step's conditions keep (see the property's doc).
+fn check_conventions(
+    outcome: &crate::decide::StatusOutcome,
+    previous: &[Condition],
+    now: Timestamp,
+    generation: Option<i64>,
+    stall: Option<&Stall>,
+    no_nodes: bool,
+) -> Result<(), TestCaseError> {
+    let conditions = &outcome.status.conditions;
+    let find = |t: ConditionType| conditions.iter().find(|c| c.type_ == t.as_str());
+    let types: BTreeSet<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
+    prop_assert_eq!(
+        types.len(),
+        conditions.len(),
+        "duplicate condition types: {:?}",
+        conditions
+    );
+    let summary = [
+        ConditionType::Ready,
+        ConditionType::DevicePluginReady,
+        ConditionType::GpusSchedulable,
+        ConditionType::GpusHealthy,
+    ];
+    for always in summary {
+        prop_assert!(find(always).is_some(), "{} missing", always);
+    }
+    for c in conditions {
+        check_condition(c, &summary, previous, now, generation)?;
+    }
+    let is_true = |t: ConditionType| find(t).is_some_and(|c| c.is_true());
+    let (stalled, reconciling) = (ConditionType::Stalled, ConditionType::Reconciling);
+    prop_assert!(
+        !(is_true(stalled) && is_true(reconciling)),
+        "Stalled and Reconciling both True: {:?}",
+        conditions
+    );
+    if let Some(stall) = stall {
+        prop_assert!(is_true(stalled), "a stall is reported: {:?}", conditions);
+        prop_assert_eq!(
+            find(stalled).map(|c| c.reason.as_str()),
+            Some(stall.reason.as_str())
+        );
+    }
+    // kstatus: a pool that is not Ready is either progressing or failed (except when
+    // every node is cordoned on purpose).
+    let ready = find(ConditionType::Ready).unwrap();
+    if !ready.is_true() && ready.reason != Reason::AllNodesCordoned.as_str() {
+        prop_assert!(
+            is_true(stalled) != is_true(reconciling),
+            "not Ready needs exactly one of Reconciling/Stalled: {:?}",
+            conditions
+        );
+    }
+    if ready.is_true() {
+        prop_assert!(
+            is_true(ConditionType::DevicePluginReady),
+            "Ready without the plugin ready: {:?}",
+            conditions
+        );
+        prop_assert!(
+            is_true(ConditionType::GpusSchedulable) || no_nodes,
+            "Ready without schedulable GPUs: {:?}",
+            conditions
+        );
+    }
+    Ok(())
+}
+
+/// A plan that writes nothing, with the given plugin decision and claims.
+fn plan_with(
+    observed: &Observed,
+    decision: crate::decide::plugin::mode::PluginDecision,
+    claims: NodeClaims,
+) -> Plan {
+    Plan {
+        plugin: PluginPlan {
+            decision,
+            claims,
+            image: "img".into(),
+            delete_stale: vec![],
+            daemonset: DaemonSetAction::Nothing,
+            live: None,
+            placement: Default::default(),
+            leftover_pods: vec![],
+            plugin_nodes: 0,
+            expected: observed
+                .nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.name.clone(),
+                        crate::decide::capacity::expected(n, &observed.pool.spec, true),
+                    )
+                })
+                .collect(),
+            config: None,
+            config_map: crate::decide::plugin::config::ConfigMapAction::Nothing,
+            tolerated: Default::default(),
+        },
+        readiness: Default::default(),
+    }
+}
+
+/// The DaemonSet's state in a step: none, pending, or live with the step's rollout counts.
+fn step_daemonset(
+    mode: PluginMode,
+    state: usize,
+    (generation_step, lag, desired, ready, updated): (i64, i64, i32, i32, i32),
+) -> PluginState {
+    let id = ObjectId {
+        namespace: "gpu-resources".into(),
+        name: "p".into(),
+    };
+    match (mode, state) {
+        (PluginMode::Skipped, _) | (_, 0) => PluginState::NotDeployed,
+        (_, 1) => PluginState::Pending { id },
+        _ => PluginState::Live {
+            id,
+            rollout: Rollout {
+                generation: 1 + generation_step,
+                observed_generation: 1 + generation_step - lag.min(generation_step + 1),
+                desired,
+                ready: ready.min(desired),
+                updated: updated.min(desired),
+            },
+        },
+    }
+}
+
+/// One condition: True or False, present only while True unless a summary condition, this
+/// generation, a CamelCase reason, and a lastTransitionTime that moves only on a flip.
+fn check_condition(
+    c: &Condition,
+    summary: &[ConditionType],
+    previous: &[Condition],
+    now: Timestamp,
+    generation: Option<i64>,
+) -> Result<(), TestCaseError> {
+    prop_assert!(
+        c.has_status(ConditionStatus::True) || c.has_status(ConditionStatus::False),
+        "{:?}",
+        c
+    );
+    if !summary.iter().any(|t| t.as_str() == c.type_) {
+        prop_assert!(c.is_true(), "{} is present only while True", &c.type_);
+    }
+    prop_assert_eq!(c.observed_generation, generation);
+    prop_assert!(
+        !c.reason.is_empty() && c.reason.chars().next().unwrap().is_ascii_uppercase(),
+        "reason {:?}",
+        c.reason
+    );
+    let now_s = Timestamp::from_second(now.as_second()).unwrap();
+    match previous.iter().find(|p| p.type_ == c.type_) {
+        Some(p) if p.status == c.status => prop_assert_eq!(
+            &c.last_transition_time,
+            &p.last_transition_time,
+            "{} did not flip",
+            &c.type_
+        ),
+        _ => prop_assert_eq!(
+            c.last_transition_time.0,
+            now_s,
+            "{} flipped or appeared now",
+            &c.type_
+        ),
+    }
+    Ok(())
 }

@@ -11,9 +11,6 @@ use kube::runtime::watcher::Event;
 
 use crate::index::{Change, Keyed, Tracked};
 
-/// The driver name NVIDIA's GPU DRA driver publishes its devices under.
-pub const NVIDIA_GPU_DRIVER: &str = "gpu.nvidia.com";
-
 /// A ResourceSlice of the NVIDIA GPU driver, reduced to the node it describes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GpuSlice {

@@ -2,18 +2,19 @@
 //! read by reconciles. Each index says what an event really changed, which is what decides the
 //! pools to look at again; nothing here talks to the API server.
 
+pub mod convert;
 mod dra;
 mod nodes;
 mod pods;
 pub mod slim;
 mod tracked;
 
-pub use dra::{DraIndex, GpuSlice, NVIDIA_GPU_DRIVER};
+pub use dra::{DraIndex, GpuSlice};
 pub use nodes::NodeIndex;
 pub use pods::PodIndex;
 pub use tracked::{Change, Keyed, Tracked};
 
-use crate::decide::model::DaemonSetFacts;
+use crate::decide::facts::{ConfigMapFacts, DaemonSetFacts};
 
 impl Keyed for DaemonSetFacts {
     fn key(&self) -> std::borrow::Cow<'_, str> {
@@ -24,11 +25,11 @@ impl Keyed for DaemonSetFacts {
 /// The DaemonSets gpupool cares about: its own and other device plugins.
 pub type DaemonSetIndex = Tracked<DaemonSetFacts>;
 
-impl Keyed for crate::decide::plugin_config::ConfigMapFacts {
+impl Keyed for ConfigMapFacts {
     fn key(&self) -> std::borrow::Cow<'_, str> {
         std::borrow::Cow::Owned(self.id.to_string())
     }
 }
 
 /// gpupool's plugin ConfigMaps, in the plugin namespace.
-pub type ConfigMapIndex = Tracked<crate::decide::plugin_config::ConfigMapFacts>;
+pub type ConfigMapIndex = Tracked<ConfigMapFacts>;

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use kube::runtime::watcher::Event;
 
 use crate::api::{PoolSelector, SelectorOperator};
-use crate::decide::nodes::NodeFacts;
-use crate::decide::placement::DEVICE_PLUGIN_LABEL;
-use crate::decide::selector::selects;
+use crate::decide::facts::NodeFacts;
+use crate::decide::names::DEVICE_PLUGIN_LABEL;
 use crate::index::{Change, Keyed, Tracked};
 
 impl Keyed for NodeFacts {
@@ -107,14 +106,14 @@ impl NodeIndex {
             Some(names) => names
                 .into_iter()
                 .filter_map(|n| self.nodes.get(n))
-                .filter(|n| selects(selector, &n.labels))
+                .filter(|n| selector.selects(&n.labels))
                 .cloned()
                 .collect(),
             None => {
                 let mut all: Vec<Arc<NodeFacts>> = self
                     .nodes
                     .values()
-                    .filter(|n| selects(selector, &n.labels))
+                    .filter(|n| selector.selects(&n.labels))
                     .cloned()
                     .collect();
                 all.sort_by(|a, b| a.name.cmp(&b.name));

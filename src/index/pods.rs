@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use kube::runtime::watcher::Event;
 
-use crate::decide::pods::PodFacts;
+use crate::decide::facts::PodFacts;
 use crate::index::{Change, Keyed, Tracked};
 
 impl Keyed for PodFacts {
@@ -69,8 +69,7 @@ impl PodIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::model::ObjectId;
-    use crate::decide::pods::{PodPhase, PodRole};
+    use crate::decide::facts::{ObjectId, PodPhase, PodRole};
 
     fn pod(name: &str, node: Option<&str>) -> PodFacts {
         PodFacts {

@@ -274,7 +274,7 @@ fn gpupool_annotations<'de, D: Deserializer<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::nodes::NodeFacts;
+    use crate::decide::facts::NodeFacts;
 
     /// A Node as an AKS kubelet reports it (abridged), with the fields gpupool never reads.
     const AKS_NODE: &str = r#"{
@@ -370,7 +370,7 @@ mod tests {
 
     #[test]
     fn pod_facts_are_the_same_as_from_the_whole_pod() {
-        use crate::decide::pods::PodFacts;
+        use crate::decide::facts::PodFacts;
         let whole: Pod = serde_json::from_str(PLUGIN_POD).unwrap();
         let slim: SlimPod = serde_json::from_str(PLUGIN_POD).unwrap();
         let facts = PodFacts::from_pod(&slim.0);

@@ -292,7 +292,7 @@ pub async fn wait_condition(
 }
 
 pub fn plugin_name(pool: &str) -> String {
-    gpupool::decide::daemonset::daemonset_name(pool)
+    gpupool::decide::names::daemonset_name(pool)
 }
 
 pub async fn get_daemonset(client: &Client, name: &str) -> Option<DaemonSet> {

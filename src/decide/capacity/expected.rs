@@ -5,27 +5,12 @@
 //! `nvidia.com/gpu`. Expectations are per node: a pool may mix sizes.
 
 use crate::api::{AksMigProfile, GpuPoolSpec, MigStrategy, Reason};
-use crate::decide::nodes::{GPU_RESOURCE, MIG_RESOURCE_PREFIX, NodeFacts};
-use crate::decide::sizes::{PartialSize, SizeFacts, lookup};
-
-/// The label carrying the VM size (on AKS, e.g. `Standard_NC24ads_A100_v4`).
-pub const INSTANCE_TYPE_LABEL: &str = "node.kubernetes.io/instance-type";
-
-/// Node labels in which a provisioner states the machine's GPU count, in the order read.
-/// - AKS node auto-provisioning (Karpenter Azure provider, `pkg/apis/v1beta1/labels.go`):
-///   the SKU's GPU count, `"0"` on non-GPU SKUs;
-/// - Karpenter AWS (`pkg/apis/v1/labels.go`): EC2's GPU count;
-/// - GKE (Autopilot): `cloud.google.com/gke-accelerator-count`;
-/// - Karpenter GCP (cloudpilot-ai, `pkg/apis/v1alpha1/labels.go`).
-pub const GPU_COUNT_LABELS: [&str; 4] = [
-    "karpenter.azure.com/sku-gpu-count",
-    "karpenter.k8s.aws/instance-gpu-count",
-    "cloud.google.com/gke-accelerator-count",
-    "karpenter.k8s.gcp/instance-gpu-count",
-];
-
-/// The shared resource time-slicing advertises with `renameByDefault`.
-pub const SHARED_RESOURCE: &str = "nvidia.com/gpu.shared";
+use crate::decide::capacity::sizes::{PartialSize, SizeFacts, lookup};
+use crate::decide::facts::NodeFacts;
+use crate::decide::names::{
+    ANY_MIG, GPU_COUNT_LABELS, GPU_RESOURCE, INSTANCE_TYPE_LABEL, MIG_RESOURCE_PREFIX,
+    SHARED_RESOURCE,
+};
 
 /// Where a node's expected GPU count comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +20,7 @@ pub enum Source {
         key: &'static str,
         value: i64,
     },
-    Size(crate::decide::sizes::GpuSize),
+    Size(crate::decide::capacity::sizes::GpuSize),
     Fraction {
         size: &'static str,
         part: PartialSize,
@@ -117,9 +102,6 @@ impl Expected {
         }
     }
 }
-
-/// The counted resource when MIG mixed runs without a known profile name.
-pub const ANY_MIG: &str = "nvidia.com/mig-*";
 
 /// What a node should have, given the pool's spec; `plugin_ours`: gpupool runs its plugin there
 /// (sharing and MIG are what gpupool configures; a platform's plugin advertises plain GPUs).
@@ -302,6 +284,7 @@ pub fn judge(node: &NodeFacts, e: &Expected) -> Judgement {
 mod tests {
     use super::*;
     use crate::api::{Mig, Sharing, TimeSlicing};
+    use crate::decide::names::{ANY_MIG, INSTANCE_TYPE_LABEL, SHARED_RESOURCE};
     use crate::decide::testing::gpu_node;
 
     fn spec() -> GpuPoolSpec {

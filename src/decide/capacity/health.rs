@@ -3,7 +3,7 @@
 //! `gpu-health-monitoring.md`): True means a problem was detected, False healthy. The doc's
 //! headings also say `GPUXIDErrors` where its table says `XIDErrors`: both are read.
 
-use crate::decide::nodes::{NodeCondition, NodeFacts};
+use crate::decide::facts::{NodeCondition, NodeFacts};
 
 /// Condition types that report a GPU fault when True.
 pub const AKS_GPU_CONDITIONS: [&str; 8] = [

@@ -4,7 +4,8 @@
 use k8s_openapi::api::apps::v1::DaemonSet;
 
 use crate::api::Reason;
-use crate::decide::model::{DESIRED_HASH_ANNOTATION, DaemonSetFacts, ObjectId, Stall};
+use crate::decide::facts::{DaemonSetFacts, ObjectId, Stall};
+use crate::decide::names::DESIRED_HASH_ANNOTATION;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum DaemonSetAction {
@@ -107,7 +108,7 @@ pub fn stale_daemonsets<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::model::{PoolOwner, Rollout};
+    use crate::decide::facts::{PoolOwner, Rollout};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn id(namespace: &str) -> ObjectId {

@@ -7,45 +7,13 @@ use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 
-use crate::api::{GpuPool, NodeImage, PluginMode, PoolSelector};
-use crate::decide::image::classify;
-use crate::decide::nodes::NodeFacts;
+use crate::api::NodeImage;
+use crate::decide::facts::{NodeFacts, PoolRef};
+use crate::decide::plugin::mode::classify;
 use crate::decide::scheduling::daemon_pod_would_run_on;
-use crate::decide::selector::selects;
-
-/// Another pool, as far as node ownership is concerned.
-#[derive(Clone, Debug)]
-pub struct PoolRef {
-    pub name: String,
-    pub uid: String,
-    pub created: Option<Timestamp>,
-    pub selector: PoolSelector,
-    pub node_image: NodeImage,
-    /// Its plugin runs: its status says Managed and its DaemonSet exists (the API server
-    /// accepted it and it is not being deleted).
-    pub serving: bool,
-}
 
 impl PoolRef {
-    /// The pool as a rival; `has_daemonset` says whether its own DaemonSet exists.
-    pub fn of(pool: &GpuPool, has_daemonset: bool) -> PoolRef {
-        let managed = pool
-            .status
-            .as_ref()
-            .and_then(|s| s.device_plugin.as_ref())
-            .is_some_and(|d| d.mode == PluginMode::Managed);
-        PoolRef {
-            name: pool.name_any(),
-            uid: pool.metadata.uid.clone().unwrap_or_default(),
-            created: pool.creation_timestamp().map(|t| t.0),
-            selector: pool.spec.node_selector.clone(),
-            node_image: pool.spec.node_image,
-            serving: managed && has_daemonset,
-        }
-    }
-
     /// The oldest pool wins a contested node (then the name, so the order is total): adding a
     /// new, overlapping pool never moves nodes away from a pool that already serves them.
     fn precedence(&self) -> (bool, Option<Timestamp>, &str) {
@@ -55,7 +23,7 @@ impl PoolRef {
     /// Whether its plugin runs on this node (or would, were it not for another older pool).
     fn serves(&self, node: &NodeFacts, dra_nodes: &HashSet<String>) -> bool {
         self.serving
-            && selects(&self.selector, &node.labels)
+            && self.selector.selects(&node.labels)
             && match self.node_image {
                 NodeImage::Standard => true,
                 NodeImage::Specialized => false,
@@ -108,7 +76,7 @@ pub fn claim_nodes(
     for node in nodes {
         let rivals: Vec<&PoolRef> = pools
             .iter()
-            .filter(|p| p.name != this.name && selects(&p.selector, &node.labels))
+            .filter(|p| p.name != this.name && p.selector.selects(&node.labels))
             .collect();
         let older_server = rivals
             .iter()
@@ -142,6 +110,7 @@ pub fn claim_nodes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::facts::PoolRef;
     use crate::decide::scheduling::base_tolerations;
     use crate::decide::testing::{node_labelled, pool_ref};
 
@@ -182,7 +151,7 @@ mod tests {
         old.node_image = NodeImage::Auto;
         let mut special = n.clone();
         special.labels.insert(
-            crate::decide::nodes::NODE_IMAGE_LABEL.into(),
+            crate::decide::names::NODE_IMAGE_LABEL.into(),
             "AKSUbuntu-1804gpucontainerd-202501.05.0".into(),
         );
         let claims = claim(&young, &[&special], &[old.clone(), young.clone()], &[]);

@@ -11,16 +11,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use serde_json::json;
 
 use crate::api::{API_VERSION_FULL, GpuPoolSpec, KIND, MigStrategy};
-use crate::decide::daemonset::{daemonset_name, fnv1a, pool_key};
-use crate::decide::model::{DESIRED_HASH_ANNOTATION, ObjectId};
-use crate::decide::nodes::GPU_RESOURCE;
-use crate::decide::pods::{MANAGED_BY, POOL_LABEL};
+use crate::decide::facts::{ConfigMapFacts, ObjectId};
+use crate::decide::names::{
+    CONFIG_COMPONENT, CONFIG_KEY, DESIRED_HASH_ANNOTATION, GPU_RESOURCE, MANAGED_BY, POOL_LABEL,
+    config_map_name, fnv1a, pool_key,
+};
 
-/// The file in the ConfigMap, and where the plugin finds it.
-pub const CONFIG_KEY: &str = "config.yaml";
+/// Where the plugin finds the ConfigMap's file.
 pub const CONFIG_DIR: &str = "/etc/gpupool/device-plugin";
-/// Label of gpupool's plugin ConfigMaps (to watch only them).
-pub const CONFIG_COMPONENT: (&str, &str) = ("app.kubernetes.io/component", "device-plugin-config");
 
 /// A pool's plugin config, rendered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,11 +54,6 @@ pub fn plugin_config(spec: &GpuPoolSpec) -> Option<PluginConfig> {
     })
 }
 
-/// The ConfigMap's name: the DaemonSet's, suffixed.
-pub fn config_map_name(pool: &str) -> String {
-    format!("{}-config", daemonset_name(pool))
-}
-
 pub fn desired_config_map(
     pool: &str,
     pool_uid: &str,
@@ -94,44 +87,6 @@ pub fn desired_config_map(
         },
         data: Some([(CONFIG_KEY.to_string(), config.text.clone())].into()),
         ..ConfigMap::default()
-    }
-}
-
-/// A plugin ConfigMap gpupool wrote, as the watch keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigMapFacts {
-    pub id: ObjectId,
-    pub pool_key: Option<String>,
-    /// The hash gpupool put on it, and the hash of what it holds now (someone may have edited
-    /// it): both must match the desired one.
-    pub desired_hash: Option<String>,
-    pub content_hash: Option<String>,
-}
-
-impl ConfigMapFacts {
-    pub fn from_config_map(cm: &ConfigMap) -> ConfigMapFacts {
-        let meta = &cm.metadata;
-        ConfigMapFacts {
-            id: ObjectId {
-                namespace: meta.namespace.clone().unwrap_or_default(),
-                name: meta.name.clone().unwrap_or_default(),
-            },
-            pool_key: meta
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(POOL_LABEL))
-                .cloned(),
-            desired_hash: meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(DESIRED_HASH_ANNOTATION))
-                .cloned(),
-            content_hash: cm
-                .data
-                .as_ref()
-                .and_then(|d| d.get(CONFIG_KEY))
-                .map(|text| format!("{:016x}", fnv1a(text.as_bytes()))),
-        }
     }
 }
 
@@ -173,6 +128,7 @@ pub fn config_map_action(
 mod tests {
     use super::*;
     use crate::api::{AksMigProfile, Mig, Sharing, TimeSlicing};
+    use crate::decide::facts::ConfigMapFacts;
 
     fn spec() -> GpuPoolSpec {
         GpuPoolSpec::default()

@@ -18,55 +18,21 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::api::{
     API_VERSION_FULL, DevicePluginSpec, KIND, MigStrategy, PluginToleration, TolerationOperator,
 };
-use crate::decide::model::{DESIRED_HASH_ANNOTATION, TOLERATED_TAINTS_ANNOTATION};
-use crate::decide::placement::DEVICE_PLUGIN_LABEL;
-use crate::decide::plugin_config::{CONFIG_DIR, CONFIG_KEY, PluginConfig, config_map_name};
-use crate::decide::pods::{MANAGED_BY, PLUGIN_POD_LABEL, POOL_LABEL, VALIDATES_PLUGIN};
-use crate::decide::scheduling::{TaintKey, base_tolerations, tolerations_for};
+use crate::decide::facts::{TaintKey, format_taint_keys};
+use crate::decide::names::{
+    CONFIG_HASH_ANNOTATION, CONFIG_KEY, DESIRED_HASH_ANNOTATION, DEVICE_PLUGIN_LABEL, MANAGED_BY,
+    PLUGIN_POD_LABEL, POOL_LABEL, TOLERATED_TAINTS_ANNOTATION, VALIDATES_PLUGIN, config_map_name,
+    daemonset_name, fnv1a, pool_key,
+};
+use crate::decide::plugin::config::{CONFIG_DIR, PluginConfig};
+use crate::decide::scheduling::{base_tolerations, tolerations_for};
 
-/// The pod-template annotation carrying the plugin config's hash.
-pub const CONFIG_HASH_ANNOTATION: &str = "gpupool.io/plugin-config";
 const CONFIG_VOLUME: &str = "plugin-config";
 
 /// The default plugin image: the one the current AKS GPU article uses.
 pub const DEFAULT_PLUGIN_IMAGE: &str = "nvcr.io/nvidia/k8s-device-plugin:v0.18.0";
 pub const DEFAULT_PRIORITY_CLASS: &str = "system-node-critical";
 const DEVICE_PLUGIN_PATH: &str = "/var/lib/kubelet/device-plugins";
-const NAME_PREFIX: &str = "nvidia-device-plugin-";
-const MAX_NAME: usize = 63;
-
-/// The DaemonSet name for a pool. Pool names can be 253 characters with dots; DaemonSet names are
-/// kept to 63 so the pod names derived from them stay legal everywhere. Long names keep a readable
-/// prefix and end in a hash of the full name, so distinct pools never share a DaemonSet.
-pub fn daemonset_name(pool: &str) -> String {
-    format!(
-        "{NAME_PREFIX}{}",
-        pool_key_with_room(pool, MAX_NAME - NAME_PREFIX.len())
-    )
-}
-
-/// A label-value-safe (at most 63 characters) key for the pool.
-pub fn pool_key(pool: &str) -> String {
-    pool_key_with_room(pool, MAX_NAME)
-}
-
-fn pool_key_with_room(pool: &str, room: usize) -> String {
-    if pool.len() <= room {
-        return pool.to_string();
-    }
-    let hash = format!("{:016x}", fnv1a(pool.as_bytes()));
-    let keep = room - 9; // '-' and 8 hex digits
-    let prefix = pool[..keep].trim_end_matches(['-', '.']);
-    format!("{prefix}-{}", &hash[..8])
-}
-
-/// FNV-1a 64: stable across releases (unlike std's hasher), so names and hashes never change
-/// under a running pool.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut hasher = fnv::FnvHasher::default();
-    std::hash::Hasher::write(&mut hasher, bytes);
-    std::hash::Hasher::finish(&hasher)
-}
 
 /// Everything the desired DaemonSet depends on.
 #[derive(Clone, Debug)]
@@ -332,22 +298,6 @@ fn node_affinity(key: &str) -> Affinity {
     }
 }
 
-/// `key:effect,key:effect`, sorted (taint keys hold no `:` or `,`).
-pub fn format_taint_keys(keys: &BTreeSet<TaintKey>) -> String {
-    keys.iter()
-        .map(|(k, e)| format!("{k}:{e}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-pub fn parse_taint_keys(text: &str) -> BTreeSet<TaintKey> {
-    text.split(',')
-        .filter_map(|pair| pair.split_once(':'))
-        .filter(|(k, e)| !k.is_empty() && !e.is_empty())
-        .map(|(k, e)| (k.to_string(), e.to_string()))
-        .collect()
-}
-
 fn to_toleration(t: &PluginToleration) -> Toleration {
     Toleration {
         key: t.key.clone(),
@@ -365,6 +315,8 @@ fn to_toleration(t: &PluginToleration) -> Toleration {
 mod tests {
     use super::*;
     use crate::api::{PluginEnvVar, TaintEffect, TolerationOperator};
+    use crate::decide::facts::{format_taint_keys, parse_taint_keys};
+    use crate::decide::names::{daemonset_name, fnv1a, pool_key};
     use k8s_openapi::api::core::v1::EnvVar;
 
     const NO_TAINTS: &BTreeSet<TaintKey> = &BTreeSet::new();

@@ -13,11 +13,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::api::{NodeImage, PluginMode, Reason};
-use crate::decide::model::name_list;
-use crate::decide::nodes::{NODE_IMAGE_LABEL, NodeFacts};
-
-/// The label AKS's managed GPU experience puts on its nodes.
-pub const MANAGED_GPU_LABEL: (&str, &str) = ("kubernetes.azure.com/dcgm-exporter", "enabled");
+use crate::decide::facts::NodeFacts;
+use crate::decide::names::{MANAGED_GPU_LABEL, NODE_IMAGE_LABEL};
+use crate::decide::text::name_list;
 
 /// What a node's platform says about the device plugin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -254,6 +252,7 @@ fn by_kind(shipped: &BTreeMap<String, ImageKind>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::names::MANAGED_GPU_LABEL;
     use crate::decide::testing::node;
 
     const GPU_IMAGE: &str = "AKSUbuntu-1804gpucontainerd-202501.05.0";

@@ -10,12 +10,8 @@
 //! The node writer checks the same two things against the API server right before it writes
 //! (see `controller::node_writes`).
 
-use crate::decide::model::ObjectId;
-use crate::decide::nodes::NodeFacts;
-use crate::decide::pods::{PodFacts, PodRole};
-
-/// The node label that assigns a node to one pool's device plugin.
-pub const DEVICE_PLUGIN_LABEL: &str = "gpupool.io/device-plugin";
+use crate::decide::facts::{NodeFacts, ObjectId, Observed, PodFacts, PodRole};
+use crate::decide::names::{DEVICE_PLUGIN_LABEL, pool_key};
 
 /// A label write on one node, applied only while the label still has its `from` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,10 +101,27 @@ fn change(node: &NodeFacts, to: Option<&str>) -> LabelChange {
     }
 }
 
+impl Occupancy for Observed {
+    fn pods_on(&self, node: &str) -> Vec<&PodFacts> {
+        Observed::pods_on(self, node)
+    }
+
+    fn runs_plugin(&self, key: &str) -> bool {
+        self.plugin_daemonsets.iter().any(|ds| {
+            !ds.deleting
+                && ds
+                    .pool_owner
+                    .as_ref()
+                    .is_some_and(|owner| pool_key(&owner.name) == key)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::pods::PodPhase;
+    use crate::decide::facts::PodPhase;
+    use crate::decide::names::DEVICE_PLUGIN_LABEL;
     use crate::decide::testing::node_labelled;
 
     fn plugin_pod(name: &str, node: &str, deleting: bool) -> PodFacts {

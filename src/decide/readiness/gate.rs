@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::{GateMode, ReadinessGate};
-use crate::decide::nodes::NodeFacts;
+use crate::decide::facts::NodeFacts;
 
 /// Why a node is not GPU-ready, and since when.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,26 +1,29 @@
 //! Each node's GPU readiness, and what follows from it: the validation workload and the
 //! readiness gate's taint writes.
 
-use std::collections::{BTreeMap, BTreeSet};
+pub mod gate;
+pub mod validation;
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{Reason, Validation};
 use crate::decide::Settings;
+use crate::decide::capacity::health::gpu_faults;
 use crate::decide::capacity::judge;
-use crate::decide::daemonset::plugin_identity;
-use crate::decide::gate::{GatePlan, NotReady, Readiness, TaintChange, lift_gate, plan_gate};
-use crate::decide::health::gpu_faults;
-use crate::decide::image::ImageKind;
-use crate::decide::model::Stall;
-use crate::decide::nodes::{NodeFacts, NodeReadiness};
-use crate::decide::plan::{Observed, Plan};
-use crate::decide::pods::PodRole;
-use crate::decide::scheduling::{TaintKey, base_tolerations, tolerations_for};
-use crate::decide::validation::{
+use crate::decide::facts::{NodeFacts, NodeReadiness, Observed, PodRole, Stall};
+use crate::decide::plugin::PluginPlan;
+use crate::decide::plugin::daemonset::plugin_identity;
+use crate::decide::plugin::mode::ImageKind;
+use crate::decide::readiness::gate::{
+    GatePlan, NotReady, Readiness, TaintChange, lift_gate, plan_gate,
+};
+use crate::decide::readiness::validation::{
     NodeValidation, ValidationInputs, ValidationPlan, plan_validation,
 };
+use crate::decide::scheduling::{base_tolerations, tolerations_for};
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReadinessPlan {
@@ -34,23 +37,18 @@ pub struct ReadinessPlan {
     pub validation_stall: Option<Stall>,
 }
 
-pub fn plan_readiness(
-    o: &Observed,
-    settings: &Settings,
-    plan: &Plan,
-    tolerated: &BTreeSet<TaintKey>,
-) -> ReadinessPlan {
+pub fn plan_readiness(o: &Observed, settings: &Settings, plugin: &PluginPlan) -> ReadinessPlan {
     let spec = &o.pool.spec;
     let nodes: Vec<&NodeFacts> = o.nodes.iter().map(AsRef::as_ref).collect();
     let mut readiness: BTreeMap<String, Readiness> = nodes
         .iter()
-        .map(|n| (n.name.clone(), base_readiness(o, plan, n)))
+        .map(|n| (n.name.clone(), base_readiness(o, plugin, n)))
         .collect();
     let mut out = ReadinessPlan::default();
     if let Some(validation) = &spec.validation {
         out.validation_stall = validation_image_not_allowed(validation, settings);
         if out.validation_stall.is_none() {
-            let plan = validate(o, settings, plan, validation, &readiness, tolerated);
+            let plan = validate(o, settings, plugin, validation, &readiness);
             for (node, state) in &plan.states {
                 if let Some(not_ready) = validation_not_ready(o, node, state) {
                     readiness.insert(node.clone(), Err(not_ready));
@@ -92,7 +90,7 @@ fn lifted(o: &Observed) -> Vec<TaintChange> {
 }
 
 /// GPU readiness but for validation: Ready, schedulable, the plugin up, the GPUs there.
-fn base_readiness(o: &Observed, plan: &Plan, node: &NodeFacts) -> Readiness {
+fn base_readiness(o: &Observed, plugin: &PluginPlan, node: &NodeFacts) -> Readiness {
     let not_ready = |why: String, own: Option<Timestamp>| {
         Err(NotReady {
             why,
@@ -105,13 +103,13 @@ fn base_readiness(o: &Observed, plan: &Plan, node: &NodeFacts) -> Readiness {
     if node.unschedulable {
         return not_ready("the node is cordoned".into(), None);
     }
-    let platform = plan.plugin.shipped.contains_key(&node.name);
-    let elsewhere = plan.claims.excludes(&node.name);
-    if !platform && !elsewhere && !plugin_pod_ready(o, plan, &node.name) {
+    let platform = plugin.decision.shipped.contains_key(&node.name);
+    let elsewhere = plugin.claims.excludes(&node.name);
+    if !platform && !elsewhere && !plugin_pod_ready(o, plugin, &node.name) {
         return not_ready("its device plugin pod is not ready yet".into(), None);
     }
     let dra = o.dra_nodes.contains(&node.name);
-    if let Some(e) = plan.expected.get(&node.name).filter(|_| !dra)
+    if let Some(e) = plugin.expected.get(&node.name).filter(|_| !dra)
         && let Err((_, why)) = judge(node, e)
     {
         return not_ready(why, None);
@@ -132,9 +130,9 @@ fn problem_since(o: &Observed, node: &NodeFacts, own: Option<Timestamp>) -> Time
 
 /// The pool's plugin pod on the node is ready and runs the pool's current plugin (during a
 /// rollout, the old one does not count: validating it would record a pass for the wrong plugin).
-fn plugin_pod_ready(o: &Observed, plan: &Plan, node: &str) -> bool {
+fn plugin_pod_ready(o: &Observed, plugin: &PluginPlan, node: &str) -> bool {
     let key = o.pool_key();
-    let current = desired_plugin(o, plan);
+    let current = desired_plugin(o, plugin);
     o.pods_on(node).iter().any(|p| {
         p.role == PodRole::Plugin
             && p.pool_key.as_deref() == Some(&key)
@@ -144,19 +142,19 @@ fn plugin_pod_ready(o: &Observed, plan: &Plan, node: &str) -> bool {
     })
 }
 
-fn desired_plugin(o: &Observed, plan: &Plan) -> String {
+fn desired_plugin(o: &Observed, plugin: &PluginPlan) -> String {
     plugin_identity(
-        &plan.image,
+        &plugin.image,
         o.pool.spec.device_plugin.as_ref(),
-        plan.config.as_ref(),
+        plugin.config.as_ref(),
     )
 }
 
 /// Which plugin a node runs, so a new plugin means validating again.
-fn node_plugin(o: &Observed, plan: &Plan, node: &str) -> String {
-    match plan.plugin.shipped.get(node) {
+fn node_plugin(o: &Observed, plugin: &PluginPlan, node: &str) -> String {
+    match plugin.decision.shipped.get(node) {
         Some(kind) => format!("platform:{}", platform_name(*kind)),
-        None => desired_plugin(o, plan),
+        None => desired_plugin(o, plugin),
     }
 }
 
@@ -172,19 +170,18 @@ fn platform_name(kind: ImageKind) -> &'static str {
 fn validate(
     o: &Observed,
     settings: &Settings,
-    plan: &Plan,
+    plugin: &PluginPlan,
     spec: &Validation,
     readiness: &BTreeMap<String, Readiness>,
-    tolerated: &BTreeSet<TaintKey>,
 ) -> ValidationPlan {
     let (eligible, not_ready): (Vec<_>, Vec<_>) = o
         .nodes
         .iter()
-        .filter(|n| !plan.claims.excludes(&n.name) && !n.unschedulable && !n.deleting)
-        .map(|n| (n.as_ref(), node_plugin(o, plan, &n.name)))
+        .filter(|n| !plugin.claims.excludes(&n.name) && !n.unschedulable && !n.deleting)
+        .map(|n| (n.as_ref(), node_plugin(o, plugin, &n.name)))
         .partition(|(n, _)| readiness.get(&n.name).is_some_and(Result::is_ok));
     let mut tolerations: Vec<Toleration> = base_tolerations();
-    tolerations.extend(tolerations_for(tolerated));
+    tolerations.extend(tolerations_for(&plugin.tolerated));
     let key = o.pool_key();
     let name = o.pool_name();
     plan_validation(&ValidationInputs {

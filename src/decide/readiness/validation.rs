@@ -13,44 +13,16 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use serde::{Deserialize, Serialize};
 
 use crate::api::{API_VERSION_FULL, KIND, Validation};
-use crate::decide::daemonset::fnv1a;
-use crate::decide::model::ObjectId;
-use crate::decide::nodes::{GPU_RESOURCE, NodeFacts};
-use crate::decide::pods::{
-    COMPONENT_LABEL, MANAGED_BY, POOL_LABEL, PodFacts, VALIDATES_BOOT, VALIDATES_NODE,
-    VALIDATES_PLUGIN, VALIDATION_ATTEMPT, VALIDATION_COMPONENT,
+use crate::decide::facts::{NodeFacts, ObjectId, PodFacts, ValidationRecord, ValidationResult};
+use crate::decide::names::{
+    COMPONENT_LABEL, GPU_RESOURCE, MANAGED_BY, POOL_LABEL, VALIDATES_BOOT, VALIDATES_NODE,
+    VALIDATES_PLUGIN, VALIDATION_ATTEMPT, VALIDATION_COMPONENT, fnv1a,
 };
 
-/// The node annotation holding the last validation result.
-pub const VALIDATION_ANNOTATION: &str = "gpupool.io/validation";
 /// The longest wait between two attempts on a failing node.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ValidationResult {
-    Passed,
-    Failed,
-}
-
-/// A validation result, as recorded on the node.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "camelCase")]
-pub struct ValidationRecord {
-    pub pool: String,
-    pub boot_id: String,
-    pub plugin: String,
-    pub result: ValidationResult,
-    pub attempts: u32,
-    pub at: Timestamp,
-    /// The pod (uid) the result came from, so one pod's result is recorded once.
-    #[serde(default)]
-    pub pod: String,
-    #[serde(default)]
-    pub message: String,
-}
 
 impl ValidationRecord {
     fn is_for(&self, pool: &str, boot_id: &str, plugin: &str) -> bool {
@@ -250,7 +222,7 @@ fn pod_validation(
         message,
     };
     match &pod.finished {
-        Some(t) if t.exit_code == 0 && pod.phase == crate::decide::pods::PodPhase::Succeeded => {
+        Some(t) if t.exit_code == 0 && pod.phase == crate::decide::facts::PodPhase::Succeeded => {
             let passed = result(ValidationResult::Passed, String::new(), i.now);
             b.plan.records.push((node.name.clone(), passed));
             b.plan.delete.push(pod.id.clone());
@@ -363,7 +335,7 @@ pub fn retry_at(failed_at: Timestamp, attempts: u32, retry: Duration) -> Timesta
         .unwrap_or(Timestamp::MAX)
 }
 
-fn failure_message(t: &crate::decide::pods::Termination) -> String {
+fn failure_message(t: &crate::decide::facts::Termination) -> String {
     let said = t.message.trim();
     let last_line = said.lines().last().unwrap_or_default();
     match (t.exit_code, last_line.is_empty()) {
@@ -474,8 +446,9 @@ fn validation_pod_spec(i: &ValidationInputs, node: &str) -> PodSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::pods::PodRole;
-    use crate::decide::pods::{PodPhase, Termination, ValidationTarget};
+    use crate::decide::facts::{
+        PodPhase, PodRole, Termination, ValidationRecord, ValidationResult, ValidationTarget,
+    };
     use crate::decide::testing::gpu_node;
 
     fn spec() -> Validation {

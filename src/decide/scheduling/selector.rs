@@ -1,32 +1,9 @@
-//! Label-selector matching and its translation into node affinity, so the DaemonSet lands on
-//! exactly the nodes the pool selects.
-
-use std::collections::BTreeMap;
+//! A pool selector as node affinity, so the DaemonSet lands on exactly the nodes the pool
+//! selects, and as words for status messages (matching itself is `PoolSelector::selects`).
 
 use k8s_openapi::api::core::v1::NodeSelectorRequirement;
 
 use crate::api::{PoolSelector, SelectorOperator};
-
-/// Whether a node with these labels is selected. An empty selector selects nothing: the CRD
-/// rejects it, and treating it as "everything" would let one bad object claim the whole cluster.
-pub fn selects(selector: &PoolSelector, labels: &BTreeMap<String, String>) -> bool {
-    if selector.match_labels.is_empty() && selector.match_expressions.is_empty() {
-        return false;
-    }
-    selector
-        .match_labels
-        .iter()
-        .all(|(k, v)| labels.get(k) == Some(v))
-        && selector.match_expressions.iter().all(|req| {
-            let value = labels.get(&req.key);
-            match req.operator {
-                SelectorOperator::In => value.is_some_and(|v| req.values.contains(v)),
-                SelectorOperator::NotIn => value.is_none_or(|v| !req.values.contains(v)),
-                SelectorOperator::Exists => value.is_some(),
-                SelectorOperator::DoesNotExist => value.is_none(),
-            }
-        })
-}
 
 /// The selector as node-affinity requirements (one ANDed term).
 pub fn affinity_requirements(selector: &PoolSelector) -> Vec<NodeSelectorRequirement> {
@@ -73,6 +50,7 @@ pub fn describe(selector: &PoolSelector) -> String {
 mod tests {
     use super::*;
     use crate::api::SelectorRequirement;
+    use std::collections::BTreeMap;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -87,70 +65,6 @@ mod tests {
             operator,
             values: values.iter().map(|v| v.to_string()).collect(),
         }
-    }
-
-    #[test]
-    fn match_labels_and_expressions_are_anded() {
-        let selector = PoolSelector {
-            match_labels: labels(&[("agentpool", "gpu")]),
-            match_expressions: vec![req("zone", SelectorOperator::In, &["1", "2"])],
-        };
-        assert!(selects(
-            &selector,
-            &labels(&[("agentpool", "gpu"), ("zone", "1")])
-        ));
-        assert!(!selects(
-            &selector,
-            &labels(&[("agentpool", "gpu"), ("zone", "3")])
-        ));
-        assert!(!selects(
-            &selector,
-            &labels(&[("agentpool", "cpu"), ("zone", "1")])
-        ));
-        assert!(!selects(&selector, &labels(&[("zone", "1")])));
-    }
-
-    #[test]
-    fn operators_follow_kubernetes_semantics() {
-        let node = labels(&[("a", "1")]);
-        let one = |r| PoolSelector {
-            match_labels: BTreeMap::new(),
-            match_expressions: vec![r],
-        };
-        assert!(selects(
-            &one(req("a", SelectorOperator::Exists, &[])),
-            &node
-        ));
-        assert!(!selects(
-            &one(req("b", SelectorOperator::Exists, &[])),
-            &node
-        ));
-        assert!(selects(
-            &one(req("b", SelectorOperator::DoesNotExist, &[])),
-            &node
-        ));
-        assert!(!selects(
-            &one(req("a", SelectorOperator::DoesNotExist, &[])),
-            &node
-        ));
-        // NotIn matches a missing label, as in Kubernetes.
-        assert!(selects(
-            &one(req("b", SelectorOperator::NotIn, &["1"])),
-            &node
-        ));
-        assert!(!selects(
-            &one(req("a", SelectorOperator::NotIn, &["1"])),
-            &node
-        ));
-        assert!(!selects(
-            &one(req("b", SelectorOperator::In, &["1"])),
-            &node
-        ));
-    }
-
-    #[test]
-    fn an_empty_selector_selects_nothing() {
-        assert!(!selects(&PoolSelector::default(), &labels(&[("a", "1")])));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Toleration};
 
-use crate::decide::nodes::{NodeFacts, NodeTaint};
+use crate::decide::facts::{NodeFacts, NodeTaint, TaintKey};
 
 /// Taints Kubernetes itself puts on and takes off nodes (not-ready, unreachable, pressure,
 /// cordon...). The DaemonSet controller already tolerates them; copying them into the template
@@ -30,10 +30,6 @@ pub fn base_tolerations() -> Vec<Toleration> {
         },
     ]
 }
-
-/// A taint key and effect the plugin tolerates (whatever the value: values change, the key says
-/// what the taint is for).
-pub type TaintKey = (String, String);
 
 /// Taints the cluster itself puts on and takes off nodes in their lifecycle: the node lifecycle
 /// and cloud-node controllers (`node.kubernetes.io/*`, `node.cloudprovider.kubernetes.io/*`; the
@@ -172,6 +168,7 @@ fn requirement_matches(req: &NodeSelectorRequirement, value: Option<&str>) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::facts::TaintKey;
     use crate::decide::testing::{node, taint};
     use k8s_openapi::api::core::v1::{Affinity, NodeAffinity, NodeSelector};
 

@@ -3,7 +3,7 @@
 //! nothing in steady state.
 
 use crate::api::{ConditionType, GpuPoolStatus, Reason};
-use crate::decide::model::DaemonSetChange;
+use crate::decide::applied::DaemonSetChange;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolEvent {
@@ -110,7 +110,7 @@ pub(super) fn truncate(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::api::{Condition, ConditionStatus, DevicePluginStatus, PluginMode};
-    use crate::decide::model::ObjectId;
+    use crate::decide::facts::ObjectId;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn cond(t: ConditionType, status: ConditionStatus, reason: &str) -> Condition {

@@ -8,11 +8,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::{ProblemNode, Reason};
+use crate::decide::capacity::health::{gpu_faults, problem_reason};
 use crate::decide::capacity::{Expected, Source, judge};
-use crate::decide::claims::NodeClaims;
-use crate::decide::health::{gpu_faults, problem_reason};
-use crate::decide::model::ProblemClocks;
-use crate::decide::nodes::{NodeFacts, NodeReadiness};
+use crate::decide::facts::{NodeFacts, NodeReadiness, ProblemClocks};
+use crate::decide::plugin::claims::NodeClaims;
 
 /// How one node stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,7 +144,7 @@ fn at_least_one() -> Expected {
     Expected {
         physical: 1,
         per_gpu: 1,
-        resource: crate::decide::nodes::GPU_RESOURCE.to_string(),
+        resource: crate::decide::names::GPU_RESOURCE.to_string(),
         source: Source::NoSize,
     }
 }
@@ -288,12 +287,12 @@ fn count_capacity(s: &mut NodeSummary, node: &NodeFacts, expected: Option<&Expec
     s.gpus_allocatable = s.gpus_allocatable.saturating_add(allocatable);
     if expected.is_some_and(|e| {
         e.resource
-            .starts_with(crate::decide::nodes::MIG_RESOURCE_PREFIX)
+            .starts_with(crate::decide::names::MIG_RESOURCE_PREFIX)
     }) {
         for (name, (c, a)) in node
             .other_gpu_resources
             .iter()
-            .filter(|(n, _)| n.starts_with(crate::decide::nodes::MIG_RESOURCE_PREFIX))
+            .filter(|(n, _)| n.starts_with(crate::decide::names::MIG_RESOURCE_PREFIX))
         {
             let entry = s.mig_resources.entry(name.clone()).or_default();
             *entry = (entry.0.saturating_add(*c), entry.1.saturating_add(*a));

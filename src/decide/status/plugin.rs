@@ -7,11 +7,13 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::{DevicePluginStatus, PluginMode, Reason};
-use crate::decide::claims::NodeClaims;
-use crate::decide::image::PluginDecision;
-use crate::decide::model::{PluginState, Rollout, Stall, name_list};
+use crate::decide::applied::PluginState;
+use crate::decide::facts::{Rollout, Stall};
+use crate::decide::plugin::claims::NodeClaims;
+use crate::decide::plugin::mode::PluginDecision;
+use crate::decide::text::name_list;
 
-use super::Assessment;
+use super::conditions::Assessment;
 
 /// What the plugin condition is judged from.
 pub(super) struct PluginInputs<'a> {

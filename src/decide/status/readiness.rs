@@ -4,12 +4,13 @@
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{GateStatus, Reason, ValidationStatus};
-use crate::decide::gate::{TaintChange, carries};
-use crate::decide::model::name_list;
-use crate::decide::plan::{Observed, Plan};
-use crate::decide::validation::{NodeValidation, ValidationRecord, ValidationResult};
+use crate::decide::facts::{Observed, ValidationRecord, ValidationResult};
+use crate::decide::plan::Plan;
+use crate::decide::readiness::gate::{TaintChange, carries};
+use crate::decide::readiness::validation::NodeValidation;
+use crate::decide::text::name_list;
 
-use super::Assessment;
+use super::conditions::Assessment;
 use super::events::PoolEvent;
 use super::nodes::NodeSummary;
 

@@ -1,0 +1,76 @@
+//! `Observed`: everything one reconcile of one pool reads, as plain data (filled by the shell,
+//! `controller::observe`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::api::GpuPool;
+use crate::decide::names::pool_key;
+
+use super::{
+    ConfigMapFacts, DaemonSetFacts, NodeFacts, PodFacts, PoolRef, ProblemClocks, Rejection,
+};
+
+/// Everything a reconcile of one pool reads, as plain data.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub pool: Arc<GpuPool>,
+    /// The nodes the pool's selector selects, sorted by name.
+    pub nodes: Vec<Arc<NodeFacts>>,
+    /// Nodes carrying this pool's device-plugin label that it does not select (any more).
+    pub strays: Vec<Arc<NodeFacts>>,
+    /// Every other pool, for nodes they contest.
+    pub other_pools: Vec<PoolRef>,
+    /// Every device-plugin DaemonSet in the cluster, gpupool's and others'.
+    pub plugin_daemonsets: Vec<Arc<DaemonSetFacts>>,
+    /// gpupool's pods on the pool's nodes and the pool's own pods wherever they are.
+    pub pods: Vec<Arc<PodFacts>>,
+    /// Nodes whose GPUs an NVIDIA DRA driver publishes.
+    pub dra_nodes: HashSet<String>,
+    /// UIDs of the GpuPools that exist.
+    pub pool_uids: HashSet<String>,
+    /// The pool's last DaemonSet the API server refused.
+    pub rejection: Option<Rejection>,
+    /// The pool's plugin ConfigMaps (in the plugin namespace).
+    pub plugin_configs: Vec<Arc<ConfigMapFacts>>,
+    /// When each problem node's problem began, as the last reconcile found (None after a
+    /// restart: then the status says it, for the nodes it lists).
+    pub problem_clocks: Option<Arc<ProblemClocks>>,
+    pub now: Timestamp,
+}
+
+impl Observed {
+    pub fn pool_name(&self) -> String {
+        self.pool.name_any()
+    }
+
+    pub fn pool_uid(&self) -> &str {
+        self.pool.metadata.uid.as_deref().unwrap_or_default()
+    }
+
+    pub fn pool_key(&self) -> String {
+        pool_key(&self.pool_name())
+    }
+
+    /// When each problem node's problem began.
+    pub fn problem_clocks(&self) -> std::borrow::Cow<'_, ProblemClocks> {
+        match &self.problem_clocks {
+            Some(clocks) => std::borrow::Cow::Borrowed(clocks.as_ref()),
+            None => std::borrow::Cow::Owned(ProblemClocks::of(
+                self.pool.status.iter().flat_map(|s| s.problem_nodes.iter()),
+            )),
+        }
+    }
+
+    /// gpupool's pods on a node, terminating ones included.
+    pub fn pods_on(&self, node: &str) -> Vec<&PodFacts> {
+        self.pods
+            .iter()
+            .filter(|p| p.node.as_deref() == Some(node))
+            .map(Arc::as_ref)
+            .collect()
+    }
+}
