@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use procfs::process::Stat;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -396,49 +397,28 @@ struct ProcessSample {
     start_time_seconds: f64,
 }
 
-/// Linux reports process times in USER_HZ ticks, fixed at 100 per second for user space on the
-/// architectures Kubernetes runs on (Prometheus' Go procfs library assumes the same).
-const USER_HZ: f64 = 100.0;
-
 impl ProcessSample {
     fn read() -> Option<ProcessSample> {
-        let read = |path| std::fs::read_to_string(path).ok();
-        parse_process(
-            &read("/proc/self/stat")?,
-            &read("/proc/self/status")?,
-            &read("/proc/stat")?,
-        )
+        let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+        let boot_time = procfs::boot_time_secs().ok()?;
+        Some(ProcessSample::of(
+            &stat,
+            boot_time,
+            procfs::ticks_per_second(),
+            procfs::page_size(),
+        ))
     }
-}
 
-/// Reads `/proc/self/stat` (utime, stime and starttime in ticks), `/proc/self/status` (VmRSS)
-/// and `/proc/stat` (btime: boot time in Unix seconds).
-fn parse_process(self_stat: &str, self_status: &str, system_stat: &str) -> Option<ProcessSample> {
-    // The command name (field 2) is in parentheses and may itself hold spaces and parentheses:
-    // the fields after it start after the last ')'. Index 0 is then field 3 (state).
-    let after_comm = &self_stat[self_stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
-    let (utime, stime, start_ticks) = (field(14)?, field(15)?, field(22)?);
-    let rss_kib: u64 = self_status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    let boot_time: u64 = system_stat
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(ProcessSample {
-        resident_memory_bytes: rss_kib * 1024,
-        cpu_seconds: (utime + stime) as f64 / USER_HZ,
-        start_time_seconds: boot_time as f64 + start_ticks as f64 / USER_HZ,
-    })
+    /// From `/proc/self/stat` (utime, stime and starttime in clock ticks, rss in pages) and the
+    /// boot time in Unix seconds.
+    fn of(stat: &Stat, boot_time: u64, ticks_per_second: u64, page_size: u64) -> ProcessSample {
+        let ticks = ticks_per_second.max(1) as f64;
+        ProcessSample {
+            resident_memory_bytes: stat.rss.saturating_mul(page_size),
+            cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
+            start_time_seconds: boot_time as f64 + stat.starttime as f64 / ticks,
+        }
+    }
 }
 
 impl Collector for ProcessCollector {
@@ -610,23 +590,21 @@ mod tests {
 
     #[test]
     fn process_figures_are_parsed_from_proc() {
+        use procfs::FromRead;
         // A command name with a space and a parenthesis of its own: fields are counted from the
-        // last ')'. utime 150 + stime 50 ticks; started 4200 ticks after boot.
+        // last ')'. utime 150 + stime 50 ticks; started 4200 ticks after boot; 5000 pages.
         let stat = "12345 (gpupool (op) x) S 1 12345 12345 0 -1 4194560 2000 0 0 0 150 50 0 0 \
                     20 0 8 0 4200 123456789 5000 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1";
-        let status = "Name:\tgpupool\nVmPeak:\t  99999 kB\nVmRSS:\t   20480 kB\nThreads:\t8\n";
-        let system = "cpu  1 2 3 4\nintr 5\nbtime 1700000000\nprocesses 77\n";
+        let stat = Stat::from_read(stat.as_bytes()).expect("a valid stat line");
         assert_eq!(
-            parse_process(stat, status, system),
-            Some(ProcessSample {
-                resident_memory_bytes: 20480 * 1024,
+            ProcessSample::of(&stat, 1_700_000_000, 100, 4096),
+            ProcessSample {
+                resident_memory_bytes: 5000 * 4096,
                 cpu_seconds: 2.0,
                 start_time_seconds: 1_700_000_042.0,
-            })
+            }
         );
-        assert_eq!(parse_process("12345 (x) S 1 2", status, system), None);
-        assert_eq!(parse_process(stat, "Name:\tx\n", system), None);
-        assert_eq!(parse_process(stat, status, "cpu 1 2\n"), None);
+        assert!(Stat::from_read("12345 (x) S 1 2".as_bytes()).is_err());
     }
 
     #[test]

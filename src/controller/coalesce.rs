@@ -4,6 +4,12 @@
 //! the burst is spent. Unlike a debounce that restarts its timer on every trigger (kube-runtime's
 //! scheduler does), a steady stream, such as a 1,000-node scale-up whose GPUs register a few per
 //! second, cannot postpone a pool's reconcile: it waits one window at most.
+//!
+//! Why not the `governor` crate's keyed limiter: the bucket arithmetic is a few lines (`refill`);
+//! what matters is the stream around it: one pending trigger per pool, a timer per bucket that
+//! is not full, buckets dropped once full again (memory stays bounded by the pools that are
+//! busy). governor would keep a state per key until pruned and runs on its own clock, which
+//! tokio's paused time in the tests below does not move.
 
 use std::collections::HashMap;
 use std::hash::Hash;

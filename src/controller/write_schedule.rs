@@ -5,6 +5,12 @@
 //!
 //! Pure bookkeeping over an injected clock (a GCRA-style virtual clock: `free_at` is when the next
 //! unreserved write is due; being idle banks up to `burst` writes).
+//!
+//! Why not the `governor` crate: its GCRA answers "may one cell go now, else when", per key or
+//! for all; what is needed here is one shared rate whose future slots are *reserved* by a pool
+//! (first come, first served, across pools) and handed out when that pool comes back, so no pool
+//! polls and none overtakes another. governor has no reservations of future cells, and its clock
+//! is its own (the tests drive this one with plain `Instant`s, no sleeping).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
