@@ -29,25 +29,10 @@ impl PoolSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::SelectorRequirement;
+    use crate::decide::testing::{labels, req};
 
     fn selects(selector: &PoolSelector, labels: &BTreeMap<String, String>) -> bool {
         selector.selects(labels)
-    }
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn req(key: &str, operator: SelectorOperator, values: &[&str]) -> SelectorRequirement {
-        SelectorRequirement {
-            key: key.into(),
-            operator,
-            values: values.iter().map(|v| v.to_string()).collect(),
-        }
     }
 
     #[test]

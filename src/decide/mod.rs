@@ -38,8 +38,9 @@ pub(crate) mod testing {
     //! Builders for plain test data.
     use std::collections::BTreeMap;
 
-    use crate::api::PoolSelector;
+    use crate::api::{PoolSelector, SelectorOperator, SelectorRequirement};
     use crate::decide::facts::{NodeFacts, NodeReadiness, NodeTaint, PoolRef};
+    use crate::decide::facts::{ObjectId, PodFacts, PodPhase, PodRole};
 
     pub fn node(name: &str) -> NodeFacts {
         NodeFacts {
@@ -102,6 +103,46 @@ pub(crate) mod testing {
             serving: true,
             created: Some(k8s_openapi::jiff::Timestamp::from_second(created_secs).unwrap()),
             selector: selector(labels),
+        }
+    }
+
+    /// A running, ready plugin pod of `pool_key` on `node`.
+    pub fn plugin_pod(namespace: &str, name: &str, node: Option<&str>, pool_key: &str) -> PodFacts {
+        PodFacts {
+            id: ObjectId {
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+            uid: name.into(),
+            role: PodRole::Plugin,
+            node: node.map(Into::into),
+            pool_key: Some(pool_key.into()),
+            deleting: false,
+            phase: PodPhase::Running,
+            ready: true,
+            created: None,
+            plugin: None,
+            validates: None,
+            started: None,
+            finished: None,
+            waiting_for_gpu: false,
+        }
+    }
+
+    /// Labels from pairs.
+    pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A selector requirement.
+    pub fn req(key: &str, operator: SelectorOperator, values: &[&str]) -> SelectorRequirement {
+        SelectorRequirement {
+            key: key.into(),
+            operator,
+            values: values.iter().map(|v| v.to_string()).collect(),
         }
     }
 

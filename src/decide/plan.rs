@@ -154,7 +154,7 @@ mod tests {
     use crate::decide::facts::{DaemonSetFacts, PodFacts, Rejection, Stall};
     use crate::decide::names::{DESIRED_HASH_ANNOTATION, DEVICE_PLUGIN_LABEL};
     use crate::decide::plugin::action::DaemonSetAction;
-    use crate::decide::testing::{gpu_node, selector, settings, taint};
+    use crate::decide::testing::{gpu_node, plugin_pod, selector, settings, taint};
     use k8s_openapi::jiff::Timestamp;
 
     fn observed(node_image: NodeImage, nodes: Vec<NodeFacts>) -> Observed {
@@ -243,23 +243,14 @@ mod tests {
         assert!(matches!(again.plugin.daemonset, DaemonSetAction::Apply(_)));
         // Its pods still terminating in the old namespace: the new DaemonSet waits.
         o.pods.push(Arc::new(PodFacts {
-            id: ObjectId {
-                namespace: "old-plugins".into(),
-                name: "nvidia-device-plugin-gpu-x".into(),
-            },
-            uid: "x".into(),
-            role: PodRole::Plugin,
-            node: Some("a".into()),
-            pool_key: Some("gpu".into()),
             deleting: true,
-            phase: crate::decide::facts::PodPhase::Running,
             ready: false,
-            created: None,
-            plugin: None,
-            validates: None,
-            started: None,
-            finished: None,
-            waiting_for_gpu: false,
+            ..plugin_pod(
+                "old-plugins",
+                "nvidia-device-plugin-gpu-x",
+                Some("a"),
+                "gpu",
+            )
         }));
         let waiting = plan(&o, &settings());
         assert!(matches!(

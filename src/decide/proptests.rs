@@ -20,8 +20,8 @@ use crate::api::{
 };
 use crate::decide::applied::{Applied, PluginState};
 use crate::decide::facts::{
-    DaemonSetFacts, NodeFacts, NodeReadiness, NodeTaint, ObjectId, PodFacts, PodPhase, PodRole,
-    PoolRef, Rollout, Stall,
+    DaemonSetFacts, NodeFacts, NodeReadiness, NodeTaint, ObjectId, PodFacts, PoolRef, Rollout,
+    Stall,
 };
 use crate::decide::names::{DEVICE_PLUGIN_LABEL, NODE_IMAGE_LABEL};
 use crate::decide::plugin::PluginPlan;
@@ -423,23 +423,13 @@ impl Sim {
             .flat_map(|(node, pods)| pods.iter().map(move |(pool, going)| (node, pool, going)))
             .map(|(node, pool, going)| {
                 Arc::new(PodFacts {
-                    id: ObjectId {
-                        namespace: "gpu-resources".into(),
-                        name: format!("{pool}-{node}"),
-                    },
-                    uid: format!("{pool}-{node}"),
-                    role: PodRole::Plugin,
-                    node: Some(node.clone()),
-                    pool_key: Some(pool.clone()),
                     deleting: *going,
-                    phase: PodPhase::Running,
-                    ready: true,
-                    created: None,
-                    plugin: None,
-                    validates: None,
-                    started: None,
-                    finished: None,
-                    waiting_for_gpu: false,
+                    ..crate::decide::testing::plugin_pod(
+                        "gpu-resources",
+                        &format!("{pool}-{node}"),
+                        Some(node),
+                        pool,
+                    )
                 })
             })
             .collect();

@@ -69,28 +69,9 @@ impl PodIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::facts::{ObjectId, PodPhase, PodRole};
 
     fn pod(name: &str, node: Option<&str>) -> PodFacts {
-        PodFacts {
-            id: ObjectId {
-                namespace: "gpu-resources".into(),
-                name: name.into(),
-            },
-            uid: name.into(),
-            role: PodRole::Plugin,
-            node: node.map(Into::into),
-            pool_key: Some("gpu".into()),
-            deleting: false,
-            phase: PodPhase::Running,
-            ready: true,
-            created: None,
-            plugin: None,
-            validates: None,
-            started: None,
-            finished: None,
-            waiting_for_gpu: false,
-        }
+        crate::decide::testing::plugin_pod("gpu-resources", name, node, "gpu")
     }
 
     fn names<'a>(pods: impl Iterator<Item = &'a Arc<PodFacts>>) -> Vec<&'a str> {

@@ -120,29 +120,13 @@ impl Occupancy for Observed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::facts::PodPhase;
     use crate::decide::names::DEVICE_PLUGIN_LABEL;
-    use crate::decide::testing::node_labelled;
+    use crate::decide::testing::{node_labelled, plugin_pod as plugin_pod_of};
 
     fn plugin_pod(name: &str, node: &str, deleting: bool) -> PodFacts {
         PodFacts {
-            id: ObjectId {
-                namespace: "gpu-resources".into(),
-                name: name.into(),
-            },
-            uid: name.into(),
-            role: PodRole::Plugin,
-            node: Some(node.into()),
-            pool_key: Some("old".into()),
             deleting,
-            phase: PodPhase::Running,
-            ready: true,
-            created: None,
-            plugin: None,
-            validates: None,
-            started: None,
-            finished: None,
-            waiting_for_gpu: false,
+            ..plugin_pod_of("gpu-resources", name, Some(node), "old")
         }
     }
 

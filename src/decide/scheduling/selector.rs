@@ -49,23 +49,7 @@ pub fn describe(selector: &PoolSelector) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::SelectorRequirement;
-    use std::collections::BTreeMap;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn req(key: &str, operator: SelectorOperator, values: &[&str]) -> SelectorRequirement {
-        SelectorRequirement {
-            key: key.into(),
-            operator,
-            values: values.iter().map(|v| v.to_string()).collect(),
-        }
-    }
+    use crate::decide::testing::{labels, req};
 
     #[test]
     fn affinity_mirrors_the_selector() {
