@@ -113,6 +113,16 @@ fn apiserver_args(
         "--service-cluster-ip-range=10.0.0.0/24".into(),
         "--authorization-mode=Node,RBAC".into(),
         format!("--token-auth-file={}", users.token_file.display()),
+        // Client certificates from the plane's CA (a real node's kubelet is system:node:<name>,
+        // see RealNode), and the API server's own towards kubelets (logs, exec), dialled at their
+        // InternalIP (their hostnames need not resolve).
+        format!("--client-ca-file={}", pki.ca_crt.display()),
+        format!(
+            "--kubelet-client-certificate={}",
+            pki.kubelet_client_crt.display()
+        ),
+        format!("--kubelet-client-key={}", pki.kubelet_client_key.display()),
+        "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
         "--service-account-issuer=https://kubernetes.default.svc".into(),
         format!("--service-account-key-file={}", pki.sa_pub.display()),
         format!(

@@ -95,6 +95,43 @@ pub(crate) fn write(
     write_private(path, text.as_bytes())
 }
 
+/// Writes a self-contained kubeconfig (CA inline) with a client certificate and key inline,
+/// readable only by us.
+pub(crate) fn write_with_certificate(
+    path: &Path,
+    server: &str,
+    ca_pem: &[u8],
+    user: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(), Error> {
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{
+            "name": "gpupool-testenv",
+            "cluster": {
+                "server": server,
+                "certificate-authority-data": pki::base64(ca_pem),
+            },
+        }],
+        "users": [{ "name": user, "user": {
+            "client-certificate-data": pki::base64(cert_pem.as_bytes()),
+            "client-key-data": pki::base64(key_pem.as_bytes()),
+        } }],
+        "contexts": [{
+            "name": "gpupool-testenv",
+            "context": { "cluster": "gpupool-testenv", "user": user },
+        }],
+        "current-context": "gpupool-testenv",
+    });
+    let text = yaml_serde::to_string(&doc).map_err(|e| Error::Config {
+        what: format!("serializing kubeconfig {}", path.display()),
+        detail: e.to_string(),
+    })?;
+    write_private(path, text.as_bytes())
+}
+
 /// A client from a kubeconfig file (admin and ServiceAccount kubeconfigs).
 pub(crate) async fn client(path: &Path) -> Result<kube::Client, Error> {
     let kubeconfig = Kubeconfig::read_from(path)?;

@@ -8,6 +8,10 @@
 //! device-plugin pods take [`Options::plugin_pod_termination`] to go), and
 //! [`simulate::ValidationPods`] finishes GPU validation pods as real nodes would.
 //!
+//! [`real_node::RealNode`] adds a real node instead: a real kubelet, containerd and runc, where
+//! the NVIDIA device plugin runs in a pod over a mock NVML and `nvidia.com/gpu` comes from the
+//! kubelet's device manager.
+//!
 //! Also here: [`http`] (a plain-HTTP client for the operator's endpoints), [`free_port`],
 //! [`wait_for`]/[`poll_until`], and the scale benchmark ([`bench`](mod@bench)).
 //!
@@ -35,6 +39,7 @@ mod pki;
 mod plane;
 mod ports;
 mod process;
+pub mod real_node;
 pub mod simulate;
 mod stages;
 

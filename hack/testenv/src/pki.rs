@@ -43,7 +43,15 @@ pub(crate) struct Pki {
     /// Service-account token signing key (PKCS#8) and its public half (SPKI).
     pub sa_key: PathBuf,
     pub sa_pub: PathBuf,
+    /// kube-apiserver's client certificate towards kubelets (`--kubelet-client-certificate`):
+    /// a real node's kubelet authenticates the API server's `logs`/`exec` calls with it.
+    pub kubelet_client_crt: PathBuf,
+    pub kubelet_client_key: PathBuf,
 }
+
+/// The CA's key, kept next to its certificate so that [`client_certificate`] can issue client
+/// certificates later (a real node's kubelet identity, `system:node:<name>`).
+const CA_KEY: &str = "ca.key";
 
 /// Generates the CA, the apiserver serving certificate and the service-account key pair, and
 /// writes them (keys readable only by us) into `dir`.
@@ -68,6 +76,11 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki, Error> {
         .signed_by(&server_key, &ca)
         .map_err(failed("the apiserver certificate"))?;
     let sa_key = KeyPair::generate().map_err(failed("the service-account key"))?;
+    // Group system:masters, as kubeadm's apiserver-kubelet-client: kubelets authorize it by
+    // SubjectAccessReview, so it may read logs and exec.
+    let (kubelet_client_crt, kubelet_client_key) =
+        issue_client(&ca, "kube-apiserver-kubelet-client", "system:masters")
+            .map_err(failed("the apiserver's kubelet client certificate"))?;
 
     let pki = Pki {
         ca_crt: dir.join("ca.crt"),
@@ -76,8 +89,13 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki, Error> {
         server_key: dir.join("apiserver.key"),
         sa_key: dir.join("sa.key"),
         sa_pub: dir.join("sa.pub"),
+        kubelet_client_crt: dir.join("apiserver-kubelet-client.crt"),
+        kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
     };
     write_private(&pki.ca_crt, &pki.ca_pem)?;
+    write_private(&dir.join(CA_KEY), ca.key().serialize_pem().as_bytes())?;
+    write_private(&pki.kubelet_client_crt, kubelet_client_crt.as_bytes())?;
+    write_private(&pki.kubelet_client_key, kubelet_client_key.as_bytes())?;
     write_private(&pki.server_crt, server_cert.pem().as_bytes())?;
     write_private(&pki.server_key, server_key.serialize_pem().as_bytes())?;
     write_private(&pki.sa_key, sa_key.serialize_pem().as_bytes())?;
@@ -97,6 +115,49 @@ fn ca_params() -> CertificateParams {
         KeyUsagePurpose::DigitalSignature,
     ];
     params
+}
+
+/// A client certificate (PEM certificate, PEM key) for user `cn` in group `org`, signed by the
+/// CA in `dir` (what [`generate`] wrote there). The API server (`--client-ca-file`) and kubelets
+/// (`authentication.x509.clientCAFile`) accept it.
+pub(crate) fn client_certificate(
+    dir: &Path,
+    cn: &str,
+    org: &str,
+) -> Result<(String, String), Error> {
+    let path = dir.join(CA_KEY);
+    let pem = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let failed = |e: rcgen::Error| Error::Command {
+        what: format!("issuing a client certificate for {cn}"),
+        detail: e.to_string(),
+    };
+    // The same subject and key as the CA certificate: what a verifier matches an issuer by.
+    let ca = Issuer::new(ca_params(), KeyPair::from_pem(&pem).map_err(failed)?);
+    issue_client(&ca, cn, org).map_err(failed)
+}
+
+fn issue_client(
+    ca: &Issuer<'_, KeyPair>,
+    cn: &str,
+    org: &str,
+) -> Result<(String, String), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    // One group (rcgen keeps one attribute per type): enough for system:nodes and system:masters.
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, org);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, ca)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 fn apiserver_params() -> Result<CertificateParams, rcgen::Error> {

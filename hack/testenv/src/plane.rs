@@ -310,6 +310,33 @@ impl ControlPlane {
         Ok(path)
     }
 
+    /// Writes a kubeconfig for user `user` in group `group` that authenticates with a client
+    /// certificate from the plane's CA (the API server trusts it through `--client-ca-file`):
+    /// the identity a real kubelet needs, `system:node:<name>` in `system:nodes`, which the Node
+    /// authorizer keys on (a static token cannot be added once the API server runs).
+    pub fn kubeconfig_for_certificate(&self, user: &str, group: &str) -> Result<PathBuf, Error> {
+        let (cert, key) = pki::client_certificate(&self.root.join("pki"), user, group)?;
+        let path = self
+            .root
+            .join("kubeconfigs")
+            .join(format!("cert-{}.yaml", user.replace(':', "-")));
+        kubeconfig::write_with_certificate(
+            &path,
+            &self.server_url,
+            &self.ca_pem,
+            user,
+            &cert,
+            &key,
+        )?;
+        Ok(path)
+    }
+
+    /// The plane's CA certificate (PEM file): what its API server's serving certificate and every
+    /// client certificate it accepts are signed by.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.root.join("pki/ca.crt")
+    }
+
     /// Stops kube-apiserver and etcd (SIGTERM, then SIGKILL after a grace period) and starts them
     /// again on the same ports with the same etcd data, returning once the API server is ready.
     /// Clients see connection errors meanwhile and watches are broken — that is the point: fault
