@@ -2,7 +2,8 @@
 //!
 //! [`ValidationPods`] plays the kubelet for GPU validation pods: kwok makes every pod bound to a
 //! fake node Running, and this finishes the validation ones the way the container would on a real
-//! GPU node — or would not, as a node's `gpupool.io/simulate-validation` label says.
+//! GPU node — or would not, as a node's `gpupool.io/simulate-validation` label says. Pods on
+//! nodes that are not kwok's (a [`crate::real_node::RealNode`]) are left to their real kubelet.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -133,10 +134,14 @@ fn bound_and_running(pod: &Pod) -> Option<String> {
 /// After `run_time`, writes the finished status the node's label calls for.
 async fn finish(client: kube::Client, pod: Pod, node: String, run_time: Duration) {
     tokio::time::sleep(run_time).await;
-    let outcome = match node_label(&client, &node).await.as_deref() {
-        Some("fail") => Outcome::Failed,
-        Some("hang") => Outcome::Hangs,
-        _ => Outcome::Passed,
+    let outcome = match node_label(&client, &node).await {
+        // A real node (RealNode): its kubelet runs the container and writes the status.
+        None => return,
+        Some(label) => match label.as_deref() {
+            Some("fail") => Outcome::Failed,
+            Some("hang") => Outcome::Hangs,
+            _ => Outcome::Passed,
+        },
     };
     if outcome == Outcome::Hangs {
         return;
@@ -166,12 +171,33 @@ async fn finish(client: kube::Client, pod: Pod, node: String, run_time: Duration
     }
 }
 
-async fn node_label(client: &kube::Client, node: &str) -> Option<String> {
+/// The node's [`SIMULATE_VALIDATION_LABEL`] (inner None when unset), or None when the node is not
+/// a kwok node (or cannot be read): then nothing is simulated.
+async fn node_label(client: &kube::Client, node: &str) -> Option<Option<String>> {
     let node = Api::<Node>::all(client.clone())
         .get_opt(node)
         .await
-        .ok()??;
-    node.metadata.labels?.remove(SIMULATE_VALIDATION_LABEL)
+        .ok()
+        .flatten();
+    let node = match node {
+        Some(node) => node,
+        // Gone or unreadable: as before, finish the pod as passed.
+        None => return Some(None),
+    };
+    let kwok = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::nodes::KWOK_ANNOTATION.0))
+        .is_some_and(|v| v == crate::nodes::KWOK_ANNOTATION.1);
+    if !kwok {
+        return None;
+    }
+    Some(
+        node.metadata
+            .labels
+            .and_then(|mut l| l.remove(SIMULATE_VALIDATION_LABEL)),
+    )
 }
 
 /// The status patch a kubelet writes when the pod's containers have exited: every container
