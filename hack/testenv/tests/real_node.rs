@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use testenv::nodes;
-use testenv::real_node::{Gpus, RealNode, RealNodeOptions};
+use testenv::real_node::{RealNode, RealNodeOptions};
 use testenv::{ControlPlane, wait_for};
 
 const NAMESPACE: &str = "gpu-resources";
@@ -97,6 +97,7 @@ async fn a_pod_runs_on_the_real_node() {
 /// running plugin. As gpupool does, the config's text goes into a pod-template annotation, so a
 /// config change rolls the DaemonSet.
 fn plugin_daemonset(
+    ns: &str,
     node: &str,
     image: &str,
     config: Option<(&str, &str)>,
@@ -129,7 +130,7 @@ fn plugin_daemonset(
     serde_json::from_value(json!({
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
-        "metadata": { "name": "nvidia-device-plugin-daemonset", "namespace": NAMESPACE },
+        "metadata": { "name": "nvidia-device-plugin-daemonset", "namespace": ns },
         "spec": {
             "selector": { "matchLabels": { "name": "nvidia-device-plugin-ds" } },
             "updateStrategy": { "type": "RollingUpdate" },
@@ -164,8 +165,9 @@ fn plugin_daemonset(
 }
 
 fn fnv(text: &str) -> u64 {
-    text.bytes()
-        .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 async fn apply<K>(api: &Api<K>, name: &str, object: &K)
@@ -181,21 +183,22 @@ where
     .unwrap();
 }
 
-async fn plugin_config(client: &kube::Client, name: &str, yaml: &str) {
+async fn plugin_config(client: &kube::Client, ns: &str, name: &str, yaml: &str) {
     let cm: ConfigMap = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": { "name": name, "namespace": NAMESPACE },
+        "metadata": { "name": name, "namespace": ns },
         "data": { "config.yaml": yaml },
     }))
     .unwrap();
-    apply(&Api::namespaced(client.clone(), NAMESPACE), name, &cm).await;
+    apply(&Api::namespaced(client.clone(), ns), name, &cm).await;
 }
 
 /// Waits until the Node shows `nvidia.com/gpu` (capacity, allocatable) == `want`; returns how
 /// long that took.
 async fn wait_gpus(
     client: &kube::Client,
+    ns: &str,
     node: &RealNode<'_>,
     want: (Option<u32>, Option<u32>),
 ) -> Duration {
@@ -217,7 +220,7 @@ async fn wait_gpus(
             panic!(
                 "node {} shows nvidia.com/gpu {last:?}, not {want:?}, after {TIMEOUT:?}\n{}\n{}",
                 node.name(),
-                plugin_logs(node),
+                plugin_logs(ns, node),
                 node.logs_tail(30)
             );
         }
@@ -226,20 +229,22 @@ async fn wait_gpus(
 }
 
 /// The device plugin's log(s) on the node, for failure messages and observations.
-fn plugin_logs(node: &RealNode<'_>) -> String {
+fn plugin_logs(ns: &str, node: &RealNode<'_>) -> String {
+    plugin_logs_tail(ns, node, 25)
+}
+
+fn plugin_logs_tail(ns: &str, node: &RealNode<'_>, lines: usize) -> String {
     let mut out = String::new();
     let dir = node.dir().join("kubelet/pod-logs");
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(rest) =
-            name.strip_prefix(&format!("{NAMESPACE}_nvidia-device-plugin-daemonset-"))
-        {
+        if let Some(rest) = name.strip_prefix(&format!("{ns}_nvidia-device-plugin-daemonset-")) {
             let pod = format!(
                 "nvidia-device-plugin-daemonset-{}",
                 rest.split('_').next().unwrap()
             );
-            if let Some(log) = node.pod_log(NAMESPACE, &pod, "nvidia-device-plugin-ctr") {
-                let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            if let Some(log) = node.pod_log(ns, &pod, "nvidia-device-plugin-ctr") {
+                let tail: Vec<&str> = log.lines().rev().take(lines).collect();
                 out.push_str(&format!("===== plugin pod {pod} =====\n"));
                 for l in tail.into_iter().rev() {
                     out.push_str(l);
@@ -255,11 +260,12 @@ fn plugin_logs(node: &RealNode<'_>) -> String {
 /// `limits: nvidia.com/gpu: gpus` when given; returns its phase and log.
 async fn validation_pod(
     client: &kube::Client,
+    ns: &str,
     node: &RealNode<'_>,
     name: &str,
     gpus: Option<u32>,
 ) -> (String, String) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let resources = match gpus {
         Some(n) => json!({ "limits": { "nvidia.com/gpu": n.to_string() } }),
         None => json!({}),
@@ -291,11 +297,10 @@ async fn validation_pod(
     (phase, log)
 }
 
-
 /// Waits until the plugin DaemonSet's only pod runs the template with `config` (its text's hash
 /// in the pod annotation; None: no config) and is Ready.
-async fn wait_rollout(client: &kube::Client, config: Option<&str>) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+async fn wait_rollout(client: &kube::Client, ns: &str, config: Option<&str>) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let want = config.map(|text| format!("{:016x}", fnv(text)));
     wait_for("the plugin DaemonSet to roll out", TIMEOUT, || async {
         let list = pods
@@ -320,10 +325,13 @@ async fn wait_rollout(client: &kube::Client, config: Option<&str>) {
     .await;
 }
 
+/// `nvidia.com/gpu` (capacity, allocatable) of a Node.
+type Gpus = (Option<u32>, Option<u32>);
+
 /// Records every change of the Node's `nvidia.com/gpu` (capacity, allocatable) until dropped.
 struct GpuTimeline {
     task: tokio::task::JoinHandle<()>,
-    changes: std::sync::Arc<std::sync::Mutex<Vec<(Duration, (Option<u32>, Option<u32>))>>>,
+    changes: std::sync::Arc<std::sync::Mutex<Vec<(Duration, Gpus)>>>,
     started: Instant,
 }
 
@@ -347,14 +355,21 @@ impl GpuTimeline {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        GpuTimeline { task, changes, started }
+        GpuTimeline {
+            task,
+            changes,
+            started,
+        }
     }
 
     /// Prints the changes since the last call (or the start), with `what` happened at `mark`.
     fn report(&self, what: &str, mark: Instant) {
         let at = mark.duration_since(self.started);
         let changes = std::mem::take(&mut *self.changes.lock().unwrap());
-        eprintln!("  {what} (t={:.1}s); nvidia.com/gpu (capacity, allocatable) changes:", at.as_secs_f64());
+        eprintln!(
+            "  {what} (t={:.1}s); nvidia.com/gpu (capacity, allocatable) changes:",
+            at.as_secs_f64()
+        );
         for (t, v) in changes {
             eprintln!("    t={:.1}s {:?}", t.as_secs_f64(), v);
         }
@@ -383,55 +398,111 @@ async fn device_plugin_registers_mock_gpus_with_the_kubelet() {
     let client = plane.client().await;
     let node = start_node(
         plane,
-        RealNodeOptions::aks_gpu("aks-gpu-12345678-vmss000000", "gpu").taint("sku", "gpu", "NoSchedule"),
+        RealNodeOptions::aks_gpu("aks-gpu-12345678-vmss000000", "gpu").taint(
+            "sku",
+            "gpu",
+            "NoSchedule",
+        ),
     )
     .await;
     let nodes_api: Api<Node> = Api::all(client.clone());
     let registered = nodes_api.get(node.name()).await.unwrap();
-    assert_eq!(nodes::gpu_resources(&registered), (None, None), "no GPUs before the plugin runs");
+    assert_eq!(
+        nodes::gpu_resources(&registered),
+        (None, None),
+        "no GPUs before the plugin runs"
+    );
     let labels = registered.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels["kubernetes.azure.com/agentpool"], "gpu");
     assert_eq!(labels["kubernetes.azure.com/accelerator"], "nvidia");
-    assert_eq!(labels["node.kubernetes.io/instance-type"], "Standard_ND96asr_v4");
-    let taints = registered.spec.clone().and_then(|s| s.taints).unwrap_or_default();
-    assert!(taints.iter().any(|t| t.key == "sku" && t.effect == "NoSchedule"), "{taints:?}");
+    assert_eq!(
+        labels["node.kubernetes.io/instance-type"],
+        "Standard_ND96asr_v4"
+    );
+    let taints = registered
+        .spec
+        .clone()
+        .and_then(|s| s.taints)
+        .unwrap_or_default();
+    assert!(
+        taints
+            .iter()
+            .any(|t| t.key == "sku" && t.effect == "NoSchedule"),
+        "{taints:?}"
+    );
 
-    ensure_namespace(&client, NAMESPACE).await;
-    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), NAMESPACE);
+    let ns = NAMESPACE;
+    ensure_namespace(&client, ns).await;
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
     let ds_name = "nvidia-device-plugin-daemonset";
     let mock = node.images().device_plugin_mockgpu.tag.clone();
     eprintln!("plugin {mock}, no config:");
-    apply(&daemonsets, ds_name, &plugin_daemonset(node.name(), &mock, None, &[], false)).await;
-    wait_gpus(&client, &node, (Some(8), Some(8))).await;
+    apply(
+        &daemonsets,
+        ds_name,
+        &plugin_daemonset(ns, node.name(), &mock, None, &[], false),
+    )
+    .await;
+    wait_gpus(&client, ns, &node, (Some(8), Some(8))).await;
 
-    let (phase, log) = validation_pod(&client, &node, "vectoradd-1", Some(1)).await;
-    eprintln!("  pod vectoradd-1 (limit nvidia.com/gpu: 1): {phase}; {}", log.lines().nth(1).unwrap_or(""));
+    let (phase, log) = validation_pod(&client, ns, &node, "vectoradd-1", Some(1)).await;
+    eprintln!(
+        "  pod vectoradd-1 (limit nvidia.com/gpu: 1): {phase}; {}",
+        log.lines().nth(1).unwrap_or("")
+    );
     assert_eq!(phase, "Succeeded", "{log}");
-    assert!(log.contains("NVIDIA_VISIBLE_DEVICES=GPU-4d4f434b-0000-4000-8000-"), "{log}");
+    assert!(
+        log.contains("NVIDIA_VISIBLE_DEVICES=GPU-4d4f434b-0000-4000-8000-"),
+        "{log}"
+    );
     assert!(log.contains("Test PASSED"), "{log}");
-    let from_dir = node.pod_log(NAMESPACE, "vectoradd-1", "cuda-vectoradd").unwrap();
-    assert_eq!(from_dir, log, "the kubelet's pod log folder and the API agree");
+    let from_dir = node.pod_log(ns, "vectoradd-1", "cuda-vectoradd").unwrap();
+    assert_eq!(
+        from_dir, log,
+        "the kubelet's pod log folder and the API agree"
+    );
 
-    let (phase, log) = validation_pod(&client, &node, "vectoradd-2", Some(2)).await;
-    eprintln!("  pod vectoradd-2 (limit nvidia.com/gpu: 2): {phase}; {}", log.lines().nth(1).unwrap_or(""));
+    let (phase, log) = validation_pod(&client, ns, &node, "vectoradd-2", Some(2)).await;
+    eprintln!(
+        "  pod vectoradd-2 (limit nvidia.com/gpu: 2): {phase}; {}",
+        log.lines().nth(1).unwrap_or("")
+    );
     assert_eq!(phase, "Succeeded", "{log}");
-    assert_eq!(log.lines().nth(1).unwrap().matches("GPU-").count(), 2, "{log}");
+    assert_eq!(
+        log.lines().nth(1).unwrap().matches("GPU-").count(),
+        2,
+        "{log}"
+    );
 
-    let (phase, log) = validation_pod(&client, &node, "vectoradd-none", None).await;
-    eprintln!("  pod vectoradd-none (no GPU limit): {phase}; {}", log.lines().nth(1).unwrap_or(""));
+    let (phase, log) = validation_pod(&client, ns, &node, "vectoradd-none", None).await;
+    eprintln!(
+        "  pod vectoradd-none (no GPU limit): {phase}; {}",
+        log.lines().nth(1).unwrap_or("")
+    );
     assert_eq!(phase, "Failed", "{log}");
 
     eprintln!("plugin with time-slicing, replicas 4 (--config-file):");
-    plugin_config(&client, "plugin-config", TIME_SLICING_4).await;
+    plugin_config(&client, ns, "plugin-config", TIME_SLICING_4).await;
     let config = Some(("plugin-config", TIME_SLICING_4));
-    apply(&daemonsets, ds_name, &plugin_daemonset(node.name(), &mock, config, &[], false)).await;
-    wait_rollout(&client, Some(TIME_SLICING_4)).await;
-    wait_gpus(&client, &node, (Some(32), Some(32))).await;
-    let (phase, log) = validation_pod(&client, &node, "vectoradd-shared", Some(1)).await;
-    eprintln!("  pod vectoradd-shared (1 of 32 replicas): {phase}; {}", log.lines().nth(1).unwrap_or(""));
+    apply(
+        &daemonsets,
+        ds_name,
+        &plugin_daemonset(ns, node.name(), &mock, config, &[], false),
+    )
+    .await;
+    wait_rollout(&client, ns, Some(TIME_SLICING_4)).await;
+    wait_gpus(&client, ns, &node, (Some(32), Some(32))).await;
+    let (phase, log) = validation_pod(&client, ns, &node, "vectoradd-shared", Some(1)).await;
+    eprintln!(
+        "  pod vectoradd-shared (1 of 32 replicas): {phase}; {}",
+        log.lines().nth(1).unwrap_or("")
+    );
     assert_eq!(phase, "Succeeded", "{log}");
     // A shared GPU's replica IDs (GPU-<uuid>::<n>) reach the container as the plain UUID.
-    assert!(log.contains("NVIDIA_VISIBLE_DEVICES=GPU-4d4f434b-0000-4000-8000-") && !log.contains("::"), "{log}");
+    assert!(
+        log.contains("NVIDIA_VISIBLE_DEVICES=GPU-4d4f434b-0000-4000-8000-") && !log.contains("::"),
+        "{log}"
+    );
 
     // MIG strategies, as gpupool configures them (NVIDIA_MIG_MONITOR_DEVICES=all, CAP_SYS_ADMIN).
     // MIG_MOCK_ENABLED turns MIG mode on for those mock GPUs (which then have no MIG devices).
@@ -440,14 +511,28 @@ async fn device_plugin_registers_mock_gpus_with_the_kubelet() {
         ("mixed", "", (Some(8), Some(8))),
         ("mixed", "0,1", (Some(6), Some(6))),
     ] {
-        let text = format!("version: v1\nflags:\n  migStrategy: {strategy}\n# MIG_MOCK_ENABLED={mig_enabled}\n");
-        eprintln!("plugin with migStrategy {strategy}, mock GPUs with MIG mode enabled: [{mig_enabled}]:");
-        plugin_config(&client, "plugin-config", &text).await;
-        let env = [("NVIDIA_MIG_MONITOR_DEVICES", "all"), ("MIG_MOCK_ENABLED", mig_enabled)];
-        let ds = plugin_daemonset(node.name(), &mock, Some(("plugin-config", &text)), &env, true);
+        let text = format!(
+            "version: v1\nflags:\n  migStrategy: {strategy}\n# MIG_MOCK_ENABLED={mig_enabled}\n"
+        );
+        eprintln!(
+            "plugin with migStrategy {strategy}, mock GPUs with MIG mode enabled: [{mig_enabled}]:"
+        );
+        plugin_config(&client, ns, "plugin-config", &text).await;
+        let env = [
+            ("NVIDIA_MIG_MONITOR_DEVICES", "all"),
+            ("MIG_MOCK_ENABLED", mig_enabled),
+        ];
+        let ds = plugin_daemonset(
+            ns,
+            node.name(),
+            &mock,
+            Some(("plugin-config", &text)),
+            &env,
+            true,
+        );
         apply(&daemonsets, ds_name, &ds).await;
-        wait_rollout(&client, Some(&text)).await;
-        wait_gpus(&client, &node, want).await;
+        wait_rollout(&client, ns, Some(&text)).await;
+        wait_gpus(&client, ns, &node, want).await;
         let n = nodes_api.get(node.name()).await.unwrap();
         let mig: Vec<String> = n
             .status
@@ -464,12 +549,27 @@ async fn device_plugin_registers_mock_gpus_with_the_kubelet() {
     // the kubelet keeps the last capacity it saw (6) with allocatable 0.
     let text = "version: v1\nflags:\n  migStrategy: single\n# MIG_MOCK_ENABLED=0,1\n";
     eprintln!("plugin with migStrategy single, mock GPUs with MIG mode enabled: [0,1]:");
-    plugin_config(&client, "plugin-config", text).await;
-    let env = [("NVIDIA_MIG_MONITOR_DEVICES", "all"), ("MIG_MOCK_ENABLED", "0,1")];
+    plugin_config(&client, ns, "plugin-config", text).await;
+    let env = [
+        ("NVIDIA_MIG_MONITOR_DEVICES", "all"),
+        ("MIG_MOCK_ENABLED", "0,1"),
+    ];
     let timeline = GpuTimeline::start(&client, node.name());
     let mark = Instant::now();
-    apply(&daemonsets, ds_name, &plugin_daemonset(node.name(), &mock, Some(("plugin-config", text)), &env, true)).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    apply(
+        &daemonsets,
+        ds_name,
+        &plugin_daemonset(
+            ns,
+            node.name(),
+            &mock,
+            Some(("plugin-config", text)),
+            &env,
+            true,
+        ),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let failing = wait_for("the plugin pod to fail and restart", TIMEOUT, || async {
         pods.list(&ListParams::default().labels("name=nvidia-device-plugin-ds"))
             .await
@@ -485,12 +585,285 @@ async fn device_plugin_registers_mock_gpus_with_the_kubelet() {
     })
     .await;
     let name = failing.metadata.name.clone().unwrap();
-    let log = node.pod_log(NAMESPACE, &name, "nvidia-device-plugin-ctr").unwrap_or_default();
-    eprintln!("  plugin pod {name} restarts; its log ends: {}", log.lines().last().unwrap_or(""));
-    assert!(log.contains("invalid MIG configuration") || log.contains("no MIG devices"), "{log}");
-    wait_gpus(&client, &node, (Some(6), Some(0))).await;
+    let log = node
+        .pod_log(ns, &name, "nvidia-device-plugin-ctr")
+        .unwrap_or_default();
+    eprintln!(
+        "  plugin pod {name} restarts; its log ends: {}",
+        log.lines().last().unwrap_or("")
+    );
+    assert!(
+        log.contains("invalid MIG configuration") || log.contains("no MIG devices"),
+        "{log}"
+    );
+    wait_gpus(&client, ns, &node, (Some(6), Some(0))).await;
     timeline.report("single with MIG-enabled GPUs applied", mark);
 
-    daemonsets.delete(ds_name, &DeleteParams::default()).await.unwrap();
-    eprintln!("smoke test took {:?} (node start included)", test_started.elapsed());
+    daemonsets
+        .delete(ds_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eprintln!(
+        "smoke test took {:?} (node start included)",
+        test_started.elapsed()
+    );
+}
+
+/// What the kubelet's device manager does with `nvidia.com/gpu` when the plugin pod is deleted, a
+/// GPU reports a critical XID, the kubelet restarts and containerd restarts; a pod holding a GPU
+/// keeps running throughout.
+#[tokio::test]
+async fn gpu_capacity_through_plugin_kubelet_and_containerd_restarts() {
+    if skip() {
+        return;
+    }
+    let plane = ControlPlane::shared().await;
+    let client = plane.client().await;
+    let node = start_node(
+        plane,
+        RealNodeOptions::aks_gpu("aks-gpu-12345678-vmss000001", "gpu"),
+    )
+    .await;
+    // Tests share the plane: each keeps to its own namespace.
+    let ns = "gpu-resources-restarts";
+    ensure_namespace(&client, ns).await;
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let ds_name = "nvidia-device-plugin-daemonset";
+    // Upstream's tag, which on a mock-GPU node is the mock-GPU build.
+    let image = node.images().device_plugin.tag.clone();
+    apply(
+        &daemonsets,
+        ds_name,
+        &plugin_daemonset(ns, node.name(), &image, None, &[], false),
+    )
+    .await;
+    wait_rollout(&client, ns, None).await;
+    wait_gpus(&client, ns, &node, (Some(8), Some(8))).await;
+
+    // A pod holding one GPU for the whole test.
+    let holder: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "gpu-holder" },
+        "spec": {
+            "nodeSelector": { "kubernetes.io/hostname": node.name() },
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "holder",
+                "image": node.images().busybox.tag,
+                "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; exec sleep 3600"],
+                "resources": { "limits": { "nvidia.com/gpu": "1" } },
+            }],
+        },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &holder).await.unwrap();
+    let running = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    let holder = wait_for("gpu-holder to run", TIMEOUT, || async {
+        pods.get_opt("gpu-holder").await.unwrap().filter(running)
+    })
+    .await;
+    let holder_container = holder.status.unwrap().container_statuses.unwrap()[0]
+        .container_id
+        .clone();
+
+    let timeline = GpuTimeline::start(&client, node.name());
+    let plugin_pod = || async {
+        pods.list(&ListParams::default().labels("name=nvidia-device-plugin-ds"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
+    };
+
+    // 1. The plugin pod deleted (the DaemonSet makes a new one).
+    let old = plugin_pod().await.unwrap().metadata.name.unwrap();
+    let mark = Instant::now();
+    pods.delete(&old, &DeleteParams::default()).await.unwrap();
+    wait_rollout(&client, ns, None).await;
+    wait_gpus(&client, ns, &node, (Some(8), Some(8))).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    timeline.report("plugin pod deleted", mark);
+    assert_eq!(last_gpus(&client, &node).await, (Some(8), Some(8)));
+
+    // 2. GPU 3 reports XID 79 (fallen off the bus).
+    let mark = Instant::now();
+    node.inject_xid(3, 79).unwrap();
+    wait_gpus(&client, ns, &node, (Some(8), Some(7))).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    timeline.report("XID 79 on GPU 3", mark);
+    assert_eq!(
+        last_gpus(&client, &node).await,
+        (Some(8), Some(7)),
+        "GPU 3 stays unhealthy"
+    );
+
+    // 3. The kubelet restarts.
+    let mark = Instant::now();
+    node.restart_kubelet().await.unwrap();
+    node.wait_ready(TIMEOUT).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    timeline.report("kubelet restarted", mark);
+    // The plugin sees the kubelet's socket come back, re-registers and lists its GPUs afresh:
+    // the one marked unhealthy by the XID is healthy again (the plugin keeps health in memory).
+    assert_eq!(last_gpus(&client, &node).await, (Some(8), Some(8)));
+    let log = plugin_logs_tail(ns, &node, usize::MAX);
+    assert!(
+        log.contains("kubelet.sock created, restarting"),
+        "the plugin noticed the kubelet restart:\n{log}"
+    );
+
+    // 4. containerd restarts.
+    let mark = Instant::now();
+    node.restart_containerd().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    timeline.report("containerd restarted", mark);
+    assert_eq!(last_gpus(&client, &node).await, (Some(8), Some(8)));
+
+    let holder = pods.get("gpu-holder").await.unwrap();
+    let status = holder.status.unwrap();
+    eprintln!(
+        "  gpu-holder: phase {:?}, container {:?} (was {:?}), restarts {}",
+        status.phase,
+        status.container_statuses.as_ref().unwrap()[0].container_id,
+        holder_container,
+        status.container_statuses.as_ref().unwrap()[0].restart_count
+    );
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(
+        status.container_statuses.as_ref().unwrap()[0].container_id,
+        holder_container
+    );
+    let log = node.pod_log(ns, "gpu-holder", "holder").unwrap();
+    assert!(log.starts_with("NVIDIA_VISIBLE_DEVICES=GPU-"), "{log}");
+
+    // 5. The DaemonSet deleted: no plugin at all.
+    let mark = Instant::now();
+    daemonsets
+        .delete(ds_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    timeline.report("plugin DaemonSet deleted", mark);
+    // Capacity stays (the kubelet keeps a stopped plugin's resource for a grace period),
+    // allocatable drops to 0.
+    assert_eq!(last_gpus(&client, &node).await, (Some(8), Some(0)));
+    if std::env::var("GPUPOOL_REAL_NODE_LONG").is_ok_and(|v| v == "1") {
+        let mark = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(420);
+        while Instant::now() < deadline && last_gpus(&client, &node).await == (Some(8), Some(0)) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        timeline.report("(long) after the DaemonSet's deletion", mark);
+    }
+}
+
+async fn last_gpus(client: &kube::Client, node: &RealNode<'_>) -> (Option<u32>, Option<u32>) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes::gpu_resources(&nodes.get(node.name()).await.unwrap())
+}
+
+/// On a node without GPUs, upstream's plugin image (the real build) finds no NVML library (so no
+/// platform: "Incompatible strategy detected auto", "invalid device discovery strategy"): with the
+/// default FAIL_ON_INIT_ERROR=true it exits and crash-loops (the known pain of a plugin scheduled
+/// on CPU nodes); with FAIL_ON_INIT_ERROR=false (the AKS article's setting) it stays Running and
+/// registers nothing. The Node never shows nvidia.com/gpu.
+#[tokio::test]
+async fn real_plugin_on_a_node_without_gpus() {
+    if skip() {
+        return;
+    }
+    let plane = ControlPlane::shared().await;
+    let client = plane.client().await;
+    let node = start_node(
+        plane,
+        RealNodeOptions::aks_cpu("aks-cpu-12345678-vmss000000", "cpu"),
+    )
+    .await;
+    let ns = "gpu-resources-cpu";
+    ensure_namespace(&client, ns).await;
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let ds_name = "nvidia-device-plugin-daemonset";
+    let image = node.images().device_plugin.tag.clone();
+    apply(
+        &daemonsets,
+        ds_name,
+        &plugin_daemonset(ns, node.name(), &image, None, &[], false),
+    )
+    .await;
+    let crashing = wait_for("the real plugin to crash and restart", TIMEOUT, || async {
+        pods.list(&ListParams::default().labels("name=nvidia-device-plugin-ds"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.restart_count >= 1))
+            })
+    })
+    .await;
+    let name = crashing.metadata.name.unwrap();
+    let log = node
+        .pod_log(ns, &name, "nvidia-device-plugin-ctr")
+        .unwrap_or_default();
+    eprintln!("  FAIL_ON_INIT_ERROR=true (default): plugin pod {name} restarts; log:\n{log}");
+    assert!(log.contains("invalid device discovery strategy"), "{log}");
+    assert_eq!(last_gpus(&client, &node).await, (None, None));
+
+    let env = [("FAIL_ON_INIT_ERROR", "false")];
+    apply(
+        &daemonsets,
+        ds_name,
+        &plugin_daemonset(ns, node.name(), &image, None, &env, false),
+    )
+    .await;
+    let pod = wait_for(
+        "the plugin with FAIL_ON_INIT_ERROR=false to run",
+        TIMEOUT,
+        || async {
+            pods.list(&ListParams::default().labels("name=nvidia-device-plugin-ds"))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|p| {
+                    let env_set = p.spec.as_ref().is_some_and(|s| {
+                        s.containers[0]
+                            .env
+                            .as_ref()
+                            .is_some_and(|e| e.iter().any(|v| v.name == "FAIL_ON_INIT_ERROR"))
+                    });
+                    let running = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| {
+                                c.state.as_ref().and_then(|s| s.running.as_ref()).is_some()
+                            })
+                        });
+                    env_set && running && p.metadata.deletion_timestamp.is_none()
+                })
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let name = pod.metadata.name.unwrap();
+    let pod = pods.get(&name).await.unwrap();
+    let restarts = pod.status.unwrap().container_statuses.unwrap()[0].restart_count;
+    let log = node
+        .pod_log(ns, &name, "nvidia-device-plugin-ctr")
+        .unwrap_or_default();
+    eprintln!("  FAIL_ON_INIT_ERROR=false: plugin pod {name}, {restarts} restarts; log:\n{log}");
+    assert_eq!(restarts, 0);
+    assert_eq!(last_gpus(&client, &node).await, (None, None));
+    daemonsets
+        .delete(ds_name, &DeleteParams::default())
+        .await
+        .unwrap();
 }

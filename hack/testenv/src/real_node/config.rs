@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::Error;
 
-/// The CNI network's name (also the prefix of libcni's cached results in /var/lib/cni/results).
+/// The CNI network's name.
 pub(crate) const CNI_NETWORK: &str = "gpupool-real-node";
 /// Pod addresses. One real node runs at a time on a machine (see `RealNode`), so one subnet does;
 /// kept apart from kwok's 10.244.0.0/16 and the plane's service range 10.0.0.0/24.

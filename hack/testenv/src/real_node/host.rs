@@ -9,7 +9,8 @@
 //!   its `--root-dir` (hard-coded in the kubelet, and where plugins look), so one real node runs at
 //!   a time on a machine ([`MachineLock`]); a marker folder records whether we made it;
 //! - `/var/log/containers`: the kubelet always links container logs there;
-//! - libcni's result cache (`/var/lib/cni/results/gpupool-real-node-*`);
+//! - libcni's result cache (`/var/lib/cni/results/*`) of our sandboxes (by their network
+//!   namespace's path, in the node's folder);
 //! - mounts under the node's folder (the kubelet's root, pod volumes, containers' root
 //!   filesystems, sandboxes' /dev/shm and network namespaces).
 //!
@@ -250,15 +251,28 @@ pub(crate) fn delete_link(name: &str) {
     }
 }
 
-/// Removes libcni's cached results of our network for the given sandboxes... and any of ours
-/// whose sandbox is gone: all of `gpupool-real-node-*` (one real node per machine).
-pub(crate) fn remove_cni_cache() {
-    let prefix = format!("{}-", super::config::CNI_NETWORK);
-    if let Ok(entries) = fs::read_dir(CNI_RESULTS) {
-        for e in entries.flatten() {
-            if e.file_name().as_bytes().starts_with(prefix.as_bytes()) {
-                let _ = fs::remove_file(e.path());
-            }
+/// Removes libcni's cached results (`/var/lib/cni/results/<network>-<sandbox>-<interface>`, for
+/// our bridge network and containerd's loopback one) of sandboxes whose network namespace was
+/// under a path `ours` accepts: the cache outlives sandboxes that were killed rather than stopped
+/// through the CRI (which is how a node is dropped).
+pub(crate) fn remove_cni_cache(ours: impl Fn(&Path) -> bool) {
+    let Ok(entries) = fs::read_dir(CNI_RESULTS) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(text) = fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let sandboxes = doc["result"]["interfaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["sandbox"].as_str());
+        if sandboxes.into_iter().any(|s| ours(Path::new(s))) {
+            let _ = fs::remove_file(e.path());
         }
     }
 }
@@ -295,12 +309,13 @@ fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -501,6 +516,6 @@ pub(crate) fn reap_stale() {
             }
         }
     }
-    remove_cni_cache();
+    remove_cni_cache(|p| dead_plane(&p.to_string_lossy()));
     clean_device_plugin_dir();
 }

@@ -249,7 +249,11 @@ impl<'a> RealNode<'a> {
                 _ => format!("\n{}", node.logs_tail(30)),
             };
             return Err(Error::Command {
-                what: format!("starting real node {} in {}", options.name, node.layout.dir.display()),
+                what: format!(
+                    "starting real node {} in {}",
+                    options.name,
+                    node.layout.dir.display()
+                ),
                 detail: format!("{e}{logs}"),
             });
         }
@@ -635,11 +639,21 @@ impl<'a> RealNode<'a> {
     }
 
     /// SIGKILLs containerd shims serving our containerd (by the `-address` they were given):
-    /// what is left when containerd could not delete their tasks.
+    /// what is left when containerd could not delete their tasks. Waits (up to 5 s) until none
+    /// is left: a shim exits a moment after its last task is deleted.
     fn kill_own_shims(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.signal_own_shims() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILLs our shims; returns how many there were.
+    fn signal_own_shims(&self) -> usize {
+        let mut found = 0;
         let socket = self.layout.containerd_socket.to_string_lossy().into_owned();
         let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
+            return 0;
         };
         for e in entries.flatten() {
             let Some(pid) = e
@@ -660,12 +674,14 @@ impl<'a> RealNode<'a> {
                 .windows(2)
                 .any(|w| w[0] == b"-address" && w[1] == socket.as_bytes());
             if is_shim && ours {
+                found += 1;
                 // SAFETY: kill(2) of a shim our containerd started.
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                 }
             }
         }
+        found
     }
 }
 
@@ -685,7 +701,7 @@ impl Drop for RealNode<'_> {
         host::unmount_below(&self.layout.dir);
         host::delete_link(&self.bridge);
         host::remove_container_log_links(&self.layout.pod_logs, self.made_container_logs);
-        host::remove_cni_cache();
+        host::remove_cni_cache(|p| p.starts_with(&self.layout.dir));
         host::clean_device_plugin_dir();
         if self.made_var_lib_cni {
             // libcni's cache: /var/lib/cni/results (emptied above).
