@@ -7,8 +7,12 @@
 //! - the CNI bridge (`gpn<pid>`), made by the bridge plugin for the first pod;
 //! - `/var/lib/kubelet/device-plugins`: the kubelet serves its device-plugin socket there whatever
 //!   its `--root-dir` (hard-coded in the kubelet, and where plugins look), so one real node runs at
-//!   a time on a machine ([`MachineLock`]); a marker folder records whether we made it;
+//!   a time on a machine ([`MachineLock`]);
 //! - `/var/log/containers`: the kubelet always links container logs there;
+//! - `/run/containerd/s`: containerd's shims put their sockets there whatever containerd's state
+//!   folder;
+//! - folders that did not exist before (those above, the cgroups' parents, `/var/lib/cni`): noted
+//!   in a registry (`/run/gpupool-testenv-real-node.made`) and removed once empty;
 //! - libcni's result cache (`/var/lib/cni/results/*`) of our sandboxes (by their network
 //!   namespace's path, in the node's folder);
 //! - mounts under the node's folder (the kubelet's root, pod volumes, containers' root
@@ -29,10 +33,20 @@ use crate::Error;
 
 const DEVICE_PLUGIN_DIR: &str = "/var/lib/kubelet/device-plugins";
 const VAR_LIB_KUBELET: &str = "/var/lib/kubelet";
-/// Marker folders in /var/lib/kubelet (the kubelet's start-up cleanup of the device-plugin folder
-/// removes files, and this one is outside it anyway): which of the two folders a node made.
-const MADE_VAR_LIB_KUBELET: &str = "/var/lib/kubelet/.gpupool-testenv-made-var-lib-kubelet";
-const MADE_DEVICE_PLUGINS: &str = "/var/lib/kubelet/.gpupool-testenv-made-device-plugins";
+/// The registry of folders a node made, or that did not exist before it started and that the
+/// kubelet, containerd, its shims or libcni make (one file per folder, holding its path): removed
+/// (when empty) by the node's cleanup, or by the next node's if this process was killed.
+const MADE_DIR: &str = "/run/gpupool-testenv-real-node.made";
+/// Folders outside the node's own that the kubelet, containerd's shims and libcni make.
+const OUTSIDE_FOLDERS: [&str; 7] = [
+    VAR_LIB_KUBELET,
+    DEVICE_PLUGIN_DIR,
+    CONTAINER_LOGS,
+    "/var/lib/cni",
+    CNI_RESULTS,
+    "/run/containerd",
+    "/run/containerd/s",
+];
 const CONTAINER_LOGS: &str = "/var/log/containers";
 const CNI_RESULTS: &str = "/var/lib/cni/results";
 const LOCK_PATH: &str = "/run/gpupool-testenv-real-node.lock";
@@ -134,12 +148,11 @@ fn own_memory_cgroup() -> String {
 }
 
 /// The kubelet's cgroup root, made in every hierarchy (cgroup v1 with the cgroupfs driver needs
-/// it in each), with the folders we made for it remembered for [`Cgroups::remove`].
+/// it in each), the folders made for it noted in the registry of made folders.
 #[derive(Debug)]
 pub(crate) struct Cgroups {
     /// E.g. `/process_api/abc/gpupool-node-1234`: the kubelet's `cgroupRoot`.
     pub root: String,
-    made: Vec<PathBuf>,
 }
 
 impl Cgroups {
@@ -150,10 +163,7 @@ impl Cgroups {
             parent.trim_end_matches('/'),
             std::process::id()
         );
-        let mut cgroups = Cgroups {
-            root: root.clone(),
-            made: Vec::new(),
-        };
+        let cgroups = Cgroups { root: root.clone() };
         for mount in cgroup_mounts() {
             let mut path = mount.clone();
             for part in root.split('/').filter(|p| !p.is_empty()) {
@@ -162,8 +172,8 @@ impl Cgroups {
                 if path.is_dir() {
                     continue;
                 }
+                note_made(&path)?;
                 fs::create_dir(&path).map_err(io_err(format!("creating {}", path.display())))?;
-                cgroups.made.push(path.clone());
                 // A new cpuset cgroup (v1) starts with no CPUs and memory nodes: nothing could
                 // join it. Copy the parent's.
                 for file in ["cpuset.cpus", "cpuset.mems"] {
@@ -177,13 +187,11 @@ impl Cgroups {
     }
 
     /// Kills whatever still runs in the root (only what our kubelet and containerd started can
-    /// be there), then removes every cgroup below it and the folders we made.
-    pub fn remove(&mut self) {
+    /// be there), then removes every cgroup below it (the folders made above it go with
+    /// [`remove_made_folders`]).
+    pub fn remove(&self) {
         for mount in cgroup_mounts() {
             remove_cgroup_tree(&mount.join(self.root.trim_start_matches('/')));
-        }
-        for path in self.made.drain(..).rev() {
-            let _ = fs::remove_dir(&path);
         }
     }
 }
@@ -341,67 +349,81 @@ pub(crate) fn ensure_no_other_kubelet() -> Result<(), Error> {
     Ok(())
 }
 
-/// Makes `/var/lib/kubelet/device-plugins` (and `/var/lib/kubelet`) if missing, remembering that
-/// with a marker.
-pub(crate) fn prepare_device_plugin_dir() -> Result<(), Error> {
-    if !Path::new(VAR_LIB_KUBELET).exists() {
-        fs::create_dir_all(MADE_VAR_LIB_KUBELET)
-            .map_err(io_err(format!("creating {MADE_VAR_LIB_KUBELET}")))?;
+/// Notes in the registry that `path` is ours to remove (when empty) once the node is gone,
+/// unless it exists already.
+fn note_made(path: &Path) -> Result<(), Error> {
+    if path.exists() {
+        return Ok(());
     }
-    if !Path::new(DEVICE_PLUGIN_DIR).exists() {
-        fs::create_dir_all(MADE_DEVICE_PLUGINS)
-            .map_err(io_err(format!("creating {MADE_DEVICE_PLUGINS}")))?;
-        fs::create_dir_all(DEVICE_PLUGIN_DIR)
-            .map_err(io_err(format!("creating {DEVICE_PLUGIN_DIR}")))?;
-    }
-    Ok(())
+    fs::create_dir_all(MADE_DIR).map_err(io_err(format!("creating {MADE_DIR}")))?;
+    let text = path.as_os_str().as_bytes();
+    let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let marker = Path::new(MADE_DIR).join(format!("{hash:016x}"));
+    fs::write(&marker, text).map_err(io_err(format!("writing {}", marker.display())))
 }
 
-/// Undoes [`prepare_device_plugin_dir`] and what was served there: the folders when a node made
-/// them, else the sockets, checkpoint and mock-NVML folder a node and its plugin leave.
-pub(crate) fn clean_device_plugin_dir() {
-    let dir = Path::new(DEVICE_PLUGIN_DIR);
-    if Path::new(MADE_DEVICE_PLUGINS).exists() {
-        let _ = fs::remove_dir_all(dir);
-        let _ = fs::remove_dir(MADE_DEVICE_PLUGINS);
-    } else if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            let is_socket = e.file_type().is_ok_and(|t| t.is_socket());
-            if (is_socket && (name == "kubelet.sock" || name.starts_with("nvidia-")))
-                || name == "kubelet_internal_checkpoint"
-            {
-                let _ = fs::remove_file(e.path());
-            } else if name == "mock-nvml" {
-                let _ = fs::remove_dir_all(e.path());
-            }
+/// Notes the folders outside the node's own that the kubelet, containerd and libcni will make
+/// if they are missing, and makes `/var/lib/kubelet/device-plugins` (where the kubelet serves
+/// its socket and the plugin's pod mounts it).
+pub(crate) fn prepare_outside_folders() -> Result<(), Error> {
+    for folder in OUTSIDE_FOLDERS {
+        note_made(Path::new(folder))?;
+    }
+    fs::create_dir_all(DEVICE_PLUGIN_DIR).map_err(io_err(format!("creating {DEVICE_PLUGIN_DIR}")))
+}
+
+/// Removes the registry's folders that are empty now (deepest first) and forgets those that are
+/// gone; a folder with something else in it stays (and stays noted).
+pub(crate) fn remove_made_folders() {
+    let Ok(entries) = fs::read_dir(MADE_DIR) else {
+        return;
+    };
+    let mut made: Vec<(PathBuf, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let path = PathBuf::from(std::ffi::OsStr::from_bytes(&fs::read(e.path()).ok()?));
+            Some((path, e.path()))
+        })
+        .collect();
+    made.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+    for (path, marker) in made {
+        if !path.exists() || fs::remove_dir(&path).is_ok() {
+            let _ = fs::remove_file(marker);
         }
     }
-    if Path::new(MADE_VAR_LIB_KUBELET).exists() {
-        let _ = fs::remove_dir(MADE_VAR_LIB_KUBELET);
-        // Only if nothing else is in it now.
-        let _ = fs::remove_dir(VAR_LIB_KUBELET);
+    let _ = fs::remove_dir(MADE_DIR);
+}
+
+/// Removes what a node and its plugin leave in the device-plugin folder: the kubelet's socket and
+/// checkpoint, the plugins' sockets (`nvidia-*.sock`) and the mock NVML's XID folder.
+pub(crate) fn clean_device_plugin_dir() {
+    let Ok(entries) = fs::read_dir(DEVICE_PLUGIN_DIR) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let is_socket = e.file_type().is_ok_and(|t| t.is_socket());
+        if (is_socket && (name == "kubelet.sock" || name.starts_with("nvidia-")))
+            || name == "kubelet_internal_checkpoint"
+        {
+            let _ = fs::remove_file(e.path());
+        } else if name == "mock-nvml" {
+            let _ = fs::remove_dir_all(e.path());
+        }
     }
 }
 
-/// Whether /var/log/containers existed before (so it is removed after only if we made it).
-pub(crate) fn container_logs_existed() -> bool {
-    Path::new(CONTAINER_LOGS).exists()
-}
-
-/// Removes the links in /var/log/containers that point into `pod_logs` (and the folder itself if
-/// we made it and it is empty now).
-pub(crate) fn remove_container_log_links(pod_logs: &Path, made_folder: bool) {
+/// Removes the links in /var/log/containers that point into `pod_logs`.
+pub(crate) fn remove_container_log_links(pod_logs: &Path) {
     if let Ok(entries) = fs::read_dir(CONTAINER_LOGS) {
         for e in entries.flatten() {
             if fs::read_link(e.path()).is_ok_and(|t| t.starts_with(pod_logs)) {
                 let _ = fs::remove_file(e.path());
             }
         }
-    }
-    if made_folder {
-        let _ = fs::remove_dir(CONTAINER_LOGS);
     }
 }
 
@@ -518,4 +540,5 @@ pub(crate) fn reap_stale() {
     }
     remove_cni_cache(|p| dead_plane(&p.to_string_lossy()));
     clean_device_plugin_dir();
+    remove_made_folders();
 }

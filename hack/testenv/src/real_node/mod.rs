@@ -168,9 +168,6 @@ pub struct RealNode<'a> {
     kubelet_args: Vec<OsString>,
     healthz_port: u16,
     bridge: String,
-    made_container_logs: bool,
-    made_run_containerd: bool,
-    made_var_lib_cni: bool,
     kubelet: Mutex<Option<ChildProcess>>,
     containerd: Mutex<Option<ChildProcess>>,
     cgroups: Mutex<Option<Cgroups>>,
@@ -220,9 +217,6 @@ impl<'a> RealNode<'a> {
             Some(ip) => ip.clone(),
             None => host::machine_address()?,
         };
-        let made_container_logs = !host::container_logs_existed();
-        let made_run_containerd = !Path::new("/run/containerd").exists();
-        let made_var_lib_cni = !Path::new("/var/lib/cni").exists();
         let mut node = RealNode {
             plane,
             name: options.name.clone(),
@@ -233,9 +227,6 @@ impl<'a> RealNode<'a> {
             kubelet_args: Vec::new(),
             healthz_port: crate::free_port()?,
             bridge: host::bridge_name(),
-            made_container_logs,
-            made_run_containerd,
-            made_var_lib_cni,
             kubelet: Mutex::new(None),
             containerd: Mutex::new(None),
             cgroups: Mutex::new(None),
@@ -261,7 +252,7 @@ impl<'a> RealNode<'a> {
     }
 
     async fn boot(&mut self, options: &RealNodeOptions) -> Result<(), Error> {
-        host::prepare_device_plugin_dir()?;
+        host::prepare_outside_folders()?;
         let cgroups = Cgroups::create()?;
         let cgroup_root = cgroups.root.clone();
         *lock(&self.cgroups) = Some(cgroups);
@@ -695,23 +686,15 @@ impl Drop for RealNode<'_> {
         }
         drop(lock(&self.containerd).take());
         self.kill_own_shims();
-        if let Some(mut cgroups) = lock(&self.cgroups).take() {
+        if let Some(cgroups) = lock(&self.cgroups).take() {
             cgroups.remove();
         }
         host::unmount_below(&self.layout.dir);
         host::delete_link(&self.bridge);
-        host::remove_container_log_links(&self.layout.pod_logs, self.made_container_logs);
+        host::remove_container_log_links(&self.layout.pod_logs);
         host::remove_cni_cache(|p| p.starts_with(&self.layout.dir));
         host::clean_device_plugin_dir();
-        if self.made_var_lib_cni {
-            // libcni's cache: /var/lib/cni/results (emptied above).
-            let _ = std::fs::remove_dir("/var/lib/cni/results");
-            let _ = std::fs::remove_dir("/var/lib/cni");
-        }
-        if self.made_run_containerd {
-            let _ = std::fs::remove_dir("/run/containerd/s");
-            let _ = std::fs::remove_dir("/run/containerd");
-        }
+        host::remove_made_folders();
         // The folder itself goes with the plane's directory (kept with GPUPOOL_TESTENV_KEEP=1).
     }
 }
