@@ -285,6 +285,33 @@ pub(crate) fn remove_cni_cache(ours: impl Fn(&Path) -> bool) {
     }
 }
 
+/// The socket containerd's runc v2 shim for `id` (a pod's sandbox, or a container) listens on:
+/// `/run/containerd/s/<sha256 of "<containerd address>/<namespace>/<id>">` (containerd 1.6's
+/// `shim.SocketAddress`), whatever containerd's state folder. A shim removes it when it exits on
+/// its own, not when it is killed.
+pub(crate) fn shim_socket(address: &str, id: &str) -> Option<PathBuf> {
+    let key = Path::new(address).join("k8s.io").join(id);
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()?
+            .write_all(key.as_os_str().as_bytes())
+            .ok()?;
+    }
+    let out = child.wait_with_output().ok()?;
+    let hex = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()?
+        .to_owned();
+    Some(Path::new("/run/containerd/s").join(hex))
+}
+
 // --- mounts --------------------------------------------------------------------------------------
 
 /// Unmounts (lazily, deepest first) everything mounted at or below `dir`.
@@ -459,7 +486,8 @@ pub(crate) fn reap_stale() {
             .and_then(|pid| pid.parse::<libc::pid_t>().ok())
             .is_some_and(|pid| !pid_alive(pid))
     };
-    // Shims of dead planes' containerds.
+    // Shims of dead planes' containerds, and their sockets.
+    let mut dead_shim_sockets = Vec::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for e in entries.flatten() {
             let Some(pid) = e
@@ -486,13 +514,24 @@ pub(crate) fn reap_stale() {
                 .iter()
                 .position(|a| a == "-address")
                 .and_then(|i| args.get(i + 1));
-            if address.is_some_and(|a| dead_plane(a)) {
+            if let Some(address) = address.filter(|a| dead_plane(a)) {
                 // SAFETY: kill(2) of a shim serving a containerd of a dead test process.
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                 }
+                let id = args
+                    .iter()
+                    .position(|a| a == "-id")
+                    .and_then(|i| args.get(i + 1));
+                if let Some(socket) = id.and_then(|id| shim_socket(address, id)) {
+                    dead_shim_sockets.push(socket);
+                }
             }
         }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for socket in dead_shim_sockets {
+        let _ = fs::remove_file(socket);
     }
     // Cgroup roots of dead processes: under our own memory cgroup's parent chain, where
     // `Cgroups::create` puts them.

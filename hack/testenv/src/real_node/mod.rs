@@ -599,7 +599,8 @@ impl<'a> RealNode<'a> {
 
     /// Every task and container in containerd's `k8s.io` namespace, force-deleted (with a time
     /// limit: this runs in Drop).
-    fn delete_all_containers(&self) {
+    /// Returns the ids of the containers there were (pod sandboxes among them).
+    fn delete_all_containers(&self) -> Vec<String> {
         let list = |what: &str| -> Vec<String> {
             self.ctr()
                 .args([what, "ls", "-q"])
@@ -624,9 +625,11 @@ impl<'a> RealNode<'a> {
                 .args(["tasks", "delete", "--force", &id])
                 .output();
         }
-        for id in list("containers") {
-            let _ = self.ctr().args(["containers", "delete", &id]).output();
+        let containers = list("containers");
+        for id in &containers {
+            let _ = self.ctr().args(["containers", "delete", id]).output();
         }
+        containers
     }
 
     /// SIGKILLs containerd shims serving our containerd (by the `-address` they were given):
@@ -681,11 +684,20 @@ impl Drop for RealNode<'_> {
         // The kubelet first, so it does not restart what is being removed.
         drop(lock(&self.kubelet).take());
         let containerd_running = lock(&self.containerd).is_some();
-        if containerd_running {
-            self.delete_all_containers();
-        }
+        let containers = if containerd_running {
+            self.delete_all_containers()
+        } else {
+            Vec::new()
+        };
         drop(lock(&self.containerd).take());
         self.kill_own_shims();
+        // Killed shims leave their sockets behind.
+        let address = self.layout.containerd_socket.to_string_lossy();
+        for id in &containers {
+            if let Some(socket) = host::shim_socket(&address, id) {
+                let _ = std::fs::remove_file(socket);
+            }
+        }
         if let Some(cgroups) = lock(&self.cgroups).take() {
             cgroups.remove();
         }
