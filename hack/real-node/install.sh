@@ -26,9 +26,12 @@ if ((${#missing[@]} == 0)); then
 fi
 command -v apt-get >/dev/null 2>&1 || die "missing packages ${missing[*]} and no apt-get to install them"
 [[ $(id -u) -eq 0 ]] || die "missing packages ${missing[*]}; run this script as root (or: sudo apt-get install ${missing[*]})"
-log "packages: installing ${missing[*]} (apt-get)"
+CACHE="${GPUPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gpupool}"
+LOG="$CACHE/logs/real-node-apt.log"
+mkdir -p "$(dirname "$LOG")"
+log "packages: installing ${missing[*]} (apt-get; output in $LOG)"
 start=$SECONDS
-apt-get update -qq >/dev/null || die "apt-get update failed"
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-  || die "apt-get install ${missing[*]} failed"
+apt-get update >"$LOG" 2>&1 || die "apt-get update failed (see $LOG)"
+DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >>"$LOG" 2>&1 \
+  || die "apt-get install ${missing[*]} failed (see $LOG)"
 log "packages: installed ${missing[*]} in $((SECONDS - start))s"
