@@ -123,6 +123,9 @@ fn apiserver_args(
         ),
         format!("--kubelet-client-key={}", pki.kubelet_client_key.display()),
         "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
+        // As kubeadm and AKS: a kubelet may only modify its own Node and its pods' status. Only
+        // requests of system:nodes users (a real node's kubelet) are affected.
+        "--enable-admission-plugins=NodeRestriction".into(),
         "--service-account-issuer=https://kubernetes.default.svc".into(),
         format!("--service-account-key-file={}", pki.sa_pub.display()),
         format!(

@@ -84,6 +84,45 @@ async fn a_pod_runs_on_the_real_node() {
     assert_eq!(log.trim(), "hello from hello");
     let api_log = pods.logs("hello", &Default::default()).await.unwrap();
     assert_eq!(api_log.trim(), "hello from hello");
+
+    // The kubelet's identity is a node's: the Node authorizer and NodeRestriction keep it to its
+    // own Node (another node's labels and the cluster's secrets are off limits).
+    let kubeconfig = plane
+        .kubeconfig_for_certificate(&format!("system:node:{}", node.name()), "system:nodes")
+        .unwrap();
+    let as_node = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    nodes::create_node(&client, &nodes::GpuNode::aks("real-smoke-kwok", "other"))
+        .await
+        .unwrap();
+    let node_api: Api<Node> = Api::all(as_node.clone());
+    let label = json!({ "metadata": { "labels": { "real-smoke": "yes" } } });
+    node_api
+        .patch(node.name(), &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .expect("a kubelet may label its own Node");
+    let denied = node_api
+        .patch(
+            "real-smoke-kwok",
+            &PatchParams::default(),
+            &Patch::Merge(&label),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        denied.to_string().contains("forbidden") || denied.to_string().contains("Forbidden"),
+        "{denied}"
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::all(as_node);
+    let denied = secrets.list(&ListParams::default()).await.unwrap_err();
+    assert!(denied.to_string().contains("forbidden"), "{denied}");
 }
 
 // --- the NVIDIA device plugin on a real node -----------------------------------------------------

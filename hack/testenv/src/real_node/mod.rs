@@ -597,37 +597,55 @@ impl<'a> RealNode<'a> {
         }
     }
 
+    /// `ctr` with `args`, its stdout, or nothing if it failed or took over 20 s (Drop must not
+    /// hang on a containerd that does not answer).
+    fn ctr_within(&self, args: &[&str]) -> Option<String> {
+        let mut child = self
+            .ctr()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+        let out = child.wait_with_output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Every task and container in containerd's `k8s.io` namespace, force-deleted (with a time
     /// limit: this runs in Drop).
     /// Returns the ids of the containers there were (pod sandboxes among them).
     fn delete_all_containers(&self) -> Vec<String> {
         let list = |what: &str| -> Vec<String> {
-            self.ctr()
-                .args([what, "ls", "-q"])
-                .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .lines()
-                        .map(str::to_owned)
-                        .collect()
-                })
+            self.ctr_within(&[what, "ls", "-q"])
+                .map(|out| out.lines().map(str::to_owned).collect())
                 .unwrap_or_default()
         };
         for id in list("tasks") {
-            let _ = self
-                .ctr()
-                .args(["tasks", "kill", "--signal", "SIGKILL", &id])
-                .output();
+            self.ctr_within(&["tasks", "kill", "--signal", "SIGKILL", &id]);
         }
         for id in list("tasks") {
-            let _ = self
-                .ctr()
-                .args(["tasks", "delete", "--force", &id])
-                .output();
+            self.ctr_within(&["tasks", "delete", "--force", &id]);
         }
         let containers = list("containers");
         for id in &containers {
-            let _ = self.ctr().args(["containers", "delete", id]).output();
+            self.ctr_within(&["containers", "delete", id]);
         }
         containers
     }
