@@ -190,6 +190,15 @@ impl<'a> RealNode<'a> {
     /// `system:node:<name>` from a client certificate of the plane's CA) and returns once the Node
     /// is Ready. Builds the pieces first if needed (`hack/real-node/build.sh`).
     pub async fn start(plane: &'a ControlPlane, options: RealNodeOptions) -> Result<Self, Error> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::Config {
+                what: "starting a real node".into(),
+                detail: "needs root (cgroups, mounts, network namespaces, /var/lib/kubelet); \
+                         set GPUPOOL_SKIP_REAL_NODE=1 to skip the real-node tests"
+                    .into(),
+            });
+        }
         let artifacts = artifacts::artifacts()?;
         let lock = MachineLock::acquire(LOCK_TIMEOUT).await?;
         host::ensure_no_other_kubelet()?;
