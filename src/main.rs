@@ -6,13 +6,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use gpupool::client::operator_client;
 use gpupool::controller::{self, RunOptions};
 use gpupool::decide::plugin::daemonset::DEFAULT_PLUGIN_IMAGE;
 use gpupool::decide::{DEFAULT_ALLOWED_PLUGIN_IMAGES, DEFAULT_ALLOWED_VALIDATION_IMAGES, Settings};
-use gpupool::leader::{self, Fence, FenceLayer};
+use gpupool::leader::{self, Fence};
 use gpupool::server::{self, Health};
 use gpupool::telemetry::Metrics;
-use kube::client::ClientBuilder;
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
@@ -115,9 +115,13 @@ struct RunArgs {
     /// How long a leader's Lease stays valid without renewal; a standby takes over after it.
     #[arg(long, env = "GPUPOOL_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
-    /// How long in-flight reconciles get to finish after SIGTERM.
+    /// How long in-flight reconciles get to finish after SIGTERM or once leadership is lost.
     #[arg(long, env = "GPUPOOL_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
+    /// How long one API request (other than a watch) may take before it is given up; writes
+    /// also end when the leader's renew deadline does.
+    #[arg(long, env = "GPUPOOL_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -220,9 +224,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
     );
     let options = run_options(&args, &identity)?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let signalled = stop_tx.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        let _ = stop_tx.send(true);
+        let _ = signalled.send(true);
     });
     let server = tokio::spawn(server::serve(
         args.metrics_addr,
@@ -235,14 +240,16 @@ async fn run(args: RunArgs) -> Result<(), String> {
     } else {
         Fence::always_open()
     };
-    let client = ClientBuilder::try_from(config.clone())
-        .map_err(|e| format!("cannot build an API client: {e}"))?
-        .with_layer(&FenceLayer(fence.clone()))
-        .build();
+    let client = operator_client(config.clone(), fence.clone(), args.request_timeout)
+        .map_err(|e| format!("cannot build an API client: {e}"))?;
     let result = if args.leader_elect {
-        let lease_client = kube::Client::try_from(config)
+        // The Lease's own client: never fenced (it renews what opens the fence), bounded alike.
+        let lease_client = operator_client(config, Fence::always_open(), args.request_timeout)
             .map_err(|e| format!("cannot build an API client: {e}"))?;
-        lead(&args, identity, lease_client, fence, client, options, stop).await
+        let result = lead(&args, identity, lease_client, fence, client, options, stop).await;
+        // Leadership lost: the endpoint stops too (it answers for a leader no more).
+        let _ = stop_tx.send(true);
+        result
     } else {
         options
             .health
@@ -250,14 +257,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             .store(true, Ordering::Release);
         options.health.leader.store(true, Ordering::Release);
         options.metrics.set_leader(true);
-        run_controller(
-            client,
-            options,
-            stopped(stop.clone()),
-            stop,
-            args.shutdown_timeout,
-        )
-        .await;
+        run_controller(client, options, stopped(stop), args.shutdown_timeout).await;
         Ok(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
@@ -337,7 +337,7 @@ async fn lead(
         args.lease_name.clone(),
         identity,
         deadline,
-        fence,
+        fence.clone(),
     ));
     let (leading, lease_task) = manager.watch().await;
     options
@@ -345,7 +345,21 @@ async fn lead(
         .leadership_known
         .store(true, Ordering::Release);
     info!(%lease, "waiting for leadership");
-    let outcome = lead_while_leader(args, leading.clone(), client, options, stop).await;
+    let outcome = lead_while_leader(
+        args,
+        leading.clone(),
+        &fence,
+        deadline,
+        client,
+        options,
+        stop,
+    )
+    .await;
+    if outcome.is_err() {
+        // Lost: another replica may lead already, and the API server may be out of reach.
+        lease_task.abort();
+        return outcome;
+    }
     // Closing the channel releases the Lease, so a standby takes over without waiting for expiry.
     drop(leading);
     match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
@@ -357,10 +371,13 @@ async fn lead(
 }
 
 /// Once leader, runs the controller until the Lease is lost or a stop is requested; a lost
-/// Lease is an error (this replica restarts as a standby).
+/// Lease is an error (this replica restarts as a standby). Lost means another replica holds it,
+/// or this one's renew deadline passed without a renewal (cut off from the API server).
 async fn lead_while_leader(
     args: &RunArgs,
     mut leading: tokio::sync::watch::Receiver<bool>,
+    fence: &Arc<Fence>,
+    deadline: Duration,
     client: kube::Client,
     options: RunOptions,
     stop: Stop,
@@ -377,23 +394,18 @@ async fn lead_while_leader(
     options.metrics.set_leader(true);
     let stop_for_lost = stop.clone();
     let metrics = options.metrics.clone();
+    let fence = fence.clone();
     let lost_or_stopped = async move {
         tokio::select! {
             _ = leading.wait_for(|leader| !*leader) => {},
+            _ = fence.lost(deadline) => warn!("no Lease renewal within the renew deadline: leadership lost"),
             _ = stopped(stop_for_lost) => {},
         }
         // From here on the controller winds down and the Lease is about to go: this replica
         // no longer counts as the leader, even while in-flight reconciles finish.
         metrics.set_leader(false);
     };
-    run_controller(
-        client,
-        options,
-        lost_or_stopped,
-        stop.clone(),
-        args.shutdown_timeout,
-    )
-    .await;
+    run_controller(client, options, lost_or_stopped, args.shutdown_timeout).await;
     if *stop.borrow() {
         Ok(())
     } else {
@@ -402,20 +414,24 @@ async fn lead_while_leader(
     }
 }
 
-/// Runs the controller until `until` resolves; after a stop request, in-flight reconciles get
-/// `grace` to finish.
+/// Runs the controller until `until` resolves (a stop request, or leadership lost); then
+/// in-flight reconciles get `grace` to finish.
 async fn run_controller(
     client: kube::Client,
     options: RunOptions,
     until: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-    mut stop: Stop,
     grace: Duration,
 ) {
+    let (ended_tx, mut ended) = tokio::sync::watch::channel(false);
+    let until = async move {
+        until.await;
+        let _ = ended_tx.send(true);
+    };
     let controller = controller::run(client, options, until);
     tokio::pin!(controller);
     tokio::select! {
         _ = &mut controller => return,
-        _ = stop.wait_for(|s| *s) => {},
+        _ = ended.wait_for(|e| *e) => {},
     }
     if tokio::time::timeout(grace, controller).await.is_err() {
         warn!("in-flight reconciles did not finish within {grace:?}; exiting anyway");

@@ -12,33 +12,18 @@ use std::time::{Duration, Instant};
 use gpupool::api::GpuPool;
 use gpupool::decide::facts::NodeFacts;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use support::replicas::{account_user, admin_accounts, lease_holder, own_plane};
 use support::*;
 use testenv::nodes::{GpuNode, create_node, delete_node, set_gpus};
-use testenv::{ChildProcess, ControlPlane, Options};
+use testenv::{ChildProcess, Options};
 
 /// Bound for convergence after a restart; generous for a 2-core machine running other planes.
 /// After an API server restart kube-runtime's default watcher backoff (up to 30 s, and a 410
 /// Gone counts as an error too) can leave a watch idle for tens of seconds: observed 12–70 s.
 const CONVERGE: Duration = Duration::from_secs(150);
-
-async fn own_plane(options: Options) -> (ControlPlane, Client) {
-    let plane = ControlPlane::start_with(options)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    install_crd(&plane).await;
-    let client = plane.client().await;
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": PLUGIN_NAMESPACE}}))
-            .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-    (plane, client)
-}
 
 /// Everything wrong with the cluster right now, as far as the operator is responsible: pools
 /// whose status is not current or not correct vs the nodes, pools without their DaemonSet,
@@ -882,38 +867,7 @@ async fn what_vanished_while_the_watch_was_down_is_dropped_after_the_relist() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_writes_nothing_once_another_leads() {
     let (plane, c) = own_plane(Options::default()).await;
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "gpupool-system"}}))
-            .unwrap();
-    Api::<Namespace>::all(c.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-    let mut kubeconfigs = Vec::new();
-    for sa in ["op-a", "op-b"] {
-        let account: k8s_openapi::api::core::v1::ServiceAccount =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": sa}})).unwrap();
-        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(c.clone(), "gpupool-system")
-            .create(&PostParams::default(), &account)
-            .await
-            .unwrap();
-        let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": format!("{sa}-admin")},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": "gpupool-system"}]
-        }))
-        .unwrap();
-        Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(c.clone())
-            .create(&PostParams::default(), &binding)
-            .await
-            .unwrap();
-        kubeconfigs.push(
-            plane
-                .kubeconfig_for_service_account("gpupool-system", sa)
-                .await
-                .unwrap(),
-        );
-    }
+    let kubeconfigs = admin_accounts(&plane, &c, &["op-a", "op-b"]).await;
     let replica = |name: &str, kubeconfig: &std::path::Path, image: &str| {
         start_operator(
             &plane,
@@ -938,16 +892,7 @@ async fn a_paused_leader_writes_nothing_once_another_leads() {
         &kubeconfigs[0],
         "nvcr.io/nvidia/k8s-device-plugin:v0.17.0",
     );
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(c.clone(), "gpupool-system");
-    let holder = || async {
-        leases
-            .get_opt("gpupool-operator")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|l| l.spec?.holder_identity)
-    };
+    let holder = || lease_holder(&c);
     testenv::wait_for("op-a to lead", CONVERGE, || async {
         holder().await.filter(|h| h == "op-a")
     })
@@ -1019,7 +964,7 @@ async fn a_paused_leader_writes_nothing_once_another_leads() {
     // The audit log is written in batches of up to a second: op-b's requests after op-a exited
     // show it has been flushed past op-a's last one.
     let exited = std::time::SystemTime::now();
-    let user = |sa: &str| format!("system:serviceaccount:gpupool-system:{sa}");
+    let user = account_user;
     testenv::wait_for("the audit log to pass op-a's exit", CONVERGE, || async {
         testenv::audit::requests(&plane.audit_log_path(), &user("op-b"))
             .iter()

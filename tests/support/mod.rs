@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod replicas;
 pub mod tools;
 
 use std::path::PathBuf;

@@ -1,0 +1,413 @@
+//! Faults at the API server: 429s from API Priority and Fairness, admission refusals, RBAC taken
+//! away, stalled and cut connections (a TCP proxy between the operator and the API server). Each
+//! test starts a plane of its own (they reconfigure the API server's flow control, admission or
+//! RBAC, or run replicas that must not meet another test's operator).
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use gpupool::api::GpuPool;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
+use kube::Client;
+use kube::api::{Api, DeleteParams, PostParams};
+use support::proxy::{Flow, TcpProxy};
+use support::replicas::{account_user, admin_accounts, audit_flushed, lease_holder, own_plane};
+use support::*;
+use testenv::nodes::{GpuNode, create_node, set_gpus};
+use testenv::{ControlPlane, Options};
+
+/// Lease timings of the replicas here: 6 s leases, renewed 2 s before they end, fenced 1 s
+/// before (the renew deadline is the lease duration minus half the renewal margin).
+const LEASE: Duration = Duration::from_secs(6);
+const RENEW_DEADLINE: Duration = Duration::from_secs(5);
+const SHUTDOWN: Duration = Duration::from_secs(3);
+const CONVERGE: Duration = Duration::from_secs(120);
+
+fn replica_args(image: &str) -> Vec<String> {
+    [
+        "--leader-elect",
+        "--lease-namespace",
+        "gpupool-system",
+        "--lease-duration",
+        "6s",
+        "--shutdown-timeout",
+        "3s",
+        "--default-plugin-image",
+        image,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn start_replica(
+    plane: &ControlPlane,
+    name: &str,
+    kubeconfig: &std::path::Path,
+    image: &str,
+) -> testenv::ChildProcess {
+    let args = replica_args(image);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    start_operator(plane, kubeconfig.to_path_buf(), name, &args)
+}
+
+async fn plugin_image(client: &Client, pool: &str) -> Option<String> {
+    let ds = Api::<DaemonSet>::namespaced(client.clone(), PLUGIN_NAMESPACE)
+        .get_opt(&plugin_name(pool))
+        .await
+        .ok()
+        .flatten()?;
+    ds.spec?.template.spec?.containers.first()?.image.clone()
+}
+
+async fn wait_ready(client: &Client, pool: &str) {
+    let pools: Api<GpuPool> = Api::all(client.clone());
+    testenv::wait_for(&format!("pool {pool} Ready"), CONVERGE, || async {
+        let pool = pools.get(pool).await.ok()?;
+        condition(&pool, "Ready")
+            .is_some_and(|c| c.status == "True")
+            .then_some(())
+    })
+    .await;
+}
+
+/// API Priority and Fairness rejecting every write of `sa` with 429 at once: a flow schema that
+/// puts the account's writes (ahead of every built-in schema) on a priority level with no seats
+/// of its own and none to borrow. A level with no seats still runs a request when it runs
+/// nothing else, so the level is kept busy: the account also creates ConfigMaps in a namespace
+/// whose validating webhook never answers (a socket that accepts and stays silent), each create
+/// holding its seat for the webhook's 30 s timeout. Dropping the returned guard ends it all.
+async fn reject_writes_of(plane: &ControlPlane, client: &Client, sa: &str) -> WriteBlock {
+    let level: PriorityLevelConfiguration = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{sa}-starved")},
+        "spec": {"type": "Limited", "limited": {
+            "nominalConcurrencyShares": 0,
+            "lendablePercent": 0,
+            "borrowingLimitPercent": 0,
+            "limitResponse": {"type": "Reject"}
+        }}
+    }))
+    .unwrap();
+    Api::<PriorityLevelConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &level)
+        .await
+        .unwrap();
+    let schema: FlowSchema = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{sa}-writes")},
+        "spec": {
+            "priorityLevelConfiguration": {"name": format!("{sa}-starved")},
+            "matchingPrecedence": 100,
+            "distinguisherMethod": {"type": "ByUser"},
+            "rules": [{
+                "subjects": [{"kind": "ServiceAccount", "serviceAccount": {"name": sa, "namespace": "gpupool-system"}}],
+                "resourceRules": [{
+                    "verbs": ["create", "update", "patch", "delete"],
+                    "apiGroups": ["*"], "resources": ["*"],
+                    "clusterScope": true, "namespaces": ["*"]
+                }]
+            }]
+        }
+    }))
+    .unwrap();
+    Api::<FlowSchema>::all(client.clone())
+        .create(&PostParams::default(), &schema)
+        .await
+        .unwrap();
+    let silent = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let listener = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    support::replicas::create_namespace(client, "hog").await;
+    let ca = std::fs::read(plane.dir().join("pki/ca.crt")).expect("the plane's CA");
+    let webhook: ValidatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "silent"},
+        "webhooks": [{
+            "name": "silent.gpupool.test",
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/"), "caBundle": base64_of(&ca)},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "hog"}},
+            "failurePolicy": "Ignore",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 30
+        }]
+    }))
+    .unwrap();
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &webhook)
+        .await
+        .unwrap();
+    let account = plane
+        .kubeconfig_for_service_account("gpupool-system", sa)
+        .await
+        .unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&account).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    config.default_retry = false;
+    let as_sa = Client::try_from(config).unwrap();
+    let hogs = tokio::spawn(async move {
+        let api: Api<ConfigMap> = Api::namespaced(as_sa, "hog");
+        for i in 0.. {
+            let api = api.clone();
+            tokio::spawn(async move {
+                let cm: ConfigMap = serde_json::from_value(
+                    serde_json::json!({"metadata": {"name": format!("hog-{i}")}}),
+                )
+                .unwrap();
+                let _ = api.create(&PostParams::default(), &cm).await;
+            });
+            // Refused at once while one waits; the next takes the seat within 200 ms of its end.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    WriteBlock {
+        client: client.clone(),
+        sa: sa.to_string(),
+        tasks: vec![listener, hogs],
+    }
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// What `reject_writes_of` set up; `allow` takes it away.
+struct WriteBlock {
+    client: Client,
+    sa: String,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WriteBlock {
+    async fn allow(self) {
+        Api::<FlowSchema>::all(self.client.clone())
+            .delete(&format!("{}-writes", self.sa), &DeleteParams::default())
+            .await
+            .unwrap();
+        Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
+            .delete("silent", &DeleteParams::default())
+            .await
+            .unwrap();
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The leader's own writes are refused with 429 (its Lease renewals too, so another replica
+/// takes over), then let through again. kube's client would retry a refused write inside the
+/// request for minutes; here nothing the old leader sends lands after its renew deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_refused_with_429s_writes_nothing_after_its_renew_deadline() {
+    let (plane, c) = own_plane(Options {
+        // The test planes turn flow control off (tests measure the operator, not throttling).
+        apiserver_args: vec!["--enable-priority-and-fairness=true".into()],
+        ..Options::default()
+    })
+    .await;
+    let kubeconfigs = admin_accounts(&plane, &c, &["op-a", "op-b"]).await;
+    create_node(&c, &GpuNode::aks("apf-gpu-0", "apfpool"))
+        .await
+        .unwrap();
+    let mut a = start_replica(
+        &plane,
+        "op-a",
+        &kubeconfigs[0],
+        "nvcr.io/nvidia/k8s-device-plugin:v0.17.0",
+    );
+    testenv::wait_for("op-a to lead", CONVERGE, || async {
+        lease_holder(&c).await.filter(|h| h == "op-a")
+    })
+    .await;
+    let mut b = start_replica(
+        &plane,
+        "op-b",
+        &kubeconfigs[1],
+        "nvcr.io/nvidia/k8s-device-plugin:v0.18.0",
+    );
+    create_pool(&c, PoolYaml::new("apf").agentpool("apfpool")).await;
+    testenv::wait_for("op-a's plugin", CONVERGE, || async {
+        plugin_image(&c, "apf")
+            .await
+            .filter(|i| i.ends_with("v0.17.0"))
+    })
+    .await;
+
+    let blocked = SystemTime::now();
+    let block = reject_writes_of(&plane, &c, "op-a").await;
+    // A GPU falls off: op-a wants to write the pool's status, and is refused.
+    set_gpus(&c, "apf-gpu-0", 1, 0).await.unwrap();
+    testenv::wait_for("op-b to take over", CONVERGE, || async {
+        lease_holder(&c).await.filter(|h| h == "op-b")
+    })
+    .await;
+    let refused: Vec<_> = testenv::audit::requests(&plane.audit_log_path(), &account_user("op-a"))
+        .into_iter()
+        .filter(|r| r.code == Some(429) && r.resource != "leases")
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "op-a never had a write refused with 429, so nothing was tested:\n{}",
+        a.log_tail(40)
+    );
+    block.allow().await;
+    // Long enough for a write kube's client kept retrying inside the request (its backoff
+    // doubles, at least the 1 s APF asks for, 15 times: minutes in all) to get through now that
+    // the API server takes it.
+    let allowed = SystemTime::now();
+    testenv::wait_for("op-b's plugin", CONVERGE, || async {
+        plugin_image(&c, "apf")
+            .await
+            .filter(|i| i.ends_with("v0.18.0"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    audit_flushed(&plane, &c).await;
+
+    let requests = testenv::audit::requests(&plane.audit_log_path(), &account_user("op-a"));
+    for r in requests
+        .iter()
+        .filter(|r| r.is_write() && r.received >= blocked)
+    {
+        eprintln!(
+            "op-a after the block: {} {} {:?}",
+            r.verb, r.resource, r.code
+        );
+    }
+    let renewals = |sa: &str| -> Vec<SystemTime> {
+        testenv::audit::requests(&plane.audit_log_path(), &account_user(sa))
+            .into_iter()
+            .filter(|r| r.resource == "leases" && r.is_write() && r.code.is_some_and(|c| c < 300))
+            .map(|r| r.received)
+            .collect()
+    };
+    let b_leads = renewals("op-b")
+        .into_iter()
+        .min()
+        .expect("op-b wrote the Lease when it took over");
+    let a_renewals = renewals("op-a");
+    let a_last = a_renewals
+        .iter()
+        .filter(|t| **t < b_leads)
+        .max()
+        .copied()
+        .expect("op-a renewed its Lease while it led");
+    let retaken: Vec<_> = a_renewals.iter().filter(|t| **t > b_leads).collect();
+    assert!(
+        retaken.is_empty(),
+        "op-a wrote the Lease after op-b took it (at {b_leads:?}): {retaken:?}"
+    );
+    let late: Vec<_> = requests
+        .iter()
+        .filter(|r| r.is_write() && r.resource != "leases")
+        .filter(|r| r.code.is_some_and(|c| c < 300))
+        .filter(|r| r.received > a_last + RENEW_DEADLINE)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "op-a's writes landed after its renew deadline ({a_last:?} + {RENEW_DEADLINE:?}; writes allowed again at {allowed:?}): {late:#?}\n{}",
+        a.log_tail(60)
+    );
+    assert!(
+        a.try_wait().is_some(),
+        "op-a still runs after losing its Lease:\n{}",
+        a.log_tail(40)
+    );
+    assert_eq!(
+        plugin_image(&c, "apf").await.as_deref(),
+        Some("nvcr.io/nvidia/k8s-device-plugin:v0.18.0")
+    );
+    b.stop(Duration::from_secs(10)).await;
+}
+
+/// The leader's connections to the API server stall (a hung load balancer): it can neither renew
+/// its Lease nor learn that another replica took it. It stops leading once its renew deadline
+/// passes, and exits within the lease duration plus the shutdown timeout, even with a reconcile
+/// stuck in a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_by_a_stalled_connection_exits_within_lease_and_shutdown_timeout() {
+    let (plane, c) = own_plane(Options::default()).await;
+    let kubeconfigs = admin_accounts(&plane, &c, &["op-a", "op-b"]).await;
+    let api_port: u16 = plane
+        .server_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the API server's port");
+    let proxy = TcpProxy::start(([127, 0, 0, 1], api_port).into()).await;
+    let proxied = plane.dir().join("op-a-proxied.kubeconfig");
+    proxy.kubeconfig(&kubeconfigs[0], &proxied);
+    create_node(&c, &GpuNode::aks("stall-gpu-0", "stallpool"))
+        .await
+        .unwrap();
+    let mut a = start_replica(
+        &plane,
+        "op-a",
+        &proxied,
+        "nvcr.io/nvidia/k8s-device-plugin:v0.18.0",
+    );
+    testenv::wait_for("op-a to lead", CONVERGE, || async {
+        lease_holder(&c).await.filter(|h| h == "op-a")
+    })
+    .await;
+    let mut b = start_replica(
+        &plane,
+        "op-b",
+        &kubeconfigs[1],
+        "nvcr.io/nvidia/k8s-device-plugin:v0.18.0",
+    );
+    create_pool(&c, PoolYaml::new("stall").agentpool("stallpool")).await;
+    wait_ready(&c, "stall").await;
+
+    proxy.set(Flow::Stall);
+    let stalled = Instant::now();
+    // A change op-a will not hear of; whatever it had in flight hangs in the stall.
+    set_gpus(&c, "stall-gpu-0", 1, 0).await.unwrap();
+    let bound = LEASE + SHUTDOWN + Duration::from_secs(3);
+    while a.try_wait().is_none() {
+        assert!(
+            stalled.elapsed() < bound,
+            "op-a still runs {:?} after its connections stalled (bound {bound:?}):\n{}",
+            stalled.elapsed(),
+            a.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exited_after = stalled.elapsed();
+    eprintln!("op-a exited {exited_after:?} after its connections stalled");
+    assert!(
+        a.log_tail(80).contains("leadership lost"),
+        "op-a exited for another reason:\n{}",
+        a.log_tail(40)
+    );
+    testenv::wait_for("op-b to take over", CONVERGE, || async {
+        lease_holder(&c).await.filter(|h| h == "op-b")
+    })
+    .await;
+    let pools: Api<GpuPool> = Api::all(c.clone());
+    testenv::wait_for("op-b to report the lost GPU", CONVERGE, || async {
+        let pool = pools.get("stall").await.ok()?;
+        pool.status?
+            .problem_nodes
+            .iter()
+            .any(|p| p.name == "stall-gpu-0")
+            .then_some(())
+    })
+    .await;
+    proxy.set(Flow::Pass);
+    b.stop(Duration::from_secs(10)).await;
+}
