@@ -99,6 +99,10 @@ pub enum Reason {
     DaemonSetNameTaken,
     StaleDaemonSet,
     ImageNotAllowed,
+    // Stalled by node or pod writes that keep failing (after the retries), by what the API said
+    WriteRejected,
+    WriteConflict,
+    ApiUnavailable,
     // GpusHealthy
     GpusHealthy,
     GpuFaultsReported,
