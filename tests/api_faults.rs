@@ -8,12 +8,14 @@ mod support;
 use std::time::{Duration, Instant, SystemTime};
 
 use gpupool::api::GpuPool;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
-use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, ResourceExt};
 use support::proxy::{Flow, TcpProxy};
 use support::replicas::{account_user, admin_accounts, audit_flushed, lease_holder, own_plane};
 use support::*;
@@ -410,4 +412,138 @@ async fn a_leader_cut_off_by_a_stalled_connection_exits_within_lease_and_shutdow
     .await;
     proxy.set(Flow::Pass);
     b.stop(Duration::from_secs(10)).await;
+}
+
+/// An admission policy refusing the operator's writes to one node (of two in the pool).
+async fn refuse_node_writes(client: &Client, sa: &str, node: &str) {
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "refuse-node-writes"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["nodes"]
+            }]},
+            "matchConditions": [{
+                "name": "the-operator",
+                "expression": format!("request.userInfo.username == '{}'", account_user(sa))
+            }],
+            "validations": [{
+                "expression": format!("object.metadata.name != '{node}'"),
+                "message": format!("denied by policy refuse-node-writes for {node}"),
+                "reason": "Invalid"
+            }]
+        }
+    }))
+    .unwrap();
+    Api::<ValidatingAdmissionPolicy>::all(client.clone())
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "refuse-node-writes"},
+        "spec": {"policyName": "refuse-node-writes", "validationActions": ["Deny"]}
+    }))
+    .unwrap();
+    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+}
+
+/// One node of two refuses the operator's writes (an admission policy): the pool's status still
+/// follows the other node and names the refused one, `Stalled` with the API's reason once the
+/// retries are spent; and label churn on the refused node does not make the operator try again
+/// sooner than its backoff allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_node_write_is_named_stalls_after_retries_and_churn_does_not_hasten_it() {
+    let (plane, c) = own_plane(Options::default()).await;
+    let kubeconfigs = admin_accounts(&plane, &c, &["op"]).await;
+    refuse_node_writes(&c, "op", "refused-1").await;
+    for name in ["refused-0", "refused-1"] {
+        create_node(&c, &GpuNode::aks(name, "refusedpool"))
+            .await
+            .unwrap();
+    }
+    let op = start_operator(&plane, kubeconfigs[0].clone(), "op", &[]);
+    create_pool(&c, PoolYaml::new("refused").agentpool("refusedpool")).await;
+    let pools: Api<GpuPool> = Api::all(c.clone());
+    let stalled = testenv::poll_until(
+        "the pool to stall on the refused node",
+        CONVERGE,
+        Duration::from_millis(200),
+        || async {
+            let pool = pools.get("refused").await.ok()?;
+            let stalled = condition(&pool, "Stalled")?.clone();
+            (stalled.status == "True").then_some((pool, stalled))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail(40)));
+    let (pool, stalled) = stalled;
+    assert_eq!(stalled.reason, "WriteRejected", "{stalled:?}");
+    assert!(
+        stalled.message.contains("node refused-1 (422: ")
+            && stalled
+                .message
+                .contains("denied by policy refuse-node-writes for refused-1"),
+        "{}",
+        stalled.message
+    );
+    let status = pool.status.unwrap();
+    assert_eq!(
+        (status.nodes, status.gpus_allocatable),
+        (2, 2),
+        "the status follows the nodes"
+    );
+    let labelled = Api::<k8s_openapi::api::core::v1::Node>::all(c.clone())
+        .get("refused-0")
+        .await
+        .unwrap()
+        .labels()
+        .get(gpupool::decide::names::DEVICE_PLUGIN_LABEL)
+        .cloned();
+    assert_eq!(
+        labelled.as_deref(),
+        Some("refused"),
+        "the other node got its plugin"
+    );
+
+    // Churn: a label on the refused node changes every 100 ms for 20 s. Each change is an
+    // event for the pool; its backoff (1 s, doubling) decides how often it writes.
+    let churn_start = SystemTime::now();
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(c.clone());
+    let started = Instant::now();
+    let mut i = 0u32;
+    while started.elapsed() < Duration::from_secs(20) {
+        let patch = serde_json::json!({"metadata": {"labels": {"churn": i.to_string()}}});
+        nodes
+            .patch(
+                "refused-1",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    audit_flushed(&plane, &c).await;
+    let attempts: Vec<_> = testenv::audit::requests(&plane.audit_log_path(), &account_user("op"))
+        .into_iter()
+        .filter(|r| r.received >= churn_start && r.is_write())
+        .filter(|r| r.resource == "nodes" && r.name.as_deref() == Some("refused-1"))
+        .collect();
+    eprintln!(
+        "{} label changes in 20 s; the operator wrote the refused node {} times",
+        i,
+        attempts.len()
+    );
+    // Backoff from where the stall left it (it doubles from 1 s, capped at 5 min): at most a
+    // handful of attempts in 20 s, against one per event without it.
+    assert!(
+        attempts.len() <= 6,
+        "{} writes to the refused node in 20 s of churn: {attempts:#?}",
+        attempts.len()
+    );
+    assert!(i > 100, "the churn made {i} changes only");
 }

@@ -8,7 +8,7 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use crate::api::{API_VERSION_FULL, GpuPool, GpuPoolStatus, KIND, Reason};
-use crate::decide::applied::{Applied, DaemonSetChange, PluginState};
+use crate::decide::applied::{Applied, DaemonSetChange, FailedWrite, PluginState};
 use crate::decide::facts::{DaemonSetFacts, ObjectId, Rejection, Stall};
 use crate::decide::names::{DESIRED_HASH_ANNOTATION, MANAGER};
 use crate::decide::plan::{NodeUpdate, node_updates};
@@ -109,75 +109,99 @@ pub const MAX_NODE_WRITES: usize = 100;
 
 /// Carries out the rest of the plan, which the pool's finalizer must already guard (node
 /// writes outlive the pool unless its cleanup undoes them): the node writes (labels, gate
-/// taints, validation records), then the validation pods.
+/// taints, validation records), then the validation pods. A write that fails does not stop the
+/// others: it is reported (`Applied::failed_writes`) and the pool's status still follows the rest.
 pub async fn apply_nodes(
     client: &Client,
     nodes: &NodeWriter,
     pool: &str,
     plan: &Plan,
     mut applied: Applied,
-) -> Result<Applied, TransientError> {
+) -> Applied {
     let updates = plan.node_updates();
-    let (written, due) = write_nodes(nodes, pool, &updates).await?;
-    applied.nodes_written = written;
-    applied.node_writes_due = due;
+    let writes = write_nodes(nodes, pool, &updates).await;
+    applied.nodes_written = writes.changed;
+    applied.node_writes_due = writes.due;
+    applied.failed_writes = writes.failed;
     if let Some(validation) = &plan.readiness.validation {
-        apply_validation_pods(client, validation).await?;
+        applied
+            .failed_writes
+            .extend(apply_validation_pods(client, validation).await);
     }
-    Ok(applied)
+    applied
 }
 
 /// A deleted pool's cleanup: its DaemonSets deleted, its node labels and gate taints removed.
+/// Returns the node writes that failed.
 pub async fn apply_cleanup(
     client: &Client,
     nodes: &NodeWriter,
     pool: &str,
     cleanup: &Cleanup,
-) -> Result<(), TransientError> {
+) -> Result<Vec<FailedWrite>, TransientError> {
     for id in &cleanup.delete_daemonsets {
         delete(client, id, &DeleteParams::background())
             .await
             .map_err(TransientError)?;
     }
     let updates = node_updates(&cleanup.label_changes, &cleanup.taint_changes, &[]);
-    write_nodes(nodes, pool, &updates).await.map(drop)
+    Ok(write_nodes(nodes, pool, &updates).await.failed)
+}
+
+/// A write that failed, as the report shows it.
+fn failed(target: String, error: &kube::Error) -> FailedWrite {
+    let (code, message) = match error {
+        kube::Error::Api(status) => (Some(status.code), status.message.clone()),
+        other => (None, other.to_string()),
+    };
+    FailedWrite {
+        target,
+        code,
+        message,
+        attempts: 1,
+    }
 }
 
 /// Validation pods: finished and stale ones deleted, new ones created (both idempotent).
-async fn apply_validation_pods(
-    client: &Client,
-    plan: &ValidationPlan,
-) -> Result<(), TransientError> {
+/// Returns the writes that failed.
+async fn apply_validation_pods(client: &Client, plan: &ValidationPlan) -> Vec<FailedWrite> {
+    let mut failures = Vec::new();
     for id in &plan.delete {
         let api: Api<Pod> = Api::namespaced(client.clone(), &id.namespace);
         match api.delete(&id.name, &DeleteParams::background()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(TransientError(e)),
+            Err(e) => failures.push(failed(format!("pod {id}"), &e)),
         }
     }
     for pod in &plan.create {
-        let api: Api<Pod> = Api::namespaced(
-            client.clone(),
-            pod.metadata.namespace.as_deref().unwrap_or_default(),
-        );
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
         match api.create(&PostParams::default(), pod).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(TransientError(e)),
+            Err(e) => {
+                let name = pod.metadata.name.as_deref().unwrap_or_default();
+                failures.push(failed(format!("pod {namespace}/{name}"), &e));
+            }
         }
     }
-    Ok(())
+    failures
+}
+
+/// What a round of node writes did.
+struct NodeWrites {
+    /// The updates that changed a node.
+    changed: Vec<NodeUpdate>,
+    /// When to come back for the rest, if any are left.
+    due: Option<std::time::Duration>,
+    failed: Vec<FailedWrite>,
 }
 
 /// Node writes, as many as the rate limit allows now (at most a bounded batch): a reconcile never
 /// waits for the limiter, so a pool's DaemonSet is never held back behind other pools' node
-/// writes. Returns the updates that changed a node, and when to come back for the rest.
-async fn write_nodes(
-    nodes: &NodeWriter,
-    pool: &str,
-    updates: &[NodeUpdate],
-) -> Result<(Vec<NodeUpdate>, Option<std::time::Duration>), TransientError> {
+/// writes.
+async fn write_nodes(nodes: &NodeWriter, pool: &str, updates: &[NodeUpdate]) -> NodeWrites {
     let (allowed, due) = nodes.take(pool, updates.len(), MAX_NODE_WRITES);
     let mut results: Vec<(&NodeUpdate, Result<Written, kube::Error>)> = Vec::new();
     let batch: Vec<&NodeUpdate> = updates.iter().take(allowed).collect();
@@ -185,8 +209,11 @@ async fn write_nodes(
         let written = futures::future::join_all(group.iter().map(|u| write_node(nodes, u))).await;
         results.extend(group.iter().copied().zip(written));
     }
-    let mut changed = Vec::new();
-    let mut due = due;
+    let mut out = NodeWrites {
+        changed: Vec::new(),
+        due,
+        failed: Vec::new(),
+    };
     for (update, result) in results {
         if let Some(label) = &update.label {
             tracing::debug!(
@@ -198,16 +225,16 @@ async fn write_nodes(
             );
         }
         match result {
-            Ok(Written::Changed) => changed.push(update.clone()),
+            Ok(Written::Changed) => out.changed.push(update.clone()),
             // The pod's or DaemonSet's watch event wakes the pool too; this is the fallback.
             Ok(Written::Occupied) => {
-                due = Some(due.map_or(OCCUPIED_RETRY, |d| d.min(OCCUPIED_RETRY)));
+                out.due = Some(out.due.map_or(OCCUPIED_RETRY, |d| d.min(OCCUPIED_RETRY)));
             }
             Ok(_) => {}
-            Err(e) => return Err(TransientError(e)),
+            Err(e) => out.failed.push(failed(format!("node {}", update.node), &e)),
         }
     }
-    Ok((changed, due))
+    out
 }
 
 async fn write_node(nodes: &NodeWriter, update: &NodeUpdate) -> Result<Written, kube::Error> {

@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
 use crate::api::GpuPool;
 use crate::decide::Settings;
+use crate::decide::applied::FailedWrite;
 use crate::decide::facts::{ProblemClocks, Rejection};
 use crate::index::{ConfigMapIndex, DaemonSetIndex, DraIndex, NodeIndex, PodIndex};
 use crate::server::Health;
@@ -24,6 +25,13 @@ use super::node_writes::NodeWriter;
 use super::publisher::EventPublisher;
 use super::tombstones::Tombstones;
 use super::triggers::PoolMembers;
+
+/// A failing pool's retry delays, and until when it waits.
+struct Backoff {
+    delays: ExponentialBackoff,
+    until: Instant,
+    generation: Option<i64>,
+}
 
 /// Which watches have delivered a complete list at least once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,8 +74,11 @@ pub struct Context {
     health: Arc<Health>,
     /// When each node not yet serving GPUs was first seen in a pool: (pool, node) -> time.
     gpu_waits: Mutex<HashMap<(String, String), Instant>>,
-    /// Retry delays of pools whose last reconcile failed.
-    backoffs: Mutex<HashMap<String, ExponentialBackoff>>,
+    /// Retry delays of pools whose last reconcile failed, and when each may try again (for the
+    /// generation that failed: a spec change goes at once).
+    backoffs: Mutex<HashMap<String, Backoff>>,
+    /// How many reconciles in a row each failing write of each pool has failed: pool -> target.
+    failed_writes: Mutex<HashMap<String, HashMap<String, u32>>>,
     /// Each pool's last DaemonSet the API server refused.
     rejections: Mutex<HashMap<String, Rejection>>,
     /// When each problem node of each pool had its problem begin (see `ProblemClocks`).
@@ -117,6 +128,7 @@ impl Context {
             health: options.health.clone(),
             gpu_waits: Mutex::default(),
             backoffs: Mutex::default(),
+            failed_writes: Mutex::default(),
             rejections: Mutex::default(),
             problem_clocks: Mutex::default(),
         }
@@ -213,6 +225,7 @@ impl Context {
         self.members.forget(pool);
         lock(&self.gpu_waits).retain(|(p, _), _| p != pool);
         lock(&self.backoffs).remove(pool);
+        lock(&self.failed_writes).remove(pool);
         lock(&self.rejections).remove(pool);
         lock(&self.problem_clocks).remove(pool);
     }
@@ -257,18 +270,52 @@ impl Context {
     }
 
     /// The next retry delay of a failing pool: exponential from 1 s to 5 min, with jitter so
-    /// that pools failing together do not retry together.
-    pub fn next_retry(&self, pool: &str) -> Duration {
+    /// that pools failing together do not retry together. Until it is over, events do not
+    /// reconcile the pool (see `backing_off`).
+    pub fn back_off(&self, pool: &GpuPool) -> Duration {
+        let name = pool.name_any();
         let mut backoffs = lock(&self.backoffs);
-        let backoff = backoffs.entry(pool.to_string()).or_insert_with(|| {
-            ExponentialBuilder::new()
+        let backoff = backoffs.entry(name).or_insert_with(|| Backoff {
+            delays: ExponentialBuilder::new()
                 .with_min_delay(Duration::from_secs(1))
                 .with_max_delay(Duration::from_secs(300))
                 .with_jitter()
                 .without_max_times()
-                .build()
+                .build(),
+            until: Instant::now(),
+            generation: None,
         });
-        backoff.next().unwrap_or(Duration::from_secs(300))
+        let delay = backoff.delays.next().unwrap_or(Duration::from_secs(300));
+        backoff.until = Instant::now() + delay;
+        backoff.generation = pool.metadata.generation;
+        delay
+    }
+
+    /// How long a failing pool still waits before its next try, unless its spec changed or it
+    /// is being deleted since it failed.
+    pub fn backing_off(&self, pool: &GpuPool) -> Option<Duration> {
+        if pool.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        let backoffs = lock(&self.backoffs);
+        let backoff = backoffs.get(&pool.name_any())?;
+        let left = backoff.until.checked_duration_since(Instant::now())?;
+        (backoff.generation == pool.metadata.generation && !left.is_zero()).then_some(left)
+    }
+
+    /// Counts each failed write's reconciles in a row (a write that no longer fails, or is no
+    /// longer needed, starts over).
+    pub fn count_failed_writes(&self, pool: &str, failed: &mut [FailedWrite]) {
+        let mut all = lock(&self.failed_writes);
+        let previous = all.remove(pool).unwrap_or_default();
+        let mut now = HashMap::new();
+        for f in failed.iter_mut() {
+            f.attempts = previous.get(&f.target).copied().unwrap_or(0) + 1;
+            now.insert(f.target.clone(), f.attempts);
+        }
+        if !now.is_empty() {
+            all.insert(pool.to_string(), now);
+        }
     }
 
     /// A successful reconcile starts the backoff over.

@@ -9,7 +9,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{debug, info};
 
 use crate::api::{ConditionType, GpuPool};
-use crate::decide::applied::{Applied, PluginState};
+use crate::decide::applied::{Applied, FailedWrite, PluginState};
 use crate::decide::plugin::action::DaemonSetAction;
 use crate::decide::{StatusOutcome, plan, plan_cleanup, report};
 
@@ -32,9 +32,30 @@ pub enum ReconcileError {
     Status(#[source] kube::Error),
     #[error("updating the finalizer: {0}")]
     Finalizer(#[source] kube::Error),
+    #[error("{0}")]
+    Writes(String),
+}
+
+impl ReconcileError {
+    fn writes(failed: &[FailedWrite]) -> ReconcileError {
+        let listed: Vec<String> = failed
+            .iter()
+            .map(|f| format!("{}: {}", f.target, f.message))
+            .collect();
+        ReconcileError::Writes(format!(
+            "{} writes failed: {}",
+            failed.len(),
+            crate::decide::text::name_list(&listed, 5)
+        ))
+    }
 }
 
 pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    // A pool whose last reconcile failed waits out its backoff, whatever events come meanwhile
+    // (a spec change or its deletion does not wait).
+    if let Some(wait) = ctx.backing_off(&pool) {
+        return Ok(Action::requeue(wait));
+    }
     let started = Instant::now();
     let result = reconcile_pool(pool, &ctx).await;
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
@@ -55,7 +76,8 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
             .await
             .map_err(ReconcileError::Finalizer)?;
     }
-    let applied = apply_nodes(&ctx.client, &ctx.node_writer, &name, &plan, applied).await?;
+    let mut applied = apply_nodes(&ctx.client, &ctx.node_writer, &name, &plan, applied).await;
+    ctx.count_failed_writes(&name, &mut applied.failed_writes);
     let outcome = report(&observed, &plan, &applied, &ctx.settings);
     // A refused DaemonSet is remembered, so the same write waits for a spec change or the stall
     // retry; a write that went through (or none needed) forgets it.
@@ -75,6 +97,10 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
     let serving =
         plan.plugin.decision.mode == crate::api::PluginMode::Managed && plan.plugin.live.is_some();
     ctx.wake(ctx.members.record(&name, members, serving));
+    if !applied.failed_writes.is_empty() {
+        // The status says what failed; the error backs the pool off.
+        return Err(ReconcileError::writes(&applied.failed_writes));
+    }
     ctx.reset_retry(&name);
     let next = next_look(&applied, &outcome, ctx.resync, ctx.settings.stall_retry);
     log_outcome(&name, &applied, &outcome, written, next);
@@ -99,7 +125,10 @@ async fn clean_up(ctx: &Context, pool: Arc<GpuPool>) -> Result<Action, Reconcile
         info!(pool = %name, "deleted: its device plugin is off every node");
         return Ok(Action::await_change());
     }
-    apply_cleanup(&ctx.client, &ctx.node_writer, &name, &cleanup).await?;
+    let failed = apply_cleanup(&ctx.client, &ctx.node_writer, &name, &cleanup).await?;
+    if !failed.is_empty() {
+        return Err(ReconcileError::writes(&failed));
+    }
     debug!(pool = %name, pods_left = cleanup.pods_left.len(), "deleting: waiting for its plugin pods to go");
     // Pod deletions wake the pool at once; this is the fallback.
     Ok(Action::requeue(PENDING_RETRY))
@@ -179,7 +208,7 @@ fn log_outcome(
 
 /// Transient errors: exponential backoff per pool, never a hot loop.
 pub fn error_policy(pool: Arc<GpuPool>, _error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    Action::requeue(ctx.next_retry(&pool.name_any()))
+    Action::requeue(ctx.back_off(&pool))
 }
 
 /// The gate and validation counters, from the node writes that went through.

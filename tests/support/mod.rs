@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod real;
 pub mod replicas;
 pub mod tools;
 

@@ -19,7 +19,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{ConditionStatus, ConditionType, GpuPoolStatus};
 use crate::decide::Settings;
-use crate::decide::applied::Applied;
+use crate::decide::applied::{Applied, writes_retrying};
 use crate::decide::facts::{NodeFacts, Observed, ProblemClocks};
 use crate::decide::plan::Plan;
 use crate::decide::scheduling::describe;
@@ -61,7 +61,7 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
                 .flatten(),
         )
         .min();
-    let stalled_by_write = applied.stall.is_some();
+    let stalled_by_write = applied.stall().is_some();
     let mut assessed = rollup(
         components,
         stalled_by_write,
@@ -140,17 +140,19 @@ fn components(
     summary: &NodeSummary,
     previous: &GpuPoolStatus,
 ) -> Vec<(ConditionType, Assessment)> {
+    let stall = applied.stall();
     let mut plugin = plugin_assessment(&PluginInputs {
         decision: &plan.plugin.decision,
         claims: &plan.plugin.claims,
         state: &applied.state,
-        stall: applied.stall.as_ref(),
+        stall: stall.as_ref(),
         not_ready_since: false_since(previous, ConditionType::DevicePluginReady),
         rollout_deadline: settings.rollout_deadline,
         now: o.now,
         plugin_nodes: plan.plugin.plugin_nodes,
     });
-    if let Some(progress) = hand_over_progress(plan) {
+    let retrying = writes_retrying(&applied.failed_writes).filter(|_| stall.is_none());
+    for progress in hand_over_progress(plan).into_iter().chain(retrying) {
         plugin.progressing = Some(
             plugin
                 .progressing

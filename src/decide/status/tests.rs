@@ -56,6 +56,7 @@ struct Case {
     at: Timestamp,
     plugin_nodes: usize,
     placement: crate::decide::plugin::placement::Placement,
+    failed_writes: Vec<crate::decide::applied::FailedWrite>,
 }
 
 impl Case {
@@ -75,6 +76,7 @@ impl Case {
             at: now(),
             plugin_nodes: 0,
             placement: Default::default(),
+            failed_writes: vec![],
         }
     }
 
@@ -137,7 +139,8 @@ impl Case {
             },
             readiness: Default::default(),
         };
-        let applied = Applied::kept(self.daemonset.clone(), self.stall.clone());
+        let mut applied = Applied::kept(self.daemonset.clone(), self.stall.clone());
+        applied.failed_writes = self.failed_writes.clone();
         let mut settings = settings();
         settings.gpu_grace_period = Duration::from_secs(600);
         report(&observed, &plan, &applied, &settings)
@@ -844,4 +847,56 @@ fn gpu_sums_saturate_instead_of_overflowing() {
     let out = Case::new(vec![huge, huge2]).run();
     assert_eq!(out.status.gpus_capacity, i64::MAX);
     assert_eq!(out.status.gpus_allocatable, i64::MAX);
+}
+
+#[test]
+fn a_node_whose_write_fails_is_named_and_the_status_follows_the_others() {
+    use crate::decide::applied::{FailedWrite, WRITE_ATTEMPTS_BEFORE_STALL};
+    let refused = |attempts| FailedWrite {
+        target: "node b".into(),
+        code: Some(422),
+        message: "denied by policy no-gpupool-on-b".into(),
+        attempts,
+    };
+    let mut case = Case::new(vec![old_node("a", 1, 1), old_node("b", 1, 1)]);
+    case.failed_writes = vec![refused(1)];
+    let first = case.run();
+    assert_eq!(
+        first.status.gpus_allocatable, 2,
+        "the status follows the nodes"
+    );
+    assert_eq!(
+        state_of(&first.status, ConditionType::Ready),
+        ConditionStatus::True
+    );
+    let reconciling = cond(&first.status, ConditionType::Reconciling).expect("progress");
+    assert!(
+        reconciling
+            .message
+            .contains("node b (denied by policy no-gpupool-on-b)"),
+        "{}",
+        reconciling.message
+    );
+    assert!(cond(&first.status, ConditionType::Stalled).is_none());
+
+    case.failed_writes = vec![refused(WRITE_ATTEMPTS_BEFORE_STALL)];
+    let stuck = case.run();
+    assert_eq!(stuck.status.gpus_allocatable, 2);
+    assert_eq!(
+        reason_of(&stuck.status, ConditionType::Stalled),
+        Reason::WriteRejected
+    );
+    assert_eq!(
+        reason_of(&stuck.status, ConditionType::Ready),
+        Reason::WriteRejected
+    );
+    let stalled = cond(&stuck.status, ConditionType::Stalled).unwrap();
+    assert!(
+        stalled
+            .message
+            .contains("node b (422: denied by policy no-gpupool-on-b)"),
+        "{}",
+        stalled.message
+    );
+    assert!(cond(&stuck.status, ConditionType::Reconciling).is_none());
 }
