@@ -135,6 +135,12 @@ pub enum Reason {
     GateClosed,
     GateDryRun,
     ValidationPassed,
+    // Problem nodes (real-node findings, #20)
+    /// The pool's device plugin pod on the node does not run: crash loop, image pull, container
+    /// creation errors; the message names the pod, its restarts, its last error and `kubectl logs`.
+    PluginPodFailing,
+    /// MIG is configured but the node advertises its GPUs whole (MIG mode off, or not partitioned).
+    NoMigDevices,
 }
 
 impl Reason {
