@@ -23,6 +23,7 @@ use super::RunOptions;
 use super::locking::lock;
 use super::node_writes::NodeWriter;
 use super::publisher::EventPublisher;
+use super::sync::{Synced, WatchKind};
 use super::tombstones::Tombstones;
 use super::triggers::PoolMembers;
 
@@ -31,23 +32,6 @@ struct Backoff {
     delays: ExponentialBackoff,
     until: Instant,
     generation: Option<i64>,
-}
-
-/// Which watches have delivered a complete list at least once.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Synced {
-    pub pools: bool,
-    pub nodes: bool,
-    pub daemonsets: bool,
-    pub pods: bool,
-    pub dra: bool,
-    pub config_maps: bool,
-}
-
-impl Synced {
-    pub fn all(self) -> bool {
-        self.pools && self.nodes && self.daemonsets && self.pods && self.dra && self.config_maps
-    }
 }
 
 pub struct Context {
@@ -174,27 +158,37 @@ impl Context {
         self.dra.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every watch has delivered a complete list.
     pub fn is_synced(&self) -> bool {
         self.synced.borrow().all()
+    }
+
+    /// Every watch has listed or was refused: events are changes from here on.
+    pub fn is_settled(&self) -> bool {
+        self.synced.borrow().settled()
     }
 
     /// Records that a watch delivered a complete list. After the first, each one is a re-list
     /// (its watch expired, e.g. 410 Gone after an API server restart): counted, and said with
     /// how many objects vanished meanwhile (they were dropped as deleted).
-    pub fn listed(&self, kind: &'static str, flag: fn(&mut Synced) -> &mut bool, vanished: usize) {
+    pub fn listed(&self, kind: WatchKind, vanished: usize) {
         let mut again = false;
+        let mut was_refused = false;
         self.synced.send_modify(|s| {
-            let listed = flag(s);
-            again = *listed;
-            *listed = true;
+            was_refused = s.for_each_refused(|k| k == kind);
+            again = s.listed(kind);
         });
-        self.metrics.watch_listed(kind, again);
+        self.metrics.watch_listed(kind.as_str(), again);
         if again {
             tracing::info!(
-                kind,
+                kind = kind.as_str(),
                 vanished,
                 "re-listed after the watch expired; what vanished meanwhile is dropped"
             );
+        }
+        if was_refused {
+            tracing::info!(kind = kind.as_str(), "listed again after it was refused");
+            self.wake_all();
         }
         let newly = !self
             .health
@@ -205,10 +199,49 @@ impl Context {
         }
     }
 
-    /// Waits until every watch has delivered a complete list: decisions on a half-filled cache
-    /// would report nodes missing that are merely not listed yet.
-    pub async fn wait_synced(&self) {
-        let _ = self.synced.subscribe().wait_for(|s| s.all()).await;
+    /// Records a watch whose list the API server refused: the pools that depend on it report
+    /// it (they are woken), the others go on.
+    pub fn refused(&self, kind: WatchKind, unreadable: crate::decide::facts::Unreadable) {
+        let mut news = false;
+        self.synced.send_modify(|s| {
+            news = !s.for_each_refused(|k| k == kind);
+            s.failed(kind, unreadable.clone());
+        });
+        if news {
+            tracing::warn!(kind = kind.as_str(), code = unreadable.code, message = %unreadable.message, "the API server refuses this watch's list; the pools that need it are Stalled until it lists");
+            self.wake_all();
+        }
+        self.health
+            .caches_synced
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Waits until every watch `pool` depends on has delivered a complete list (decisions on a
+    /// half-filled cache would report nodes missing that are merely not listed yet), or one of
+    /// them was refused: then what it cannot read.
+    pub async fn caches_for(
+        &self,
+        pool: &GpuPool,
+    ) -> Result<(), Vec<crate::decide::facts::Unreadable>> {
+        let mut synced = self.synced.subscribe();
+        loop {
+            if let Some(result) = synced.borrow_and_update().for_pool(pool) {
+                return result;
+            }
+            if synced.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Wakes every pool.
+    pub fn wake_all(&self) {
+        self.wake(
+            self.pools
+                .state()
+                .iter()
+                .map(|p| kube::ResourceExt::name_any(p.as_ref())),
+        );
     }
 
     /// Asks for reconciles of these pools.

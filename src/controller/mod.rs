@@ -11,6 +11,7 @@ pub mod node_writes;
 mod observe;
 mod publisher;
 mod reconcile;
+mod sync;
 mod tombstones;
 mod triggers;
 mod watches;

@@ -11,7 +11,7 @@ use tracing::{debug, info};
 use crate::api::{ConditionType, GpuPool};
 use crate::decide::applied::{Applied, FailedWrite, PluginState};
 use crate::decide::plugin::action::DaemonSetAction;
-use crate::decide::{StatusOutcome, plan, plan_cleanup, report};
+use crate::decide::{StatusOutcome, plan, plan_cleanup, report, report_unreadable};
 
 use super::apply::{TransientError, apply_cleanup, apply_daemonsets, apply_nodes, write_status};
 use super::context::Context;
@@ -64,7 +64,9 @@ pub async fn reconcile(pool: Arc<GpuPool>, ctx: Arc<Context>) -> Result<Action, 
 
 async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, ReconcileError> {
     let name = pool.name_any();
-    ctx.wait_synced().await;
+    if let Err(unreadable) = ctx.caches_for(&pool).await {
+        return report_unreadable_pool(ctx, &pool, &unreadable).await;
+    }
     if pool.metadata.deletion_timestamp.is_some() {
         return clean_up(ctx, pool).await;
     }
@@ -105,6 +107,20 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
     let next = next_look(&applied, &outcome, ctx.resync, ctx.settings.stall_retry);
     log_outcome(&name, &applied, &outcome, written, next);
     Ok(Action::requeue(next))
+}
+
+/// A pool that depends on a watch the API server refuses: nothing is decided or written but its
+/// status, which says so; it is woken when the watch lists again, and looked at every minute.
+async fn report_unreadable_pool(
+    ctx: &Context,
+    pool: &Arc<GpuPool>,
+    unreadable: &[crate::decide::facts::Unreadable],
+) -> Result<Action, ReconcileError> {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let outcome = report_unreadable(pool, unreadable, now);
+    publish(ctx, pool, &outcome).await?;
+    ctx.metrics.set_pool(&pool.name_any(), &outcome.status);
+    Ok(Action::requeue(ctx.settings.stall_retry))
 }
 
 /// A deleted pool: its plugin comes off its nodes before the finalizer goes.

@@ -23,6 +23,7 @@ use crate::index::slim::{SlimNode, SlimPod};
 use crate::index::{Change, GpuSlice, Keyed, Tracked};
 
 use super::context::Context;
+use super::sync::{WatchKind, refusal};
 use super::triggers::{pools_for_daemonset, pools_for_node, pools_for_pod, pools_selecting};
 
 type Triggers = Vec<ObjectRef<GpuPool>>;
@@ -62,17 +63,23 @@ fn config(ctx: &Context) -> watcher::Config {
     }
 }
 
-/// Turns each event of a watch into triggers with `step`; watch errors are logged (the watch
-/// retries with backoff by itself).
+/// Turns each event of a watch into triggers with `step`. Watch errors are logged (the watch
+/// retries with backoff by itself); a refused list is recorded, so the pools that need this
+/// watch say so instead of waiting for it.
 fn triggers_of<K>(
     events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-    kind: &'static str,
+    kind: WatchKind,
+    namespace: Option<String>,
+    ctx: Arc<Context>,
     mut step: impl FnMut(watcher::Event<K>) -> Triggers + Send,
 ) -> impl Stream<Item = Triggers> + Send {
     events.map(move |event| match event {
         Ok(event) => step(event),
         Err(e) => {
-            warn!(error = %e, kind, "watch failed; retrying");
+            match refusal(kind, namespace.as_deref(), &e) {
+                Some(unreadable) => ctx.refused(kind, unreadable),
+                None => warn!(error = %e, kind = kind.as_str(), "watch failed; retrying"),
+            }
             Vec::new()
         }
     })
@@ -82,14 +89,14 @@ fn triggers_of<K>(
 /// kept (the rest is dropped at once).
 pub fn nodes(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
     let events = watcher(Api::<SlimNode>::all(client), config(&ctx)).default_backoff();
-    triggers_of(events, "Node", move |event| {
+    triggers_of(events, WatchKind::Node, None, ctx.clone(), move |event| {
         let event = map_event(event, |n| NodeFacts::from_owned(n.0));
         let done = is_init_done(&event);
         let changes = ctx.nodes_mut().apply(event);
         if done {
-            ctx.listed("Node", |s| &mut s.nodes, vanished(&changes));
+            ctx.listed(WatchKind::Node, vanished(&changes));
         }
-        if !ctx.is_synced() || changes.is_empty() {
+        if !ctx.is_settled() || changes.is_empty() {
             return Vec::new();
         }
         let pools = ctx.pools.state();
@@ -105,38 +112,44 @@ pub fn nodes(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> 
 /// DaemonSet events.
 pub fn daemonsets(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
     let events = watcher(Api::<DaemonSet>::all(client), config(&ctx)).default_backoff();
-    triggers_of(events, "DaemonSet", move |event| {
-        let event = map_event(event, |ds| DaemonSetFacts::from_daemonset(&ds));
-        let done = is_init_done(&event);
-        let changes = {
-            // A deleted foreign plugin becomes a tombstone under the index's lock: a reconcile
-            // reading the DaemonSets in between would see neither and take its nodes.
-            let mut index = ctx.daemonsets_mut();
-            let changes = index.apply(event);
-            for change in &changes {
-                if let Change::Deleted(ds) = change
-                    && ds.pool_owner.is_none()
-                    && ds.plugin_pod.is_some()
-                {
-                    ctx.tombstones.bury(ds.clone());
+    triggers_of(
+        events,
+        WatchKind::DaemonSet,
+        None,
+        ctx.clone(),
+        move |event| {
+            let event = map_event(event, |ds| DaemonSetFacts::from_daemonset(&ds));
+            let done = is_init_done(&event);
+            let changes = {
+                // A deleted foreign plugin becomes a tombstone under the index's lock: a reconcile
+                // reading the DaemonSets in between would see neither and take its nodes.
+                let mut index = ctx.daemonsets_mut();
+                let changes = index.apply(event);
+                for change in &changes {
+                    if let Change::Deleted(ds) = change
+                        && ds.pool_owner.is_none()
+                        && ds.plugin_pod.is_some()
+                    {
+                        ctx.tombstones.bury(ds.clone());
+                    }
                 }
+                changes
+            };
+            if done {
+                ctx.listed(WatchKind::DaemonSet, vanished(&changes));
             }
-            changes
-        };
-        if done {
-            ctx.listed("DaemonSet", |s| &mut s.daemonsets, vanished(&changes));
-        }
-        if !ctx.is_synced() || changes.is_empty() {
-            return Vec::new();
-        }
-        let pools = ctx.pools.state();
-        refs(
-            changes
-                .iter()
-                .flat_map(|c| pools_for_daemonset(c, &pools))
-                .collect(),
-        )
-    })
+            if !ctx.is_settled() || changes.is_empty() {
+                return Vec::new();
+            }
+            let pools = ctx.pools.state();
+            refs(
+                changes
+                    .iter()
+                    .flat_map(|c| pools_for_daemonset(c, &pools))
+                    .collect(),
+            )
+        },
+    )
 }
 
 /// Pod events: gpupool's own pods, wherever they run. A plugin pod going away can free a node
@@ -145,16 +158,16 @@ pub fn pods(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> +
     let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
     let events =
         watcher(Api::<SlimPod>::all(client), config(&ctx).labels(&selector)).default_backoff();
-    triggers_of(events, "Pod", move |event| {
+    triggers_of(events, WatchKind::Pod, None, ctx.clone(), move |event| {
         let done = is_init_done(&event);
         let changes = match filter_event(event, |p| PodFacts::from_pod(&p.0)) {
             Some(event) => ctx.pods_mut().apply(event),
             None => Vec::new(),
         };
         if done {
-            ctx.listed("Pod", |s| &mut s.pods, vanished(&changes));
+            ctx.listed(WatchKind::Pod, vanished(&changes));
         }
-        if !ctx.is_synced() || changes.is_empty() {
+        if !ctx.is_settled() || changes.is_empty() {
             return Vec::new();
         }
         let pools = ctx.pools.state();
@@ -174,36 +187,42 @@ pub fn config_maps(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Trig
     let (key, value) = CONFIG_COMPONENT;
     let api = Api::<ConfigMap>::namespaced(client, &ctx.settings.plugin_namespace);
     let events = watcher(api, config(&ctx).labels(&format!("{key}={value}"))).default_backoff();
-    triggers_of(events, "ConfigMap", move |event| {
-        let event = map_event(event, |cm| ConfigMapFacts::from_config_map(&cm));
-        let done = is_init_done(&event);
-        let changes = ctx.config_maps_mut().apply(event);
-        if done {
-            ctx.listed("ConfigMap", |s| &mut s.config_maps, vanished(&changes));
-        }
-        if !ctx.is_synced() || changes.is_empty() {
-            return Vec::new();
-        }
-        let pools = ctx.pools.state();
-        let keys: BTreeSet<String> = changes
-            .iter()
-            .flat_map(|c| {
-                let (old, new) = c.states();
-                [old, new]
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|cm| cm.pool_key.clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        refs(
-            pools
+    triggers_of(
+        events,
+        WatchKind::ConfigMap,
+        Some(ctx.settings.plugin_namespace.clone()),
+        ctx.clone(),
+        move |event| {
+            let event = map_event(event, |cm| ConfigMapFacts::from_config_map(&cm));
+            let done = is_init_done(&event);
+            let changes = ctx.config_maps_mut().apply(event);
+            if done {
+                ctx.listed(WatchKind::ConfigMap, vanished(&changes));
+            }
+            if !ctx.is_settled() || changes.is_empty() {
+                return Vec::new();
+            }
+            let pools = ctx.pools.state();
+            let keys: BTreeSet<String> = changes
                 .iter()
-                .filter(|p| keys.contains(&pool_key(&p.name_any())))
-                .map(|p| p.name_any())
-                .collect(),
-        )
-    })
+                .flat_map(|c| {
+                    let (old, new) = c.states();
+                    [old, new]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|cm| cm.pool_key.clone())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            refs(
+                pools
+                    .iter()
+                    .filter(|p| keys.contains(&pool_key(&p.name_any())))
+                    .map(|p| p.name_any())
+                    .collect(),
+            )
+        },
+    )
 }
 
 /// ResourceSlices of NVIDIA's GPU DRA driver. A cluster that serves no `resource.k8s.io/v1`
@@ -221,9 +240,9 @@ pub fn dra(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + 
             let done = is_init_done(&event);
             let changes = ctx.dra_mut().apply(event);
             if done {
-                ctx.listed("ResourceSlice", |s| &mut s.dra, vanished(&changes));
+                ctx.listed(WatchKind::ResourceSlice, vanished(&changes));
             }
-            if !ctx.is_synced() || changes.is_empty() {
+            if !ctx.is_settled() || changes.is_empty() {
                 return Vec::new();
             }
             let pools = ctx.pools.state();
@@ -243,12 +262,15 @@ pub fn dra(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + 
             // Retried with backoff like any watch error: say it once.
             if !ctx.dra().is_synced() {
                 ctx.dra_mut().mark_unsupported();
-                ctx.listed("ResourceSlice", |s| &mut s.dra, 0);
+                ctx.listed(WatchKind::ResourceSlice, 0);
             }
             Vec::new()
         }
         Err(e) => {
-            warn!(error = %e, kind = "ResourceSlice", "watch failed; retrying");
+            match refusal(WatchKind::ResourceSlice, None, &e) {
+                Some(unreadable) => ctx.refused(WatchKind::ResourceSlice, unreadable),
+                None => warn!(error = %e, kind = "ResourceSlice", "watch failed; retrying"),
+            }
             Vec::new()
         }
     })
@@ -304,18 +326,24 @@ pub fn pools(
         .default_backoff()
         .modify(forget_bookkeeping)
         .reflect_shared(writer);
-    triggers_of(events, "GpuPool", move |event| {
-        let event = map_event(event, |p| PoolKey {
-            name: p.name_any(),
-            selector: p.spec.node_selector.clone(),
-        });
-        let done = is_init_done(&event);
-        let changes = known.apply(event);
-        if done {
-            ctx.listed("GpuPool", |s| &mut s.pools, vanished(&changes));
-        }
-        on_pool_changes(&ctx, &changes)
-    })
+    triggers_of(
+        events,
+        WatchKind::GpuPool,
+        None,
+        ctx.clone(),
+        move |event| {
+            let event = map_event(event, |p| PoolKey {
+                name: p.name_any(),
+                selector: p.spec.node_selector.clone(),
+            });
+            let done = is_init_done(&event);
+            let changes = known.apply(event);
+            if done {
+                ctx.listed(WatchKind::GpuPool, vanished(&changes));
+            }
+            on_pool_changes(&ctx, &changes)
+        },
+    )
 }
 
 fn on_pool_changes(ctx: &Context, changes: &[Change<PoolKey>]) -> Triggers {
@@ -332,7 +360,7 @@ fn on_pool_changes(ctx: &Context, changes: &[Change<PoolKey>]) -> Triggers {
             }
         }
     }
-    if ctx.is_synced() {
+    if ctx.is_settled() {
         refs(wake)
     } else {
         Vec::new()

@@ -31,7 +31,7 @@ pub use plan::{Cleanup, Plan, plan, plan_cleanup};
 pub use settings::{
     DEFAULT_ALLOWED_PLUGIN_IMAGES, DEFAULT_ALLOWED_VALIDATION_IMAGES, Settings, image_repository,
 };
-pub use status::{StatusOutcome, report};
+pub use status::{StatusOutcome, report, report_unreadable};
 
 #[cfg(test)]
 pub(crate) mod testing {
@@ -126,6 +126,7 @@ pub(crate) mod testing {
             started: None,
             finished: None,
             waiting_for_gpu: false,
+            container: Default::default(),
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Expected {
     /// or `nvidia.com/mig-*` (every MIG resource, the profile being unknown).
     pub resource: String,
     pub source: Source,
+    /// MIG devices expected per GPU (0 without MIG): part of `per_gpu`.
+    pub mig_devices: i64,
 }
 
 impl Expected {
@@ -112,6 +114,7 @@ pub fn expected(node: &NodeFacts, spec: &GpuPoolSpec, plugin_ours: bool) -> Expe
         per_gpu: 1,
         resource: GPU_RESOURCE.to_string(),
         source,
+        mig_devices: 0,
     };
     if !plugin_ours {
         return e;
@@ -123,6 +126,7 @@ pub fn expected(node: &NodeFacts, spec: &GpuPoolSpec, plugin_ours: bool) -> Expe
     {
         let per_gpu = mig.profile.map_or(1, instances_per_gpu);
         e.per_gpu = per_gpu;
+        e.mig_devices = per_gpu;
         if mig.strategy == MigStrategy::Mixed {
             let model = match &e.source {
                 Source::Size(s) => Some(s.model),
@@ -254,6 +258,9 @@ pub fn judge(node: &NodeFacts, e: &Expected) -> Judgement {
             )
         }));
     }
+    if let Some(whole) = advertised_whole(node, e, capacity) {
+        return Err(whole);
+    }
     Err(if capacity == 0 {
         (
             Reason::NoGpuCapacity,
@@ -275,6 +282,44 @@ pub fn judge(node: &NodeFacts, e: &Expected) -> Judgement {
             Reason::NoAllocatableGpus,
             format!(
                 "capacity {capacity} {resource} but none allocatable: the device plugin reports the GPUs unhealthy (check the plugin pod's log and nvidia-smi)"
+            ),
+        )
+    })
+}
+
+/// MIG is configured, but the plugin advertises the node's GPUs whole: MIG mode is off on them,
+/// or they have no MIG devices (the real plugin over MIG-disabled GPUs, #20). With `mixed` the
+/// node shows `nvidia.com/gpu` and no `nvidia.com/mig-*`; with `single`, exactly its GPU count
+/// (times the sharing replicas) of `nvidia.com/gpu` where more MIG devices were expected. (With
+/// `single` and one device per GPU, or no profile, whole GPUs and MIG devices count the same.)
+fn advertised_whole(node: &NodeFacts, e: &Expected, capacity: i64) -> Option<(Reason, String)> {
+    if e.mig_devices == 0 {
+        return None;
+    }
+    let gpus = node.gpus_capacity();
+    let cause = "MIG mode is off on its GPUs, or they have no MIG devices (AKS makes them for a node pool created with --gpu-instance-profile): set spec.mig to what the node pool was created with";
+    if e.resource.starts_with(MIG_RESOURCE_PREFIX) {
+        return (capacity == 0 && gpus > 0).then(|| {
+            (
+                Reason::NoMigDevices,
+                format!(
+                    "the node advertises {gpus} whole {GPU_RESOURCE} and no {}: {cause}",
+                    e.resource
+                ),
+            )
+        });
+    }
+    let replicas = e.per_gpu / e.mig_devices.max(1);
+    let whole = e.physical.saturating_mul(replicas.max(1));
+    (e.mig_devices > 1 && e.known() && capacity > 0 && capacity == whole).then(|| {
+        (
+            Reason::NoMigDevices,
+            format!(
+                "has {capacity} {}, its {} GPUs advertised whole, where {} MIG devices are expected {}: {cause}",
+                e.resource,
+                e.physical,
+                e.count(),
+                e.origin()
             ),
         )
     })
@@ -408,6 +453,61 @@ mod tests {
             judge(&mig_node, &e),
             Ok(None),
             "nvidia.com/gpu 0 is no missing GPU"
+        );
+    }
+
+    /// MIG mode off (as on the real plugin over the mock's A100s): the plugin advertises 8 whole
+    /// nvidia.com/gpu, which is named as such, not as missing GPUs.
+    #[test]
+    fn gpus_advertised_whole_under_mig_are_named() {
+        let node = sized("n", "Standard_ND96asr_v4", 8);
+        let mut s = spec();
+        s.mig = Some(Mig {
+            strategy: MigStrategy::Mixed,
+            profile: Some(AksMigProfile::MIG1g),
+        });
+        let e = expected(&node, &s, true);
+        assert_eq!(e.resource, "nvidia.com/mig-1g.5gb");
+        let (reason, message) = judge(&node, &e).unwrap_err();
+        assert_eq!(reason, Reason::NoMigDevices);
+        assert!(
+            message.starts_with(
+                "the node advertises 8 whole nvidia.com/gpu and no nvidia.com/mig-1g.5gb: MIG mode is off"
+            ),
+            "{message}"
+        );
+        s.mig.as_mut().unwrap().profile = None;
+        let e = expected(&node, &s, true);
+        assert_eq!(judge(&node, &e).unwrap_err().0, Reason::NoMigDevices);
+
+        s.mig = Some(Mig {
+            strategy: MigStrategy::Single,
+            profile: Some(AksMigProfile::MIG1g),
+        });
+        s.sharing = Some(Sharing {
+            time_slicing: TimeSlicing {
+                replicas: 2,
+                rename_by_default: false,
+                fail_requests_greater_than_one: false,
+            },
+        });
+        let mut shared = node.clone();
+        (shared.gpu_capacity, shared.gpu_allocatable) = (Some(16), Some(16));
+        let e = expected(&shared, &s, true);
+        assert_eq!(e.count(), 112);
+        let (reason, message) = judge(&shared, &e).unwrap_err();
+        assert_eq!(reason, Reason::NoMigDevices);
+        assert!(
+            message.starts_with(
+                "has 16 nvidia.com/gpu, its 8 GPUs advertised whole, where 112 MIG devices are expected"
+            ),
+            "{message}"
+        );
+        // Some MIG devices missing is not "advertised whole".
+        (shared.gpu_capacity, shared.gpu_allocatable) = (Some(110), Some(110));
+        assert_eq!(
+            judge(&shared, &e).unwrap_err().0,
+            Reason::FewerGpusThanExpected
         );
     }
 

@@ -18,7 +18,9 @@ pub use nodes::{
     ValidationResult,
 };
 pub use observed::Observed;
-pub use pods::{PodFacts, PodPhase, PodRole, Termination, ValidationTarget};
+pub use pods::{
+    ContainerFailure, ContainerHealth, PodFacts, PodPhase, PodRole, Termination, ValidationTarget,
+};
 pub use pools::PoolRef;
 pub use remembered::{ProblemClock, ProblemClocks, Rejection};
 
@@ -42,4 +44,16 @@ impl std::fmt::Display for ObjectId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
     }
+}
+
+/// Something gpupool cannot read (its list was refused), so it cannot decide for the pools that
+/// depend on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The kind of object (`ConfigMap`, `Node`, ...).
+    pub resource: String,
+    pub namespace: Option<String>,
+    /// The HTTP status of the refusal (401, 403).
+    pub code: u16,
+    pub message: String,
 }

@@ -44,8 +44,74 @@ pub struct PodFacts {
     pub started: Option<Timestamp>,
     /// How its container ended, once it did.
     pub finished: Option<Termination>,
-    /// The scheduler found no free `nvidia.com/gpu` for it.
+    /// The scheduler found no free GPU resource (`nvidia.com/gpu`, `.shared`, `mig-*`) for it.
     pub waiting_for_gpu: bool,
+    /// How its container fares while the kubelet keeps it (restarts, why it is not running).
+    pub container: ContainerHealth,
+}
+
+/// A pod's container as its kubelet reports it: what a crash loop or an image that cannot be
+/// pulled looks like (kwok never shows either: its pods run at once and forever).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerHealth {
+    /// `restartCount`, summed over the containers.
+    pub restarts: i32,
+    /// `state.waiting`: (reason, message), e.g. `CrashLoopBackOff`, `ImagePullBackOff`.
+    pub waiting: Option<(String, String)>,
+    /// `state.terminated` of a container the kubelet restarts (its run just ended), else
+    /// `lastState.terminated`: how its last run ended.
+    pub last_exit: Option<Termination>,
+    /// `state.running`.
+    pub running: bool,
+}
+
+/// Container waiting reasons that mean the kubelet cannot run it (not "still being created").
+const FAILING: [&str; 8] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerError",
+    "CreateContainerConfigError",
+    "RunContainerError",
+];
+
+/// Why a pod's container does not run, as its kubelet says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerFailure {
+    /// `CrashLoopBackOff`, `ImagePullBackOff`, ..., or `Error` for a run that just ended.
+    pub reason: String,
+    /// The kubelet's message (image pulls, container creation).
+    pub message: String,
+    pub restarts: i32,
+    pub last_exit: Option<Termination>,
+}
+
+impl ContainerHealth {
+    /// Why the container does not run, when the kubelet says it cannot run it: a waiting reason
+    /// of [`FAILING`], or a run that ended in an error and is being restarted. None while it runs,
+    /// is being created, or never failed.
+    pub fn failure(&self) -> Option<ContainerFailure> {
+        let failure = |reason: &str, message: &str| ContainerFailure {
+            reason: reason.to_string(),
+            message: message.to_string(),
+            restarts: self.restarts,
+            last_exit: self.last_exit.clone(),
+        };
+        match &self.waiting {
+            Some((reason, message)) if FAILING.contains(&reason.as_str()) => {
+                Some(failure(reason, message))
+            }
+            Some(_) => None,
+            None if self.running => None,
+            None => self
+                .last_exit
+                .as_ref()
+                .filter(|t| t.exit_code != 0 && self.restarts > 0)
+                .map(|t| failure(&t.reason, "")),
+        }
+    }
 }
 
 /// What a validation pod validates: a node on one boot, with one plugin.

@@ -243,6 +243,10 @@ fn plugin_container(
             ..SecurityContext::default()
         }),
         volume_mounts: Some(mounts),
+        // A plugin that exits (no GPU, no NVML, a MIG layout it refuses) says why on its last
+        // log lines; the kubelet keeps them as the container's termination message, which
+        // gpupool quotes in the node's problem (PluginPodFailing).
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     }
 }
@@ -379,6 +383,11 @@ mod tests {
         assert_eq!(
             (c.name.as_str(), c.image.as_deref()),
             ("nvidia-device-plugin-ctr", Some(DEFAULT_PLUGIN_IMAGE))
+        );
+        assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError"),
+            "the plugin's last log lines say why it exited"
         );
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));

@@ -14,6 +14,7 @@ use crate::decide::Settings;
 use crate::decide::capacity::health::gpu_faults;
 use crate::decide::capacity::judge;
 use crate::decide::facts::{NodeFacts, NodeReadiness, Observed, PodRole, Stall};
+use crate::decide::names::{ANY_MIG, GPU_RESOURCE, MIG_RESOURCE_PREFIX};
 use crate::decide::plugin::PluginPlan;
 use crate::decide::plugin::daemonset::plugin_identity;
 use crate::decide::plugin::mode::ImageKind;
@@ -199,9 +200,32 @@ fn validate(
             .map(AsRef::as_ref)
             .collect(),
         tolerations: &tolerations,
+        resources: o
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), validation_resource(plugin, n)))
+            .collect(),
         retry: settings.validation_retry,
         now: o.now,
     })
+}
+
+/// The GPU resource a node's validation pod asks one of: the one the node is counted in (a
+/// pod asking `nvidia.com/gpu` never schedules where the plugin advertises
+/// `nvidia.com/gpu.shared` or `nvidia.com/mig-*` only), or, with MIG mixed and no known profile,
+/// a MIG resource the node has allocatable.
+fn validation_resource(plugin: &PluginPlan, node: &NodeFacts) -> String {
+    match plugin.expected.get(&node.name) {
+        Some(e) if e.resource == ANY_MIG => node
+            .other_gpu_resources
+            .iter()
+            .find(|(name, (_, allocatable))| {
+                name.starts_with(MIG_RESOURCE_PREFIX) && *allocatable > 0
+            })
+            .map_or_else(|| GPU_RESOURCE.to_string(), |(name, _)| name.clone()),
+        Some(e) => e.resource.clone(),
+        None => GPU_RESOURCE.to_string(),
+    }
 }
 
 /// A node that passed before and only waits for a free GPU to validate again counts as validated.
@@ -245,4 +269,70 @@ fn validation_image_not_allowed(spec: &Validation, settings: &Settings) -> Optio
             settings.allowed_validation_images.join(", ")
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::api::{GpuPool, GpuPoolSpec, Mig, MigStrategy, Sharing, TimeSlicing};
+    use crate::decide::plugin::plan_plugin;
+    use crate::decide::testing::{gpu_node, selector, settings};
+
+    fn observed(spec: GpuPoolSpec, node: NodeFacts) -> Observed {
+        let mut pool = GpuPool::new("gpu", spec);
+        pool.metadata.uid = Some("uid-1".into());
+        Observed {
+            pool: Arc::new(pool),
+            nodes: vec![Arc::new(node)],
+            strays: vec![],
+            other_pools: vec![],
+            plugin_daemonsets: vec![],
+            pods: vec![],
+            dra_nodes: HashSet::new(),
+            pool_uids: ["uid-1".to_string()].into(),
+            rejection: None,
+            problem_clocks: None,
+            plugin_configs: vec![],
+            now: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    /// The validation pod asks for what the plugin advertises: a pod limited to `nvidia.com/gpu`
+    /// never schedules on a node whose GPUs are `nvidia.com/gpu.shared` (renamed time-slicing) or
+    /// `nvidia.com/mig-*` (MIG mixed). Found on a real node (#20).
+    #[test]
+    fn validation_asks_for_the_resource_the_node_advertises() {
+        let spec = |sharing: Option<bool>, mig: Option<MigStrategy>| GpuPoolSpec {
+            node_selector: selector(&[("agentpool", "gpu")]),
+            sharing: sharing.map(|rename| Sharing {
+                time_slicing: TimeSlicing {
+                    replicas: 4,
+                    rename_by_default: rename,
+                    fail_requests_greater_than_one: false,
+                },
+            }),
+            mig: mig.map(|strategy| Mig {
+                strategy,
+                profile: None,
+            }),
+            ..Default::default()
+        };
+        let mut node = gpu_node("n1", 0, 0);
+        node.other_gpu_resources
+            .insert("nvidia.com/mig-1g.10gb".into(), (7, 7));
+        for (spec, want) in [
+            (spec(None, None), "nvidia.com/gpu"),
+            (spec(Some(false), None), "nvidia.com/gpu"),
+            (spec(Some(true), None), "nvidia.com/gpu.shared"),
+            (spec(None, Some(MigStrategy::Single)), "nvidia.com/gpu"),
+            (spec(None, Some(MigStrategy::Mixed)), "nvidia.com/mig-1g.10gb"),
+        ] {
+            let o = observed(spec.clone(), node.clone());
+            let plugin = plan_plugin(&o, &settings());
+            assert_eq!(validation_resource(&plugin, &node), want, "{spec:?}");
+        }
+    }
 }

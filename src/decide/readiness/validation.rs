@@ -81,6 +81,10 @@ pub struct ValidationInputs<'a> {
     pub pods: Vec<&'a PodFacts>,
     /// Tolerations every validation pod carries (the gate taint, the pool's taints).
     pub tolerations: &'a [Toleration],
+    /// The GPU resource each node's pod asks one of (what the node's GPUs are advertised as:
+    /// `nvidia.com/gpu.shared` with renamed time-slicing, `nvidia.com/mig-<profile>` with MIG
+    /// mixed); nodes not listed: `nvidia.com/gpu`.
+    pub resources: BTreeMap<String, String>,
     /// The first retry's delay; it doubles with every failure, up to 10 minutes.
     pub retry: Duration,
     pub now: Timestamp,
@@ -395,6 +399,7 @@ pub fn validation_pod(i: &ValidationInputs, node: &NodeFacts, plugin: &str, atte
 }
 
 fn validation_pod_spec(i: &ValidationInputs, node: &str) -> PodSpec {
+    let resource = i.resources.get(node).map_or(GPU_RESOURCE, String::as_str);
     PodSpec {
         // Through the scheduler (not nodeName): it starts only when a GPU is free, so validation
         // never takes a GPU from a workload.
@@ -424,7 +429,7 @@ fn validation_pod_spec(i: &ValidationInputs, node: &str) -> PodSpec {
             command: (!i.spec.command.is_empty()).then(|| i.spec.command.clone()),
             args: (!i.spec.args.is_empty()).then(|| i.spec.args.clone()),
             resources: Some(ResourceRequirements {
-                limits: Some([(GPU_RESOURCE.to_string(), Quantity("1".into()))].into()),
+                limits: Some([(resource.to_string(), Quantity("1".into()))].into()),
                 ..ResourceRequirements::default()
             }),
             security_context: Some(SecurityContext {
@@ -480,6 +485,7 @@ mod tests {
             not_ready: vec![],
             pods,
             tolerations: &[],
+            resources: BTreeMap::new(),
             retry: Duration::from_secs(30),
             now: now(),
         }
@@ -518,6 +524,7 @@ mod tests {
                 at: Some(now()),
             }),
             waiting_for_gpu: false,
+            container: Default::default(),
         }
     }
 

@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{ConditionStatus, ConditionType, GpuPoolStatus};
+use crate::api::{ConditionStatus, ConditionType, GpuPool, GpuPoolStatus, Reason};
 use crate::decide::Settings;
 use crate::decide::applied::{Applied, writes_retrying};
-use crate::decide::facts::{NodeFacts, Observed, ProblemClocks};
+use crate::decide::facts::{NodeFacts, Observed, ProblemClocks, Unreadable};
 use crate::decide::plan::Plan;
 use crate::decide::scheduling::describe;
 use crate::decide::text::name_list;
@@ -104,6 +104,78 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
         recheck_after: recheck_at.map(|at| until(o.now, at)),
         problem_clocks: ProblemClocks::of(summary.problems.values()),
         serving: summary.serving,
+    }
+}
+
+/// The status of a pool gpupool cannot decide for, because a list it depends on is refused
+/// (RBAC): `Ready` and `Stalled` say what it cannot read and what to do; the counts, problem
+/// nodes and the other conditions stay as last known.
+pub fn report_unreadable(
+    pool: &GpuPool,
+    unreadable: &[Unreadable],
+    now: Timestamp,
+) -> StatusOutcome {
+    let previous = pool.status.clone().unwrap_or_default();
+    let listed: Vec<String> = unreadable
+        .iter()
+        .map(|u| {
+            let place = u
+                .namespace
+                .as_ref()
+                .map_or("cluster-wide".to_string(), |ns| {
+                    format!("in namespace {ns}")
+                });
+            format!("{}s {place} ({}: {})", u.resource, u.code, u.message)
+        })
+        .collect();
+    let message = format!(
+        "the operator may not list {}, so it cannot decide for this pool: check its RBAC (deploy/rbac.yaml, the chart's rbac.yaml; in the plugin namespace, the Role gpupool-operator-plugins and its binding)",
+        listed.join("; ")
+    );
+    let generation = pool.metadata.generation;
+    let blocked = |t, ok| {
+        let a = if ok {
+            Assessment::ok(Reason::Forbidden, message.clone())
+        } else {
+            Assessment::failed(Reason::Forbidden, message.clone())
+        };
+        condition(&previous.conditions, generation, now, t, a)
+    };
+    let mut conditions = vec![blocked(ConditionType::Ready, false)];
+    for t in [
+        ConditionType::DevicePluginReady,
+        ConditionType::GpusSchedulable,
+        ConditionType::GpusHealthy,
+    ] {
+        conditions.push(
+            previous
+                .condition(t)
+                .cloned()
+                .unwrap_or_else(|| blocked(t, false)),
+        );
+    }
+    conditions.extend(
+        previous
+            .conditions
+            .iter()
+            .filter(|c| {
+                c.type_ == ConditionType::GpusValidated.as_str()
+                    || c.type_ == ConditionType::Conflict.as_str()
+            })
+            .cloned(),
+    );
+    conditions.push(blocked(ConditionType::Stalled, true));
+    let status = GpuPoolStatus {
+        observed_generation: generation,
+        conditions,
+        ..previous.clone()
+    };
+    StatusOutcome {
+        events: pool_events(pool.status.as_ref(), &status, None),
+        problem_clocks: ProblemClocks::of(status.problem_nodes.iter()),
+        status,
+        recheck_after: None,
+        serving: Vec::new(),
     }
 }
 

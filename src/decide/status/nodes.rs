@@ -10,7 +10,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use crate::api::{ProblemNode, Reason};
 use crate::decide::capacity::health::{gpu_faults, problem_reason};
 use crate::decide::capacity::{Expected, Source, judge};
-use crate::decide::facts::{NodeFacts, NodeReadiness, ProblemClocks};
+use crate::decide::facts::{
+    ContainerFailure, NodeFacts, NodeReadiness, ObjectId, Observed, PodRole, ProblemClocks,
+};
 use crate::decide::plugin::claims::NodeClaims;
 
 /// How one node stands.
@@ -146,6 +148,7 @@ fn at_least_one() -> Expected {
         per_gpu: 1,
         resource: crate::decide::names::GPU_RESOURCE.to_string(),
         source: Source::NoSize,
+        mig_devices: 0,
     }
 }
 
@@ -353,5 +356,300 @@ fn claim_problems(s: &mut NodeSummary, claims: &NodeClaims) {
             plugins.join(", ")
         );
         s.problem(node, Reason::ForeignDevicePlugin, message, None);
+    }
+}
+
+/// Problems a failing plugin pod explains better than the node's GPUs alone: no GPUs, none
+/// allocatable, fewer, waiting for them.
+const EXPLAINED_BY_THE_PLUGIN: [Reason; 6] = [
+    Reason::NoGpuCapacity,
+    Reason::NoAllocatableGpus,
+    Reason::FewerGpusThanExpected,
+    Reason::AllocatableBelowCapacity,
+    Reason::WaitingForGpus,
+    Reason::NoMigDevices,
+];
+
+/// Nodes where the kubelet cannot run the pool's plugin pod (crash loop, image pull, container
+/// creation): the node's problem names the pod, why, its restarts, the plugin's last error and
+/// where to look, instead of only "no GPUs". A real kubelet shows this; the simulation never did
+/// (kwok runs every pod at once and forever). The grace period is unchanged: a plugin that
+/// crashes while a node's driver is still being installed is progress within it.
+pub(super) fn plugin_pod_problems(o: &Observed, s: &mut NodeSummary) {
+    let key = o.pool_key();
+    for node in &o.nodes {
+        let failing = o.pods_on(&node.name).into_iter().find_map(|p| {
+            let ours = p.role == PodRole::Plugin && p.pool_key.as_deref() == Some(&key);
+            (ours && !p.deleting)
+                .then(|| p.container.failure())
+                .flatten()
+                .map(|f| (p.id.clone(), f))
+        });
+        let Some((pod, failure)) = failing else {
+            continue;
+        };
+        let explained = s
+            .problems
+            .get(&node.name)
+            .is_none_or(|p| {
+                p.reason
+                    .parse::<Reason>()
+                    .is_ok_and(|r| EXPLAINED_BY_THE_PLUGIN.contains(&r))
+            });
+        if !explained {
+            continue;
+        }
+        let since = s.problems.get(&node.name).and_then(|p| p.since.clone());
+        s.problems.insert(
+            node.name.clone(),
+            ProblemNode {
+                name: node.name.clone(),
+                reason: Reason::PluginPodFailing.to_string(),
+                message: plugin_failure_message(&pod, &failure),
+                since,
+            },
+        );
+        for (name, reason) in s.failing.iter_mut().chain(s.waiting.iter_mut()) {
+            if *name == node.name {
+                *reason = Reason::PluginPodFailing;
+            }
+        }
+    }
+}
+
+/// "device plugin pod gpu-resources/nvidia-device-plugin-gpu-x2k4q: CrashLoopBackOff, restarted
+/// 3 times, last exit code 1: <the plugin's last error> (<what it means>); its log: kubectl -n
+/// gpu-resources logs nvidia-device-plugin-gpu-x2k4q --previous".
+pub(super) fn plugin_failure_message(pod: &ObjectId, f: &ContainerFailure) -> String {
+    let mut m = format!("device plugin pod {pod}: {}", f.reason);
+    match f.restarts {
+        ..=0 => {}
+        1 => m.push_str(", restarted once"),
+        n => m.push_str(&format!(", restarted {n} times")),
+    }
+    let image = f.reason.contains("Image");
+    let said = f
+        .last_exit
+        .as_ref()
+        .filter(|_| !image)
+        .map(|t| (t.exit_code, last_error_line(&t.message)));
+    match said {
+        Some((code, line)) if !line.is_empty() => {
+            m.push_str(&format!(", last exit code {code}: {line}"));
+            if let Some(meaning) = known_plugin_error(&line) {
+                m.push_str(&format!(" ({meaning})"));
+            }
+        }
+        Some((code, _)) => m.push_str(&format!(", last exit code {code}")),
+        None if !f.message.is_empty() => m.push_str(&format!(": {}", shorten(&f.message))),
+        None => {}
+    }
+    let (ns, name) = (&pod.namespace, &pod.name);
+    if image {
+        m.push_str(&format!(
+            "; check spec.devicePlugin.image and that the node can pull it (kubectl -n {ns} describe pod {name})"
+        ));
+    } else if f.last_exit.is_some() {
+        m.push_str(&format!(
+            "; its log: kubectl -n {ns} logs {name} --previous"
+        ));
+    } else {
+        m.push_str(&format!("; kubectl -n {ns} describe pod {name}"));
+    }
+    m
+}
+
+/// The line of a container's termination message (its last log lines, with
+/// `FallbackToLogsOnError`) that says why it exited: the last error line, else the last line,
+/// without klog's prefix (`E1205 21:28:43.853325   25490 main.go:177] `).
+fn last_error_line(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let is_error = |l: &&str| l.starts_with('E') || l.starts_with('F');
+    let klog = |l: &str| -> bool {
+        let b = l.as_bytes();
+        b.len() > 5 && b"IWEF".contains(&b[0]) && b[1..5].iter().all(u8::is_ascii_digit)
+    };
+    let line = lines
+        .iter()
+        .rev()
+        .find(|l| klog(l) && is_error(l))
+        .or(lines.last())
+        .copied()
+        .unwrap_or_default();
+    let text = if klog(line) {
+        line.split_once("] ").map_or(line, |(_, rest)| rest)
+    } else {
+        line
+    };
+    shorten(text)
+}
+
+/// At most 300 characters (a problem node's message stays readable).
+fn shorten(text: &str) -> String {
+    const MAX: usize = 300;
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// What the NVIDIA device plugin's known start-up errors mean.
+fn known_plugin_error(line: &str) -> Option<&'static str> {
+    if line.contains("invalid device discovery strategy") || line.contains("could not load NVML") {
+        Some(
+            "the plugin finds no NVIDIA driver (NVML) on the node: it has no GPU or no driver; keep nodes without GPUs out of spec.nodeSelector",
+        )
+    } else if line.contains("invalid MIG configuration") {
+        Some(
+            "the GPUs' MIG layout does not fit spec.mig.strategy: with single, every MIG-enabled GPU needs MIG devices of one profile (AKS: --gpu-instance-profile)",
+        )
+    } else if line.contains("unable to load config") {
+        Some("the plugin refuses the config gpupool rendered: report it as a gpupool bug")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::api::{GpuPool, GpuPoolSpec};
+    use crate::decide::facts::{ContainerHealth, PodFacts, Termination};
+    use crate::decide::testing::{gpu_node, plugin_pod, selector};
+
+    /// What the kubelet's status of a crash-looping NVIDIA plugin on a node without GPUs says
+    /// (its termination message: the last log lines, with FallbackToLogsOnError).
+    fn crash_looping() -> ContainerHealth {
+        ContainerHealth {
+            restarts: 3,
+            waiting: Some((
+                "CrashLoopBackOff".into(),
+                "back-off 40s restarting failed container=nvidia-device-plugin-ctr".into(),
+            )),
+            last_exit: Some(Termination {
+                exit_code: 1,
+                reason: "Error".into(),
+                message: "I1205 21:28:43.853066   25490 main.go:360] Retrieving plugins.\n\
+                          E1205 21:28:43.853192   25490 factory.go:113] Incompatible strategy detected auto\n\
+                          E1205 21:28:43.853325   25490 main.go:177] error starting plugins: error getting plugins: unable to create plugins: failed to construct resource managers: invalid device discovery strategy\n"
+                    .into(),
+                at: None,
+            }),
+            running: false,
+        }
+    }
+
+    fn observed(nodes: Vec<NodeFacts>, pods: Vec<PodFacts>) -> Observed {
+        let pool = GpuPool::new(
+            "gpu",
+            GpuPoolSpec {
+                node_selector: selector(&[("agentpool", "gpu")]),
+                ..Default::default()
+            },
+        );
+        Observed {
+            pool: Arc::new(pool),
+            nodes: nodes.into_iter().map(Arc::new).collect(),
+            strays: vec![],
+            other_pools: vec![],
+            plugin_daemonsets: vec![],
+            pods: pods.into_iter().map(Arc::new).collect(),
+            dra_nodes: HashSet::new(),
+            pool_uids: HashSet::new(),
+            rejection: None,
+            problem_clocks: None,
+            plugin_configs: vec![],
+            now: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_crash_looping_plugin_names_the_pod_its_error_and_the_log_to_read() {
+        let pod = ObjectId {
+            namespace: "gpu-resources".into(),
+            name: "nvidia-device-plugin-gpu-x2k4q".into(),
+        };
+        let message = plugin_failure_message(&pod, &crash_looping().failure().unwrap());
+        assert_eq!(
+            message,
+            "device plugin pod gpu-resources/nvidia-device-plugin-gpu-x2k4q: CrashLoopBackOff, \
+             restarted 3 times, last exit code 1: error starting plugins: error getting plugins: \
+             unable to create plugins: failed to construct resource managers: invalid device \
+             discovery strategy (the plugin finds no NVIDIA driver (NVML) on the node: it has no \
+             GPU or no driver; keep nodes without GPUs out of spec.nodeSelector); its log: \
+             kubectl -n gpu-resources logs nvidia-device-plugin-gpu-x2k4q --previous"
+        );
+        let pulling = ContainerHealth {
+            waiting: Some((
+                "ImagePullBackOff".into(),
+                "Back-off pulling image \"nvcr.io/nvidia/k8s-device-plugin:v9\"".into(),
+            )),
+            ..ContainerHealth::default()
+        };
+        let message = plugin_failure_message(&pod, &pulling.failure().unwrap());
+        assert!(
+            message.starts_with(
+                "device plugin pod gpu-resources/nvidia-device-plugin-gpu-x2k4q: ImagePullBackOff: Back-off pulling image"
+            ) && message.ends_with(
+                "check spec.devicePlugin.image and that the node can pull it (kubectl -n gpu-resources describe pod nvidia-device-plugin-gpu-x2k4q)"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_failing_plugin_pod_explains_missing_gpus_but_not_other_problems() {
+        let since = Some(whole_seconds(Timestamp::UNIX_EPOCH));
+        let mut crashing = plugin_pod("gpu-resources", "p1", Some("n1"), "gpu");
+        crashing.container = crash_looping();
+        let mut other_pool = plugin_pod("gpu-resources", "p2", Some("n2"), "other");
+        other_pool.container = crash_looping();
+        let mut on_not_ready = plugin_pod("gpu-resources", "p3", Some("n3"), "gpu");
+        on_not_ready.container = crash_looping();
+        let o = observed(
+            vec![
+                gpu_node("n1", 0, 0),
+                gpu_node("n2", 0, 0),
+                gpu_node("n3", 0, 0),
+            ],
+            vec![crashing, other_pool, on_not_ready],
+        );
+        let mut s = NodeSummary::default();
+        for (node, reason) in [
+            ("n1", Reason::NoGpuCapacity),
+            ("n2", Reason::NoGpuCapacity),
+            ("n3", Reason::NotReady),
+        ] {
+            s.failing.push((node.into(), reason));
+            s.problem(node, reason, "…".into(), Some(Timestamp::UNIX_EPOCH));
+        }
+        plugin_pod_problems(&o, &mut s);
+        let n1 = &s.problems["n1"];
+        assert_eq!(n1.reason, "PluginPodFailing");
+        assert!(n1.message.contains("gpu-resources/p1: CrashLoopBackOff"));
+        assert_eq!(n1.since, since, "the problem's clock goes on");
+        assert_eq!(s.failing[0], ("n1".into(), Reason::PluginPodFailing));
+        assert_eq!(s.problems["n2"].reason, "NoGpuCapacity", "another pool's pod");
+        assert_eq!(s.problems["n3"].reason, "NotReady", "a node that is not Ready");
+
+        // A container that runs again, or crashed once (not restarted yet), is no failure.
+        let mut h = crash_looping();
+        h.waiting = None;
+        h.running = true;
+        assert_eq!(h.failure(), None);
+        h.running = false;
+        h.restarts = 0;
+        assert_eq!(h.failure(), None);
+        h.restarts = 1;
+        assert_eq!(h.failure().unwrap().reason, "Error", "its run just ended");
+        h.waiting = Some(("ContainerCreating".into(), String::new()));
+        assert_eq!(h.failure(), None, "still being created");
     }
 }

@@ -900,3 +900,61 @@ fn a_node_whose_write_fails_is_named_and_the_status_follows_the_others() {
     );
     assert!(cond(&stuck.status, ConditionType::Reconciling).is_none());
 }
+
+#[test]
+fn a_pool_that_depends_on_a_refused_list_says_what_it_cannot_read_and_keeps_the_rest() {
+    let case = Case::new(vec![old_node("a", 1, 1)]);
+    let before = case.run().status;
+    assert_eq!(
+        state_of(&before, ConditionType::Ready),
+        ConditionStatus::True
+    );
+    let mut pool = GpuPool::new(
+        "p",
+        GpuPoolSpec {
+            node_selector: selector(&[("agentpool", "gpu")]),
+            ..Default::default()
+        },
+    );
+    pool.metadata.generation = Some(3);
+    pool.status = Some(before.clone());
+    let refused = crate::decide::facts::Unreadable {
+        resource: "ConfigMap".into(),
+        namespace: Some("gpu-resources".into()),
+        code: 403,
+        message: "configmaps is forbidden".into(),
+    };
+    let later = now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(60))
+        .unwrap();
+    let outcome = report_unreadable(&pool, &[refused], later);
+    let s = &outcome.status;
+    assert_eq!(s.observed_generation, Some(3));
+    assert_eq!(reason_of(s, ConditionType::Ready), Reason::Forbidden);
+    assert_eq!(state_of(s, ConditionType::Ready), ConditionStatus::False);
+    assert_eq!(state_of(s, ConditionType::Stalled), ConditionStatus::True);
+    let stalled = cond(s, ConditionType::Stalled).unwrap();
+    assert!(
+        stalled
+            .message
+            .contains("ConfigMaps in namespace gpu-resources (403: configmaps is forbidden)")
+            && stalled.message.contains("gpupool-operator-plugins"),
+        "{}",
+        stalled.message
+    );
+    assert_eq!(
+        cond(s, ConditionType::GpusSchedulable),
+        cond(&before, ConditionType::GpusSchedulable),
+        "what is not known anew stays as it was"
+    );
+    assert_eq!(s.gpus_allocatable, before.gpus_allocatable);
+    assert!(cond(s, ConditionType::Reconciling).is_none());
+    assert!(
+        outcome
+            .events
+            .iter()
+            .any(|e| e.reason == Reason::NotReady && e.note.starts_with("Forbidden: ")),
+        "{:?}",
+        outcome.events
+    );
+}
