@@ -670,3 +670,92 @@ async fn a_plugin_namespace_without_its_role_stalls_the_pools_that_need_it_and_n
         "the shared pool's plugin config was not written"
     );
 }
+
+/// A pool created and deleted in a tight loop, sometimes before its first reconcile could add
+/// its finalizer: once it is gone, nothing of it is left, neither on the nodes (a device-plugin
+/// label written for a pool that was already gone would never be removed) nor in the metrics
+/// (a stale `gpupool_pool_ready` series would fire `GpuPoolNotReady` for a pool that is no more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_created_and_deleted_in_a_tight_loop_leaves_nothing_behind() {
+    let (plane, c) = own_plane(Options::default()).await;
+    let kubeconfigs = admin_accounts(&plane, &c, &["op"]).await;
+    let nodes = node_names("loop", 3);
+    for name in &nodes {
+        create_node(&c, &GpuNode::aks(name, "looppool"))
+            .await
+            .unwrap();
+    }
+    let port = testenv::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let op = start_operator(
+        &plane,
+        kubeconfigs[0].clone(),
+        "op",
+        &["--metrics-addr", &addr],
+    );
+    let pools: Api<GpuPool> = Api::all(c.clone());
+    // A pool that stays, so the operator is busy and the metrics are known to be served.
+    create_pool(&c, PoolYaml::new("stays").selector("absent", "label")).await;
+    // A new name each round: a pool of the same name would take over (and clean up) what the
+    // last one left.
+    for round in 0..16u64 {
+        let name = format!("loop-{round}");
+        create_pool(&c, PoolYaml::new(&name).agentpool("looppool")).await;
+        // From no wait at all (deleted before its first reconcile) to a few reconciles in.
+        tokio::time::sleep(Duration::from_millis(round * 37 % 300)).await;
+        match pools.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => panic!("deleting pool {name}: {e}"),
+        }
+        testenv::poll_until(
+            "the pool to be gone",
+            CONVERGE,
+            Duration::from_millis(50),
+            || async { pools.get_opt(&name).await.ok()?.is_none().then_some(()) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail(40)));
+    }
+    // Whatever was in flight has had time to finish: the operator's own next reconcile of the
+    // other pool and a scrape after it.
+    patch_pool(
+        &c,
+        "stays",
+        serde_json::json!({"spec": {"expectedGpusPerNode": 2}}),
+    )
+    .await;
+    testenv::wait_for(
+        "the other pool reconciled after the loop",
+        CONVERGE,
+        || async {
+            let p = pools.get("stays").await.ok()?;
+            (p.status?.observed_generation == p.metadata.generation).then_some(())
+        },
+    )
+    .await;
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.clone());
+    for name in &nodes {
+        let node = api.get(name).await.unwrap();
+        assert_eq!(
+            node.labels()
+                .get(gpupool::decide::names::DEVICE_PLUGIN_LABEL),
+            None,
+            "node {name} still carries the gone pool's label:\n{}",
+            op.log_tail(40)
+        );
+    }
+    let scrape = testenv::http::get(&format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .1;
+    let stale: Vec<&str> = scrape
+        .lines()
+        .filter(|l| l.contains("pool=\"loop-"))
+        .collect();
+    assert!(stale.is_empty(), "series of the gone pool: {stale:#?}");
+    assert!(
+        scrape.contains("pool=\"stays\""),
+        "the scrape holds no pool series at all"
+    );
+}

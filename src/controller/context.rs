@@ -67,6 +67,8 @@ pub struct Context {
     rejections: Mutex<HashMap<String, Rejection>>,
     /// When each problem node of each pool had its problem begin (see `ProblemClocks`).
     problem_clocks: Mutex<HashMap<String, Arc<ProblemClocks>>>,
+    /// Held while a pool's bookkeeping is written or forgotten (see `keep`).
+    keeping: Mutex<()>,
 }
 
 impl Context {
@@ -115,6 +117,7 @@ impl Context {
             failed_writes: Mutex::default(),
             rejections: Mutex::default(),
             problem_clocks: Mutex::default(),
+            keeping: Mutex::default(),
         }
     }
 
@@ -252,9 +255,24 @@ impl Context {
         }
     }
 
+    /// Runs `f`, bookkeeping for `pool` (metrics, clocks, backoff, members), unless the pool
+    /// is gone: a reconcile that was in flight when its pool was deleted must not bring back
+    /// what `forget_pool` dropped. The pool store loses a deleted pool before `forget_pool` runs,
+    /// and both hold the same lock, so one of them always sees the other's result.
+    pub fn keep<T>(&self, pool: &GpuPool, f: impl FnOnce() -> T) -> Option<T> {
+        let _keeping = lock(&self.keeping);
+        let live = self
+            .pools
+            .get(&ObjectRef::from_obj(pool))
+            .is_some_and(|p| p.metadata.uid == pool.metadata.uid);
+        live.then(f)
+    }
+
     /// Drops everything kept for a pool that is gone.
     pub fn forget_pool(&self, pool: &str) {
+        let _keeping = lock(&self.keeping);
         self.metrics.forget_pool(pool);
+        self.node_writer.forget(pool);
         self.members.forget(pool);
         lock(&self.gpu_waits).retain(|(p, _), _| p != pool);
         lock(&self.backoffs).remove(pool);

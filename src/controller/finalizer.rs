@@ -15,8 +15,17 @@ pub fn has_finalizer(pool: &GpuPool) -> bool {
     pool.finalizers().iter().any(|f| f == FINALIZER)
 }
 
+/// Whether a patch of the finalizers took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Patched {
+    Done,
+    /// The pool is gone, being deleted, or changed since it was read: nothing was patched, and
+    /// nothing that needs the finalizer may be written; the pool's next version says more.
+    Stale,
+}
+
 /// Adds the finalizer (a JSON patch that fails if the object changed meanwhile).
-pub async fn add(client: &Client, pool: &GpuPool) -> Result<(), kube::Error> {
+pub async fn add(client: &Client, pool: &GpuPool) -> Result<Patched, kube::Error> {
     let api: Api<GpuPool> = Api::all(client.clone());
     let patch = if pool.finalizers().is_empty() {
         json!([
@@ -33,10 +42,10 @@ pub async fn add(client: &Client, pool: &GpuPool) -> Result<(), kube::Error> {
 }
 
 /// Removes the finalizer once the cleanup is done.
-pub async fn remove(client: &Client, pool: &GpuPool) -> Result<(), kube::Error> {
+pub async fn remove(client: &Client, pool: &GpuPool) -> Result<Patched, kube::Error> {
     let api: Api<GpuPool> = Api::all(client.clone());
     let Some(index) = pool.finalizers().iter().position(|f| f == FINALIZER) else {
-        return Ok(());
+        return Ok(Patched::Done);
     };
     let path = format!("/metadata/finalizers/{index}");
     let patch = json!([
@@ -50,7 +59,7 @@ async fn patch_json(
     api: &Api<GpuPool>,
     pool: &GpuPool,
     patch: serde_json::Value,
-) -> Result<(), kube::Error> {
+) -> Result<Patched, kube::Error> {
     let patch: json_patch::Patch =
         serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
     match api
@@ -61,9 +70,10 @@ async fn patch_json(
         )
         .await
     {
-        Ok(_) => Ok(()),
-        // Gone already, or changed meanwhile (the test op failed): the next reconcile sees it.
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => Ok(()),
+        Ok(_) => Ok(Patched::Done),
+        // Gone already, being deleted (no new finalizers then), or changed meanwhile (the test
+        // op failed): the pool's next event shows which.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => Ok(Patched::Stale),
         Err(e) => Err(e),
     }
 }

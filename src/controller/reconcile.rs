@@ -73,32 +73,24 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
     let observed = observe(ctx, pool);
     let plan = plan(&observed, &ctx.settings);
     let applied = apply_daemonsets(&ctx.client, &ctx.settings.plugin_namespace, &plan).await?;
-    if !finalizer::has_finalizer(&observed.pool) {
-        finalizer::add(&ctx.client, &observed.pool)
+    if !finalizer::has_finalizer(&observed.pool)
+        && finalizer::add(&ctx.client, &observed.pool)
             .await
-            .map_err(ReconcileError::Finalizer)?;
+            .map_err(ReconcileError::Finalizer)?
+            == finalizer::Patched::Stale
+    {
+        // No finalizer, so no node writes: they would outlive a pool that is going.
+        return Ok(Action::requeue(PENDING_RETRY));
     }
     let mut applied = apply_nodes(&ctx.client, &ctx.node_writer, &name, &plan, applied).await;
-    ctx.count_failed_writes(&name, &mut applied.failed_writes);
+    ctx.keep(&observed.pool, || {
+        ctx.count_failed_writes(&name, &mut applied.failed_writes)
+    });
     let outcome = report(&observed, &plan, &applied, &ctx.settings);
-    // A refused DaemonSet is remembered, so the same write waits for a spec change or the stall
-    // retry; a write that went through (or none needed) forgets it.
-    if applied.rejected.is_some()
-        || applied.change.is_some()
-        || plan.plugin.daemonset == DaemonSetAction::Nothing
-    {
-        ctx.record_rejection(&name, applied.rejected.clone());
-    }
-    count_node_writes(ctx, &name, &applied.nodes_written);
     let written = publish(ctx, &observed.pool, &outcome).await?;
-    ctx.remember_problem_clocks(&name, outcome.problem_clocks.clone());
-
-    let members: Vec<String> = observed.nodes.iter().map(|n| n.name.clone()).collect();
-    ctx.metrics.set_pool(&name, &outcome.status);
-    ctx.record_gpu_waits(&name, &members, &outcome.serving);
-    let serving =
-        plan.plugin.decision.mode == crate::api::PluginMode::Managed && plan.plugin.live.is_some();
-    ctx.wake(ctx.members.record(&name, members, serving));
+    ctx.keep(&observed.pool, || {
+        remember(ctx, &name, &observed, &plan, &applied, &outcome)
+    });
     if !applied.failed_writes.is_empty() {
         // The status says what failed; the error backs the pool off.
         return Err(ReconcileError::writes(&applied.failed_writes));
@@ -107,6 +99,34 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
     let next = next_look(&applied, &outcome, ctx.resync, ctx.settings.stall_retry);
     log_outcome(&name, &applied, &outcome, written, next);
     Ok(Action::requeue(next))
+}
+
+/// What the operator keeps of a reconcile for the next ones and for its metrics (only while the
+/// pool exists: see `Context::keep`).
+fn remember(
+    ctx: &Context,
+    name: &str,
+    observed: &crate::decide::Observed,
+    plan: &crate::decide::Plan,
+    applied: &Applied,
+    outcome: &StatusOutcome,
+) {
+    // A refused DaemonSet is remembered, so the same write waits for a spec change or the stall
+    // retry; a write that went through (or none needed) forgets it.
+    if applied.rejected.is_some()
+        || applied.change.is_some()
+        || plan.plugin.daemonset == DaemonSetAction::Nothing
+    {
+        ctx.record_rejection(name, applied.rejected.clone());
+    }
+    count_node_writes(ctx, name, &applied.nodes_written);
+    ctx.remember_problem_clocks(name, outcome.problem_clocks.clone());
+    let members: Vec<String> = observed.nodes.iter().map(|n| n.name.clone()).collect();
+    ctx.metrics.set_pool(name, &outcome.status);
+    ctx.record_gpu_waits(name, &members, &outcome.serving);
+    let serving =
+        plan.plugin.decision.mode == crate::api::PluginMode::Managed && plan.plugin.live.is_some();
+    ctx.wake(ctx.members.record(name, members, serving));
 }
 
 /// A pool that depends on a watch the API server refuses: nothing is decided or written but its
@@ -119,7 +139,9 @@ async fn report_unreadable_pool(
     let now = k8s_openapi::jiff::Timestamp::now();
     let outcome = report_unreadable(pool, unreadable, now);
     publish(ctx, pool, &outcome).await?;
-    ctx.metrics.set_pool(&pool.name_any(), &outcome.status);
+    ctx.keep(pool, || {
+        ctx.metrics.set_pool(&pool.name_any(), &outcome.status)
+    });
     Ok(Action::requeue(ctx.settings.stall_retry))
 }
 
@@ -134,7 +156,7 @@ async fn clean_up(ctx: &Context, pool: Arc<GpuPool>) -> Result<Action, Reconcile
     let observed = observe(ctx, pool);
     let cleanup = plan_cleanup(&observed);
     if cleanup.is_done() {
-        finalizer::remove(&ctx.client, &observed.pool)
+        let _ = finalizer::remove(&ctx.client, &observed.pool)
             .await
             .map_err(ReconcileError::Finalizer)?;
         ctx.node_writer.forget(&name);
@@ -224,7 +246,9 @@ fn log_outcome(
 
 /// Transient errors: exponential backoff per pool, never a hot loop.
 pub fn error_policy(pool: Arc<GpuPool>, _error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    Action::requeue(ctx.back_off(&pool))
+    // A pool deleted meanwhile gets no backoff kept for it.
+    let delay = ctx.keep(&pool, || ctx.back_off(&pool));
+    Action::requeue(delay.unwrap_or(Duration::from_secs(1)))
 }
 
 /// The gate and validation counters, from the node writes that went through.
