@@ -759,3 +759,105 @@ async fn a_pool_created_and_deleted_in_a_tight_loop_leaves_nothing_behind() {
         "the scrape holds no pool series at all"
     );
 }
+
+/// The readiness gate's taint removal is refused (an admission policy keeps the taint on): the
+/// operator tries, and says so in the status, but publishes no `GateOpened` for a write that did
+/// not happen; once the policy goes, the gate opens and is announced once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_opening_the_api_refuses_is_not_announced() {
+    const GATE: &str = "gpupool.io/gpu-not-ready";
+    let (plane, c) = own_plane(Options::default()).await;
+    let kubeconfigs = admin_accounts(&plane, &c, &["op"]).await;
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "keep-the-gate"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["nodes"]
+            }]},
+            "validations": [{
+                "expression": format!(
+                    "!oldObject.spec.?taints.orValue([]).exists(t, t.key == '{GATE}') || object.spec.?taints.orValue([]).exists(t, t.key == '{GATE}')"
+                ),
+                "message": "the gate stays on",
+                "reason": "Forbidden"
+            }]
+        }
+    }))
+    .unwrap();
+    Api::<ValidatingAdmissionPolicy>::all(c.clone())
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "keep-the-gate"},
+        "spec": {"policyName": "keep-the-gate", "validationActions": ["Deny"]}
+    }))
+    .unwrap();
+    Api::<ValidatingAdmissionPolicyBinding>::all(c.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    create_node(
+        &c,
+        &GpuNode::aks("kept-0", "keptpool").taint(GATE, "", "NoSchedule"),
+    )
+    .await
+    .unwrap();
+    let op = start_operator(&plane, kubeconfigs[0].clone(), "op", &[]);
+    create_pool(
+        &c,
+        PoolYaml::new("kept")
+            .agentpool("keptpool")
+            .extra_spec("  readinessGate:\n    mode: Bootstrap\n"),
+    )
+    .await;
+    let stalled = wait_condition_of(&c, "kept", "Stalled", |c| c.status == "True", &op).await;
+    assert_eq!(stalled.reason, "Forbidden", "{stalled:?}");
+    assert!(
+        stalled.message.contains("node kept-0"),
+        "{}",
+        stalled.message
+    );
+    let opened = event_notes(&c, "kept", "GateOpened").await;
+    assert!(
+        opened.is_empty(),
+        "GateOpened published for a taint that is still on: {opened:?}"
+    );
+
+    Api::<ValidatingAdmissionPolicyBinding>::all(c.clone())
+        .delete("keep-the-gate", &DeleteParams::default())
+        .await
+        .unwrap();
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.clone());
+    testenv::poll_until(
+        "the gate to open",
+        CONVERGE,
+        Duration::from_millis(200),
+        || async {
+            let node = nodes.get("kept-0").await.ok()?;
+            let tainted = node
+                .spec?
+                .taints
+                .unwrap_or_default()
+                .iter()
+                .any(|t| t.key == GATE);
+            (!tainted).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail(40)));
+    let opened = testenv::poll_until(
+        "the GateOpened event",
+        CONVERGE,
+        Duration::from_millis(200),
+        || async {
+            let notes = event_notes(&c, "kept", "GateOpened").await;
+            (!notes.is_empty()).then_some(notes)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert!(opened[0].contains("kept-0"), "{opened:?}");
+}

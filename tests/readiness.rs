@@ -141,22 +141,6 @@ fn node_writes(env: &Env, node: &str, since: SystemTime) -> Vec<testenv::audit::
 }
 
 /// Events the operator recorded about a pool, by reason.
-async fn event_notes(c: &Client, pool: &str, reason: &str) -> Vec<String> {
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), "default");
-    events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pool)
-                && e.reason.as_deref() == Some(reason)
-        })
-        .filter_map(|e| e.note)
-        .collect()
-}
-
 /// #11 Bootstrap: nodes join tainted; the taint comes off each node once it is GPU-ready (plugin
 /// pod ready, GPUs allocatable); a node whose GPUs are not there stays tainted and is named; the
 /// taint is never put back, not even when GPUs fall off later; untainted nodes are never tainted.

@@ -544,3 +544,20 @@ pub async fn plugin_owner(client: &Client, node: &str) -> Option<String> {
         .get("gpupool.io/device-plugin")
         .cloned()
 }
+
+/// The notes of the Events published about a pool with this reason.
+pub async fn event_notes(c: &Client, pool: &str, reason: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), "default");
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pool)
+                && e.reason.as_deref() == Some(reason)
+        })
+        .filter_map(|e| e.note)
+        .collect()
+}

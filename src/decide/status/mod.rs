@@ -97,7 +97,7 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
             .collect(),
     };
     let mut events = pool_events(pool.status.as_ref(), &status, applied.change.as_ref());
-    events.extend(readiness::readiness_events(o, plan));
+    events.extend(readiness::readiness_events(o, plan, &applied.nodes_written));
     StatusOutcome {
         events,
         status,

@@ -5,7 +5,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{GateStatus, Reason, ValidationStatus};
 use crate::decide::facts::{Observed, ValidationRecord, ValidationResult};
-use crate::decide::plan::Plan;
+use crate::decide::plan::{NodeUpdate, Plan};
 use crate::decide::readiness::gate::{TaintChange, carries};
 use crate::decide::readiness::validation::NodeValidation;
 use crate::decide::text::name_list;
@@ -198,21 +198,21 @@ pub(super) fn readiness_problems(o: &Observed, plan: &Plan, s: &mut NodeSummary)
 }
 
 /// Events about the gate's writes (or, in dry run, what it would write) and validation results.
-pub(super) fn readiness_events(o: &Observed, plan: &Plan) -> Vec<PoolEvent> {
-    let mut events = gate_events(plan);
+/// The gate's and validation's events, from the node writes that went through (a write the
+/// rate limit deferred, the API refused or found unneeded is announced when it is made, once).
+pub(super) fn readiness_events(
+    o: &Observed,
+    plan: &Plan,
+    written: &[NodeUpdate],
+) -> Vec<PoolEvent> {
+    let mut events = gate_events(written);
     events.extend(dry_run_event(o, plan));
-    events.extend(validation_events(plan));
+    events.extend(validation_events(written));
     events
 }
 
-fn gate_events(plan: &Plan) -> Vec<PoolEvent> {
-    let r = &plan.readiness;
-    let changes: Vec<&TaintChange> = r
-        .gate
-        .iter()
-        .flat_map(|g| &g.changes)
-        .chain(&r.lift)
-        .collect();
+fn gate_events(written: &[NodeUpdate]) -> Vec<PoolEvent> {
+    let changes: Vec<&TaintChange> = written.iter().filter_map(|u| u.taint.as_ref()).collect();
     let nodes = |add: bool| -> Vec<String> {
         changes
             .iter()
@@ -265,12 +265,10 @@ fn dry_run_event(o: &Observed, plan: &Plan) -> Option<PoolEvent> {
     })
 }
 
-fn validation_events(plan: &Plan) -> Vec<PoolEvent> {
-    let records: Vec<&(String, ValidationRecord)> = plan
-        .readiness
-        .validation
+fn validation_events(written: &[NodeUpdate]) -> Vec<PoolEvent> {
+    let records: Vec<(&String, &ValidationRecord)> = written
         .iter()
-        .flat_map(|v| &v.records)
+        .filter_map(|u| Some((&u.node, u.record.as_ref()?)))
         .collect();
     [
         (ValidationResult::Passed, false, Reason::ValidationPassed),
@@ -282,7 +280,7 @@ fn validation_events(plan: &Plan) -> Vec<PoolEvent> {
             .iter()
             .filter(|(_, rec)| rec.result == result)
             .map(|(n, rec)| match rec.message.as_str() {
-                "" => n.clone(),
+                "" => n.to_string(),
                 message => format!("{n} ({message})"),
             })
             .collect();
