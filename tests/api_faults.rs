@@ -861,3 +861,110 @@ async fn a_gate_opening_the_api_refuses_is_not_announced() {
     assert_eq!(opened.len(), 1, "{opened:?}");
     assert!(opened[0].contains("kept-0"), "{opened:?}");
 }
+
+/// 500 nodes handed from one pool to another while the old plugin's pods take 30 s to
+/// terminate: the new pool waits for the pods' deletion events, not by polling. Each node
+/// costs one check against the API server (a GET and one pod LIST) and one label write; counted
+/// from the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_hand_overs_cost_one_check_per_node() {
+    const NODES: usize = 500;
+    let (plane, c) = own_plane(Options {
+        plugin_pod_termination: Duration::from_secs(30),
+        ..Options::default()
+    })
+    .await;
+    let kubeconfigs = admin_accounts(&plane, &c, &["op"]).await;
+    let names = node_names("hand", NODES);
+    for chunk in names.chunks(50) {
+        let nodes: Vec<GpuNode> = chunk.iter().map(|n| GpuNode::aks(n, "handpool")).collect();
+        futures::future::try_join_all(nodes.iter().map(|n| create_node(&c, n)))
+            .await
+            .unwrap();
+    }
+    let op = start_operator(
+        &plane,
+        kubeconfigs[0].clone(),
+        "op",
+        &[
+            "--node-writes-per-second",
+            "200",
+            "--node-write-burst",
+            "200",
+        ],
+    );
+    create_pool(&c, PoolYaml::new("old").agentpool("handpool")).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c.clone(), PLUGIN_NAMESPACE);
+    let running = |pool: &'static str| {
+        let pods = pods.clone();
+        async move {
+            pods.list(&kube::api::ListParams::default().labels(&format!("gpupool.io/pool={pool}")))
+                .await
+                .ok()
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .filter(|p| {
+                            p.metadata.deletion_timestamp.is_none()
+                                && p.status.as_ref().and_then(|s| s.phase.as_deref())
+                                    == Some("Running")
+                        })
+                        .count()
+                })
+                .unwrap_or(0)
+        }
+    };
+    testenv::poll_until(
+        "the old pool's plugin on every node",
+        Duration::from_secs(300),
+        Duration::from_secs(1),
+        || async { (running("old").await == NODES).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail(20)));
+
+    let handing = SystemTime::now();
+    create_pool(&c, PoolYaml::new("new").agentpool("handpool")).await;
+    Api::<GpuPool>::all(c.clone())
+        .delete("old", &DeleteParams::default())
+        .await
+        .unwrap();
+    testenv::poll_until(
+        "the new pool's plugin on every node",
+        Duration::from_secs(300),
+        Duration::from_secs(1),
+        || async { (running("new").await == NODES).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail(20)));
+    audit_flushed(&plane, &c).await;
+    let requests: Vec<_> = testenv::audit::requests(&plane.audit_log_path(), &account_user("op"))
+        .into_iter()
+        .filter(|r| r.received >= handing)
+        .collect();
+    let count = |verb: &str, resource: &str| {
+        requests
+            .iter()
+            .filter(|r| r.verb == verb && r.resource == resource)
+            .count()
+    };
+    let (pod_lists, node_gets, node_patches) = (
+        count("list", "pods"),
+        count("get", "nodes"),
+        count("patch", "nodes"),
+    );
+    eprintln!(
+        "{NODES} hand-overs: {pod_lists} pod LISTs, {node_gets} node GETs, {node_patches} node PATCHes, {} DaemonSet LISTs",
+        count("list", "daemonsets")
+    );
+    // One check per node the new pool labels, and the old pool's label removals.
+    assert!(
+        pod_lists <= NODES + NODES / 10,
+        "{pod_lists} pod LISTs for {NODES} hand-overs"
+    );
+    assert!(node_gets <= 2 * NODES + NODES / 10, "{node_gets} node GETs");
+    assert!(
+        node_patches <= 2 * NODES + NODES / 10,
+        "{node_patches} node PATCHes"
+    );
+}

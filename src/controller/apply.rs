@@ -21,8 +21,10 @@ use kube::api::PostParams;
 
 use super::node_writes::{NodeWriter, UpdateEdit, Written};
 
-/// When a pool whose node write found the node still occupied looks again at the latest.
-const OCCUPIED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// When a pool whose node write found the node still occupied looks again at the latest: the
+/// occupant's deletion event (a pod, a DaemonSet) wakes it first; this only bounds a missed one,
+/// so a hand-over never polls.
+const OCCUPIED_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 #[error("transient API error: {0}")]
@@ -214,6 +216,13 @@ async fn write_nodes(nodes: &NodeWriter, pool: &str, updates: &[NodeUpdate]) -> 
         due,
         failed: Vec::new(),
     };
+    // Writes that found nothing to do (occupied, gone, already so) made no change: their slots
+    // go back. A refused write did reach the API server and keeps its slot.
+    let not_written = results
+        .iter()
+        .filter(|(_, r)| matches!(r, Ok(w) if *w != Written::Changed))
+        .count();
+    nodes.refund(not_written);
     for (update, result) in results {
         if let Some(label) = &update.label {
             tracing::debug!(

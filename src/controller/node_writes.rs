@@ -82,6 +82,13 @@ impl NodeWriter {
         (grant.now, grant.come_back)
     }
 
+    /// `writes` granted by `take` were not made: they go back to the rate.
+    pub fn refund(&self, writes: usize) {
+        if writes > 0 {
+            lock(&self.schedule).refund(writes, Instant::now());
+        }
+    }
+
     /// The pool is gone: its reserved slots are not waited for.
     pub fn forget(&self, pool: &str) {
         let mut schedule = lock(&self.schedule);

@@ -56,16 +56,10 @@ impl WriteSchedule {
     /// `pool` wants to make `wanted` writes, at most `batch` of them in this reconcile.
     pub fn take(&mut self, pool: &str, wanted: usize, batch: usize, now: Instant) -> Grant {
         self.reserved.retain(|_, r| r.due + RESERVATION_TTL > now);
-        if wanted == 0 {
-            return Grant {
-                now: 0,
-                come_back: None,
-            };
-        }
         let cap = wanted.min(batch.max(1));
         let mut granted = 0;
         if let Some(r) = self.reserved.get(pool).copied() {
-            if r.due > now {
+            if r.due > now && wanted > 0 {
                 // Woken early (a watch event): its slots are not due yet.
                 return Grant {
                     now: 0,
@@ -74,6 +68,14 @@ impl WriteSchedule {
             }
             self.reserved.remove(pool);
             granted = r.writes.min(cap);
+            // Fewer writes needed than reserved (or none): the rest go back to the rate.
+            self.refund(r.writes - granted, now);
+        }
+        if wanted == 0 {
+            return Grant {
+                now: 0,
+                come_back: None,
+            };
         }
         let banked = now.checked_sub(self.interval * self.burst).unwrap_or(now);
         let mut free_at = self.free_at.map_or(banked, |f| f.max(banked));
@@ -111,6 +113,21 @@ impl WriteSchedule {
     /// Forgets a pool's reservation (the pool is gone).
     pub fn forget(&mut self, pool: &str) {
         self.reserved.remove(pool);
+    }
+
+    /// Gives back `writes` granted now but not made (the node was occupied, gone, or needed
+    /// nothing any more): they go to whoever asks next, up to the burst.
+    pub fn refund(&mut self, writes: usize, now: Instant) {
+        let Some(free_at) = self.free_at else {
+            return;
+        };
+        let back = self.interval * u32::try_from(writes).unwrap_or(u32::MAX);
+        let banked = now.checked_sub(self.interval * self.burst).unwrap_or(now);
+        // Never earlier than a full bank, and never past a slot reserved by a pool: reserved
+        // slots end at `free_at` too, so only the unreserved tail moves.
+        let reserved_until = self.reserved.values().map(|r| r.due).max();
+        let earliest = reserved_until.map_or(banked, |r| r.max(banked));
+        self.free_at = Some(free_at.checked_sub(back).unwrap_or(earliest).max(earliest));
     }
 }
 
@@ -225,6 +242,52 @@ mod tests {
         assert!(g.come_back.is_some());
         s.take("b", 0, 100, t0 + RESERVATION_TTL + Duration::from_secs(2));
         assert!(s.reserved.is_empty());
+    }
+
+    #[test]
+    fn writes_not_made_are_given_back_to_the_next_pool() {
+        let t0 = Instant::now();
+        let mut s = WriteSchedule::new(10, 10);
+        assert_eq!(s.take("a", 10, 100, t0).now, 10);
+        // Nothing left for b at once.
+        assert_eq!(s.take("b", 1, 100, t0).now, 0);
+        s.forget("b");
+        // a made 4 of its 10 writes (6 nodes were occupied): b gets 6 at once.
+        let mut s = WriteSchedule::new(10, 10);
+        assert_eq!(s.take("a", 10, 100, t0).now, 10);
+        s.refund(6, t0);
+        assert_eq!(s.take("b", 10, 100, t0).now, 6);
+        // Refunds never bank more than the burst.
+        let mut s = WriteSchedule::new(10, 10);
+        s.take("a", 1, 100, t0);
+        s.refund(1000, t0);
+        assert_eq!(s.take("b", 100, 100, t0).now, 10);
+    }
+
+    #[test]
+    fn a_refund_does_not_reach_into_reserved_slots() {
+        let t0 = Instant::now();
+        let mut s = WriteSchedule::new(10, 10);
+        assert_eq!(s.take("a", 10, 100, t0).now, 10);
+        let reserved = s.take("r", 5, 100, t0);
+        assert_eq!(reserved.now, 0);
+        s.refund(6, t0);
+        // The refund cannot hand out the slots r waits for.
+        assert_eq!(s.take("b", 1, 100, t0).now, 0);
+    }
+
+    #[test]
+    fn a_pool_that_needs_fewer_writes_than_it_reserved_gives_the_rest_back() {
+        let t0 = Instant::now();
+        let mut s = WriteSchedule::new(10, 10);
+        assert_eq!(s.take("a", 10, 100, t0).now, 10);
+        let g = s.take("r", 20, 100, t0);
+        assert_eq!((g.now, g.come_back), (0, Some(2000 * MS)));
+        // r no longer needs any (its nodes went away meanwhile): the next pool does not wait
+        // behind its 20 slots.
+        assert_eq!(s.take("r", 0, 100, t0 + 100 * MS).now, 0);
+        let next = s.take("b", 1, 100, t0 + 100 * MS);
+        assert_eq!(next.now, 1, "{next:?}");
     }
 
     #[test]
