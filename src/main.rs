@@ -229,8 +229,14 @@ async fn run(args: RunArgs) -> Result<(), String> {
         shutdown_signal().await;
         let _ = signalled.send(true);
     });
+    let listener = server::bind(args.metrics_addr)
+        .await
+        .map_err(|e| format!("cannot listen on --metrics-addr {}: {e}", args.metrics_addr))?;
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
     let server = tokio::spawn(server::serve(
-        args.metrics_addr,
+        listener,
         options.metrics.clone(),
         options.health.clone(),
         stopped(stop.clone()),

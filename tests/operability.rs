@@ -333,3 +333,26 @@ async fn two_replicas_elect_one_writer_and_fail_over() {
         .await
         .unwrap();
 }
+
+/// An endpoint address already in use stops the operator at once with an error that names it,
+/// instead of leaving it running without metrics and probes (a liveness probe would restart it
+/// with nothing in its log to say why).
+#[tokio::test]
+async fn a_metrics_address_in_use_stops_the_operator_with_a_clear_error() {
+    let plane = plane().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut op = operator(plane, "op-port-taken", port, false);
+    let status = wait_for("the operator to exit", Duration::from_secs(30), || {
+        let exited = op.try_wait();
+        async move { exited }
+    })
+    .await;
+    assert!(!status.success(), "it exited successfully");
+    let log = op.log_tail(20);
+    assert!(
+        log.contains(&format!("cannot listen on --metrics-addr 127.0.0.1:{port}")),
+        "{log}"
+    );
+    drop(taken);
+}

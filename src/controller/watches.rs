@@ -17,7 +17,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::api::GpuPool;
-use crate::decide::facts::{ConfigMapFacts, DaemonSetFacts, NodeFacts, PodFacts};
+use crate::decide::facts::{ConfigMapFacts, DaemonSetFacts, NodeFacts, ObjectId, PodFacts};
 use crate::decide::names::{CONFIG_COMPONENT, MANAGED_BY, NVIDIA_GPU_DRIVER, pool_key};
 use crate::index::slim::{SlimNode, SlimPod};
 use crate::index::{Change, GpuSlice, Keyed, Tracked};
@@ -372,25 +372,36 @@ const TOMBSTONE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Lists the pods of each tombstone until none is left, then wakes every pool.
 pub async fn clear_tombstones(client: Client, ctx: Arc<Context>) {
+    // A tombstone whose pods cannot be listed (RBAC, an API server in trouble) is asked again
+    // later and later, up to a minute, not every 2 s.
+    let mut failing: std::collections::HashMap<ObjectId, (tokio::time::Instant, Duration)> =
+        std::collections::HashMap::new();
     loop {
         tokio::time::sleep(TOMBSTONE_CHECK_EVERY).await;
-        for ds in ctx.tombstones.all() {
+        let now = tokio::time::Instant::now();
+        let buried = ctx.tombstones.all();
+        failing.retain(|id, _| buried.iter().any(|ds| &ds.id == id));
+        for ds in buried {
+            if failing.get(&ds.id).is_some_and(|(next, _)| *next > now) {
+                continue;
+            }
             match pods_left(&client, &ds).await {
                 Ok(0) => {
                     info!(daemonset = %ds.id, "the deleted device plugin's pods are gone");
+                    failing.remove(&ds.id);
                     ctx.tombstones.remove(&ds.id);
-                    ctx.wake(
-                        ctx.pools
-                            .state()
-                            .iter()
-                            .map(|p| kube::ResourceExt::name_any(p.as_ref())),
-                    );
+                    ctx.wake_all();
                 }
                 Ok(n) => {
+                    failing.remove(&ds.id);
                     debug!(daemonset = %ds.id, pods = n, "the deleted device plugin's pods are still terminating")
                 }
                 Err(e) => {
-                    warn!(daemonset = %ds.id, error = %e, "cannot list the deleted device plugin's pods; trying again")
+                    let delay = failing.get(&ds.id).map_or(TOMBSTONE_CHECK_EVERY, |(_, d)| {
+                        (*d * 2).min(Duration::from_secs(60))
+                    });
+                    failing.insert(ds.id.clone(), (now + delay, delay));
+                    warn!(daemonset = %ds.id, error = %e, retry_in = ?delay, "cannot list the deleted device plugin's pods; its nodes get no plugin from gpupool until they can be seen gone")
                 }
             }
         }
