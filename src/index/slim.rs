@@ -175,10 +175,14 @@ struct RawPodStatus {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct RawContainerStatus {
     #[serde(default)]
     name: String,
     state: Option<ContainerState>,
+    last_state: Option<ContainerState>,
+    #[serde(default)]
+    restart_count: i32,
 }
 
 impl<'de> Deserialize<'de> for SlimPod {
@@ -199,6 +203,8 @@ impl<'de> Deserialize<'de> for SlimPod {
                         .map(|c| ContainerStatus {
                             name: c.name,
                             state: c.state,
+                            last_state: c.last_state,
+                            restart_count: c.restart_count,
                             ..ContainerStatus::default()
                         })
                         .collect()
@@ -363,8 +369,9 @@ mod tests {
         "phase": "Running", "startTime": "2026-11-20T10:00:05Z", "hostIP": "10.224.0.4",
         "conditions": [{"type": "Ready", "status": "True"},
                        {"type": "PodScheduled", "status": "True"}],
-        "containerStatuses": [{"name": "plugin", "ready": false, "restartCount": 0, "image": "i", "imageID": "d",
-                               "state": {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": "2026-11-20T10:09:01Z"}}}]
+        "containerStatuses": [{"name": "plugin", "ready": false, "restartCount": 2, "image": "i", "imageID": "d",
+                               "state": {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": "2026-11-20T10:09:01Z"}},
+                               "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "E1120 main.go:177] no NVML"}}}]
       }
     }"#;
 
@@ -377,6 +384,7 @@ mod tests {
         assert_eq!(facts, PodFacts::from_pod(&whole));
         let facts = facts.expect("a plugin pod");
         assert!(facts.deleting && facts.ready && facts.finished.is_some());
+        assert_eq!(facts.container.restarts, 2, "restarts are kept");
         assert_eq!(facts.node.as_deref(), Some("aks-gpu-0"));
         let pod = slim.0;
         assert!(pod.metadata.managed_fields.is_none());

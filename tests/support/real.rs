@@ -31,7 +31,10 @@ pub fn skip() -> bool {
 
 /// Starts a real node (waiting for another one on this machine to go first) and returns once its
 /// Node is Ready.
-pub async fn start_node(plane: &'static ControlPlane, options: RealNodeOptions) -> RealNode<'static> {
+pub async fn start_node(
+    plane: &'static ControlPlane,
+    options: RealNodeOptions,
+) -> RealNode<'static> {
     let started = Instant::now();
     let node = RealNode::start(plane, options)
         .await
@@ -46,9 +49,11 @@ pub async fn start_node(plane: &'static ControlPlane, options: RealNodeOptions) 
 pub async fn finish(env: &Env, pool: &str, node: RealNode<'static>) {
     let pools: Api<GpuPool> = Api::all(env.client.clone());
     let _ = pools.delete(pool, &DeleteParams::default()).await;
-    wait_for(&format!("GpuPool {pool} to be deleted"), TIMEOUT, || async {
-        pools.get_opt(pool).await.unwrap().is_none().then_some(())
-    })
+    wait_for(
+        &format!("GpuPool {pool} to be deleted"),
+        TIMEOUT,
+        || async { pools.get_opt(pool).await.unwrap().is_none().then_some(()) },
+    )
     .await;
     let name = node.name().to_string();
     drop(node);
@@ -95,13 +100,14 @@ pub async fn running_plugin_pod(env: &Env, pool: &str) -> Pod {
 /// `nvidia.com/*` resources of a Node: name -> (capacity, allocatable).
 pub fn gpu_resources(node: &Node) -> BTreeMap<String, (i64, i64)> {
     let status = node.status.as_ref();
-    let read = |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
-        m.into_iter()
-            .flatten()
-            .filter(|(k, _)| k.starts_with("nvidia.com/"))
-            .map(|(k, v)| (k.clone(), v.0.parse::<i64>().unwrap_or(-1)))
-            .collect::<BTreeMap<_, _>>()
-    };
+    let read =
+        |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+            m.into_iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("nvidia.com/"))
+                .map(|(k, v)| (k.clone(), v.0.parse::<i64>().unwrap_or(-1)))
+                .collect::<BTreeMap<_, _>>()
+        };
     let capacity = read(status.and_then(|s| s.capacity.as_ref()));
     let allocatable = read(status.and_then(|s| s.allocatable.as_ref()));
     capacity
@@ -126,6 +132,8 @@ pub struct NodeMoment {
     pub ready: bool,
     pub resources: BTreeMap<String, (i64, i64)>,
     pub taints: Vec<String>,
+    /// The validation record gpupool keeps on the node (annotation `gpupool.io/validation`).
+    pub validation: Option<serde_json::Value>,
 }
 
 impl NodeMoment {
@@ -134,7 +142,9 @@ impl NodeMoment {
     }
 
     pub fn tainted(&self, key: &str) -> bool {
-        self.taints.iter().any(|t| t.starts_with(&format!("{key}=")))
+        self.taints
+            .iter()
+            .any(|t| t.starts_with(&format!("{key}=")))
     }
 }
 
@@ -142,11 +152,15 @@ impl std::fmt::Display for NodeMoment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "t={:.1}s ready={} {:?} taints {:?}",
+            "t={:.1}s ready={} {:?} taints {:?} validation {}",
             self.at.as_secs_f64(),
             self.ready,
             self.resources,
-            self.taints
+            self.taints,
+            self.validation
+                .as_ref()
+                .map(|v| format!("{} ({})", v["result"], v["plugin"]))
+                .unwrap_or_default()
         )
     }
 }
@@ -312,6 +326,10 @@ pub async fn node_timeline(client: &Client, node: &str) -> Timeline<NodeMoment> 
                     )
                 })
                 .collect(),
+            validation: n
+                .annotations()
+                .get("gpupool.io/validation")
+                .and_then(|v| serde_json::from_str(v).ok()),
         }
     })
     .await
@@ -319,30 +337,34 @@ pub async fn node_timeline(client: &Client, node: &str) -> Timeline<NodeMoment> 
 
 /// Every version of a GpuPool's status.
 pub async fn pool_timeline(client: &Client, pool: &str) -> Timeline<PoolMoment> {
-    Timeline::watch(Api::<GpuPool>::all(client.clone()), pool, |p: &GpuPool, at| {
-        let status = p.status.clone().unwrap_or_default();
-        PoolMoment {
-            at,
-            generation: p.metadata.generation,
-            observed: status.observed_generation,
-            conditions: status
-                .conditions
-                .iter()
-                .map(|c| {
-                    (
-                        c.type_.clone(),
-                        (c.status.clone(), c.reason.clone(), c.message.clone()),
-                    )
-                })
-                .collect(),
-            allocatable: status.gpus_allocatable,
-            problems: status
-                .problem_nodes
-                .iter()
-                .map(|n| (n.name.clone(), n.reason.clone(), n.message.clone()))
-                .collect(),
-        }
-    })
+    Timeline::watch(
+        Api::<GpuPool>::all(client.clone()),
+        pool,
+        |p: &GpuPool, at| {
+            let status = p.status.clone().unwrap_or_default();
+            PoolMoment {
+                at,
+                generation: p.metadata.generation,
+                observed: status.observed_generation,
+                conditions: status
+                    .conditions
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.type_.clone(),
+                            (c.status.clone(), c.reason.clone(), c.message.clone()),
+                        )
+                    })
+                    .collect(),
+                allocatable: status.gpus_allocatable,
+                problems: status
+                    .problem_nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), n.reason.clone(), n.message.clone()))
+                    .collect(),
+            }
+        },
+    )
     .await
 }
 
@@ -360,16 +382,14 @@ pub fn container_pid(node: &RealNode<'_>, pod: &Pod) -> u32 {
         .and_then(|cs| cs.first()?.container_id.clone())
         .expect("the container started");
     let id = id.trim_start_matches("containerd://");
-    let out = node
-        .ctr()
-        .args(["tasks", "ls"])
-        .output()
-        .expect("ctr runs");
+    let out = node.ctr().args(["tasks", "ls"]).output().expect("ctr runs");
     let list = String::from_utf8_lossy(&out.stdout);
     list.lines()
         .find_map(|l| {
             let mut f = l.split_whitespace();
-            (f.next() == Some(id)).then(|| f.next()?.parse().ok()).flatten()
+            (f.next() == Some(id))
+                .then(|| f.next()?.parse().ok())
+                .flatten()
         })
         .unwrap_or_else(|| panic!("no task {id} in:\n{list}"))
 }

@@ -3,7 +3,7 @@
 //! still holds the node's device-plugin socket, so no other plugin may start there until it is
 //! gone.
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::ObjectId;
 
@@ -88,31 +88,46 @@ pub struct ContainerFailure {
     pub last_exit: Option<Termination>,
 }
 
+/// How long a container that runs again after exiting with an error still counts as crash
+/// looping: a crash-looping plugin runs for a moment (and is even Ready) before it exits again.
+const CRASH_LOOP_WINDOW: SignedDuration = SignedDuration::from_secs(60);
+
 impl ContainerHealth {
     /// Why the container does not run, when the kubelet says it cannot run it: a waiting reason
-    /// of [`FAILING`], or a run that ended in an error and is being restarted. None while it runs,
-    /// is being created, or never failed.
-    pub fn failure(&self) -> Option<ContainerFailure> {
+    /// of [`FAILING`], or a crash loop — it exited with an error and was restarted, and has not
+    /// run for a minute since. None while it runs, is being created, or never failed.
+    ///
+    /// A real kubelet (v1.36) shows a crash loop mostly as `state.terminated` (the run that
+    /// just ended, for the whole back-off), then `waiting: CrashLoopBackOff` and `running` in the
+    /// same instant the back-off ends: all of it is "CrashLoopBackOff" here, so the node's
+    /// problem does not change with every status the kubelet writes.
+    pub fn failure(&self, now: Timestamp) -> Option<ContainerFailure> {
         let failure = |reason: &str, message: &str| ContainerFailure {
             reason: reason.to_string(),
             message: message.to_string(),
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
         };
+        let crashed = self
+            .last_exit
+            .as_ref()
+            .filter(|t| t.exit_code != 0 && self.restarts > 0);
         match &self.waiting {
             Some((reason, message)) if FAILING.contains(&reason.as_str()) => {
                 Some(failure(reason, message))
             }
             Some(_) => None,
-            None if self.running => None,
-            None => self
-                .last_exit
-                .as_ref()
-                .filter(|t| t.exit_code != 0 && self.restarts > 0)
-                .map(|t| failure(&t.reason, "")),
+            None if self.running => crashed
+                .filter(|t| {
+                    t.at.is_some_and(|at| now.duration_since(at) < CRASH_LOOP_WINDOW)
+                })
+                .map(|_| failure(CRASH_LOOP, "")),
+            None => crashed.map(|_| failure(CRASH_LOOP, "")),
         }
     }
 }
+
+const CRASH_LOOP: &str = "CrashLoopBackOff";
 
 /// What a validation pod validates: a node on one boot, with one plugin.
 #[derive(Clone, Debug, PartialEq, Eq)]

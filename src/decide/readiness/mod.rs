@@ -328,7 +328,10 @@ mod tests {
             (spec(Some(false), None), "nvidia.com/gpu"),
             (spec(Some(true), None), "nvidia.com/gpu.shared"),
             (spec(None, Some(MigStrategy::Single)), "nvidia.com/gpu"),
-            (spec(None, Some(MigStrategy::Mixed)), "nvidia.com/mig-1g.10gb"),
+            (
+                spec(None, Some(MigStrategy::Mixed)),
+                "nvidia.com/mig-1g.10gb",
+            ),
         ] {
             let o = observed(spec.clone(), node.clone());
             let plugin = plan_plugin(&o, &settings());

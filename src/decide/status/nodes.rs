@@ -381,21 +381,19 @@ pub(super) fn plugin_pod_problems(o: &Observed, s: &mut NodeSummary) {
         let failing = o.pods_on(&node.name).into_iter().find_map(|p| {
             let ours = p.role == PodRole::Plugin && p.pool_key.as_deref() == Some(&key);
             (ours && !p.deleting)
-                .then(|| p.container.failure())
+                .then(|| p.container.failure(o.now))
                 .flatten()
                 .map(|f| (p.id.clone(), f))
         });
         let Some((pod, failure)) = failing else {
             continue;
         };
-        let explained = s
-            .problems
-            .get(&node.name)
-            .is_none_or(|p| {
-                p.reason
-                    .parse::<Reason>()
-                    .is_ok_and(|r| EXPLAINED_BY_THE_PLUGIN.contains(&r))
-            });
+        // A node serving its GPUs has no problem to explain (the plugin recovered).
+        let explained = s.problems.get(&node.name).is_some_and(|p| {
+            p.reason
+                .parse::<Reason>()
+                .is_ok_and(|r| EXPLAINED_BY_THE_PLUGIN.contains(&r))
+        });
         if !explained {
             continue;
         }
@@ -435,7 +433,7 @@ pub(super) fn plugin_failure_message(pod: &ObjectId, f: &ContainerFailure) -> St
         .map(|t| (t.exit_code, last_error_line(&t.message)));
     match said {
         Some((code, line)) if !line.is_empty() => {
-            m.push_str(&format!(", last exit code {code}: {line}"));
+            m.push_str(&format!(", last exit code {code}: {}", shorten(&line)));
             if let Some(meaning) = known_plugin_error(&line) {
                 m.push_str(&format!(" ({meaning})"));
             }
@@ -485,16 +483,19 @@ fn last_error_line(message: &str) -> String {
     } else {
         line
     };
-    shorten(text)
+    text.to_string()
 }
 
-/// At most 300 characters (a problem node's message stays readable).
+/// At most 300 characters, so a problem node's message stays readable: the end of the text,
+/// where a Go error chain ("error starting plugins: …: …") names the most specific cause.
 fn shorten(text: &str) -> String {
     const MAX: usize = 300;
-    match text.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
+    let chars = text.chars().count();
+    if chars <= MAX {
+        return text.to_string();
     }
+    let tail: String = text.chars().skip(chars - MAX).collect();
+    format!("…{tail}")
 }
 
 /// What the NVIDIA device plugin's known start-up errors mean.
@@ -576,7 +577,8 @@ mod tests {
             namespace: "gpu-resources".into(),
             name: "nvidia-device-plugin-gpu-x2k4q".into(),
         };
-        let message = plugin_failure_message(&pod, &crash_looping().failure().unwrap());
+        let now = Timestamp::UNIX_EPOCH;
+        let message = plugin_failure_message(&pod, &crash_looping().failure(now).unwrap());
         assert_eq!(
             message,
             "device plugin pod gpu-resources/nvidia-device-plugin-gpu-x2k4q: CrashLoopBackOff, \
@@ -593,7 +595,7 @@ mod tests {
             )),
             ..ContainerHealth::default()
         };
-        let message = plugin_failure_message(&pod, &pulling.failure().unwrap());
+        let message = plugin_failure_message(&pod, &pulling.failure(now).unwrap());
         assert!(
             message.starts_with(
                 "device plugin pod gpu-resources/nvidia-device-plugin-gpu-x2k4q: ImagePullBackOff: Back-off pulling image"
@@ -613,15 +615,19 @@ mod tests {
         other_pool.container = crash_looping();
         let mut on_not_ready = plugin_pod("gpu-resources", "p3", Some("n3"), "gpu");
         on_not_ready.container = crash_looping();
+        let mut on_serving = plugin_pod("gpu-resources", "p4", Some("n4"), "gpu");
+        on_serving.container = crash_looping();
         let o = observed(
             vec![
                 gpu_node("n1", 0, 0),
                 gpu_node("n2", 0, 0),
                 gpu_node("n3", 0, 0),
+                gpu_node("n4", 1, 1),
             ],
-            vec![crashing, other_pool, on_not_ready],
+            vec![crashing, other_pool, on_not_ready, on_serving],
         );
         let mut s = NodeSummary::default();
+        s.serving.push("n4".into());
         for (node, reason) in [
             ("n1", Reason::NoGpuCapacity),
             ("n2", Reason::NoGpuCapacity),
@@ -636,20 +642,41 @@ mod tests {
         assert!(n1.message.contains("gpu-resources/p1: CrashLoopBackOff"));
         assert_eq!(n1.since, since, "the problem's clock goes on");
         assert_eq!(s.failing[0], ("n1".into(), Reason::PluginPodFailing));
-        assert_eq!(s.problems["n2"].reason, "NoGpuCapacity", "another pool's pod");
-        assert_eq!(s.problems["n3"].reason, "NotReady", "a node that is not Ready");
+        assert!(!s.problems.contains_key("n4"), "a node serving its GPUs");
+        assert_eq!(
+            s.problems["n2"].reason, "NoGpuCapacity",
+            "another pool's pod"
+        );
+        assert_eq!(
+            s.problems["n3"].reason, "NotReady",
+            "a node that is not Ready"
+        );
 
-        // A container that runs again, or crashed once (not restarted yet), is no failure.
+        // As a real kubelet shows a crash loop: terminated for the back-off, then running for a
+        // moment; a container running for a minute since, or that crashed once (not restarted
+        // yet), or is still being created, is no failure.
+        let now = Timestamp::UNIX_EPOCH + SignedDuration::from_secs(600);
         let mut h = crash_looping();
         h.waiting = None;
+        assert_eq!(
+            h.failure(now).unwrap().reason,
+            "CrashLoopBackOff",
+            "in its back-off"
+        );
         h.running = true;
-        assert_eq!(h.failure(), None);
+        h.last_exit.as_mut().unwrap().at = Some(now - SignedDuration::from_secs(2));
+        assert_eq!(
+            h.failure(now).unwrap().reason,
+            "CrashLoopBackOff",
+            "running for a moment between two crashes"
+        );
+        h.last_exit.as_mut().unwrap().at = Some(now - SignedDuration::from_secs(61));
+        assert_eq!(h.failure(now), None, "running for a minute: recovered");
         h.running = false;
         h.restarts = 0;
-        assert_eq!(h.failure(), None);
+        assert_eq!(h.failure(now), None, "crashed once, not restarted yet");
         h.restarts = 1;
-        assert_eq!(h.failure().unwrap().reason, "Error", "its run just ended");
         h.waiting = Some(("ContainerCreating".into(), String::new()));
-        assert_eq!(h.failure(), None, "still being created");
+        assert_eq!(h.failure(now), None, "still being created");
     }
 }

@@ -1,12 +1,14 @@
 //! Pod → `PodFacts`, for the pods gpupool runs (device-plugin pods of its DaemonSets, validation
 //! pods); every other pod is None.
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 
-use crate::decide::facts::{ObjectId, PodFacts, PodPhase, PodRole, Termination, ValidationTarget};
+use crate::decide::facts::{
+    ContainerHealth, ObjectId, PodFacts, PodPhase, PodRole, Termination, ValidationTarget,
+};
 use crate::decide::names::{
-    COMPONENT_LABEL, MANAGED_BY, PLUGIN_POD_LABEL, POOL_LABEL, VALIDATES_BOOT, VALIDATES_NODE,
-    VALIDATES_PLUGIN, VALIDATION_ATTEMPT, VALIDATION_COMPONENT,
+    COMPONENT_LABEL, GPU_RESOURCE, MANAGED_BY, MIG_RESOURCE_PREFIX, PLUGIN_POD_LABEL, POOL_LABEL,
+    VALIDATES_BOOT, VALIDATES_NODE, VALIDATES_PLUGIN, VALIDATION_ATTEMPT, VALIDATION_COMPONENT,
 };
 
 fn validation_target(pod: &Pod) -> Option<ValidationTarget> {
@@ -30,12 +32,7 @@ fn termination(pod: &Pod) -> Option<Termination> {
         .flatten()
         .find_map(|c| c.state.as_ref()?.terminated.clone());
     match terminated {
-        Some(t) => Some(Termination {
-            exit_code: t.exit_code,
-            reason: t.reason.unwrap_or_default(),
-            message: t.message.unwrap_or_default(),
-            at: t.finished_at.map(|f| f.0),
-        }),
+        Some(t) => Some(to_termination(&t)),
         // Failed without a container status (evicted, deadline exceeded): the pod says why.
         None if status.phase.as_deref() == Some("Failed") => Some(Termination {
             exit_code: -1,
@@ -47,6 +44,8 @@ fn termination(pod: &Pod) -> Option<Termination> {
     }
 }
 
+/// Unschedulable for want of a GPU resource: the scheduler's message names it ("Insufficient
+/// nvidia.com/gpu", "… nvidia.com/gpu.shared", "… nvidia.com/mig-1g.10gb").
 fn waiting_for_gpu(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -55,11 +54,52 @@ fn waiting_for_gpu(pod: &Pod) -> bool {
             cs.iter().any(|c| {
                 c.type_ == "PodScheduled"
                     && c.status == "False"
-                    && c.message
-                        .as_deref()
-                        .is_some_and(|m| m.contains("nvidia.com/gpu"))
+                    && c.message.as_deref().is_some_and(|m| {
+                        m.contains(GPU_RESOURCE) || m.contains(MIG_RESOURCE_PREFIX)
+                    })
             })
         })
+}
+
+fn to_termination(t: &ContainerStateTerminated) -> Termination {
+    Termination {
+        exit_code: t.exit_code,
+        reason: t.reason.clone().unwrap_or_default(),
+        message: t.message.clone().unwrap_or_default(),
+        at: t.finished_at.as_ref().map(|f| f.0),
+    }
+}
+
+/// The containers as the kubelet reports them (the first one that does not run, if any).
+fn container_health(pod: &Pod) -> ContainerHealth {
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    let restarts = statuses.iter().map(|c| c.restart_count.max(0)).sum();
+    let troubled = statuses
+        .iter()
+        .find(|c| c.state.as_ref().is_none_or(|s| s.running.is_none()))
+        .or(statuses.first());
+    let Some(c) = troubled else {
+        return ContainerHealth::default();
+    };
+    let state = c.state.as_ref();
+    ContainerHealth {
+        restarts,
+        waiting: state.and_then(|s| s.waiting.as_ref()).map(|w| {
+            (
+                w.reason.clone().unwrap_or_default(),
+                w.message.clone().unwrap_or_default(),
+            )
+        }),
+        last_exit: state
+            .and_then(|s| s.terminated.as_ref())
+            .or_else(|| c.last_state.as_ref()?.terminated.as_ref())
+            .map(to_termination),
+        running: state.is_some_and(|s| s.running.is_some()),
+    }
 }
 
 impl PodFacts {
@@ -109,6 +149,7 @@ impl PodFacts {
             started: status.and_then(|s| s.start_time.as_ref()).map(|t| t.0),
             finished: termination(pod),
             waiting_for_gpu: waiting_for_gpu(pod),
+            container: container_health(pod),
         })
     }
 }
@@ -147,6 +188,49 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    /// A crash-looping plugin pod's status as a real kubelet (v1.36) wrote it: between two
+    /// restarts the container's state is `terminated` (then `waiting: CrashLoopBackOff` during the
+    /// back-off), the run before it in `lastState`.
+    #[test]
+    fn a_crash_loop_is_read_from_the_container_statuses() {
+        let mut p = pod(&[MANAGED_BY, PLUGIN_POD_LABEL, (POOL_LABEL, "gpu")]);
+        let statuses: serde_json::Value = serde_json::json!([{
+            "name": "nvidia-device-plugin-ctr", "image": "i", "imageID": "d", "ready": false,
+            "restartCount": 3, "started": false,
+            "state": {"terminated": {"exitCode": 1, "reason": "Error",
+                "message": "E1205 main.go:177] error starting plugins: invalid device discovery strategy\n",
+                "startedAt": "2026-12-05T21:34:15Z", "finishedAt": "2026-12-05T21:34:15Z"}},
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                "startedAt": "2026-12-05T21:33:49Z", "finishedAt": "2026-12-05T21:33:49Z"}}
+        }]);
+        p.status.as_mut().unwrap().container_statuses =
+            Some(serde_json::from_value(statuses.clone()).unwrap());
+        let now: Timestamp = "2026-12-05T21:34:20Z".parse().unwrap();
+        let facts = PodFacts::from_pod(&p).unwrap();
+        let failure = facts.container.failure(now).expect("a crash loop");
+        assert_eq!(
+            (failure.reason.as_str(), failure.restarts),
+            ("CrashLoopBackOff", 3)
+        );
+        assert!(
+            failure
+                .last_exit
+                .unwrap()
+                .message
+                .contains("invalid device discovery strategy"),
+            "the run that just ended, not the one before"
+        );
+        let mut backing_off = statuses;
+        backing_off[0]["state"] = serde_json::json!({"waiting": {"reason": "CrashLoopBackOff",
+            "message": "back-off 40s restarting failed container"}});
+        p.status.as_mut().unwrap().container_statuses =
+            Some(serde_json::from_value(backing_off).unwrap());
+        let facts = PodFacts::from_pod(&p).unwrap();
+        let failure = facts.container.failure(now).expect("a crash loop");
+        assert_eq!(failure.reason, "CrashLoopBackOff");
+        assert_eq!(failure.last_exit.unwrap().exit_code, 1, "from lastState");
     }
 
     #[test]

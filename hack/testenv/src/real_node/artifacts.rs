@@ -36,6 +36,8 @@ pub struct Images {
 #[derive(Debug, Clone)]
 pub(crate) struct Artifacts {
     pub kubelet: PathBuf,
+    /// The NVIDIA device plugin built from its module (the binary of upstream's image).
+    pub device_plugin: PathBuf,
     pub images: Images,
 }
 
@@ -83,6 +85,13 @@ fn locate() -> Result<Artifacts, Error> {
             dir.display()
         )));
     }
+    let device_plugin = dir.join("bin/nvidia-device-plugin");
+    if !device_plugin.is_file() {
+        return Err(Error::Binaries(format!(
+            "{} has no bin/nvidia-device-plugin (run hack/real-node/build.sh)",
+            dir.display()
+        )));
+    }
     let manifest = dir.join("images.json");
     let text = std::fs::read_to_string(&manifest)
         .map_err(|e| Error::io(format!("reading {}", manifest.display()), e))?;
@@ -105,5 +114,9 @@ fn locate() -> Result<Artifacts, Error> {
             )));
         }
     }
-    Ok(Artifacts { kubelet, images })
+    Ok(Artifacts {
+        kubelet,
+        device_plugin,
+        images,
+    })
 }

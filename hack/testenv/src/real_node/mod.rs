@@ -150,6 +150,13 @@ impl RealNodeOptions {
     }
 }
 
+/// The NVIDIA device plugin binary (v0.18.0, the real build: the one in upstream's image) that
+/// `hack/real-node/build.sh` builds, for checks that need no node (`--config-file` prints the
+/// merged config or refuses it before it looks for GPUs). Builds it first if needed.
+pub fn device_plugin_binary() -> Result<PathBuf, Error> {
+    Ok(artifacts::artifacts()?.device_plugin)
+}
+
 const CONTAINERD_TIMEOUT: Duration = Duration::from_secs(30);
 const KUBELET_HEALTHZ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Waiting for another real node on this machine to go away.
