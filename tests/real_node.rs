@@ -407,6 +407,7 @@ async fn mig_that_does_not_match_the_gpus_is_named() {
 /// means, and the `kubectl logs --previous` to read — within the grace period and after it, and
 /// the pool is Stalled once the grace period is over. With FAIL_ON_INIT_ERROR=false (the AKS
 /// article's setting) the plugin runs and registers nothing: the node has no GPUs, and says so.
+/// With an image the node cannot pull, the kubelet's pull error is named (kwok runs any image).
 #[tokio::test]
 async fn a_crash_looping_plugin_on_a_node_without_gpus_is_named() {
     if skip() {
@@ -489,6 +490,31 @@ async fn a_crash_looping_plugin_on_a_node_without_gpus_is_named() {
     let pod = running_plugin_pod(&env, "realcpu").await;
     let restarts = pod.status.unwrap().container_statuses.unwrap()[0].restart_count;
     assert_eq!(restarts, 0);
+
+    // An image the node cannot pull (an allowed repository, a tag no registry here serves).
+    eprintln!("devicePlugin.image the node cannot pull:");
+    patch_pool(
+        &env.client,
+        "realcpu",
+        json!({"spec": {"devicePlugin": {"image": "nvcr.io/nvidia/k8s-device-plugin:v0.17.0"}}}),
+    )
+    .await;
+    let message = wait_problem(
+        &env,
+        "realcpu",
+        &name,
+        "PluginPodFailing",
+        &[
+            "device plugin pod gpu-resources/nvidia-device-plugin-realcpu-",
+            "nvcr.io/nvidia/k8s-device-plugin:v0.17.0",
+            "check spec.devicePlugin.image and that the node can pull it",
+        ],
+    )
+    .await;
+    assert!(
+        message.contains(": ErrImagePull") || message.contains(": ImagePullBackOff"),
+        "{message}"
+    );
     finish(&env, "realcpu", node).await;
 }
 
@@ -755,14 +781,17 @@ async fn plugin_kubelet_and_containerd_restarts_are_progress_not_stalls() {
         )
         .await
         .unwrap();
-    wait_for("a new plugin pod", TIMEOUT, || async {
-        plugin_pods(&env.client, "realrst")
+    let gone = wait_for("the old plugin pod to go", TIMEOUT, || async {
+        (!plugin_pods(&env.client, "realrst")
             .await
             .iter()
-            .any(|p| p.metadata.uid != old.metadata.uid)
-            .then_some(())
+            .any(|p| p.metadata.uid == old.metadata.uid))
+        .then(|| mark.elapsed())
     })
     .await;
+    // kwok keeps a deleted plugin pod Terminating for 3 s (testenv's plugin_pod_termination);
+    // the real one takes about as long (2.7 s here).
+    eprintln!("  the deleted plugin pod was gone {gone:?} later (the plugin exits on SIGTERM)");
     recovers_as_progress(&env, "realrst", &nodes, &pools, "plugin pod deleted", mark).await;
 
     let mark = Instant::now();
