@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use gpupool::api::GpuPool;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
@@ -412,9 +410,24 @@ async fn gpu_faults_from_node_conditions_are_reported_and_gated() {
         gated(&nodes.get("npd-0").await.unwrap()).then_some(())
     })
     .await;
-    // Survives kwok's heartbeats (every ~10 s).
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    let node = nodes.get("npd-0").await.unwrap();
+    // Survives kwok's heartbeats (every ~10 s): wait for one (the Ready condition's
+    // heartbeat time moves), then look.
+    let heartbeat = |n: &Node| {
+        n.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "Ready")?
+            .last_heartbeat_time
+            .clone()
+    };
+    let before = heartbeat(&nodes.get("npd-0").await.unwrap());
+    let node = wait_for("a heartbeat of npd-0's status", TIMEOUT, || async {
+        let node = nodes.get("npd-0").await.ok()?;
+        (heartbeat(&node) != before).then_some(node)
+    })
+    .await;
     assert!(
         node.status
             .unwrap()

@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 use gpupool::api::GpuPool;
@@ -136,96 +136,6 @@ async fn wait_converged(client: &Client, what: &str, log: &dyn Fn() -> String) {
     }
 }
 
-/// Two plugin pods, neither terminating, seen on one node from `first` to `last`.
-#[derive(Clone, Debug)]
-struct Double {
-    node: String,
-    pods: Vec<String>,
-    first: Instant,
-    last: Instant,
-}
-
-/// Polls plugin pods per node until stopped; records every node seen with more than one.
-struct DoubleWatch {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    doubles: Arc<Mutex<Vec<Double>>>,
-    polls: Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl DoubleWatch {
-    fn start(client: Client) -> DoubleWatch {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let doubles: Arc<Mutex<Vec<Double>>> = Arc::default();
-        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let task = {
-            let (stop, doubles, polls) = (stop.clone(), doubles.clone(), polls.clone());
-            tokio::spawn(async move {
-                let mut open: BTreeMap<String, usize> = BTreeMap::new();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let api: Api<k8s_openapi::api::core::v1::Pod> =
-                        Api::namespaced(client.clone(), PLUGIN_NAMESPACE);
-                    if let Ok(pods) = api
-                        .list(&ListParams::default().labels("name=nvidia-device-plugin-ds"))
-                        .await
-                    {
-                        let now = Instant::now();
-                        let mut per_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
-                        for pod in pods
-                            .items
-                            .iter()
-                            .filter(|p| p.metadata.deletion_timestamp.is_none())
-                        {
-                            if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone())
-                            {
-                                per_node.entry(node).or_default().push(pod.name_any());
-                            }
-                        }
-                        let mut d = doubles.lock().unwrap();
-                        let mut still = BTreeMap::new();
-                        for (node, pods) in per_node.into_iter().filter(|(_, p)| p.len() > 1) {
-                            match open.get(&node) {
-                                Some(&i) => {
-                                    d[i].last = now;
-                                    still.insert(node, i);
-                                }
-                                None => {
-                                    d.push(Double {
-                                        node: node.clone(),
-                                        pods,
-                                        first: now,
-                                        last: now,
-                                    });
-                                    still.insert(node, d.len() - 1);
-                                }
-                            }
-                        }
-                        open = still;
-                        polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            })
-        };
-        DoubleWatch {
-            stop,
-            doubles,
-            polls,
-            task,
-        }
-    }
-
-    async fn finish(self) -> (usize, Vec<Double>) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = self.task.await;
-        let doubles = self.doubles.lock().unwrap().clone();
-        (
-            self.polls.load(std::sync::atomic::Ordering::Relaxed),
-            doubles,
-        )
-    }
-}
-
 async fn relabel(client: &Client, node: &str, agentpool: &str) {
     let patch = serde_json::json!({"metadata": {"labels": {
         "kubernetes.azure.com/agentpool": agentpool, "agentpool": agentpool
@@ -301,7 +211,8 @@ async fn sigkilled_repeatedly_while_pools_and_nodes_churn_it_always_converges() 
     let zone_pool = PoolYaml::new("k-zone").selector("zone", "z1");
     create_pool(&c, &zone_pool).await;
     wait_converged(&c, "initially", &|| log_tail(&op)).await;
-    let doubles = DoubleWatch::start(c.clone());
+    // Every pod event, not samples: two plugin pods on a node, neither terminating, at any moment.
+    let doubles = PluginPodMonitor::start_live_pods(&c).await;
 
     let mut extra_nodes: Vec<String> = Vec::new();
     for round in 0..5u32 {
@@ -380,23 +291,11 @@ async fn sigkilled_repeatedly_while_pools_and_nodes_churn_it_always_converges() 
             started.elapsed()
         );
     }
-    let (polls, found) = doubles.finish().await;
-    assert!(polls > 10, "the pod poller barely ran ({polls} polls)");
-    let report: Vec<String> = found
-        .iter()
-        .map(|d| {
-            format!(
-                "{}: {:?} for {:?}",
-                d.node,
-                d.pods,
-                d.last.duration_since(d.first)
-            )
-        })
-        .collect();
+    let found = doubles.stop();
     assert!(
         found.is_empty(),
-        "a node ran two device-plugin pods ({polls} polls):\n{}",
-        report.join("\n")
+        "a node ran two device-plugin pods:\n{}",
+        found.join("\n")
     );
     assert!(op.try_wait().is_none(), "{}", log_tail(&op));
 }

@@ -357,6 +357,8 @@ async fn dry_run_writes_no_node_and_says_what_it_would_do() {
         gate_on(&get_node(c, "dry-0").await),
         "dry run: still tainted"
     );
+    // Flushed past now: an empty list means no write, not an audit log behind.
+    support::replicas::audit_flushed(env.plane, c).await;
     assert_eq!(
         node_writes(&env, "dry-0", since),
         vec![],
@@ -387,7 +389,13 @@ async fn dry_run_writes_no_node_and_says_what_it_would_do() {
 
 /// Writes taints the way the cluster autoscaler does while it runs: read the node, add a taint,
 /// update with the read resourceVersion, retry on conflict. Returns the keys it added.
-async fn taint_writer(c: Client, node: &str, prefix: &str, stop: Arc<AtomicBool>) -> Vec<String> {
+async fn taint_writer(
+    c: Client,
+    node: &str,
+    prefix: String,
+    stop: Arc<AtomicBool>,
+    pause: Duration,
+) -> Vec<String> {
     let api: Api<Node> = Api::all(c);
     let mut added = Vec::new();
     let mut i = 0;
@@ -410,7 +418,7 @@ async fn taint_writer(c: Client, node: &str, prefix: &str, stop: Arc<AtomicBool>
         }
         added.push(key);
         i += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
     }
     added
 }
@@ -440,8 +448,9 @@ async fn a_concurrent_taint_writer_loses_nothing() {
     let writer = tokio::spawn(taint_writer(
         c.clone(),
         "race-0",
-        "open.example.com",
+        "open.example.com".into(),
         stop.clone(),
+        Duration::from_millis(20),
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     set_gpus(c, "race-0", 1, 1).await.unwrap();
@@ -464,8 +473,9 @@ async fn a_concurrent_taint_writer_loses_nothing() {
     let writer = tokio::spawn(taint_writer(
         c.clone(),
         "race-0",
-        "close.example.com",
+        "close.example.com".into(),
         stop.clone(),
+        Duration::from_millis(20),
     ));
     set_gpus(c, "race-0", 1, 0).await.unwrap();
     wait_node(&env, "race-0", "the gate put on under the writer", gate_on).await;
@@ -478,7 +488,46 @@ async fn a_concurrent_taint_writer_loses_nothing() {
         assert!(have.contains(key), "the writer's {key} was lost: {have:?}");
     }
     assert!(gate_on(&node), "the gate's own write was not lost either");
-    let writes = node_writes(&env, "race-0", since);
+    // The point is the race: the operator's guarded write must have lost it at least once (a
+    // 409) and tried again. More rounds under a writer that does not pause, until it did.
+    let mut round = 0;
+    let writes = loop {
+        support::replicas::audit_flushed(env.plane, c).await;
+        let writes = node_writes(&env, "race-0", since);
+        if writes.iter().any(|w| w.code == Some(409)) || round == 10 {
+            break writes;
+        }
+        round += 1;
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = tokio::spawn(taint_writer(
+            c.clone(),
+            "race-0",
+            format!("round{round}.example.com"),
+            stop.clone(),
+            Duration::ZERO,
+        ));
+        let open = !gate_on(&get_node(c, "race-0").await);
+        set_gpus(c, "race-0", 1, if open { 0 } else { 1 })
+            .await
+            .unwrap();
+        wait_node(&env, "race-0", "the gate flipped under the writer", |n| {
+            gate_on(n) == open
+        })
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        let added = writer.await.unwrap();
+        let have: BTreeSet<String> = taints(&get_node(c, "race-0").await)
+            .into_iter()
+            .map(|t| t.key)
+            .collect();
+        for key in &added {
+            assert!(have.contains(key), "the writer's {key} was lost: {have:?}");
+        }
+    };
+    assert!(
+        writes.iter().any(|w| w.code == Some(409)),
+        "the operator's node writes never met the concurrent writer (no 409 in {round} extra rounds): {writes:?}"
+    );
     assert!(
         writes.iter().all(|w| w.verb == "patch"),
         "the operator patches (guarded), never replaces: {writes:?}"

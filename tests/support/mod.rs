@@ -436,15 +436,40 @@ struct MonitorState {
     on_node: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     violations: Vec<String>,
     synced: bool,
+    /// The nodes watched (None: every node).
+    watched: Option<std::collections::BTreeSet<String>>,
+    /// Terminating pods count as running (they still hold the node's device-plugin socket).
+    terminating_count: bool,
 }
 
 impl PluginPodMonitor {
     pub async fn start(client: &Client, nodes: &[&str]) -> PluginPodMonitor {
+        Self::watching(
+            client,
+            Some(nodes.iter().map(|n| n.to_string()).collect()),
+            true,
+        )
+        .await
+    }
+
+    /// On every node, counting only pods that are not terminating.
+    pub async fn start_live_pods(client: &Client) -> PluginPodMonitor {
+        Self::watching(client, None, false).await
+    }
+
+    async fn watching(
+        client: &Client,
+        watched: Option<std::collections::BTreeSet<String>>,
+        terminating_count: bool,
+    ) -> PluginPodMonitor {
         use futures::StreamExt;
         use kube::runtime::{WatchStreamExt, watcher};
-        let watched: std::collections::BTreeSet<String> =
-            nodes.iter().map(|n| n.to_string()).collect();
-        let seen: std::sync::Arc<std::sync::Mutex<MonitorState>> = Default::default();
+        let seen: std::sync::Arc<std::sync::Mutex<MonitorState>> =
+            std::sync::Arc::new(std::sync::Mutex::new(MonitorState {
+                watched,
+                terminating_count,
+                ..MonitorState::default()
+            }));
         let state = seen.clone();
         let api: Api<Pod> = Api::all(client.clone());
         let events = watcher(
@@ -457,9 +482,7 @@ impl PluginPodMonitor {
             while let Some(Ok(event)) = events.next().await {
                 let mut s = state.lock().unwrap();
                 match event {
-                    watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
-                        s.put(&pod, &watched)
-                    }
+                    watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => s.put(&pod),
                     watcher::Event::Delete(pod) => s.remove(&pod),
                     watcher::Event::InitDone => s.synced = true,
                     watcher::Event::Init => {}
@@ -497,12 +520,15 @@ impl PluginPodMonitor {
 }
 
 impl MonitorState {
-    fn put(&mut self, pod: &Pod, watched: &std::collections::BTreeSet<String>) {
+    fn put(&mut self, pod: &Pod) {
+        if !self.terminating_count && pod.metadata.deletion_timestamp.is_some() {
+            return self.remove(pod);
+        }
         let Some(node) = pod
             .spec
             .as_ref()
             .and_then(|s| s.node_name.clone())
-            .filter(|n| watched.contains(n))
+            .filter(|n| self.watched.as_ref().is_none_or(|w| w.contains(n)))
         else {
             return;
         };

@@ -87,44 +87,10 @@ pub async fn lease_holder(client: &Client) -> Option<String> {
         .and_then(|l| l.spec?.holder_identity)
 }
 
-/// Waits until the API server's audit log (written in batches) holds every request received up
-/// to now: a marker request is made as a ServiceAccount of its own in the audited namespace (it
-/// is refused, 403, and recorded all the same) and waited for.
-pub async fn audit_flushed(plane: &ControlPlane, client: &Client) {
-    const MARKER: &str = "audit-marker";
-    create_namespace(client, testenv::audit::AUDITED_NAMESPACE).await;
-    let account: ServiceAccount =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": MARKER}})).unwrap();
-    match Api::<ServiceAccount>::namespaced(client.clone(), testenv::audit::AUDITED_NAMESPACE)
-        .create(&PostParams::default(), &account)
+/// Waits until the API server's audit log holds every request received up to now (see
+/// `testenv::audit::flush`).
+pub async fn audit_flushed(plane: &ControlPlane, _client: &Client) {
+    testenv::audit::flush(plane)
         .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("creating the audit marker account: {e}"),
-    }
-    let kubeconfig = plane
-        .kubeconfig_for_service_account(testenv::audit::AUDITED_NAMESPACE, MARKER)
-        .await
-        .unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    let marker = Client::try_from(config).unwrap();
-    let sent = std::time::SystemTime::now();
-    let _ = Api::<Namespace>::all(marker).get("default").await;
-    testenv::wait_for(
-        "the audit log to be flushed",
-        std::time::Duration::from_secs(60),
-        || async {
-            testenv::audit::requests(&plane.audit_log_path(), &account_user(MARKER))
-                .iter()
-                .any(|r| r.received >= sent)
-                .then_some(())
-        },
-    )
-    .await;
+        .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -16,15 +16,81 @@ pub fn default_policy() -> String {
     )
 }
 
-/// Records only `user`'s requests.
+/// Records only `user`'s requests (and the marker's, see [`flush`]).
 pub fn policy_for_user(user: &str) -> String {
-    policy_for("users", user)
+    policy_for("users", &format!("{user}\", \"{}", marker_user()))
 }
 
 fn policy_for(field: &str, value: &str) -> String {
     format!(
         "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [\"RequestReceived\"]\nrules:\n- level: Metadata\n  {field}: [\"{value}\"]\n- level: None\n"
     )
+}
+
+/// The ServiceAccount [`flush`] marks the log with.
+const MARKER: &str = "audit-marker";
+
+fn marker_user() -> String {
+    format!("system:serviceaccount:{AUDITED_NAMESPACE}:{MARKER}")
+}
+
+/// Waits until the audit log (written in batches of up to a second) holds every request the
+/// API server received before this call: a marker request is made as a ServiceAccount of its
+/// own in [`AUDITED_NAMESPACE`] (refused, 403, and recorded all the same) and waited for. An
+/// empty count read after this is a count, not a log that lags behind.
+pub async fn flush(plane: &crate::ControlPlane) -> Result<(), crate::Error> {
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    use kube::api::{Api, PostParams};
+    let admin = plane.client().await;
+    let ignore_exists = |r: Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        other => other,
+    };
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": AUDITED_NAMESPACE}}))
+            .map_err(kube::Error::SerdeError)?;
+    ignore_exists(
+        Api::<Namespace>::all(admin.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .map(drop),
+    )?;
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": MARKER}}))
+            .map_err(kube::Error::SerdeError)?;
+    ignore_exists(
+        Api::<ServiceAccount>::namespaced(admin, AUDITED_NAMESPACE)
+            .create(&PostParams::default(), &sa)
+            .await
+            .map(drop),
+    )?;
+    let kubeconfig = plane
+        .kubeconfig_for_service_account(AUDITED_NAMESPACE, MARKER)
+        .await?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig)?,
+        &Default::default(),
+    )
+    .await?;
+    let marker = kube::Client::try_from(config)?;
+    let sent = SystemTime::now();
+    let _ = Api::<Namespace>::all(marker).get("default").await;
+    let log = plane.audit_log_path();
+    crate::poll_until(
+        "the audit log to be flushed",
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(100),
+        || {
+            let log = log.clone();
+            async move {
+                requests(&log, &marker_user())
+                    .iter()
+                    .any(|r| r.received >= sent)
+                    .then_some(())
+            }
+        },
+    )
+    .await
 }
 
 /// One request as the audit log has it.

@@ -155,6 +155,9 @@ fn apiserver_args(
             "--audit-log-mode=batch".into(),
             "--audit-log-batch-max-wait=1s".into(),
             "--audit-log-batch-max-size=1000".into(),
+            // The batch backend drops events once its buffer (10,000 by default) is full, which
+            // a loaded machine can reach: counts read from the log must be complete.
+            "--audit-log-batch-buffer-size=1000000".into(),
         ]));
     }
     args.extend(options.apiserver_args.iter().map(OsString::from));

@@ -319,8 +319,8 @@ async fn measure(
         what: "reading the operator's /proc entry".into(),
         detail: format!("process {} is gone", op.pid()),
     })?;
-    // The audit backend writes its batches every second.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Counted once every request received so far is in the log (written in batches).
+    crate::audit::flush(plane).await?;
     let audit = plane.audit_log_path();
     let samples = {
         let t = times.lock().unwrap_or_else(|e| e.into_inner());
