@@ -930,3 +930,62 @@ async fn an_operator_restart_mid_validation_neither_loses_nor_repeats_it() {
         "the node validated before the restart is not validated again"
     );
 }
+
+/// #21: a node that leaves a gated pool (its labels change, the selector no longer matches it)
+/// does not keep the pool's gate taint with no pool left to lift it; a node that moves into
+/// another pool gated with the same taint keeps it, and that pool decides.
+#[tokio::test]
+async fn a_node_leaving_a_gated_pool_does_not_keep_its_taint() {
+    let env = readiness_env().await;
+    let c = &env.client;
+    for (name, pool) in [("leave-0", "leavepool"), ("leave-1", "leavepool")] {
+        create_node(c, &gated(name, pool).no_gpus_yet())
+            .await
+            .unwrap();
+    }
+    for (pool, agentpool) in [("leave", "leavepool"), ("joined", "joinedpool")] {
+        create_pool(
+            c,
+            PoolYaml::new(pool)
+                .agentpool(agentpool)
+                .extra_spec("  readinessGate:\n    mode: Bootstrap\n"),
+        )
+        .await;
+    }
+    wait_pool(&env, "leave", "both nodes gated", |p| {
+        gated_nodes(p) == Some(2)
+    })
+    .await;
+    // leave-0 goes to an agent pool no GpuPool selects: the taint comes off.
+    patch_node(
+        c,
+        "leave-0",
+        json!({"metadata": {"labels": {"agentpool": "elsewhere", "kubernetes.azure.com/agentpool": "elsewhere"}}}),
+    )
+    .await;
+    wait_node(&env, "leave-0", "the left pool's gate taint lifted", |n| {
+        !gate_on(n)
+    })
+    .await;
+    // leave-1 goes to the other gated pool: it keeps the taint until its GPUs are there.
+    patch_node(
+        c,
+        "leave-1",
+        json!({"metadata": {"labels": {"agentpool": "joinedpool", "kubernetes.azure.com/agentpool": "joinedpool"}}}),
+    )
+    .await;
+    wait_pool(&env, "joined", "leave-1 gated in its new pool", |p| {
+        gated_nodes(p) == Some(1)
+    })
+    .await;
+    wait_pool(&env, "leave", "no node left", |p| {
+        p.status.as_ref().is_some_and(|s| s.nodes == 0)
+    })
+    .await;
+    assert!(
+        gate_on(&get_node(c, "leave-1").await),
+        "the new pool's gate"
+    );
+    set_gpus(c, "leave-1", 1, 1).await.unwrap();
+    wait_node(&env, "leave-1", "the new pool opened it", |n| !gate_on(n)).await;
+}

@@ -59,7 +59,8 @@ pub fn observe(ctx: &Context, pool: Arc<GpuPool>) -> Observed {
     }
 }
 
-/// The nodes the pool selects, and those carrying its plugin label that it no longer selects.
+/// The nodes the pool selects, and those it no longer selects but still carry its plugin label
+/// or were its members at its last reconcile.
 fn pool_nodes(
     ctx: &Context,
     pool: &GpuPool,
@@ -68,12 +69,22 @@ fn pool_nodes(
     let index = ctx.nodes();
     let nodes = index.selected(&pool.spec.node_selector);
     let selected: HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-    let strays = index
+    let mut strays: BTreeMap<String, Arc<NodeFacts>> = index
         .with_label(DEVICE_PLUGIN_LABEL, key)
         .into_iter()
         .filter(|n| !selected.contains(n.name.as_str()))
+        .map(|n| (n.name.clone(), n))
         .collect();
-    (nodes, strays)
+    // Nodes that were members at the last reconcile and left since (their gate taint is the
+    // pool's to lift).
+    for name in ctx.members.of(&pool.name_any()) {
+        if !selected.contains(name.as_str())
+            && let Some(node) = index.get(&name)
+        {
+            strays.entry(name).or_insert_with(|| node.clone());
+        }
+    }
+    (nodes, strays.into_values().collect())
 }
 
 /// gpupool's pods on the pool's nodes and the pool's own pods wherever they are, once each. A

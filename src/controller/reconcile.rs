@@ -121,9 +121,22 @@ fn remember(
     }
     count_node_writes(ctx, name, &applied.nodes_written);
     ctx.remember_problem_clocks(name, outcome.problem_clocks.clone());
-    let members: Vec<String> = observed.nodes.iter().map(|n| n.name.clone()).collect();
+    // Members: the nodes selected, and those that left with a gate taint still to lift (the
+    // write was deferred or failed): the next reconcile must still know they were the pool's.
+    let lifted: std::collections::HashSet<&str> = applied
+        .nodes_written
+        .iter()
+        .filter(|u| u.taint.as_ref().is_some_and(|t| !t.add))
+        .map(|u| u.node.as_str())
+        .collect();
+    let leaving =
+        plan.readiness.lift.iter().map(|l| &l.node).filter(|n| {
+            !lifted.contains(n.as_str()) && observed.strays.iter().any(|s| &s.name == *n)
+        });
+    let selected: Vec<String> = observed.nodes.iter().map(|n| n.name.clone()).collect();
     ctx.metrics.set_pool(name, &outcome.status);
-    ctx.record_gpu_waits(name, &members, &outcome.serving);
+    ctx.record_gpu_waits(name, &selected, &outcome.serving);
+    let members = selected.iter().chain(leaving).cloned();
     let serving =
         plan.plugin.decision.mode == crate::api::PluginMode::Managed && plan.plugin.live.is_some();
     ctx.wake(ctx.members.record(name, members, serving));

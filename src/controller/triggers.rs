@@ -120,6 +120,14 @@ impl PoolMembers {
         lock(&self.members).remove(pool);
     }
 
+    /// The pool's members at its last reconcile.
+    pub fn of(&self, pool: &str) -> Vec<String> {
+        lock(&self.members)
+            .get(pool)
+            .map(|(nodes, _)| nodes.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The other pools that shared nodes with `pool` at their last reconciles.
     pub fn sharing_nodes_with(&self, pool: &str) -> BTreeSet<String> {
         let members = lock(&self.members);

@@ -103,6 +103,7 @@ pub(crate) mod testing {
             serving: true,
             created: Some(k8s_openapi::jiff::Timestamp::from_second(created_secs).unwrap()),
             selector: selector(labels),
+            gate_key: None,
         }
     }
 

@@ -204,6 +204,7 @@ fn pools(max: usize) -> impl Strategy<Value = Vec<PoolRef>> {
                 serving: true,
                 created: created.map(|c| Timestamp::from_second(1_700_000_000 + c).unwrap()),
                 selector,
+                gate_key: None,
             })
             .collect()
     })

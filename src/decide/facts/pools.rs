@@ -16,6 +16,8 @@ pub struct PoolRef {
     /// Its plugin runs: its status says Managed and its DaemonSet exists (the API server
     /// accepted it and it is not being deleted).
     pub serving: bool,
+    /// Its readiness gate's taint key, if it gates its nodes.
+    pub gate_key: Option<String>,
 }
 
 impl PoolRef {
@@ -33,6 +35,11 @@ impl PoolRef {
             selector: pool.spec.node_selector.clone(),
             node_image: pool.spec.node_image,
             serving: managed && has_daemonset,
+            gate_key: pool
+                .spec
+                .readiness_gate
+                .as_ref()
+                .map(|g| g.taint_key.clone()),
         }
     }
 }

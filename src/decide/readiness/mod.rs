@@ -62,9 +62,34 @@ pub fn plan_readiness(o: &Observed, settings: &Settings, plugin: &PluginPlan) ->
         .readiness_gate
         .as_ref()
         .map(|gate| plan_gate(gate, &nodes, &readiness, o.now, settings.gpu_grace_period));
-    out.lift = lifted(o);
+    let renamed = lifted(o);
+    let left = left(o).into_iter().filter(|l| !renamed.contains(l));
+    out.lift = renamed.iter().cloned().chain(left).collect();
     out.nodes = readiness;
     out
+}
+
+/// Nodes that left the pool (its selector no longer matches them) still carrying its gate's
+/// taint: nobody else would ever lift it, so it comes off, unless a pool that now selects the
+/// node gates it with the same taint (then that pool decides). A node that left while the
+/// operator was down is not known to have been a member, and keeps its taint.
+fn left(o: &Observed) -> Vec<TaintChange> {
+    let Some(gate) = &o.pool.spec.readiness_gate else {
+        return Vec::new();
+    };
+    let key = gate.taint_key.as_str();
+    let orphaned: Vec<&NodeFacts> = o
+        .strays
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|n| !n.deleting)
+        .filter(|n| {
+            !o.other_pools
+                .iter()
+                .any(|p| p.gate_key.as_deref() == Some(key) && p.selector.selects(&n.labels))
+        })
+        .collect();
+    lift_gate(key, &orphaned)
 }
 
 /// A gate taint gpupool managed before (status) that the spec no longer names.
@@ -337,5 +362,47 @@ mod tests {
             let plugin = plan_plugin(&o, &settings());
             assert_eq!(validation_resource(&plugin, &node), want, "{spec:?}");
         }
+    }
+
+    /// A node that left a gated pool keeps no taint nobody would lift: the pool lifts it, unless
+    /// the pool that selects it now gates with the same taint.
+    #[test]
+    fn a_node_that_left_the_pool_loses_its_gate_taint_unless_another_gate_takes_it() {
+        use crate::api::ReadinessGate;
+        use crate::decide::testing::{pool_ref, taint};
+        let gate = ReadinessGate {
+            taint_key: "gpupool.io/gpu-not-ready".into(),
+            ..serde_json::from_value(serde_json::json!({})).unwrap()
+        };
+        let spec = GpuPoolSpec {
+            node_selector: selector(&[("agentpool", "gpu")]),
+            readiness_gate: Some(gate),
+            ..Default::default()
+        };
+        let stay = gpu_node("stay", 1, 1);
+        let mut gone = gpu_node("gone", 1, 0);
+        gone.labels = [("agentpool".to_string(), "cpu".to_string())].into();
+        gone.taints = vec![taint("gpupool.io/gpu-not-ready", "", "NoSchedule")];
+        let mut o = observed(spec, stay);
+        o.strays = vec![Arc::new(gone.clone())];
+        let lifts = |o: &Observed| -> Vec<String> { left(o).into_iter().map(|c| c.node).collect() };
+        assert_eq!(lifts(&o), vec!["gone".to_string()]);
+        let mut other = pool_ref("cpu", 1, &[("agentpool", "cpu")]);
+        other.gate_key = Some("gpupool.io/gpu-not-ready".into());
+        o.other_pools = vec![other.clone()];
+        assert!(lifts(&o).is_empty(), "the pool it joined gates it");
+        other.gate_key = Some("other.example.com/not-ready".into());
+        o.other_pools = vec![other];
+        assert_eq!(
+            lifts(&o),
+            vec!["gone".to_string()],
+            "another gate: ours comes off"
+        );
+        let mut deleting = gone;
+        deleting.deleting = true;
+        o.strays = vec![Arc::new(deleting)];
+        assert!(lifts(&o).is_empty(), "a node being deleted is left alone");
+        let plan = plan_readiness(&o, &settings(), &plan_plugin(&o, &settings()));
+        assert!(plan.lift.is_empty());
     }
 }
