@@ -199,6 +199,7 @@ fn node_summary(
     };
     let dra: BTreeSet<&str> = o.dra_nodes.iter().map(String::as_str).collect();
     let mut summary = summarize(nodes, expectations, &plan.plugin.claims, &dra);
+    nodes::plugin_pod_problems(o, &mut summary);
     readiness::readiness_problems(o, plan, &mut summary);
     summary
 }
@@ -213,7 +214,16 @@ fn components(
     previous: &GpuPoolStatus,
 ) -> Vec<(ConditionType, Assessment)> {
     let stall = applied.stall();
+    let crashing = |nodes: &[(String, Reason)]| -> Vec<String> {
+        nodes
+            .iter()
+            .filter(|(_, r)| *r == Reason::PluginPodFailing)
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
     let mut plugin = plugin_assessment(&PluginInputs {
+        pods_failing: crashing(&summary.failing),
+        pods_failing_in_grace: crashing(&summary.waiting),
         decision: &plan.plugin.decision,
         claims: &plan.plugin.claims,
         state: &applied.state,

@@ -27,6 +27,10 @@ pub(super) struct PluginInputs<'a> {
     pub now: Timestamp,
     /// Nodes the plugin should run on (see `Plan::plugin_nodes`).
     pub plugin_nodes: usize,
+    /// Nodes whose plugin pod the kubelet cannot run (crash loop, image pull): past their grace
+    /// period, and within it.
+    pub pods_failing: Vec<String>,
+    pub pods_failing_in_grace: Vec<String>,
 }
 
 pub(super) fn plugin_assessment(i: &PluginInputs) -> Assessment {
@@ -35,6 +39,30 @@ pub(super) fn plugin_assessment(i: &PluginInputs) -> Assessment {
     }
     if i.decision.mode == PluginMode::Skipped && !i.claims.foreign_plugins.is_empty() {
         return duplicate_plugin(i.claims);
+    }
+    // A crash-looping plugin makes its DaemonSet's ready count flap with every restart: judged
+    // by the pods themselves, DevicePluginReady stays False (and its rollout deadline keeps
+    // counting) until they run.
+    if !i.pods_failing.is_empty() {
+        return Assessment::failed(
+            Reason::PluginPodsNotReady,
+            format!(
+                "the kubelet cannot run the device plugin on {} nodes past the grace period: {}; see status.problemNodes for each pod's error and log",
+                i.pods_failing.len(),
+                name_list(&i.pods_failing, 10)
+            ),
+        );
+    }
+    if !i.pods_failing_in_grace.is_empty() {
+        let nodes = name_list(&i.pods_failing_in_grace, 10);
+        return Assessment::progressing(
+            Reason::PluginPodsNotReady,
+            format!(
+                "the device plugin restarts on {} nodes within their grace period (a GPU driver still installing does this): {nodes}; see status.problemNodes",
+                i.pods_failing_in_grace.len()
+            ),
+            format!("waiting for the device plugin to run on {nodes}"),
+        );
     }
     match i.state {
         PluginState::NotDeployed => Assessment::ok(i.decision.reason, i.decision.message.clone()),

@@ -143,9 +143,6 @@ pub(super) fn validation_assessment(
 /// Problem nodes of the plugin pods, validation and the gate (after those of the nodes' own
 /// health).
 pub(super) fn readiness_problems(o: &Observed, plan: &Plan, s: &mut NodeSummary) {
-    // A plugin pod the kubelet cannot run explains a node's missing GPUs (it belongs with the
-    // nodes' own health; it is called here because `report` hands this function `Observed`).
-    super::nodes::plugin_pod_problems(o, s);
     let r = &plan.readiness;
     for (node, state) in r.validation.iter().flat_map(|v| &v.states) {
         let (reason, message) = match state {

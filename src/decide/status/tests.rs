@@ -57,6 +57,7 @@ struct Case {
     plugin_nodes: usize,
     placement: crate::decide::plugin::placement::Placement,
     failed_writes: Vec<crate::decide::applied::FailedWrite>,
+    pods: Vec<crate::decide::facts::PodFacts>,
 }
 
 impl Case {
@@ -77,6 +78,7 @@ impl Case {
             plugin_nodes: 0,
             placement: Default::default(),
             failed_writes: vec![],
+            pods: vec![],
         }
     }
 
@@ -105,7 +107,7 @@ impl Case {
             strays: vec![],
             other_pools: vec![],
             plugin_daemonsets: vec![],
-            pods: vec![],
+            pods: self.pods.iter().cloned().map(Arc::new).collect(),
             dra_nodes: self.dra.clone(),
             pool_uids: Default::default(),
             rejection: None,
@@ -957,4 +959,55 @@ fn a_pool_that_depends_on_a_refused_list_says_what_it_cannot_read_and_keeps_the_
         "{:?}",
         outcome.events
     );
+}
+
+/// #20 (found on a real kubelet): a crash-looping plugin makes its DaemonSet's ready count flap
+/// with every restart; DevicePluginReady follows the pods instead, and stays False with one
+/// reason (its lastTransitionTime, from which the rollout deadline counts, does not move).
+#[test]
+fn a_crash_looping_plugin_keeps_device_plugin_ready_false_while_the_daemonset_flaps() {
+    use crate::decide::facts::{ContainerHealth, Termination};
+    let mut pod = crate::decide::testing::plugin_pod("gpu-resources", "p-a", Some("a"), "gpu");
+    pod.container = ContainerHealth {
+        restarts: 4,
+        waiting: Some(("CrashLoopBackOff".into(), "back-off 40s".into())),
+        last_exit: Some(Termination {
+            exit_code: 1,
+            reason: "Error".into(),
+            message: "invalid device discovery strategy".into(),
+            at: None,
+        }),
+        running: false,
+    };
+    let mut case = Case::new(vec![old_node("a", 0, 0)]);
+    case.pods = vec![pod];
+    case.daemonset = live(1, 0);
+    let first = case.run();
+    assert_eq!(
+        reason_of(&first.status, ConditionType::DevicePluginReady),
+        Reason::PluginPodsNotReady
+    );
+    assert_eq!(
+        state_of(&first.status, ConditionType::Stalled),
+        ConditionStatus::True
+    );
+    let plugin = cond(&first.status, ConditionType::DevicePluginReady)
+        .unwrap()
+        .clone();
+    assert!(
+        plugin.message.contains("1 nodes past the grace period: a"),
+        "{}",
+        plugin.message
+    );
+    // The pod ran for a moment and the DaemonSet counted it ready: nothing flips.
+    case.previous = first.status.conditions.clone();
+    case.daemonset = live(1, 1);
+    case.at = case
+        .at
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(30))
+        .unwrap();
+    let second = case.run();
+    let again = cond(&second.status, ConditionType::DevicePluginReady).unwrap();
+    assert_eq!(again.reason, plugin.reason);
+    assert_eq!(again.last_transition_time, plugin.last_transition_time);
 }
