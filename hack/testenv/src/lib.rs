@@ -5,8 +5,10 @@
 //! fresh temp dir. Nothing is mocked: the operator under test talks to the same API server,
 //! admission chain, RBAC, garbage collector, DaemonSet/Job controllers and scheduler as in a real
 //! cluster; only the nodes are simulated (see [`nodes`]): kwok plays their kubelets (deleted
-//! device-plugin pods take [`Options::plugin_pod_termination`] to go), and
-//! [`simulate::ValidationPods`] finishes GPU validation pods as real nodes would.
+//! device-plugin pods take [`Options::plugin_pod_termination`] to go),
+//! [`simulate::ValidationPods`] finishes GPU validation pods as real nodes would, and
+//! [`simulate::PluginGpus`] plays the device manager of nodes that opt in, so that their
+//! `nvidia.com/gpu` follows the device-plugin pod running there.
 //!
 //! [`real_node::RealNode`] adds a real node instead: a real kubelet, containerd and runc, where
 //! the NVIDIA device plugin runs in a pod over a mock NVML and `nvidia.com/gpu` comes from the

@@ -4,7 +4,9 @@
 //! keys on, taints, and capacity/allocatable including `nvidia.com/gpu` once "the device plugin"
 //! has registered. kwok (which manages nodes annotated `kwok.x-k8s.io/node=fake`) plays the
 //! kubelet: it marks the node Ready, renews its Lease, heartbeats its status and runs the pods
-//! bound to it, while keeping whatever capacity we set.
+//! bound to it, while keeping whatever capacity we set. Tests set `nvidia.com/gpu` themselves
+//! ([`set_gpus`]), or let it follow the device-plugin pod on the node as a real kubelet's device
+//! manager does ([`GpuNode::gpus_follow_plugin`] with [`crate::simulate::PluginGpus`]).
 
 use std::collections::BTreeMap;
 
@@ -37,6 +39,9 @@ pub struct GpuNode {
     pub gpus_registered: bool,
     /// Runs the GPU-dedicated node image ([`SPECIALIZED_IMAGE`]) instead of [`STANDARD_IMAGE`].
     pub specialized_image: bool,
+    /// `nvidia.com/gpu` follows the device-plugin pod running on the node, as
+    /// [`crate::simulate::PluginGpus`] plays it (see [`GpuNode::gpus_follow_plugin`]).
+    pub gpus_follow_plugin: bool,
     /// `(key, value, effect)`.
     pub taints: Vec<(String, String, String)>,
     pub extra_labels: BTreeMap<String, String>,
@@ -53,6 +58,7 @@ impl GpuNode {
             gpus: 1,
             gpus_registered: true,
             specialized_image: false,
+            gpus_follow_plugin: false,
             taints: Vec::new(),
             extra_labels: BTreeMap::new(),
             instance_type: "Standard_NC6".to_owned(),
@@ -93,6 +99,17 @@ impl GpuNode {
         self
     }
 
+    /// The node's GPUs show only while a device-plugin pod runs on it, as on a real node: it
+    /// registers without `nvidia.com/gpu` (as a real node whose plugin never ran) and is annotated
+    /// [`crate::simulate::GPUS_FOLLOW_PLUGIN_ANNOTATION`]`=<gpus>`, so that a running
+    /// [`crate::simulate::PluginGpus`] writes capacity and allocatable as the plugin registers
+    /// and stops. Without one, the node never gets GPUs.
+    pub fn gpus_follow_plugin(mut self) -> Self {
+        self.gpus_follow_plugin = true;
+        self.gpus_registered = false;
+        self
+    }
+
     fn labels(&self) -> BTreeMap<String, String> {
         let mut labels = BTreeMap::new();
         let mut put = |k: &str, v: &str| {
@@ -123,23 +140,32 @@ impl GpuNode {
         labels
     }
 
+    fn annotations(&self) -> BTreeMap<String, String> {
+        let mut annotations =
+            BTreeMap::from([(KWOK_ANNOTATION.0.to_owned(), KWOK_ANNOTATION.1.to_owned())]);
+        if self.gpus_follow_plugin {
+            annotations.insert(
+                crate::simulate::GPUS_FOLLOW_PLUGIN_ANNOTATION.to_owned(),
+                self.gpus.to_string(),
+            );
+        }
+        annotations
+    }
+
     fn object(&self, cpu: &str, memory: &str) -> Node {
         let mut resources = BTreeMap::from([
             ("cpu".to_owned(), Quantity(cpu.to_owned())),
             ("memory".to_owned(), Quantity(memory.to_owned())),
             ("pods".to_owned(), Quantity("110".to_owned())),
         ]);
-        if self.gpus_registered && self.gpus > 0 {
+        if self.gpus_registered && !self.gpus_follow_plugin && self.gpus > 0 {
             resources.insert(GPU_RESOURCE.to_owned(), Quantity(self.gpus.to_string()));
         }
         Node {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
                 labels: Some(self.labels()),
-                annotations: Some(BTreeMap::from([(
-                    KWOK_ANNOTATION.0.to_owned(),
-                    KWOK_ANNOTATION.1.to_owned(),
-                )])),
+                annotations: Some(self.annotations()),
                 ..Default::default()
             },
             spec: Some(NodeSpec {

@@ -4,6 +4,10 @@
 //! fake node Running, and this finishes the validation ones the way the container would on a real
 //! GPU node — or would not, as a node's `gpupool.io/simulate-validation` label says. Pods on
 //! nodes that are not kwok's (a [`crate::real_node::RealNode`]) are left to their real kubelet.
+//!
+//! [`PluginGpus`] plays the kubelet's device manager for kwok nodes that opt in
+//! ([`GPUS_FOLLOW_PLUGIN_ANNOTATION`]): their `nvidia.com/gpu` follows the device-plugin pod
+//! running there, as on a real node, instead of being written by the test.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -16,6 +20,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::task::{JoinHandle, JoinSet};
+
+mod plugin_gpus;
+
+pub use plugin_gpus::{
+    BROKEN_PLUGIN_TAG, DEFAULT_REGISTRATION_DELAY, GPUS_FOLLOW_PLUGIN_ANNOTATION, GpuWrite,
+    PluginGpus, PluginGpusOptions, Registration, STOPPED_PLUGIN_CAPACITY_GRACE, TwoPlugins,
+    is_broken_image,
+};
 
 /// The label of GPU validation pods (any namespace).
 pub const VALIDATION_POD_LABEL: (&str, &str) = ("app.kubernetes.io/component", "gpu-validation");
