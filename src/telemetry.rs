@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::api::{ConditionType, GpuPoolStatus, PluginMode};
+use crate::api::{ConditionType, GpuPoolStatus, PluginMode, RolloutState};
 
 pub const CONTROLLER: &str = "gpupool";
 
@@ -131,6 +131,27 @@ const POOL_GAUGES: &[PoolGaugeSpec] = &[
         "gpupool_pool_plugin_pods_updated",
         "Nodes running the current plugin pod template (status.devicePlugin.updated)",
         |s| s.device_plugin.as_ref().map_or(0, |d| d.updated.into()),
+    ),
+    (
+        "gpupool_pool_plugin_rollout_halted",
+        "1 when the pool's device plugin rollout halted (a replaced node did not serve its GPUs in time) or was rolled back",
+        |s| {
+            s.device_plugin
+                .as_ref()
+                .and_then(|d| d.rollout.as_ref())
+                .is_some_and(|r| matches!(r.state, RolloutState::Halted | RolloutState::RolledBack))
+                .into()
+        },
+    ),
+    (
+        "gpupool_pool_plugin_rollout_nodes_left",
+        "Nodes of the pool still running another device plugin than the rollout's target",
+        |s| {
+            s.device_plugin
+                .as_ref()
+                .and_then(|d| d.rollout.as_ref())
+                .map_or(0, |r| r.left.into())
+        },
     ),
     // Stalled is gpupool's own verdict that waiting will not help (an admin must act): alerting
     // on it pages for what the status calls stuck, not for a rollout or a node still booting.

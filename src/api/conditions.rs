@@ -141,6 +141,13 @@ pub enum Reason {
     PluginPodFailing,
     /// MIG is configured but the node advertises its GPUs whole (MIG mode off, or not partitioned).
     NoMigDevices,
+    // The plugin's GPU-verified rollout (DevicePluginReady, problem nodes, events)
+    PluginRollingOut,
+    PluginRolloutHalted,
+    PluginRolledBack,
+    PluginRolloutComplete,
+    /// A node whose plugin is being replaced (progress until the rollout's deadline).
+    PluginUpdating,
 }
 
 impl Reason {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 mod capacity;
 mod conditions;
 mod gate;
+mod rollout;
 mod selector;
 mod status;
 
@@ -24,6 +25,10 @@ pub use conditions::{ConditionStatus, ConditionType, Reason};
 pub use gate::{
     DEFAULT_GATE_TAINT, DEFAULT_VALIDATION_IMAGE, GateMode, GateStatus, ReadinessGate, Validation,
     ValidationStatus,
+};
+pub use rollout::{
+    HaltedNode, PluginRevision, RolloutFailurePolicy, RolloutNode, RolloutSpec, RolloutState,
+    RolloutStatus, RolloutStrategy,
 };
 pub use status::{Condition, DevicePluginStatus, GpuPoolStatus, PluginMode, ProblemNode};
 
@@ -61,6 +66,9 @@ pub const API_VERSION_FULL: &str = "gpupool.io/v1alpha1";
     printcolumn = r#"{"name":"GPUs","type":"integer","jsonPath":".status.gpusAllocatable","description":"Allocatable nvidia.com/gpu over the pool's nodes"}"#,
     printcolumn = r#"{"name":"Plugin","type":"string","jsonPath":".status.devicePlugin.mode","description":"Managed: gpupool runs the device plugin; Skipped: the node image ships it"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","description":"Why the pool is (not) ready"}"#,
+    printcolumn = r#"{"name":"Rollout","type":"string","priority":1,"jsonPath":".status.devicePlugin.rollout.state","description":"The device plugin's rollout: Complete, Progressing, Halted or RolledBack"}"#,
+    printcolumn = r#"{"name":"Updated","type":"integer","priority":1,"jsonPath":".status.devicePlugin.rollout.updated","description":"Nodes running the rollout's target plugin"}"#,
+    printcolumn = r#"{"name":"Left","type":"integer","priority":1,"jsonPath":".status.devicePlugin.rollout.left","description":"Nodes still running another plugin"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -124,6 +132,11 @@ pub struct GpuPoolSpec {
     /// More node conditions that report GPU faults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+
+    /// How a change of the device plugin reaches the nodes. Absent: node by node, verified by
+    /// GPUs, one node at a time, halting after 10 minutes without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
 }
 
 /// A standard Kubernetes label selector. The requirements are ANDed.

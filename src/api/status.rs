@@ -87,6 +87,9 @@ pub struct DevicePluginStatus {
     /// Nodes running the current pod template.
     #[serde(default)]
     pub updated: i32,
+    /// The plugin's rollout (`spec.rollout` strategy GpuVerified): what is replaced where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::RolloutStatus>,
 }
 
 /// Whether gpupool runs the device plugin for a pool.

@@ -1,7 +1,7 @@
 //! `observe`: everything one reconcile reads, copied out of the watched caches. No API calls, no
 //! decisions.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use crate::api::GpuPool;
 use crate::decide::Observed;
 use crate::decide::facts::{DaemonSetFacts, NodeFacts, PodFacts, PoolRef};
-use crate::decide::names::{DEVICE_PLUGIN_LABEL, pool_key};
+use crate::decide::names::{DEVICE_PLUGIN_LABEL, MANAGED_BY, pool_key};
 
 use super::context::Context;
 
@@ -55,6 +55,7 @@ pub fn observe(ctx: &Context, pool: Arc<GpuPool>) -> Observed {
         plugin_daemonsets,
         pods,
         dra_nodes,
+        gpu_busy: Default::default(),
         now: Timestamp::now(),
     }
 }
@@ -121,4 +122,40 @@ fn plugin_daemonsets(ctx: &Context) -> (Vec<Arc<DaemonSetFacts>>, HashSet<String
         .filter_map(|ds| ds.pool_owner.as_ref().map(|o| o.uid.clone()))
         .collect();
     (plugins, owners)
+}
+
+/// Which of `nodes` run a pod that holds a GPU (a container asking for an `nvidia.com/*`
+/// resource, not finished, not gpupool's own): asked of the API server one node at a time, for
+/// the few nodes a rollout's next step chooses between. A node whose pods cannot be listed
+/// counts as busy (it is then replaced last, not first).
+pub async fn gpu_busy(client: &kube::Client, nodes: &[String]) -> BTreeSet<String> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams};
+    let pods: Api<Pod> = Api::all(client.clone());
+    let mut busy = BTreeSet::new();
+    for node in nodes {
+        let params = ListParams::default().fields(&format!(
+            "spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed"
+        ));
+        let holds_gpu = match pods.list(&params).await {
+            Ok(list) => list.items.iter().any(|pod| {
+                let ours = pod.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1);
+                !ours
+                    && pod.spec.iter().flat_map(|s| &s.containers).any(|c| {
+                        c.resources.iter().any(|r| {
+                            r.limits
+                                .iter()
+                                .chain(&r.requests)
+                                .flatten()
+                                .any(|(name, _)| name.starts_with("nvidia.com/"))
+                        })
+                    })
+            }),
+            Err(_) => true,
+        };
+        if holds_gpu {
+            busy.insert(node.clone());
+        }
+    }
+    busy
 }

@@ -11,12 +11,13 @@ use tracing::{debug, info};
 use crate::api::{ConditionType, GpuPool};
 use crate::decide::applied::{Applied, FailedWrite, PluginState};
 use crate::decide::plugin::action::DaemonSetAction;
+use crate::decide::plugin::gpu_use_wanted;
 use crate::decide::{StatusOutcome, plan, plan_cleanup, report, report_unreadable};
 
 use super::apply::{TransientError, apply_cleanup, apply_daemonsets, apply_nodes, write_status};
 use super::context::Context;
 use super::finalizer;
-use super::observe::observe;
+use super::observe::{gpu_busy, observe};
 
 /// A replaced DaemonSet is recreated once its deletion is visible; the watch usually brings that
 /// first, this is the fallback.
@@ -70,7 +71,11 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
     if pool.metadata.deletion_timestamp.is_some() {
         return clean_up(ctx, pool).await;
     }
-    let observed = observe(ctx, pool);
+    let mut observed = observe(ctx, pool);
+    let ask = gpu_use_wanted(&observed, &ctx.settings);
+    if !ask.is_empty() {
+        observed.gpu_busy = gpu_busy(&ctx.client, &ask).await;
+    }
     let plan = plan(&observed, &ctx.settings);
     let applied = apply_daemonsets(&ctx.client, &ctx.settings.plugin_namespace, &plan).await?;
     if !finalizer::has_finalizer(&observed.pool)

@@ -179,6 +179,7 @@ mod tests {
             rejection: None,
             problem_clocks: None,
             plugin_configs: vec![],
+            gpu_busy: Default::default(),
             now: Timestamp::UNIX_EPOCH,
         }
     }

@@ -412,6 +412,12 @@ struct Sim {
 impl Sim {
     fn observed(&self, i: usize) -> Observed {
         let (p, image) = &self.pools[i];
+        let spec = gpupool(p, *image, false).spec;
+        let revision = crate::decide::plugin::daemonset::plugin_identity(
+            &settings().default_plugin_image,
+            spec.device_plugin.as_ref(),
+            crate::decide::plugin::config::plugin_config(&spec).as_ref(),
+        );
         let others = self
             .pools
             .iter()
@@ -425,6 +431,9 @@ impl Sim {
             .map(|(node, pool, going)| {
                 Arc::new(PodFacts {
                     deleting: *going,
+                    // The DaemonSet controller copies the template's plugin revision: every
+                    // pool here keeps one spec, so its pods run its one plugin.
+                    plugin: Some(revision.clone()),
                     ..crate::decide::testing::plugin_pod(
                         "gpu-resources",
                         &format!("{pool}-{node}"),
@@ -465,6 +474,7 @@ impl Sim {
             rejection: None,
             problem_clocks: None,
             plugin_configs: vec![],
+            gpu_busy: Default::default(),
             now: Timestamp::UNIX_EPOCH,
         }
     }
@@ -735,6 +745,7 @@ fn report_step(
         rejection: None,
         problem_clocks: None,
         plugin_configs: vec![],
+        gpu_busy: Default::default(),
         now,
     };
     let plan = plan_with(&observed, plugin, claims);
@@ -841,6 +852,8 @@ fn plan_with(
             config: None,
             config_map: crate::decide::plugin::config::ConfigMapAction::Nothing,
             tolerated: Default::default(),
+            revision: String::new(),
+            rollout: None,
         },
         readiness: Default::default(),
     }

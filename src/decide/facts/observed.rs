@@ -1,7 +1,7 @@
 //! `Observed`: everything one reconcile of one pool reads, as plain data (filled by the shell,
 //! `controller::observe`).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
@@ -39,6 +39,9 @@ pub struct Observed {
     /// When each problem node's problem began, as the last reconcile found (None after a
     /// restart: then the status says it, for the nodes it lists).
     pub problem_clocks: Option<Arc<ProblemClocks>>,
+    /// Nodes found running pods that hold a GPU (asked of the API server for the next nodes a
+    /// plugin rollout may replace, see `plugin::rollout::gpu_use_wanted`; empty otherwise).
+    pub gpu_busy: BTreeSet<String>,
     pub now: Timestamp,
 }
 

@@ -47,6 +47,9 @@ pub struct PluginPlacement<'a> {
     pub tolerated: &'a BTreeSet<TaintKey>,
     /// The plugin's config file (sharing, MIG), when the pool needs one.
     pub config: Option<&'a PluginConfig>,
+    /// gpupool replaces the plugin pods itself (a GPU-verified rollout): the DaemonSet's
+    /// update strategy is OnDelete. Else its own RollingUpdate.
+    pub on_delete: bool,
 }
 
 pub fn desired_daemonset(p: &PluginPlacement) -> DaemonSet {
@@ -80,13 +83,20 @@ pub fn desired_daemonset(p: &PluginPlacement) -> DaemonSet {
                 match_labels: Some(selector),
                 match_expressions: None,
             },
-            update_strategy: Some(DaemonSetUpdateStrategy {
-                type_: Some("RollingUpdate".into()),
-                // Never a second pod next to the old one: one plugin per node at all times.
-                rolling_update: Some(RollingUpdateDaemonSet {
-                    max_unavailable: Some(IntOrString::Int(1)),
-                    max_surge: Some(IntOrString::Int(0)),
-                }),
+            update_strategy: Some(if p.on_delete {
+                DaemonSetUpdateStrategy {
+                    type_: Some("OnDelete".into()),
+                    rolling_update: None,
+                }
+            } else {
+                DaemonSetUpdateStrategy {
+                    type_: Some("RollingUpdate".into()),
+                    // Never a surge pod next to the old one.
+                    rolling_update: Some(RollingUpdateDaemonSet {
+                        max_unavailable: Some(IntOrString::Int(1)),
+                        max_surge: Some(IntOrString::Int(0)),
+                    }),
+                }
             }),
             template: pod_template(p, &key, pod_labels),
             ..DaemonSetSpec::default()
@@ -339,6 +349,7 @@ mod tests {
             spec,
             tolerated,
             config: None,
+            on_delete: false,
         }
     }
 

@@ -9,5 +9,6 @@ pub mod daemonset;
 pub mod mode;
 pub mod placement;
 mod plan;
+pub mod rollout;
 
-pub use plan::{PluginPlan, plan_plugin};
+pub use plan::{PluginPlan, gpu_use_wanted, plan_plugin};

@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 
-use crate::api::{GpuPool, PluginMode, Reason};
+use crate::api::{GpuPool, PluginMode, PluginRevision, Reason, RolloutState, RolloutStrategy};
 use crate::decide::Settings;
 use crate::decide::capacity::{self, Expected};
 use crate::decide::facts::{
-    DaemonSetFacts, NodeFacts, ObjectId, Observed, PodRole, PoolRef, Stall, TaintKey,
+    DaemonSetFacts, NodeFacts, NodeReadiness, ObjectId, Observed, PodFacts, PodRole, PoolRef,
+    Stall, TaintKey,
 };
 use crate::decide::names::{DESIRED_HASH_ANNOTATION, DEVICE_PLUGIN_LABEL, daemonset_name};
 use crate::decide::scheduling::{pool_taint_keys, tolerates_node_taints};
@@ -20,9 +21,10 @@ use super::claims::{ForeignPlugin, NodeClaims, claim_nodes};
 use super::config::{
     ConfigMapAction, PluginConfig, config_map_action, desired_config_map, plugin_config,
 };
-use super::daemonset::{PluginPlacement, desired_daemonset};
+use super::daemonset::{PluginPlacement, desired_daemonset, plugin_identity};
 use super::mode::{PluginDecision, decide_plugin};
 use super::placement::{Placement, place};
+use super::rollout::{RolloutInputs, RolloutNodeView, RolloutPlan, max_unavailable, plan_rollout};
 
 /// What gpupool will do about a pool's device plugin, and what it decided on the way.
 #[derive(Clone, Debug)]
@@ -51,6 +53,11 @@ pub struct PluginPlan {
     pub config_map: ConfigMapAction,
     /// The taint keys the plugin tolerates (validation pods tolerate them too).
     pub tolerated: BTreeSet<TaintKey>,
+    /// The revision of the plugin the DaemonSet runs (see `plugin_identity`): the spec's, or
+    /// the last good one while a halted rollout is rolled back.
+    pub revision: String,
+    /// The GPU-verified rollout of the plugin (Managed pools with `spec.rollout` GpuVerified).
+    pub rollout: Option<RolloutPlan>,
 }
 
 pub fn plan_plugin(observed: &Observed, settings: &Settings) -> PluginPlan {
@@ -64,12 +71,20 @@ pub fn plan_plugin(observed: &Observed, settings: &Settings) -> PluginPlan {
         &foreign_plugins(observed),
         &observed.dra_nodes,
     );
-    let image = plugin_image(pool, settings);
-    let config = (plugin.mode == PluginMode::Managed)
-        .then(|| plugin_config(&pool.spec))
-        .flatten();
+    let wanted = wanted_revision(observed, settings);
     let live = own_daemonset(observed, &settings.plugin_namespace);
     let serves = |n: &NodeFacts| plugin.wants_plugin_on(&n.name) && !claims.excludes(&n.name);
+    let rollout = (plugin.mode == PluginMode::Managed)
+        .then(|| {
+            let namespace = &settings.plugin_namespace;
+            rollout(observed, &wanted, &nodes, &serves, &plugin, namespace)
+        })
+        .flatten();
+    let render = rollout.as_ref().map_or(&wanted, |r| &r.render);
+    let image = render.image.clone();
+    let config = (plugin.mode == PluginMode::Managed)
+        .then(|| plugin_config(&rendered_spec(render)))
+        .flatten();
     let tolerated = tolerated_taints(observed, live.as_deref(), &nodes, &serves);
     let desired = (plugin.mode == PluginMode::Managed).then(|| {
         desired_daemonset(&PluginPlacement {
@@ -77,9 +92,10 @@ pub fn plan_plugin(observed: &Observed, settings: &Settings) -> PluginPlan {
             pool_uid: observed.pool_uid(),
             namespace: &settings.plugin_namespace,
             image: &image,
-            spec: pool.spec.device_plugin.as_ref(),
+            spec: render.device_plugin.as_ref(),
             tolerated: &tolerated,
             config: config.as_ref(),
+            on_delete: gpu_verified(observed),
         })
     });
     let leftover_pods = leftover_pods(observed, &settings.plugin_namespace);
@@ -92,9 +108,21 @@ pub fn plan_plugin(observed: &Observed, settings: &Settings) -> PluginPlan {
         &leftover_pods,
     );
     let strays: Vec<&NodeFacts> = observed.strays.iter().map(Arc::as_ref).collect();
+    // A node whose plugin the rollout replaces now is not served until its old pod is gone.
+    let replaced = |n: &NodeFacts| {
+        rollout
+            .as_ref()
+            .is_some_and(|r| r.take_off.contains(&n.name))
+    };
     let placement = match &daemonset {
         DaemonSetAction::Blocked(_) => Placement::default(),
-        _ => place(&observed.pool_key(), &nodes, serves, &strays, observed),
+        _ => place(
+            &observed.pool_key(),
+            &nodes,
+            |n| serves(n) && !replaced(n),
+            &strays,
+            observed,
+        ),
     };
     let plugin_nodes = desired
         .as_ref()
@@ -113,11 +141,138 @@ pub fn plan_plugin(observed: &Observed, settings: &Settings) -> PluginPlan {
         live,
         placement,
         leftover_pods,
+        revision: render.revision.clone(),
         image,
         decision: plugin,
         claims,
         tolerated,
+        rollout,
     }
+}
+
+/// The nodes whose GPU use a rollout's next step chooses between (idle ones first): the pool's
+/// nodes running another plugin than the spec's, ready to be replaced, a few per free slot. Empty
+/// when no rollout has a free slot: then nothing is asked of the API server.
+pub fn gpu_use_wanted(observed: &Observed, settings: &Settings) -> Vec<String> {
+    if !gpu_verified(observed) {
+        return Vec::new();
+    }
+    let pool = &observed.pool;
+    let record = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.device_plugin.as_ref())
+        .and_then(|d| d.rollout.as_ref());
+    if record.is_some_and(|r| matches!(r.state, RolloutState::Halted | RolloutState::RolledBack)) {
+        return Vec::new();
+    }
+    let spec = pool.spec.rollout.clone().unwrap_or_default();
+    let in_progress = record.map_or(0, |r| r.in_progress.len());
+    let slots =
+        max_unavailable(&spec.max_unavailable, observed.nodes.len()).saturating_sub(in_progress);
+    if slots == 0 {
+        return Vec::new();
+    }
+    let wanted = wanted_revision(observed, settings).revision;
+    let key = observed.pool_key();
+    observed
+        .nodes
+        .iter()
+        .filter(|n| n.ready == NodeReadiness::Ready && !n.unschedulable && !n.deleting)
+        .filter(|n| !record.is_some_and(|r| r.in_progress.iter().any(|e| e.name == n.name)))
+        .filter(|n| {
+            observed.pods_on(&n.name).iter().any(|p| {
+                p.role == PodRole::Plugin
+                    && p.pool_key.as_deref() == Some(&key)
+                    && !p.deleting
+                    && p.plugin.as_deref() != Some(wanted.as_str())
+            })
+        })
+        .map(|n| n.name.clone())
+        .take((slots * 4).min(16))
+        .collect()
+}
+
+/// Whether the pool's plugin changes roll out node by node, verified by GPUs (the default).
+fn gpu_verified(observed: &Observed) -> bool {
+    observed
+        .pool
+        .spec
+        .rollout
+        .as_ref()
+        .is_none_or(|r| r.strategy == RolloutStrategy::GpuVerified)
+}
+
+/// The plugin the spec asks for, with what it is made from.
+fn wanted_revision(observed: &Observed, settings: &Settings) -> PluginRevision {
+    let spec = &observed.pool.spec;
+    let image = plugin_image(&observed.pool, settings);
+    let config = plugin_config(spec);
+    PluginRevision {
+        revision: plugin_identity(&image, spec.device_plugin.as_ref(), config.as_ref()),
+        image,
+        device_plugin: spec.device_plugin.clone(),
+        sharing: spec.sharing.clone(),
+        mig: spec.mig.clone(),
+    }
+}
+
+/// The spec fields a plugin revision renders from.
+fn rendered_spec(revision: &PluginRevision) -> crate::api::GpuPoolSpec {
+    crate::api::GpuPoolSpec {
+        sharing: revision.sharing.clone(),
+        mig: revision.mig.clone(),
+        ..Default::default()
+    }
+}
+
+/// The rollout of a Managed pool's plugin, over the nodes it serves.
+fn rollout(
+    observed: &Observed,
+    wanted: &PluginRevision,
+    nodes: &[&NodeFacts],
+    serves: &dyn Fn(&NodeFacts) -> bool,
+    decision: &PluginDecision,
+    namespace: &str,
+) -> Option<RolloutPlan> {
+    if !gpu_verified(observed) {
+        return None;
+    }
+    let pool = &observed.pool;
+    let spec = pool.spec.rollout.clone().unwrap_or_default();
+    let key = observed.pool_key();
+    let expected = expectations(observed, decision);
+    let views: Vec<RolloutNodeView> = nodes
+        .iter()
+        .filter(|n| serves(n))
+        .map(|n| {
+            let mut pods: Vec<&PodFacts> = observed
+                .pods_on(&n.name)
+                .into_iter()
+                .filter(|p| p.role == PodRole::Plugin && p.pool_key.as_deref() == Some(&key))
+                .filter(|p| p.id.namespace == namespace)
+                .collect();
+            pods.sort_by_key(|p| p.deleting);
+            RolloutNodeView {
+                node: n,
+                pod: pods.first().copied(),
+                expected: expected.get(&n.name),
+            }
+        })
+        .collect();
+    Some(plan_rollout(&RolloutInputs {
+        spec: &spec,
+        wanted: wanted.clone(),
+        previous: pool
+            .status
+            .as_ref()
+            .and_then(|s| s.device_plugin.as_ref())
+            .and_then(|d| d.rollout.as_ref()),
+        nodes: views,
+        validates: pool.spec.validation.is_some(),
+        busy: &observed.gpu_busy,
+        now: observed.now,
+    }))
 }
 
 /// Which nodes run gpupool's plugin and which their platform's (the previous mode is kept while

@@ -18,6 +18,24 @@ use crate::decide::facts::NodeFacts;
 pub struct NotReady {
     pub why: String,
     pub since: Timestamp,
+    /// When a Continuous gate closes on it, if not at the end of its grace period: a node whose
+    /// plugin is being replaced is progress until the rollout's deadline.
+    pub closes_at: Option<Timestamp>,
+}
+
+impl NotReady {
+    pub fn new(why: String, since: Timestamp) -> NotReady {
+        NotReady {
+            why,
+            since,
+            closes_at: None,
+        }
+    }
+
+    fn closes(&self, grace: SignedDuration) -> Timestamp {
+        self.closes_at
+            .unwrap_or_else(|| self.since.checked_add(grace).unwrap_or(Timestamp::MAX))
+    }
 }
 
 /// A node's gate state.
@@ -88,17 +106,14 @@ pub fn plan_gate(
                 if !tainted
                     && gate.mode == GateMode::Continuous
                     && !node.unschedulable
-                    && not_ready
-                        .since
-                        .checked_add(grace)
-                        .is_ok_and(|end| end <= now) =>
+                    && not_ready.closes(grace) <= now =>
             {
                 changes.push(change(true))
             }
             Some(Err(not_ready))
                 if !tainted && gate.mode == GateMode::Continuous && !node.unschedulable =>
             {
-                let end = not_ready.since.checked_add(grace).unwrap_or(Timestamp::MAX);
+                let end = not_ready.closes(grace);
                 next_check = Some(next_check.map_or(end, |t| t.min(end)));
             }
             _ => {}
@@ -153,6 +168,7 @@ mod tests {
 
     fn not_ready(minutes_ago: i64) -> Readiness {
         Err(NotReady {
+            closes_at: None,
             why: "no GPUs".into(),
             since: now()
                 .checked_sub(SignedDuration::from_mins(minutes_ago))

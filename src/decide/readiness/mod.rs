@@ -16,7 +16,6 @@ use crate::decide::capacity::judge;
 use crate::decide::facts::{NodeFacts, NodeReadiness, Observed, PodRole, Stall};
 use crate::decide::names::{ANY_MIG, GPU_RESOURCE, MIG_RESOURCE_PREFIX};
 use crate::decide::plugin::PluginPlan;
-use crate::decide::plugin::daemonset::plugin_identity;
 use crate::decide::plugin::mode::ImageKind;
 use crate::decide::readiness::gate::{
     GatePlan, NotReady, Readiness, TaintChange, lift_gate, plan_gate,
@@ -45,6 +44,13 @@ pub fn plan_readiness(o: &Observed, settings: &Settings, plugin: &PluginPlan) ->
         .iter()
         .map(|n| (n.name.clone(), base_readiness(o, plugin, n)))
         .collect();
+    // A node whose plugin a rollout replaces is progress until the rollout's deadline for it,
+    // whatever it lacks meanwhile.
+    for (node, until) in plugin.rollout.iter().flat_map(|r| &r.replacing) {
+        if let Some(Err(not_ready)) = readiness.get_mut(node) {
+            not_ready.closes_at = Some(*until);
+        }
+    }
     let mut out = ReadinessPlan::default();
     if let Some(validation) = &spec.validation {
         out.validation_stall = validation_image_not_allowed(validation, settings);
@@ -117,12 +123,8 @@ fn lifted(o: &Observed) -> Vec<TaintChange> {
 
 /// GPU readiness but for validation: Ready, schedulable, the plugin up, the GPUs there.
 fn base_readiness(o: &Observed, plugin: &PluginPlan, node: &NodeFacts) -> Readiness {
-    let not_ready = |why: String, own: Option<Timestamp>| {
-        Err(NotReady {
-            why,
-            since: problem_since(o, node, own),
-        })
-    };
+    let not_ready =
+        |why: String, own: Option<Timestamp>| Err(NotReady::new(why, problem_since(o, node, own)));
     if node.ready != NodeReadiness::Ready {
         return not_ready("the node is not Ready".into(), node.ready_since);
     }
@@ -131,6 +133,17 @@ fn base_readiness(o: &Observed, plugin: &PluginPlan, node: &NodeFacts) -> Readin
     }
     let platform = plugin.decision.shipped.contains_key(&node.name);
     let elsewhere = plugin.claims.excludes(&node.name);
+    if let Some(until) = plugin
+        .rollout
+        .as_ref()
+        .and_then(|r| r.replacing.get(&node.name))
+        .filter(|_| !plugin_pod_ready(o, plugin, &node.name))
+    {
+        let until = Timestamp::from_second(until.as_second()).unwrap_or(*until);
+        let why =
+            format!("its device plugin is being replaced (a rollout; progress until {until})");
+        return not_ready(why, None);
+    }
     if !platform && !elsewhere && !plugin_pod_ready(o, plugin, &node.name) {
         return not_ready("its device plugin pod is not ready yet".into(), None);
     }
@@ -154,33 +167,43 @@ fn problem_since(o: &Observed, node: &NodeFacts, own: Option<Timestamp>) -> Time
         .unwrap_or(o.now)
 }
 
-/// The pool's plugin pod on the node is ready and runs the pool's current plugin (during a
-/// rollout, the old one does not count: validating it would record a pass for the wrong plugin).
-fn plugin_pod_ready(o: &Observed, plugin: &PluginPlan, node: &str) -> bool {
+/// The plugin a node runs, if the pool's plugin pod there is ready: its revision.
+fn ready_plugin(o: &Observed, node: &str) -> Option<String> {
     let key = o.pool_key();
-    let current = desired_plugin(o, plugin);
-    o.pods_on(node).iter().any(|p| {
-        p.role == PodRole::Plugin
-            && p.pool_key.as_deref() == Some(&key)
-            && p.ready
-            && !p.deleting
-            && p.plugin.as_ref() == Some(&current)
+    o.pods_on(node).into_iter().find_map(|p| {
+        (p.role == PodRole::Plugin && p.pool_key.as_deref() == Some(&key) && p.ready && !p.deleting)
+            .then(|| p.plugin.clone())
+            .flatten()
     })
 }
 
-fn desired_plugin(o: &Observed, plugin: &PluginPlan) -> String {
-    plugin_identity(
-        &plugin.image,
-        o.pool.spec.device_plugin.as_ref(),
-        plugin.config.as_ref(),
-    )
+/// Whether the node runs a ready plugin pod of the pool that counts: the current plugin, or
+/// (while gpupool rolls a new one out node by node) the one it ran before, until its turn.
+/// Under the DaemonSet's own RollingUpdate an old pod does not count: validating it would
+/// record a pass for the wrong plugin.
+fn plugin_pod_ready(o: &Observed, plugin: &PluginPlan, node: &str) -> bool {
+    ready_plugin(o, node).is_some_and(|running| {
+        running == plugin.revision
+            || plugin
+                .rollout
+                .as_ref()
+                .is_some_and(|r| !r.replacing.contains_key(node))
+    })
 }
 
-/// Which plugin a node runs, so a new plugin means validating again.
+/// Which plugin a node runs, so a new plugin means validating again: a node a rollout has not
+/// reached yet keeps the plugin (and the validation) it has.
 fn node_plugin(o: &Observed, plugin: &PluginPlan, node: &str) -> String {
-    match plugin.decision.shipped.get(node) {
-        Some(kind) => format!("platform:{}", platform_name(*kind)),
-        None => desired_plugin(o, plugin),
+    if let Some(kind) = plugin.decision.shipped.get(node) {
+        return format!("platform:{}", platform_name(*kind));
+    }
+    let not_reached = plugin
+        .rollout
+        .as_ref()
+        .is_some_and(|r| !r.replacing.contains_key(node));
+    match ready_plugin(o, node) {
+        Some(running) if not_reached => running,
+        _ => plugin.revision.clone(),
     }
 }
 
@@ -271,10 +294,7 @@ fn validation_not_ready(o: &Observed, node: &str, state: &NodeValidation) -> Opt
         NodeValidation::Failed { message, .. } => format!("its GPU validation failed: {message}"),
     };
     let facts = o.nodes.iter().find(|n| n.name == node)?;
-    Some(NotReady {
-        why,
-        since: problem_since(o, facts, None),
-    })
+    Some(NotReady::new(why, problem_since(o, facts, None)))
 }
 
 fn validation_image_not_allowed(spec: &Validation, settings: &Settings) -> Option<Stall> {
@@ -321,6 +341,7 @@ mod tests {
             rejection: None,
             problem_clocks: None,
             plugin_configs: vec![],
+            gpu_busy: Default::default(),
             now: Timestamp::UNIX_EPOCH,
         }
     }

@@ -26,6 +26,7 @@ pub fn pool_events(
         });
     }
     events.extend(mode_change(previous, next));
+    events.extend(rollout_change(previous, next));
     let conflict = next.condition(ConditionType::Conflict);
     if let Some(conflict) = conflict.filter(|_| {
         previous
@@ -72,6 +73,69 @@ fn mode_change(previous: Option<&GpuPoolStatus>, next: &GpuPoolStatus) -> Option
                 .map(|d| d.reason.as_str())
                 .unwrap_or_default()
         ),
+    })
+}
+
+/// A plugin rollout that starts, halts, is rolled back or completes.
+fn rollout_change(previous: Option<&GpuPoolStatus>, next: &GpuPoolStatus) -> Option<PoolEvent> {
+    use crate::api::RolloutState;
+    let rollout = |s: &GpuPoolStatus| s.device_plugin.as_ref()?.rollout.clone();
+    let after = rollout(next)?;
+    let before = previous.and_then(rollout);
+    let same = before
+        .as_ref()
+        .is_some_and(|b| b.state == after.state && b.target_revision == after.target_revision);
+    if same {
+        return None;
+    }
+    let image = &after.target_image;
+    let (warning, reason, note) = match after.state {
+        RolloutState::Progressing => (
+            false,
+            Reason::PluginRollingOut,
+            format!(
+                "rolling the device plugin out to {image} node by node, verified by GPUs: {} nodes to replace",
+                after.left
+            ),
+        ),
+        RolloutState::Halted => (
+            true,
+            Reason::PluginRolloutHalted,
+            format!(
+                "the device plugin rollout to {image} halted on {}: {}",
+                after
+                    .halted
+                    .iter()
+                    .map(|h| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                after
+                    .halted
+                    .first()
+                    .map(|h| h.message.as_str())
+                    .unwrap_or_default()
+            ),
+        ),
+        RolloutState::RolledBack => (
+            true,
+            Reason::PluginRolledBack,
+            format!("the device plugin rollout halted; putting the last good plugin {image} back"),
+        ),
+        // A pool's first plugin is no rollout.
+        RolloutState::Complete if before.is_none() => return None,
+        RolloutState::Complete => (
+            false,
+            Reason::PluginRolloutComplete,
+            format!(
+                "every node runs the device plugin {image} and serves its GPUs ({} nodes)",
+                after.updated
+            ),
+        ),
+    };
+    Some(PoolEvent {
+        warning,
+        reason,
+        note: truncate(&note),
     })
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{ConditionStatus, ConditionType, GpuPool, GpuPoolStatus, Reason};
+use crate::api::{ConditionStatus, ConditionType, GpuPool, GpuPoolStatus, Reason, RolloutSpec};
 use crate::decide::Settings;
 use crate::decide::applied::{Applied, writes_retrying};
 use crate::decide::facts::{NodeFacts, Observed, ProblemClocks, Unreadable};
@@ -83,6 +83,7 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
             &plan.plugin.decision,
             &applied.state,
             &plan.plugin.image,
+            plan.plugin.rollout.as_ref(),
         )),
         problem_nodes_total: summary.problems.len() as i32,
         problem_nodes: summary
@@ -200,6 +201,9 @@ fn node_summary(
     let dra: BTreeSet<&str> = o.dra_nodes.iter().map(String::as_str).collect();
     let mut summary = summarize(nodes, expectations, &plan.plugin.claims, &dra);
     nodes::plugin_pod_problems(o, &mut summary);
+    if let Some(rollout) = &plan.plugin.rollout {
+        nodes::rollout_problems(rollout, &mut summary);
+    }
     readiness::readiness_problems(o, plan, &mut summary);
     summary
 }
@@ -224,6 +228,15 @@ fn components(
     let mut plugin = plugin_assessment(&PluginInputs {
         pods_failing: crashing(&summary.failing),
         pods_failing_in_grace: crashing(&summary.waiting),
+        rollout: plan.plugin.rollout.as_ref(),
+        progress_deadline_seconds: o
+            .pool
+            .spec
+            .rollout
+            .as_ref()
+            .map_or(RolloutSpec::default().progress_deadline_seconds, |r| {
+                r.progress_deadline_seconds
+            }),
         decision: &plan.plugin.decision,
         claims: &plan.plugin.claims,
         state: &applied.state,

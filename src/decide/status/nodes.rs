@@ -14,6 +14,7 @@ use crate::decide::facts::{
     ContainerFailure, NodeFacts, NodeReadiness, ObjectId, Observed, PodRole, ProblemClocks,
 };
 use crate::decide::plugin::claims::NodeClaims;
+use crate::decide::plugin::rollout::RolloutPlan;
 
 /// How one node stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -370,6 +371,65 @@ const EXPLAINED_BY_THE_PLUGIN: [Reason; 6] = [
     Reason::NoMigDevices,
 ];
 
+/// Nodes a plugin rollout is replacing are progress until its deadline for them, whatever they
+/// lack meanwhile (`PluginUpdating`); nodes that halted it fail with what they show.
+pub(super) fn rollout_problems(rollout: &RolloutPlan, s: &mut NodeSummary) {
+    let lacking =
+        |s: &NodeSummary, node: &str| s.failing.iter().chain(&s.waiting).any(|(n, _)| n == node);
+    let mut moved = false;
+    for (node, until) in &rollout.replacing {
+        if !lacking(s, node) {
+            continue; // serving its GPUs already
+        }
+        s.failing.retain(|(n, _)| n != node);
+        s.waiting.retain(|(n, _)| n != node);
+        s.waiting.push((node.clone(), Reason::PluginUpdating));
+        s.next_grace_end = Some(s.next_grace_end.map_or(*until, |t| t.min(*until)));
+        let since = s.problems.get(node).and_then(|p| p.since.clone());
+        s.problems.insert(
+            node.clone(),
+            ProblemNode {
+                name: node.clone(),
+                reason: Reason::PluginUpdating.to_string(),
+                message: format!(
+                    "its device plugin is being replaced by the rollout to {}; it must serve its GPUs again by {}",
+                    rollout.status.target_image,
+                    whole_seconds(*until).0
+                ),
+                since,
+            },
+        );
+        moved = true;
+    }
+    for halted in &rollout.status.halted {
+        if !lacking(s, &halted.name) {
+            continue;
+        }
+        s.failing.retain(|(n, _)| *n != halted.name);
+        s.waiting.retain(|(n, _)| *n != halted.name);
+        s.failing
+            .push((halted.name.clone(), Reason::PluginRolloutHalted));
+        let since = s.problems.get(&halted.name).and_then(|p| p.since.clone());
+        s.problems.insert(
+            halted.name.clone(),
+            ProblemNode {
+                name: halted.name.clone(),
+                reason: Reason::PluginRolloutHalted.to_string(),
+                message: format!(
+                    "the new device plugin ({}) did not bring its GPUs back: {}",
+                    rollout.status.target_image, halted.message
+                ),
+                since,
+            },
+        );
+        moved = true;
+    }
+    if moved {
+        s.failing.sort();
+        s.waiting.sort();
+    }
+}
+
 /// Nodes where the kubelet cannot run the pool's plugin pod (crash loop, image pull, container
 /// creation): the node's problem names the pod, why, its restarts, the plugin's last error and
 /// where to look, instead of only "no GPUs". A real kubelet shows this; the simulation never did
@@ -567,6 +627,7 @@ mod tests {
             rejection: None,
             problem_clocks: None,
             plugin_configs: vec![],
+            gpu_busy: Default::default(),
             now: Timestamp::UNIX_EPOCH,
         }
     }

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+use crate::api::RolloutState;
 use crate::api::{DevicePluginStatus, PluginMode, Reason};
 use crate::decide::applied::PluginState;
 use crate::decide::facts::{Rollout, Stall};
 use crate::decide::plugin::claims::NodeClaims;
 use crate::decide::plugin::mode::PluginDecision;
+use crate::decide::plugin::rollout::RolloutPlan;
 use crate::decide::text::name_list;
 
 use super::conditions::Assessment;
@@ -31,6 +33,10 @@ pub(super) struct PluginInputs<'a> {
     /// period, and within it.
     pub pods_failing: Vec<String>,
     pub pods_failing_in_grace: Vec<String>,
+    /// The plugin's GPU-verified rollout, when gpupool runs it (then the DaemonSet's own count of
+    /// updated pods says nothing: its strategy is OnDelete).
+    pub rollout: Option<&'a RolloutPlan>,
+    pub progress_deadline_seconds: i32,
 }
 
 pub(super) fn plugin_assessment(i: &PluginInputs) -> Assessment {
@@ -64,6 +70,9 @@ pub(super) fn plugin_assessment(i: &PluginInputs) -> Assessment {
             format!("waiting for the device plugin to run on {nodes}"),
         );
     }
+    if let Some(assessment) = i.rollout.and_then(|r| rollout_assessment(r, i)) {
+        return assessment;
+    }
     match i.state {
         PluginState::NotDeployed => Assessment::ok(i.decision.reason, i.decision.message.clone()),
         PluginState::Pending { id } => {
@@ -85,7 +94,8 @@ pub(super) fn plugin_assessment(i: &PluginInputs) -> Assessment {
             unscheduled(i, &id.to_string(), rollout)
         }
         PluginState::Live { id, rollout }
-            if rollout.updated < rollout.desired || rollout.ready < rollout.desired =>
+            if (rollout.updated < rollout.desired && i.rollout.is_none())
+                || rollout.ready < rollout.desired =>
         {
             rolling_out(i, &id.to_string(), &id.namespace, &id.name, rollout)
         }
@@ -178,10 +188,76 @@ fn rolling_out(i: &PluginInputs, id: &str, namespace: &str, name: &str, r: &Roll
     }
 }
 
+/// DevicePluginReady while a GPU-verified rollout is not complete.
+fn rollout_assessment(r: &RolloutPlan, i: &PluginInputs) -> Option<Assessment> {
+    let s = &r.status;
+    let total = s.updated + s.left;
+    let revision = |rev: &str| rev.chars().take(10).collect::<String>();
+    let replacing: Vec<String> = s.in_progress.iter().map(|n| n.name.clone()).collect();
+    match s.state {
+        RolloutState::Complete => None,
+        RolloutState::Progressing => {
+            let nodes = name_list(&replacing, 10);
+            Some(Assessment::progressing(
+                Reason::PluginRollingOut,
+                format!(
+                    "rolling the device plugin out to {} (revision {}) node by node: {} of {total} nodes run it; replacing {nodes}, each must serve its GPUs again within {} s",
+                    s.target_image,
+                    revision(&s.target_revision),
+                    s.updated,
+                    i.progress_deadline_seconds
+                ),
+                format!("replacing the device plugin on {nodes}"),
+            ))
+        }
+        RolloutState::Halted => {
+            let halted: Vec<String> = s
+                .halted
+                .iter()
+                .map(|h| format!("{} ({})", h.name, h.message))
+                .collect();
+            let back = s.last_good.as_ref().map_or(String::new(), |g| {
+                format!(
+                    ", or set spec.rollout.onFailure: Rollback to put the last good plugin {} back",
+                    g.image
+                )
+            });
+            Some(Assessment::failed(
+                Reason::PluginRolloutHalted,
+                format!(
+                    "the device plugin rollout to {} (revision {}) halted: {} did not serve their GPUs within {} s of getting it: {}; no further node is touched ({} still run the previous plugin). Fix spec.devicePlugin (image, env) or the sharing/MIG config and gpupool rolls the fix out{back}",
+                    s.target_image,
+                    revision(&s.target_revision),
+                    halted.len(),
+                    i.progress_deadline_seconds,
+                    name_list(&halted, 5),
+                    s.left
+                ),
+            ))
+        }
+        RolloutState::RolledBack => Some(Assessment::failed(
+            Reason::PluginRolledBack,
+            format!(
+                "the device plugin rollout of revision {} halted, and the last good plugin {} (revision {}) is put back: {} of {total} nodes run it{}. Fix spec.devicePlugin (image, env) or the sharing/MIG config to roll out again",
+                revision(s.halted_revision.as_deref().unwrap_or_default()),
+                s.target_image,
+                revision(&s.target_revision),
+                s.updated,
+                if replacing.is_empty() {
+                    String::new()
+                } else {
+                    format!(", replacing {}", name_list(&replacing, 10))
+                }
+            ),
+        )),
+    }
+}
+
 pub(super) fn device_plugin_status(
     decision: &PluginDecision,
     state: &PluginState,
     image: &str,
+    plan_rollout: Option<&RolloutPlan>,
 ) -> DevicePluginStatus {
     let (name, rollout) = match state {
         PluginState::NotDeployed => (None, Rollout::default()),
@@ -197,5 +273,6 @@ pub(super) fn device_plugin_status(
         desired: rollout.desired,
         ready: rollout.ready,
         updated: rollout.updated,
+        rollout: plan_rollout.map(|r| r.status.clone()),
     }
 }

@@ -113,6 +113,7 @@ impl Case {
             rejection: None,
             problem_clocks: self.clocks.clone().map(Arc::new),
             plugin_configs: vec![],
+            gpu_busy: Default::default(),
             now: self.at,
         };
         let refs: Vec<&NodeFacts> = self.nodes.iter().collect();
@@ -138,6 +139,8 @@ impl Case {
                 config: None,
                 config_map: crate::decide::plugin::config::ConfigMapAction::Nothing,
                 tolerated: Default::default(),
+                revision: String::new(),
+                rollout: None,
             },
             readiness: Default::default(),
         };
