@@ -55,6 +55,13 @@ impl RolloutNodeView<'_> {
             .is_some_and(|p| !p.deleting && p.plugin.as_deref() != Some(target))
     }
 
+    /// Whether the node serves its GPUs now, with whatever plugin it runs.
+    fn serving(&self) -> bool {
+        let pod_ready = self.pod.is_some_and(|p| !p.deleting && p.ready);
+        let gpus = self.gpus() > 0 && self.expected.is_none_or(|e| judge(self.node, e).is_ok());
+        self.node.ready == NodeReadiness::Ready && pod_ready && gpus
+    }
+
     fn available(&self) -> bool {
         self.node.ready == NodeReadiness::Ready && !self.node.unschedulable && !self.node.deleting
     }
@@ -96,6 +103,9 @@ pub struct RolloutPlan {
     pub replacing: BTreeMap<String, Timestamp>,
     /// Nodes that did not serve their GPUs again within the deadline, with what they show.
     pub halted: Vec<HaltedNode>,
+    /// Nodes without GPU service (not for the rollout) that use up `maxUnavailable`, when they
+    /// keep the rollout from replacing any node.
+    pub blocked_by: Vec<String>,
 }
 
 /// `maxUnavailable` for a pool of `nodes` nodes: at least one.
@@ -157,6 +167,7 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
     }
     let halt = halted_before.is_some() || !halted.is_empty();
     let slots = max_unavailable(&i.spec.max_unavailable, i.nodes.len());
+    let mut blocked_by = Vec::new();
     if !halt || rolling_back {
         let mut candidates: Vec<&RolloutNodeView> = i
             .nodes
@@ -164,12 +175,38 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
             .filter(|n| n.available() && n.runs_live_other(target))
             .filter(|n| !in_progress.iter().any(|e| e.name == n.node.name))
             .collect();
-        // Idle nodes first: no workload loses its GPU for an update another node can take.
-        candidates.sort_by_key(|n| (i.busy.contains(&n.node.name), n.node.name.clone()));
-        for view in candidates
-            .into_iter()
-            .take(slots.saturating_sub(in_progress.len()))
-        {
+        // Nodes without their GPUs already cost nothing to replace and go first; then idle
+        // nodes: no workload loses its GPU for an update another node can take.
+        candidates.sort_by_key(|n| {
+            (
+                n.serving(),
+                i.busy.contains(&n.node.name),
+                n.node.name.clone(),
+            )
+        });
+        // Nodes without GPU service count against maxUnavailable, whatever the reason.
+        let mut down = i
+            .nodes
+            .iter()
+            .filter(|n| n.available() && !n.serving())
+            .filter(|n| !in_progress.iter().any(|e| e.name == n.node.name))
+            .count();
+        for view in candidates {
+            let free = !view.serving();
+            if !free && in_progress.len() + down >= slots {
+                if in_progress.is_empty() {
+                    blocked_by = i
+                        .nodes
+                        .iter()
+                        .filter(|n| n.available() && !n.serving())
+                        .map(|n| n.node.name.clone())
+                        .collect();
+                }
+                break;
+            }
+            if free {
+                down -= 1;
+            }
             in_progress.push(RolloutNode {
                 name: view.node.name.clone(),
                 since: Time(whole_seconds(i.now)),
@@ -247,6 +284,7 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
         take_off,
         replacing,
         halted,
+        blocked_by,
     }
 }
 

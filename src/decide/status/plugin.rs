@@ -196,6 +196,19 @@ fn rollout_assessment(r: &RolloutPlan, i: &PluginInputs) -> Option<Assessment> {
     let replacing: Vec<String> = s.in_progress.iter().map(|n| n.name.clone()).collect();
     match s.state {
         RolloutState::Complete => None,
+        RolloutState::Progressing if replacing.is_empty() && !r.blocked_by.is_empty() => {
+            let nodes = name_list(&r.blocked_by, 10);
+            Some(Assessment::progressing(
+                Reason::PluginRollingOut,
+                format!(
+                    "rolling the device plugin out to {} (revision {}): {} of {total} nodes run it; waiting, because nodes without GPU service use up spec.rollout.maxUnavailable: {nodes}",
+                    s.target_image,
+                    revision(&s.target_revision),
+                    s.updated
+                ),
+                format!("the plugin rollout waits for {nodes} to serve GPUs"),
+            ))
+        }
         RolloutState::Progressing => {
             let nodes = name_list(&replacing, 10);
             Some(Assessment::progressing(
