@@ -957,12 +957,14 @@ async fn five_hundred_hand_overs_cost_one_check_per_node() {
         "{NODES} hand-overs: {pod_lists} pod LISTs, {node_gets} node GETs, {node_patches} node PATCHes, {} DaemonSet LISTs",
         count("list", "daemonsets")
     );
-    // One check per node the new pool labels, and the old pool's label removals.
+    // One check per node the new pool labels (no polling while the old pods terminate). Each
+    // label write (the old pool's removal, the new pool's) reads the node first, and again when
+    // kwok's status heartbeat changed it in between (a 409): a few more GETs.
     assert!(
         pod_lists <= NODES + NODES / 10,
         "{pod_lists} pod LISTs for {NODES} hand-overs"
     );
-    assert!(node_gets <= 2 * NODES + NODES / 10, "{node_gets} node GETs");
+    assert!(node_gets <= 3 * NODES, "{node_gets} node GETs");
     assert!(
         node_patches <= 2 * NODES + NODES / 10,
         "{node_patches} node PATCHes"
