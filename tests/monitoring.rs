@@ -24,9 +24,9 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::tools::{helm, path_str, read, repo, run, run_with_stdin, tools_bin, yaml_docs};
-use support::{PoolYaml, TIMEOUT, create_pool, env_with, operator_log};
+use support::{PoolYaml, TIMEOUT, create_pool, env_with, operator_log, patch_pool, wait_condition};
 use testenv::nodes::{GpuNode, create_node, set_gpus};
-use testenv::simulate::{SIMULATE_VALIDATION_LABEL, ValidationPods};
+use testenv::simulate::{PluginGpus, SIMULATE_VALIDATION_LABEL, ValidationPods};
 use testenv::{ControlPlane, free_port, wait_for};
 use tokio::sync::OnceCell;
 
@@ -643,8 +643,8 @@ fn pathdiff(to: &Path, from: &Path) -> String {
 
 /// An operator on the real control plane, driven so that every series the dashboard and the
 /// rules read exists: a pool with a node whose GPUs never registered and one with an unhealthy
-/// GPU (Stalled), and a gated, validated pool with a node that passes and one that fails.
-/// Every query's selectors and labels are then checked against its `/metrics`; and the rules,
+/// GPU (Stalled), a gated, validated pool with a node that passes and one that fails, and a pool
+/// whose plugin update registers no GPUs (its GPU-verified rollout halts). Every query's selectors and labels are then checked against its `/metrics`; and the rules,
 /// fed that scrape by promtool, fire exactly the alerts this state calls for.
 #[tokio::test]
 async fn every_series_the_dashboard_and_the_rules_query_is_served_and_the_alerts_fire() {
@@ -686,6 +686,35 @@ async fn every_series_the_dashboard_and_the_rules_query_is_served_and_the_alerts
         PoolYaml::new("mon-val")
             .agentpool("monval")
             .extra_spec("  readinessGate: {}\n  validation: {}\n"),
+    )
+    .await;
+
+    // A plugin rollout that halts: the nodes' GPUs follow their plugin pods (a simulated kubelet
+    // device manager), and the update registers none. The first plugin serves them.
+    let _device_manager = PluginGpus::spawn_selecting(c.clone(), "monroll=true");
+    for name in ["mon-roll-0", "mon-roll-1"] {
+        create_node(
+            c,
+            &GpuNode::aks(name, "monroll")
+                .gpus(2)
+                .gpus_follow_plugin()
+                .label("monroll", "true"),
+        )
+        .await
+        .unwrap();
+    }
+    create_pool(
+        c,
+        PoolYaml::new("mon-roll").agentpool("monroll").extra_spec(
+            "  devicePlugin:\n    image: nvcr.io/nvidia/k8s-device-plugin:v0.17.0\n  rollout:\n    progressDeadlineSeconds: 30\n",
+        ),
+    )
+    .await;
+    wait_condition(&env, "mon-roll", "Ready", "True", None).await;
+    patch_pool(
+        c,
+        "mon-roll",
+        json!({"spec": {"devicePlugin": {"image": "nvcr.io/nvidia/k8s-device-plugin:v0.18.2-broken"}}}),
     )
     .await;
 
@@ -758,6 +787,17 @@ async fn every_series_the_dashboard_and_the_rules_query_is_served_and_the_alerts
             &[("pool", "mon-val"), ("action", "removed")],
             counted.clone(),
         ),
+        (
+            "gpupool_pool_plugin_rollout_halted",
+            &[("pool", "mon-roll")],
+            1.0..=1.0,
+        ),
+        (
+            "gpupool_pool_plugin_rollout_nodes_left",
+            &[("pool", "mon-roll")],
+            1.0..=1.0,
+        ),
+        ("gpupool_pool_stalled", &[("pool", "mon-roll")], 1.0..=1.0),
         ("gpupool_leader", &[], 1.0..=1.0),
     ];
     let scrape = wait_for(
@@ -825,6 +865,13 @@ async fn every_series_the_dashboard_and_the_rules_query_is_served_and_the_alerts
         ("GpuPoolGpusUnhealthy", "mon-gpu", "warning"),
         ("GpuPoolNotReady", "mon-val", "warning"),
         ("GpuPoolValidationFailing", "mon-val", "warning"),
+        // The halted rollout pages as halted, not also as a stuck DaemonSet; its node without
+        // GPUs (capacity kept, allocatable 0, as #1645) makes the pool not Ready, GPUs missing
+        // and not allocatable.
+        ("GpuPoolNotReady", "mon-roll", "warning"),
+        ("GpuPoolGpusMissing", "mon-roll", "warning"),
+        ("GpuPoolGpusUnhealthy", "mon-roll", "warning"),
+        ("GpuPoolPluginRolloutHalted", "mon-roll", "warning"),
     ];
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(repo(RULES), dir.path().join("rules.yaml")).unwrap();
