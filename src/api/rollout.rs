@@ -135,7 +135,9 @@ pub struct RolloutStatus {
     /// Nodes running the target revision.
     #[serde(default)]
     pub updated: i32,
-    /// Nodes still running another revision.
+    /// Nodes left to replace: in service and running another plugin, or being replaced (a node
+    /// out of service is replaced once it is back; one without a plugin pod gets the target from
+    /// the DaemonSet).
     #[serde(default)]
     pub left: i32,
     /// Nodes being replaced now.

@@ -236,7 +236,19 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
         .iter()
         .filter(|n| n.revision() == Some(target))
         .count();
-    let left = i.nodes.len() - updated;
+    // Left to replace: in-service nodes running another plugin, and the nodes being replaced.
+    // A node with no plugin pod gets the target from the DaemonSet controller (its own
+    // conditions say when it cannot); a node out of service (NotReady, cordoned) is replaced
+    // once it is back, and meanwhile holds no rollout open.
+    let left = i
+        .nodes
+        .iter()
+        .filter(|n| n.revision() != Some(target))
+        .filter(|n| {
+            (n.available() && n.runs_live_other(target))
+                || in_progress.iter().any(|e| e.name == n.node.name)
+        })
+        .count();
     let state = if rolling_back {
         RolloutState::RolledBack
     } else if halt {
@@ -248,7 +260,8 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
     };
     // A rollout that reached every node with every replaced node serving its GPUs again makes
     // its plugin the one to go back to.
-    let last_good = if state == RolloutState::Complete && !i.nodes.is_empty() {
+    let serves = i.nodes.iter().any(|n| gpu_ready(n, target, 0, false));
+    let last_good = if state == RolloutState::Complete && serves {
         Some(render.clone())
     } else {
         last_good
@@ -606,6 +619,42 @@ mod tests {
             "{:?}",
             next.status.in_progress
         );
+    }
+
+    #[test]
+    fn a_first_plugin_that_no_node_runs_yet_is_no_rollout() {
+        // The DaemonSet controller has not started a pod anywhere (e.g. its PriorityClass is
+        // missing): nothing to replace; the DaemonSet's own conditions say why.
+        let mut w = World::new(2, NEW);
+        w.pods = vec![None, None];
+        let plan = w.plan(NEW);
+        assert_eq!(plan.status.state, RolloutState::Complete);
+        assert_eq!((plan.status.updated, plan.status.left), (0, 0));
+        assert!(plan.take_off.is_empty() && plan.status.in_progress.is_empty());
+        assert!(
+            plan.status.last_good.is_none(),
+            "nothing has served GPUs yet: no plugin to go back to"
+        );
+    }
+
+    #[test]
+    fn an_out_of_service_node_holds_no_rollout_open_and_is_replaced_once_back() {
+        let mut w = World::new(2, OLD);
+        w.plan(OLD);
+        w.nodes[1].unschedulable = true;
+        let first = w.plan(NEW);
+        assert_eq!(names(&first.take_off), ["n0"]);
+        assert_eq!(first.status.left, 1, "the cordoned node waits");
+        w.take_off(&first);
+        w.start(NEW, 8);
+        let done = w.plan(NEW);
+        assert_eq!(done.status.state, RolloutState::Complete, "{done:?}");
+        assert_eq!(done.status.last_good.as_ref().unwrap().revision, NEW);
+        // Uncordoned: it still runs the old plugin, so the rollout reaches it.
+        w.nodes[1].unschedulable = false;
+        let back = w.plan(NEW);
+        assert_eq!(back.status.state, RolloutState::Progressing);
+        assert_eq!(names(&back.take_off), ["n1"]);
     }
 
     #[test]

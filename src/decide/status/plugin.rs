@@ -196,7 +196,9 @@ fn rollout_assessment(r: &RolloutPlan, i: &PluginInputs) -> Option<Assessment> {
     let replacing: Vec<String> = s.in_progress.iter().map(|n| n.name.clone()).collect();
     match s.state {
         RolloutState::Complete => None,
-        RolloutState::Progressing if replacing.is_empty() && !r.blocked_by.is_empty() => {
+        // Nothing being replaced and nothing in the way: the DaemonSet's own state says more.
+        RolloutState::Progressing if replacing.is_empty() && r.blocked_by.is_empty() => None,
+        RolloutState::Progressing if replacing.is_empty() => {
             let nodes = name_list(&r.blocked_by, 10);
             Some(Assessment::progressing(
                 Reason::PluginRollingOut,
