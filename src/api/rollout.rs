@@ -91,7 +91,8 @@ pub struct RolloutNode {
     pub name: String,
     /// When gpupool took its previous plugin off.
     pub since: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
-    /// Its allocatable GPUs then: what it must have again.
+    /// Its allocatable GPUs then: what it must have again. 0: it had no GPU service then, and
+    /// is done once the new plugin runs there.
     #[serde(default)]
     pub gpus_before: i64,
 }

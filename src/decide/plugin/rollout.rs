@@ -101,6 +101,8 @@ pub struct RolloutPlan {
     /// Nodes being replaced, and until when that is progress (their readiness gate does not
     /// close before).
     pub replacing: BTreeMap<String, Timestamp>,
+    /// What each node being replaced shows now (its plugin pod, its GPUs, its validation).
+    pub shows: BTreeMap<String, String>,
     /// Nodes that did not serve their GPUs again within the deadline, with what they show.
     pub halted: Vec<HaltedNode>,
     /// Nodes without GPU service (not for the rollout) that use up `maxUnavailable`, when they
@@ -152,6 +154,13 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
             continue; // NotReady, cordoned, going: counted, not waited for
         }
         if gpu_ready(view, target, entry.gpus_before, i.validates) {
+            continue;
+        }
+        // A node that had no GPU service to lose is done once the new plugin runs there: what
+        // it lacks is its own problem, reported as such, and it still counts against
+        // maxUnavailable until it serves (so it cannot halt the rollout, nor let it take down
+        // a serving node in its place).
+        if entry.gpus_before == 0 && view.revision() == Some(target) {
             continue;
         }
         let since = entry.since.0;
@@ -210,7 +219,7 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
             in_progress.push(RolloutNode {
                 name: view.node.name.clone(),
                 since: Time(whole_seconds(i.now)),
-                gpus_before: view.gpus(),
+                gpus_before: if free { 0 } else { view.gpus() },
             });
         }
     }
@@ -223,12 +232,20 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
         })
         .map(|e| e.name.clone())
         .collect();
-    let replacing = in_progress
+    let replacing: BTreeMap<String, Timestamp> = in_progress
         .iter()
         .filter(|e| !halted.iter().any(|h| h.name == e.name))
         .map(|e| {
             let end = e.since.0.checked_add(deadline).unwrap_or(Timestamp::MAX);
             (e.name.clone(), end)
+        })
+        .collect();
+    let shows = in_progress
+        .iter()
+        .filter(|e| replacing.contains_key(&e.name))
+        .filter_map(|e| {
+            let view = by_name.get(e.name.as_str())?;
+            Some((e.name.clone(), self::shows(view, target, e)))
         })
         .collect();
     let updated = i
@@ -296,6 +313,7 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
         render,
         take_off,
         replacing,
+        shows,
         halted,
         blocked_by,
     }
@@ -655,6 +673,31 @@ mod tests {
         let back = w.plan(NEW);
         assert_eq!(back.status.state, RolloutState::Progressing);
         assert_eq!(names(&back.take_off), ["n1"]);
+    }
+
+    #[test]
+    fn a_node_without_gpus_before_is_replaced_first_never_halts_and_holds_the_budget() {
+        let mut w = World::new(2, OLD);
+        w.nodes[0].gpu_allocatable = Some(0); // dead before the rollout
+        w.plan(OLD);
+        let first = w.plan(NEW);
+        assert_eq!(names(&first.take_off), ["n0"], "it has nothing to lose");
+        assert_eq!(first.status.in_progress[0].gpus_before, 0);
+        w.take_off(&first);
+        w.start(NEW, 0); // the new plugin runs there; the node still has no GPUs
+        w.later(700); // past the deadline
+        let plan = w.plan(NEW);
+        assert_eq!(plan.status.state, RolloutState::Progressing, "no halt");
+        assert!(plan.status.in_progress.is_empty() && plan.halted.is_empty());
+        assert!(
+            plan.take_off.is_empty(),
+            "n1 serves: maxUnavailable is used up"
+        );
+        assert_eq!(plan.blocked_by, ["n0"]);
+        // Cordoned (out of service), it no longer holds the budget.
+        w.nodes[0].unschedulable = true;
+        let on = w.plan(NEW);
+        assert_eq!(names(&on.take_off), ["n1"]);
     }
 
     #[test]

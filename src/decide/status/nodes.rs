@@ -392,9 +392,10 @@ pub(super) fn rollout_problems(rollout: &RolloutPlan, s: &mut NodeSummary) {
                 name: node.clone(),
                 reason: Reason::PluginUpdating.to_string(),
                 message: format!(
-                    "its device plugin is being replaced by the rollout to {}; it must serve its GPUs again by {}",
+                    "its device plugin is being replaced by the rollout to {}; it must serve its GPUs again by {} (now: {})",
                     rollout.status.target_image,
-                    whole_seconds(*until).0
+                    whole_seconds(*until).0,
+                    rollout.shows.get(node).map_or("unknown", String::as_str)
                 ),
                 since,
             },
