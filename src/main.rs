@@ -122,6 +122,10 @@ struct RunArgs {
     /// also end when the leader's renew deadline does.
     #[arg(long, env = "GPUPOOL_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// Label selector of the NVIDIA GPU DRA driver's kubelet plugin pods (any namespace): a DRA
+    /// node serves GPUs only while the driver's pod there is ready.
+    #[arg(long, env = "GPUPOOL_DRA_DRIVER_POD_SELECTOR", default_value = controller::DEFAULT_DRA_DRIVER_POD_SELECTOR)]
+    dra_driver_pod_selector: String,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -300,6 +304,7 @@ fn run_options(args: &RunArgs, identity: &str) -> Result<RunOptions, String> {
         concurrency: args.max_concurrent_reconciles,
         node_writes_per_second: args.node_writes_per_second,
         node_write_burst: args.node_write_burst,
+        dra_driver_pods: args.dra_driver_pod_selector.clone(),
         watch_list: match args.watch_list {
             WatchListArg::Auto => controller::WatchList::Auto,
             WatchListArg::On => controller::WatchList::On,

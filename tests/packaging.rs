@@ -64,6 +64,9 @@ const REVIEWED_PERMISSIONS: &[&str] = &[
     // NVIDIA DRA driver ResourceSlices.
     "cluster: resource.k8s.io/resourceslices list",
     "cluster: resource.k8s.io/resourceslices watch",
+    // DeviceClasses selecting the DRA driver's GPUs (named in status.capacity.dra).
+    "cluster: resource.k8s.io/deviceclasses list",
+    "cluster: resource.k8s.io/deviceclasses watch",
     // DaemonSet cache (its own, and device plugins it does not own, anywhere).
     "cluster: apps/daemonsets list",
     "cluster: apps/daemonsets watch",
@@ -74,6 +77,8 @@ const REVIEWED_PERMISSIONS: &[&str] = &[
     // Validation pods (spec.validation), in the plugin namespace only.
     "gpu-resources: core/pods create",
     "gpu-resources: core/pods delete",
+    // The validation ResourceClaimTemplate of pools with DRA nodes.
+    "gpu-resources: resource.k8s.io/resourceclaimtemplates create",
     // The plugin's config (spec.sharing, spec.mig): its ConfigMap, watched and written there only.
     "gpu-resources: core/configmaps create",
     "gpu-resources: core/configmaps delete",

@@ -126,6 +126,54 @@ pub struct CapacityStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub mig_resources: Vec<MigResource>,
+    /// The nodes whose GPUs NVIDIA's GPU DRA driver publishes (ResourceSlices), when there are any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dra: Option<DraCapacity>,
+}
+
+/// The pool's GPUs as the DRA driver publishes them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DraCapacity {
+    /// The DRA driver (`gpu.nvidia.com`).
+    pub driver: String,
+    /// The DeviceClasses that select its devices (e.g. `gpu.nvidia.com`, `mig.nvidia.com`):
+    /// what a ResourceClaim names to get one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_classes: Vec<String>,
+    /// Nodes counted from their ResourceSlices.
+    pub nodes: i32,
+    /// Physical GPUs in their complete slice pools.
+    pub gpus: i64,
+    /// Of those, GPUs no device taint keeps from new claims.
+    pub usable: i64,
+    /// How many nodes have how many GPUs (e.g. 48 nodes with 8, 2 with 7).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["gpus"]))]
+    pub gpus_per_node: Vec<GpusPerNode>,
+    /// The GPU product names published, with how many nodes show each (a pool of H100 nodes
+    /// with one A100 among them shows two).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub products: Vec<ProductCount>,
+    /// MIG devices published per profile: `capacity` published, `allocatable` untainted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub mig_devices: Vec<MigResource>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpusPerNode {
+    pub gpus: i64,
+    pub nodes: i32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductCount {
+    pub name: String,
+    pub nodes: i32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

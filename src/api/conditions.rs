@@ -148,6 +148,28 @@ pub enum Reason {
     PluginRolloutComplete,
     /// A node whose plugin is being replaced (progress until the rollout's deadline).
     PluginUpdating,
+    // DRA pools (#23)
+    /// DevicePluginReady: `spec.allocation` is Dra, gpupool runs no device plugin.
+    DraAllocationRequested,
+    /// Stalled: `spec.allocation` Dra on a cluster that serves no `resource.k8s.io/v1`.
+    DraNotSupported,
+    /// Problem node: the DRA driver publishes no ResourceSlices for the node.
+    NoResourceSlices,
+    /// Problem node: a slice pool of the node is not completely published.
+    IncompleteResourceSlices,
+    /// Problem node: the DRA driver's kubelet plugin pod on the node is missing or not ready.
+    DraDriverNotReady,
+    /// Problem node / GpusHealthy: the DRA driver taints GPUs of the node (KEP-5055).
+    DeviceTaints,
+    /// Problem node: the GPUs published are not the model the VM size has.
+    UnexpectedGpuModel,
+    /// Problem node: moving between the device plugin and the DRA driver (`spec.allocation`).
+    MovingToDra,
+    MovingToDevicePlugin,
+    /// Problem node: the DRA driver serves a node of a pool whose allocation is DevicePlugin.
+    DraDriverOnNode,
+    /// Conflict / problem node: a device plugin and the DRA driver both serve the node.
+    DevicePluginAndDraDriver,
 }
 
 impl Reason {

@@ -19,7 +19,8 @@ mod selector;
 mod status;
 
 pub use capacity::{
-    AksMigProfile, CapacityStatus, Health, Mig, MigResource, MigStrategy, Sharing, TimeSlicing,
+    AksMigProfile, CapacityStatus, DraCapacity, GpusPerNode, Health, Mig, MigResource, MigStrategy,
+    ProductCount, Sharing, TimeSlicing,
 };
 pub use conditions::{ConditionStatus, ConditionType, Reason};
 pub use gate::{
@@ -83,6 +84,10 @@ pub const API_VERSION_FULL: &str = "gpupool.io/v1alpha1";
      "message": "spec.devicePlugin.env must not set CONFIG_FILE or MIG_STRATEGY when spec.sharing or spec.mig is set: gpupool sets the plugin's config from those fields"},
     {"rule": "!has(self.mig) || !has(self.mig.profile) || self.mig.strategy != 'none'",
      "message": "spec.mig.profile needs spec.mig.strategy single or mixed: with none the plugin advertises no MIG device"},
+    {"rule": "!has(self.allocation) || self.allocation != 'Dra' || !(has(self.devicePlugin) || has(self.sharing) || has(self.mig))",
+     "message": "spec.devicePlugin, spec.sharing and spec.mig configure the device plugin, which a pool with spec.allocation Dra does not run: remove them (the DRA driver's own configuration decides sharing and MIG)"},
+    {"rule": "!has(self.allocation) || self.allocation != 'Dra' || self.nodeImage != 'Specialized'",
+     "message": "spec.nodeImage Specialized means the node image ships the device plugin, which a pool with spec.allocation Dra must not run: use nodeImage Auto or Standard"},
 ]))]
 pub struct GpuPoolSpec {
     /// Which nodes form the pool, as a standard label selector (matchLabels and/or
@@ -97,6 +102,17 @@ pub struct GpuPoolSpec {
     /// pools with their own plugin, or a managed GPU add-on).
     #[serde(default)]
     pub node_image: NodeImage,
+
+    /// How the pool's GPUs reach pods. `Auto` (default): the NVIDIA device plugin
+    /// (`nvidia.com/gpu`), except on nodes where NVIDIA's GPU DRA driver publishes
+    /// ResourceSlices: those get no plugin and are counted from their slices. `DevicePlugin`:
+    /// the device plugin on every node (a DRA driver on a node keeps the plugin off it and is
+    /// reported). `Dra`: NVIDIA's GPU DRA driver (installed separately): gpupool runs no plugin,
+    /// counts GPUs from the ResourceSlices, validates through a ResourceClaim, and labels each
+    /// node `gpupool.io/dra=<pool>` once no device plugin runs there, for the driver's kubelet
+    /// plugin to select. Changing it hands the nodes over one by one (`spec.rollout` paces it).
+    #[serde(default)]
+    pub allocation: Allocation,
 
     /// How the device plugin DaemonSet is run on the pool's nodes (ignored when no plugin is deployed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,6 +220,18 @@ pub enum NodeImage {
     Standard,
     /// An image that ships the device plugin: gpupool deploys none.
     Specialized,
+}
+
+/// Which NVIDIA software advertises the pool's GPUs to the scheduler.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Allocation {
+    /// The device plugin, or DRA on nodes where the DRA driver already publishes GPUs.
+    #[default]
+    Auto,
+    /// The NVIDIA device plugin (`nvidia.com/gpu` and friends).
+    DevicePlugin,
+    /// Dynamic Resource Allocation through NVIDIA's GPU DRA driver (`gpu.nvidia.com`).
+    Dra,
 }
 
 /// How the NVIDIA device plugin DaemonSet is run.

@@ -17,6 +17,7 @@ use crate::decide::plugin::config::ConfigMapAction;
 use crate::decide::readiness::validation::ValidationPlan;
 use crate::decide::{Cleanup, Plan};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::resource::v1::ResourceClaimTemplate;
 use kube::api::PostParams;
 
 use super::node_writes::{NodeWriter, UpdateEdit, Written};
@@ -146,7 +147,12 @@ pub async fn apply_cleanup(
             .await
             .map_err(TransientError)?;
     }
-    let updates = node_updates(&cleanup.label_changes, &cleanup.taint_changes, &[]);
+    let updates = node_updates(
+        &cleanup.label_changes,
+        &cleanup.dra_label_changes,
+        &cleanup.taint_changes,
+        &[],
+    );
     Ok(write_nodes(nodes, pool, &updates).await.failed)
 }
 
@@ -174,6 +180,21 @@ async fn apply_validation_pods(client: &Client, plan: &ValidationPlan) -> Vec<Fa
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => failures.push(failed(format!("pod {id}"), &e)),
+        }
+    }
+    if let Some(template) = &plan.claim_template {
+        let namespace = template.metadata.namespace.as_deref().unwrap_or_default();
+        let api: Api<ResourceClaimTemplate> = Api::namespaced(client.clone(), namespace);
+        match api.create(&PostParams::default(), template).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                let name = template.metadata.name.as_deref().unwrap_or_default();
+                failures.push(failed(
+                    format!("resourceclaimtemplate {namespace}/{name}"),
+                    &e,
+                ));
+            }
         }
     }
     for pod in &plan.create {

@@ -49,6 +49,10 @@ pub struct Context {
     pub pods: RwLock<PodIndex>,
     pub config_maps: RwLock<ConfigMapIndex>,
     pub dra: RwLock<DraIndex>,
+    /// The DRA driver's kubelet plugin pods, by node.
+    pub driver_pods: RwLock<PodIndex>,
+    /// Label selector of those pods.
+    pub driver_pod_selector: String,
     pub node_writer: NodeWriter,
     pub members: PoolMembers,
     pub tombstones: Tombstones,
@@ -102,6 +106,8 @@ impl Context {
             pods: RwLock::default(),
             config_maps: RwLock::default(),
             dra: RwLock::default(),
+            driver_pods: RwLock::default(),
+            driver_pod_selector: options.dra_driver_pods.clone(),
             node_writer: NodeWriter::new(
                 client.clone(),
                 options.node_writes_per_second,
@@ -155,6 +161,14 @@ impl Context {
 
     pub fn dra(&self) -> std::sync::RwLockReadGuard<'_, DraIndex> {
         self.dra.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn driver_pods(&self) -> std::sync::RwLockReadGuard<'_, PodIndex> {
+        self.driver_pods.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn driver_pods_mut(&self) -> std::sync::RwLockWriteGuard<'_, PodIndex> {
+        self.driver_pods.write().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn dra_mut(&self) -> std::sync::RwLockWriteGuard<'_, DraIndex> {

@@ -50,7 +50,13 @@ pub struct RunOptions {
     pub node_write_burst: u32,
     /// How the watches list (see [`WatchList`]).
     pub watch_list: WatchList,
+    /// Label selector of the DRA driver's kubelet plugin pods.
+    pub dra_driver_pods: String,
 }
+
+/// The labels NVIDIA's GPU DRA driver chart puts on its kubelet plugin pods.
+pub const DEFAULT_DRA_DRIVER_POD_SELECTOR: &str =
+    "app.kubernetes.io/name=nvidia-dra-driver-gpu,app.kubernetes.io/component=kubelet-plugin";
 
 /// How the watches get their initial state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +130,8 @@ pub async fn run(
         watches::daemonsets(client.clone(), ctx.clone()).boxed(),
         watches::pods(client.clone(), ctx.clone()).boxed(),
         watches::dra(client.clone(), ctx.clone()).boxed(),
+        watches::dra_driver_pods(client.clone(), ctx.clone()).boxed(),
+        watches::device_classes(client.clone(), ctx.clone()).boxed(),
         watches::config_maps(client.clone(), ctx.clone()).boxed(),
     ])
     .flat_map(futures::stream::iter);

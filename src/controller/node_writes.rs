@@ -16,7 +16,8 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use crate::decide::names::{
-    DEVICE_PLUGIN_LABEL, MANAGED_BY, MANAGER, PLUGIN_POD_LABEL, POOL_LABEL, VALIDATION_ANNOTATION,
+    DEVICE_PLUGIN_LABEL, DRA_LABEL, MANAGED_BY, MANAGER, PLUGIN_POD_LABEL, POOL_LABEL,
+    VALIDATION_ANNOTATION,
 };
 use crate::decide::plan::NodeUpdate;
 
@@ -42,6 +43,10 @@ pub trait NodeEdit {
     /// The pool this write puts the device-plugin label on the node for, if it does.
     fn hands_to(&self, _current: &BTreeMap<String, String>) -> Option<String> {
         None
+    }
+    /// Whether this write labels the node for the DRA driver.
+    fn gives_to_dra(&self, _current: &BTreeMap<String, String>) -> bool {
+        false
     }
 }
 
@@ -117,6 +122,13 @@ impl NodeWriter {
                 tracing::debug!(node = name, pool, occupant, "not handed over yet");
                 return Ok(Written::Occupied);
             }
+            // The DRA driver starts once its label is there: no device plugin pod may be left.
+            if edit.gives_to_dra(labels)
+                && let Some(occupant) = self.plugin_pod_on(name).await?
+            {
+                tracing::debug!(node = name, occupant, "not handed to the DRA driver yet");
+                return Ok(Written::Occupied);
+            }
             let Some(patch) = patch_for(&node, edit) else {
                 return Ok(Written::Unchanged);
             };
@@ -170,6 +182,12 @@ impl NodeWriter {
                 )));
             }
         }
+        self.plugin_pod_on(node).await
+    }
+
+    /// A gpupool device-plugin pod on the node (terminating or not), as the API server says.
+    async fn plugin_pod_on(&self, node: &str) -> Result<Option<String>, kube::Error> {
+        let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
         let pods: Api<Pod> = Api::all(self.client.clone());
         let on_node = ListParams::default()
             .labels(&format!(
@@ -238,10 +256,32 @@ fn patch_for(node: &Node, edit: &impl NodeEdit) -> Option<serde_json::Value> {
 pub struct UpdateEdit<'a>(pub &'a NodeUpdate);
 
 impl NodeEdit for UpdateEdit<'_> {
+    /// Each label only while it still has the value the plan saw; and never a device-plugin
+    /// label on a node labelled for the DRA driver, nor the other way round (the one going
+    /// must be gone first).
     fn labels(&self, current: &BTreeMap<String, String>) -> Option<MapChanges> {
-        let change = self.0.label.as_ref()?;
-        (current.get(DEVICE_PLUGIN_LABEL) == change.from.as_ref())
-            .then(|| vec![(DEVICE_PLUGIN_LABEL.to_string(), change.to.clone())])
+        let mut changes = MapChanges::new();
+        if let Some(change) = &self.0.label
+            && current.get(DEVICE_PLUGIN_LABEL) == change.from.as_ref()
+            && (change.to.is_none() || !current.contains_key(DRA_LABEL))
+        {
+            changes.push((DEVICE_PLUGIN_LABEL.to_string(), change.to.clone()));
+        }
+        if let Some(change) = &self.0.dra_label
+            && current.get(DRA_LABEL) == change.from.as_ref()
+            && (change.to.is_none() || !current.contains_key(DEVICE_PLUGIN_LABEL))
+        {
+            changes.push((DRA_LABEL.to_string(), change.to.clone()));
+        }
+        (!changes.is_empty()).then_some(changes)
+    }
+
+    fn gives_to_dra(&self, current: &BTreeMap<String, String>) -> bool {
+        self.0.dra_label.as_ref().is_some_and(|change| {
+            change.to.is_some()
+                && current.get(DRA_LABEL) == change.from.as_ref()
+                && !current.contains_key(DEVICE_PLUGIN_LABEL)
+        })
     }
 
     fn annotations(&self, current: &BTreeMap<String, String>) -> Option<MapChanges> {

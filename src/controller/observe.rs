@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use crate::api::GpuPool;
 use crate::decide::Observed;
 use crate::decide::facts::{DaemonSetFacts, NodeFacts, PodFacts, PoolRef};
-use crate::decide::names::{DEVICE_PLUGIN_LABEL, MANAGED_BY, pool_key};
+use crate::decide::names::{DEVICE_PLUGIN_LABEL, DRA_LABEL, MANAGED_BY, pool_key};
 
 use super::context::Context;
 
@@ -18,13 +18,14 @@ pub fn observe(ctx: &Context, pool: Arc<GpuPool>) -> Observed {
     let key = pool_key(&pool.name_any());
     let (nodes, strays) = pool_nodes(ctx, &pool, &key);
     let pods = pods_of(ctx, &nodes, &key);
-    let dra_nodes = {
-        let dra = ctx.dra();
-        nodes
+    let (dra, dra_api, device_classes) = {
+        let index = ctx.dra();
+        let dra = nodes
             .iter()
-            .filter(|n| dra.is_dra_node(&n.name))
-            .map(|n| n.name.clone())
-            .collect()
+            .chain(&strays)
+            .filter_map(|n| Some((n.name.clone(), index.node(&n.name)?)))
+            .collect();
+        (dra, !index.is_unsupported(), index.gpu_classes())
     };
     let (plugin_daemonsets, owners) = plugin_daemonsets(ctx);
     let pools = ctx.pools.state();
@@ -54,7 +55,9 @@ pub fn observe(ctx: &Context, pool: Arc<GpuPool>) -> Observed {
         strays,
         plugin_daemonsets,
         pods,
-        dra_nodes,
+        dra,
+        dra_api,
+        device_classes,
         gpu_busy: Default::default(),
         now: Timestamp::now(),
     }
@@ -73,6 +76,7 @@ fn pool_nodes(
     let mut strays: BTreeMap<String, Arc<NodeFacts>> = index
         .with_label(DEVICE_PLUGIN_LABEL, key)
         .into_iter()
+        .chain(index.with_label(DRA_LABEL, key))
         .filter(|n| !selected.contains(n.name.as_str()))
         .map(|n| (n.name.clone(), n))
         .collect();
@@ -101,6 +105,10 @@ fn pods_of(ctx: &Context, nodes: &[Arc<NodeFacts>], key: &str) -> Vec<Arc<PodFac
             .of_pool(key)
             .filter(|p| p.node.as_ref().is_none_or(|n| known.get(n).is_some())),
     ) {
+        pods.insert(pod.id.to_string(), pod.clone());
+    }
+    let drivers = ctx.driver_pods();
+    for pod in nodes.iter().flat_map(|n| drivers.on_node(&n.name)) {
         pods.insert(pod.id.to_string(), pod.clone());
     }
     pods.into_values().collect()

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::GpuPool;
+use crate::api::{Allocation, GpuPool};
 use crate::decide::facts::Unreadable;
 use crate::decide::plugin::config::plugin_config;
 
@@ -19,15 +19,20 @@ pub enum WatchKind {
     Pod,
     ResourceSlice,
     ConfigMap,
+    /// The DRA driver's kubelet plugin pods.
+    DraDriverPod,
+    DeviceClass,
 }
 
-pub const ALL: [WatchKind; 6] = [
+pub const ALL: [WatchKind; 8] = [
     WatchKind::GpuPool,
     WatchKind::Node,
     WatchKind::DaemonSet,
     WatchKind::Pod,
     WatchKind::ResourceSlice,
     WatchKind::ConfigMap,
+    WatchKind::DraDriverPod,
+    WatchKind::DeviceClass,
 ];
 
 impl WatchKind {
@@ -91,11 +96,14 @@ impl Synced {
 }
 
 /// The watches a pool's decisions read: all but the plugin ConfigMaps', which only pools with a
-/// plugin config (sharing, MIG) need.
+/// plugin config (sharing, MIG) need, and the DRA driver's pods and DeviceClasses, which pools
+/// with `allocation: DevicePlugin` do not.
 fn needed_by(pool: &GpuPool) -> Vec<WatchKind> {
     let config = plugin_config(&pool.spec).is_some();
+    let dra = pool.spec.allocation != Allocation::DevicePlugin;
     ALL.into_iter()
         .filter(|k| *k != WatchKind::ConfigMap || config)
+        .filter(|k| !matches!(k, WatchKind::DraDriverPod | WatchKind::DeviceClass) || dra)
         .collect()
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::api::resource::v1::ResourceSlice;
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceSlice};
 use kube::api::ListParams;
 use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -274,6 +274,88 @@ pub fn dra(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + 
             Vec::new()
         }
     })
+}
+
+/// The DRA driver's kubelet plugin pods (`--dra-driver-pod-selector`, any namespace): a DRA
+/// node serves GPUs only while the driver's pod there is ready.
+pub fn dra_driver_pods(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
+    let events = watcher(
+        Api::<SlimPod>::all(client),
+        config(&ctx).labels(&ctx.driver_pod_selector),
+    )
+    .default_backoff();
+    triggers_of(
+        events,
+        WatchKind::DraDriverPod,
+        None,
+        ctx.clone(),
+        move |event| {
+            let done = is_init_done(&event);
+            let event = map_event(event, |p| PodFacts::from_driver_pod(&p.0));
+            let changes = ctx.driver_pods_mut().apply(event);
+            if done {
+                ctx.listed(WatchKind::DraDriverPod, vanished(&changes));
+            }
+            if !ctx.is_settled() || changes.is_empty() {
+                return Vec::new();
+            }
+            let pools = ctx.pools.state();
+            let nodes = ctx.nodes();
+            refs(
+                changes
+                    .iter()
+                    .flat_map(|c| pools_for_pod(c, &pools, &nodes))
+                    .collect(),
+            )
+        },
+    )
+}
+
+/// DeviceClasses, for the ones that select the DRA driver's GPUs (`status.capacity.dra`). A
+/// cluster without `resource.k8s.io/v1` has none: the watch then counts as listed.
+pub fn device_classes(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
+    let events = watcher(Api::<DeviceClass>::all(client), config(&ctx)).default_backoff();
+    events.map(move |event| match event {
+        Ok(event) => {
+            let done = is_init_done(&event);
+            let changed = ctx.dra_mut().apply_class(map_event(event, |c| {
+                (
+                    c.metadata.name.clone().unwrap_or_default(),
+                    selects_gpu_driver(&c),
+                )
+            }));
+            if done {
+                ctx.listed(WatchKind::DeviceClass, 0);
+            }
+            if !ctx.is_settled() || !changed {
+                return Vec::new();
+            }
+            // Only a status field follows: every pool with DRA nodes says it at its next look.
+            Vec::new()
+        }
+        Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+            ctx.listed(WatchKind::DeviceClass, 0);
+            Vec::new()
+        }
+        Err(e) => {
+            match refusal(WatchKind::DeviceClass, None, &e) {
+                Some(unreadable) => ctx.refused(WatchKind::DeviceClass, unreadable),
+                None => warn!(error = %e, kind = "DeviceClass", "watch failed; retrying"),
+            }
+            Vec::new()
+        }
+    })
+}
+
+/// Whether a DeviceClass selects devices of NVIDIA's GPU driver (its CEL selectors name it).
+fn selects_gpu_driver(class: &DeviceClass) -> bool {
+    class
+        .spec
+        .selectors
+        .iter()
+        .flatten()
+        .filter_map(|s| s.cel.as_ref())
+        .any(|cel| cel.expression.contains(NVIDIA_GPU_DRIVER))
 }
 
 /// Like `map_event`, for kinds of which only some objects are kept.

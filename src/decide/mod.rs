@@ -5,8 +5,10 @@
 //! The folders, each depending only on those listed before it:
 //! - `names`, `text`, `settings`: the names gpupool reads and writes, message wording, options;
 //! - `facts`: what gpupool knows (nodes, pods, DaemonSets, ConfigMaps, pools), and `Observed`;
+//! - `moves`: guarded node label writes and the `maxUnavailable` budget;
 //! - `scheduling`: selectors, taints and tolerations (where a pod may run);
 //! - `capacity`: what each node should have (VM sizes, sharing, MIG) and GPU health;
+//! - `dra`: which nodes NVIDIA's GPU DRA driver serves, and moving nodes between it and the plugin;
 //! - `plugin`: the plugin mode, which pool serves which node, the DaemonSet and its config;
 //! - `readiness`: each node's GPU readiness, the readiness gate and validation;
 //! - `plan`: `Plan` = the plugin plan + the readiness plan, and the cleanup of a deleted pool;
@@ -14,7 +16,9 @@
 
 pub mod applied;
 pub mod capacity;
+pub mod dra;
 pub mod facts;
+pub mod moves;
 pub mod names;
 pub mod plan;
 pub mod plugin;
@@ -145,6 +149,27 @@ pub(crate) mod testing {
             key: key.into(),
             operator,
             values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    /// What a reconcile of `pool` observes in an empty cluster.
+    pub fn observed(pool: std::sync::Arc<crate::api::GpuPool>) -> crate::decide::Observed {
+        crate::decide::Observed {
+            pool_uids: pool.metadata.uid.iter().cloned().collect(),
+            pool,
+            nodes: vec![],
+            strays: vec![],
+            other_pools: vec![],
+            plugin_daemonsets: vec![],
+            pods: vec![],
+            dra: Default::default(),
+            dra_api: true,
+            device_classes: Vec::new(),
+            rejection: None,
+            problem_clocks: None,
+            plugin_configs: vec![],
+            gpu_busy: Default::default(),
+            now: k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
         }
     }
 

@@ -17,6 +17,9 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "gpupool")
 pub const POOL_LABEL: &str = "gpupool.io/pool";
 /// The node label gpupool's DaemonSets select on: the pool (key) whose plugin runs there.
 pub const DEVICE_PLUGIN_LABEL: &str = "gpupool.io/device-plugin";
+/// The node label that gives a node to NVIDIA's GPU DRA driver for a pool with `allocation: Dra`
+/// (`gpupool.io/dra=<pool>`): the driver's kubelet plugin DaemonSet selects nodes by it.
+pub const DRA_LABEL: &str = "gpupool.io/dra";
 /// The device-plugin pod label of the AKS article's manifest, kept on gpupool's plugin pods.
 pub const PLUGIN_POD_LABEL: (&str, &str) = ("name", "nvidia-device-plugin-ds");
 /// Label telling gpupool's validation pods and plugin ConfigMaps apart.
@@ -53,6 +56,8 @@ pub const MIG_RESOURCE_PREFIX: &str = "nvidia.com/mig-";
 pub const SHARED_RESOURCE: &str = "nvidia.com/gpu.shared";
 /// The counted resource when MIG mixed runs without a known profile name.
 pub const ANY_MIG: &str = "nvidia.com/mig-*";
+/// The DeviceClass NVIDIA's GPU DRA driver installs for whole GPUs.
+pub const GPU_DEVICE_CLASS: &str = "gpu.nvidia.com";
 /// The DRA driver name of NVIDIA's GPU driver (ResourceSlices' `spec.driver`).
 pub const NVIDIA_GPU_DRIVER: &str = "gpu.nvidia.com";
 

@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::decide::Settings;
+use crate::decide::dra::{DraPlan, plan_dra};
 use crate::decide::facts::{NodeFacts, ObjectId, Observed, PodRole, ValidationRecord};
+use crate::decide::names::DRA_LABEL;
 use crate::decide::plugin::placement::{LabelChange, place};
 use crate::decide::plugin::{PluginPlan, plan_plugin};
 use crate::decide::readiness::gate::{TaintChange, lift_gate};
@@ -15,7 +17,10 @@ use crate::decide::readiness::{ReadinessPlan, plan_readiness};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeUpdate {
     pub node: String,
+    /// The device-plugin label.
     pub label: Option<LabelChange>,
+    /// The `gpupool.io/dra` label.
+    pub dra_label: Option<LabelChange>,
     pub taint: Option<TaintChange>,
     pub record: Option<ValidationRecord>,
 }
@@ -23,6 +28,7 @@ pub struct NodeUpdate {
 /// The node writes of label changes, taint changes and validation records, one per node.
 pub fn node_updates<'a>(
     labels: impl IntoIterator<Item = &'a LabelChange>,
+    dra_labels: impl IntoIterator<Item = &'a LabelChange>,
     taints: impl IntoIterator<Item = &'a TaintChange>,
     records: impl IntoIterator<Item = &'a (String, ValidationRecord)>,
 ) -> Vec<NodeUpdate> {
@@ -42,6 +48,9 @@ pub fn node_updates<'a>(
     for label in labels {
         entry(&mut merged, &label.node).label = Some(label.clone());
     }
+    for label in dra_labels {
+        entry(&mut merged, &label.node).dra_label = Some(label.clone());
+    }
     for taint in taints {
         entry(&mut merged, &taint.node).taint = Some(taint.clone());
     }
@@ -55,15 +64,22 @@ pub fn node_updates<'a>(
 /// depends on the plugin plan, never the other way).
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// Which nodes the DRA driver serves, and nodes moving between it and the plugin.
+    pub dra: DraPlan,
     pub plugin: PluginPlan,
     /// Each selected node's GPU readiness, the readiness gate and validation.
     pub readiness: ReadinessPlan,
 }
 
 pub fn plan(observed: &Observed, settings: &Settings) -> Plan {
-    let plugin = plan_plugin(observed, settings);
-    let readiness = plan_readiness(observed, settings, &plugin);
-    Plan { plugin, readiness }
+    let dra = plan_dra(observed, observed.dra_api);
+    let plugin = plan_plugin(observed, settings, &dra);
+    let readiness = plan_readiness(observed, settings, &plugin, &dra);
+    Plan {
+        dra,
+        plugin,
+        readiness,
+    }
 }
 
 impl Plan {
@@ -73,6 +89,7 @@ impl Plan {
         let taints = r.gate.iter().flat_map(|g| &g.changes).chain(&r.lift);
         node_updates(
             &self.plugin.placement.label_changes,
+            &self.dra.labels,
             taints,
             r.validation.iter().flat_map(|v| &v.records),
         )
@@ -103,6 +120,8 @@ fn gate_keys(observed: &Observed) -> BTreeSet<String> {
 pub struct Cleanup {
     pub delete_daemonsets: Vec<ObjectId>,
     pub label_changes: Vec<LabelChange>,
+    /// The pool's `gpupool.io/dra` labels: the DRA driver leaves nodes the pool no longer has.
+    pub dra_label_changes: Vec<LabelChange>,
     /// The pool's gate taints still on nodes: a pool that goes away must not leave GPU work
     /// locked out of its nodes.
     pub taint_changes: Vec<TaintChange>,
@@ -113,6 +132,7 @@ impl Cleanup {
     pub fn is_done(&self) -> bool {
         self.delete_daemonsets.is_empty()
             && self.label_changes.is_empty()
+            && self.dra_label_changes.is_empty()
             && self.taint_changes.is_empty()
             && self.pods_left.is_empty()
     }
@@ -130,6 +150,16 @@ pub fn plan_cleanup(observed: &Observed) -> Cleanup {
             .map(|ds| ds.id.clone())
             .collect(),
         label_changes: place(&key, &nodes, |_| false, &strays, observed).label_changes,
+        dra_label_changes: nodes
+            .iter()
+            .chain(&strays)
+            .filter(|n| n.labels.get(DRA_LABEL) == Some(&key))
+            .map(|n| LabelChange {
+                node: n.name.clone(),
+                from: Some(key.clone()),
+                to: None,
+            })
+            .collect(),
         taint_changes: gate_keys(observed)
             .iter()
             .flat_map(|key| lift_gate(key, &nodes))
@@ -146,7 +176,6 @@ pub fn plan_cleanup(observed: &Observed) -> Cleanup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
 
     use k8s_openapi::api::apps::v1::DaemonSet;
 
@@ -174,7 +203,9 @@ mod tests {
             other_pools: vec![],
             plugin_daemonsets: vec![],
             pods: vec![],
-            dra_nodes: HashSet::new(),
+            dra: Default::default(),
+            dra_api: true,
+            device_classes: Vec::new(),
             pool_uids: ["uid-1".to_string()].into(),
             rejection: None,
             problem_clocks: None,

@@ -6,7 +6,7 @@
 //! derivation, and condition transitions. The seed is fixed, so every run checks the same cases
 //! (deterministic CI); raise `PROPTEST_CASES` locally to search further.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{PodSpec, Toleration};
@@ -469,7 +469,9 @@ impl Sim {
                 .map(|f| Arc::new(foreign_daemonset(f)))
                 .collect(),
             pods,
-            dra_nodes: HashSet::new(),
+            dra: Default::default(),
+            dra_api: true,
+            device_classes: Vec::new(),
             pool_uids: self.pools.iter().map(|(p, _)| p.uid.clone()).collect(),
             rejection: None,
             problem_clocks: None,
@@ -703,7 +705,7 @@ fn report_step(
     } = *step;
     let generation = Some(1 + generation_step);
     let refs: Vec<&NodeFacts> = nodes.iter().collect();
-    let plugin = decide_plugin(node_image, &refs, &HashSet::new(), previous_mode);
+    let plugin = decide_plugin(node_image, &refs, &Default::default(), previous_mode);
     let mut claims = NodeClaims::default();
     for i in other.iter().filter(|i| **i < nodes.len()) {
         claims
@@ -740,7 +742,9 @@ fn report_step(
         other_pools: vec![],
         plugin_daemonsets: vec![],
         pods: vec![],
-        dra_nodes: HashSet::new(),
+        dra: Default::default(),
+        dra_api: true,
+        device_classes: Vec::new(),
         pool_uids: Default::default(),
         rejection: None,
         problem_clocks: None,
@@ -829,6 +833,7 @@ fn plan_with(
     claims: NodeClaims,
 ) -> Plan {
     Plan {
+        dra: Default::default(),
         plugin: PluginPlan {
             decision,
             claims,

@@ -9,7 +9,7 @@ use kube::runtime::watcher::Event;
 
 use crate::api::{PoolSelector, SelectorOperator};
 use crate::decide::facts::NodeFacts;
-use crate::decide::names::DEVICE_PLUGIN_LABEL;
+use crate::decide::names::{DEVICE_PLUGIN_LABEL, DRA_LABEL};
 use crate::index::{Change, Keyed, Tracked};
 
 impl Keyed for NodeFacts {
@@ -34,7 +34,11 @@ impl Default for NodeIndex {
     fn default() -> Self {
         NodeIndex {
             nodes: Tracked::default(),
-            by_label: [(DEVICE_PLUGIN_LABEL.to_string(), HashMap::new())].into(),
+            by_label: [
+                (DEVICE_PLUGIN_LABEL.to_string(), HashMap::new()),
+                (DRA_LABEL.to_string(), HashMap::new()),
+            ]
+            .into(),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod config_maps;
 mod daemonsets;
+mod dra;
 mod nodes;
 mod observed;
 mod pods;
@@ -13,6 +14,7 @@ mod remembered;
 
 pub use config_maps::ConfigMapFacts;
 pub use daemonsets::{DaemonSetFacts, PoolOwner, Rollout, format_taint_keys, parse_taint_keys};
+pub use dra::{DeviceKind, DeviceTaint, DraDevice, DraGpus, DraNode, IncompletePool};
 pub use nodes::{
     NodeCondition, NodeFacts, NodeReadiness, NodeTaint, TaintKey, ValidationRecord,
     ValidationResult,

@@ -1,7 +1,7 @@
 //! `Observed`: everything one reconcile of one pool reads, as plain data (filled by the shell,
 //! `controller::observe`).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
@@ -11,7 +11,7 @@ use crate::api::GpuPool;
 use crate::decide::names::pool_key;
 
 use super::{
-    ConfigMapFacts, DaemonSetFacts, NodeFacts, PodFacts, PoolRef, ProblemClocks, Rejection,
+    ConfigMapFacts, DaemonSetFacts, DraNode, NodeFacts, PodFacts, PoolRef, ProblemClocks, Rejection,
 };
 
 /// Everything a reconcile of one pool reads, as plain data.
@@ -28,8 +28,12 @@ pub struct Observed {
     pub plugin_daemonsets: Vec<Arc<DaemonSetFacts>>,
     /// gpupool's pods on the pool's nodes and the pool's own pods wherever they are.
     pub pods: Vec<Arc<PodFacts>>,
-    /// Nodes whose GPUs an NVIDIA DRA driver publishes.
-    pub dra_nodes: HashSet<String>,
+    /// What NVIDIA's GPU DRA driver publishes for the pool's nodes (and strays), by node.
+    pub dra: BTreeMap<String, Arc<DraNode>>,
+    /// The cluster serves `resource.k8s.io/v1` (DRA).
+    pub dra_api: bool,
+    /// DeviceClasses that select the DRA driver's GPUs.
+    pub device_classes: Vec<String>,
     /// UIDs of the GpuPools that exist.
     pub pool_uids: HashSet<String>,
     /// The pool's last DaemonSet the API server refused.

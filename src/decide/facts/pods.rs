@@ -11,6 +11,9 @@ use super::ObjectId;
 pub enum PodRole {
     Plugin,
     Validation,
+    /// The kubelet plugin of NVIDIA's GPU DRA driver (not gpupool's: watched to tell whether
+    /// the driver serves a node).
+    DraDriver,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

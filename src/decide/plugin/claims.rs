@@ -3,7 +3,7 @@
 //! serves a node keeps it (its plugin runs there: Managed, with its DaemonSet accepted, and the
 //! node is one it puts its plugin on); a younger pool gives way to it and to nothing less.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::jiff::Timestamp;
@@ -21,7 +21,7 @@ impl PoolRef {
     }
 
     /// Whether its plugin runs on this node (or would, were it not for another older pool).
-    fn serves(&self, node: &NodeFacts, dra_nodes: &HashSet<String>) -> bool {
+    fn serves(&self, node: &NodeFacts, dra_nodes: &BTreeSet<String>) -> bool {
         self.serving
             && self.selector.selects(&node.labels)
             && match self.node_image {
@@ -70,7 +70,7 @@ pub fn claim_nodes(
     nodes: &[&NodeFacts],
     pools: &[PoolRef],
     foreign: &[ForeignPlugin],
-    dra_nodes: &HashSet<String>,
+    dra_nodes: &BTreeSet<String>,
 ) -> NodeClaims {
     let mut claims = NodeClaims::default();
     for node in nodes {
@@ -120,7 +120,7 @@ mod tests {
         pools: &[PoolRef],
         foreign: &[ForeignPlugin],
     ) -> NodeClaims {
-        claim_nodes(this, nodes, pools, foreign, &HashSet::new())
+        claim_nodes(this, nodes, pools, foreign, &BTreeSet::new())
     }
 
     #[test]

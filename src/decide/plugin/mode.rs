@@ -10,7 +10,7 @@
 //!   `spec.nodeName` = the node; NVIDIA/k8s-dra-driver-gpu `cmd/gpu-kubelet-plugin`), where
 //!   `nvidia.com/gpu` stays 0 by design and a device plugin would compete for the GPUs.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::{NodeImage, PluginMode, Reason};
 use crate::decide::facts::NodeFacts;
@@ -61,7 +61,7 @@ impl ImageKind {
 /// as `<OS>-<definition>-<version>` with a definition containing `gpu` (e.g.
 /// `AKSUbuntu-1804gpucontainerd-202501.05.0`); `accelerator=nvidia` is on every GPU node, so it
 /// cannot tell the kinds apart.
-pub fn classify(node: &NodeFacts, dra_nodes: &HashSet<String>) -> ImageKind {
+pub fn classify(node: &NodeFacts, dra_nodes: &BTreeSet<String>) -> ImageKind {
     if dra_nodes.contains(&node.name) {
         return ImageKind::Dra;
     }
@@ -118,7 +118,7 @@ impl PluginDecision {
 pub fn decide_plugin(
     requested: NodeImage,
     nodes: &[&NodeFacts],
-    dra_nodes: &HashSet<String>,
+    dra_nodes: &BTreeSet<String>,
     previous: Option<PluginMode>,
 ) -> PluginDecision {
     let kinds: BTreeMap<String, ImageKind> = nodes
@@ -264,8 +264,8 @@ mod tests {
         n
     }
 
-    fn no_dra() -> HashSet<String> {
-        HashSet::new()
+    fn no_dra() -> BTreeSet<String> {
+        BTreeSet::new()
     }
 
     #[test]
@@ -303,7 +303,7 @@ mod tests {
             .labels
             .insert(MANAGED_GPU_LABEL.0.into(), MANAGED_GPU_LABEL.1.into());
         assert_eq!(classify(&managed, &no_dra()), ImageKind::ManagedGpu);
-        let dra: HashSet<String> = ["dra".to_string()].into();
+        let dra: BTreeSet<String> = ["dra".to_string()].into();
         assert_eq!(
             classify(&with_image("dra", STANDARD_IMAGE), &dra),
             ImageKind::Dra

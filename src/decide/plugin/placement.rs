@@ -13,13 +13,7 @@
 use crate::decide::facts::{NodeFacts, ObjectId, Observed, PodFacts, PodRole};
 use crate::decide::names::{DEVICE_PLUGIN_LABEL, pool_key};
 
-/// A label write on one node, applied only while the label still has its `from` value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LabelChange {
-    pub node: String,
-    pub from: Option<String>,
-    pub to: Option<String>,
-}
+pub use crate::decide::moves::LabelChange;
 
 /// A node this pool should serve that still runs another plugin pod (or a terminating one), or
 /// whose label still names another pool whose DaemonSet runs.

@@ -6,14 +6,19 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 
-use crate::api::{GpuPool, PluginMode, PluginRevision, Reason, RolloutState, RolloutStrategy};
+use crate::api::{
+    Allocation, GpuPool, PluginMode, PluginRevision, Reason, RolloutState, RolloutStrategy,
+};
 use crate::decide::Settings;
 use crate::decide::capacity::{self, Expected};
+use crate::decide::dra::DraPlan;
 use crate::decide::facts::{
     DaemonSetFacts, NodeFacts, NodeReadiness, ObjectId, Observed, PodFacts, PodRole, PoolRef,
     Stall, TaintKey,
 };
-use crate::decide::names::{DESIRED_HASH_ANNOTATION, DEVICE_PLUGIN_LABEL, daemonset_name};
+use crate::decide::names::{
+    DESIRED_HASH_ANNOTATION, DEVICE_PLUGIN_LABEL, DRA_LABEL, daemonset_name,
+};
 use crate::decide::scheduling::{pool_taint_keys, tolerates_node_taints};
 
 use super::action::{DaemonSetAction, daemonset_action, stale_daemonsets};
@@ -60,20 +65,24 @@ pub struct PluginPlan {
     pub rollout: Option<RolloutPlan>,
 }
 
-pub fn plan_plugin(observed: &Observed, settings: &Settings) -> PluginPlan {
+pub fn plan_plugin(observed: &Observed, settings: &Settings, dra: &DraPlan) -> PluginPlan {
     let pool = &observed.pool;
     let nodes: Vec<&NodeFacts> = observed.nodes.iter().map(Arc::as_ref).collect();
-    let plugin = plugin_decision(observed, &nodes);
+    let plugin = plugin_decision(observed, &nodes, dra);
     let claims = claim_nodes(
         &PoolRef::of(pool, false),
         &nodes,
         &observed.other_pools,
         &foreign_plugins(observed),
-        &observed.dra_nodes,
+        &dra.plugin_off,
     );
     let wanted = wanted_revision(observed, settings);
     let live = own_daemonset(observed, &settings.plugin_namespace);
-    let serves = |n: &NodeFacts| plugin.wants_plugin_on(&n.name) && !claims.excludes(&n.name);
+    let serves = |n: &NodeFacts| {
+        plugin.wants_plugin_on(&n.name)
+            && !claims.excludes(&n.name)
+            && !dra.plugin_off.contains(&n.name)
+    };
     let rollout = (plugin.mode == PluginMode::Managed)
         .then(|| {
             let namespace = &settings.plugin_namespace;
@@ -277,19 +286,29 @@ fn rollout(
 
 /// Which nodes run gpupool's plugin and which their platform's (the previous mode is kept while
 /// the pool has no nodes to detect from).
-fn plugin_decision(observed: &Observed, nodes: &[&NodeFacts]) -> PluginDecision {
+fn plugin_decision(observed: &Observed, nodes: &[&NodeFacts], dra: &DraPlan) -> PluginDecision {
     let pool = &observed.pool;
     let previous_mode = pool
         .status
         .as_ref()
         .and_then(|s| s.device_plugin.as_ref())
         .map(|d| d.mode);
-    decide_plugin(
-        pool.spec.node_image,
-        nodes,
-        &observed.dra_nodes,
-        previous_mode,
-    )
+    let decision = decide_plugin(pool.spec.node_image, nodes, &dra.plugin_off, previous_mode);
+    if pool.spec.allocation != Allocation::Dra
+        || nodes.iter().any(|n| !dra.plugin_off.contains(&n.name))
+    {
+        return decision;
+    }
+    // Every node is the DRA driver's (or on its way): no plugin to run.
+    PluginDecision {
+        mode: PluginMode::Skipped,
+        reason: Reason::DraAllocationRequested,
+        message: format!(
+            "spec.allocation is Dra: NVIDIA's GPU DRA driver serves the {} nodes (gpupool labels them {DRA_LABEL}=<pool> for its kubelet plugin), so gpupool runs no device plugin",
+            nodes.len()
+        ),
+        ..decision
+    }
 }
 
 /// How many nodes carry this pool's plugin label once `placement` is written (the DaemonSet's

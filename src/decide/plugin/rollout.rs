@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::{
@@ -25,6 +24,7 @@ use crate::api::{
 };
 use crate::decide::capacity::{Expected, judge};
 use crate::decide::facts::{NodeFacts, NodeReadiness, PodFacts, ValidationResult};
+pub use crate::decide::moves::max_unavailable;
 
 /// A node the pool's plugin serves, as the rollout sees it.
 #[derive(Clone, Debug)]
@@ -108,17 +108,6 @@ pub struct RolloutPlan {
     /// Nodes without GPU service (not for the rollout) that use up `maxUnavailable`, when they
     /// keep the rollout from replacing any node.
     pub blocked_by: Vec<String>,
-}
-
-/// `maxUnavailable` for a pool of `nodes` nodes: at least one.
-pub fn max_unavailable(value: &IntOrString, nodes: usize) -> usize {
-    match value {
-        IntOrString::Int(n) => usize::try_from(*n).unwrap_or(1).max(1),
-        IntOrString::String(s) => {
-            let percent: usize = s.trim_end_matches('%').parse().unwrap_or(0);
-            (nodes * percent / 100).max(1)
-        }
-    }
 }
 
 pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
@@ -610,7 +599,8 @@ mod tests {
     #[test]
     fn idle_nodes_go_first_and_unavailable_nodes_are_not_waited_for() {
         let mut w = World::new(4, OLD);
-        w.spec.max_unavailable = IntOrString::String("50%".into());
+        w.spec.max_unavailable =
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("50%".into());
         w.plan(OLD);
         w.busy = ["n0".to_string(), "n1".to_string()].into();
         w.nodes[2].ready = NodeReadiness::NotReady;
@@ -698,14 +688,5 @@ mod tests {
         w.nodes[0].unschedulable = true;
         let on = w.plan(NEW);
         assert_eq!(names(&on.take_off), ["n1"]);
-    }
-
-    #[test]
-    fn max_unavailable_is_a_count_or_a_share_and_at_least_one() {
-        assert_eq!(max_unavailable(&IntOrString::Int(3), 10), 3);
-        assert_eq!(max_unavailable(&IntOrString::Int(0), 10), 1);
-        assert_eq!(max_unavailable(&IntOrString::String("25%".into()), 10), 2);
-        assert_eq!(max_unavailable(&IntOrString::String("10%".into()), 5), 1);
-        assert_eq!(max_unavailable(&IntOrString::String("100%".into()), 7), 7);
     }
 }

@@ -13,6 +13,7 @@ use crate::api::{Reason, Validation};
 use crate::decide::Settings;
 use crate::decide::capacity::health::gpu_faults;
 use crate::decide::capacity::judge;
+use crate::decide::dra::{DraPlan, Provider};
 use crate::decide::facts::{NodeFacts, NodeReadiness, Observed, PodRole, Stall};
 use crate::decide::names::{ANY_MIG, GPU_RESOURCE, MIG_RESOURCE_PREFIX};
 use crate::decide::plugin::PluginPlan;
@@ -21,7 +22,7 @@ use crate::decide::readiness::gate::{
     GatePlan, NotReady, Readiness, TaintChange, lift_gate, plan_gate,
 };
 use crate::decide::readiness::validation::{
-    NodeValidation, ValidationInputs, ValidationPlan, plan_validation,
+    NodeValidation, ValidationGpu, ValidationInputs, ValidationPlan, plan_validation,
 };
 use crate::decide::scheduling::{base_tolerations, tolerations_for};
 
@@ -37,12 +38,17 @@ pub struct ReadinessPlan {
     pub validation_stall: Option<Stall>,
 }
 
-pub fn plan_readiness(o: &Observed, settings: &Settings, plugin: &PluginPlan) -> ReadinessPlan {
+pub fn plan_readiness(
+    o: &Observed,
+    settings: &Settings,
+    plugin: &PluginPlan,
+    dra: &DraPlan,
+) -> ReadinessPlan {
     let spec = &o.pool.spec;
     let nodes: Vec<&NodeFacts> = o.nodes.iter().map(AsRef::as_ref).collect();
     let mut readiness: BTreeMap<String, Readiness> = nodes
         .iter()
-        .map(|n| (n.name.clone(), base_readiness(o, plugin, n)))
+        .map(|n| (n.name.clone(), base_readiness(o, plugin, dra, n)))
         .collect();
     // A node whose plugin a rollout replaces is progress until the rollout's deadline for it,
     // whatever it lacks meanwhile.
@@ -55,7 +61,7 @@ pub fn plan_readiness(o: &Observed, settings: &Settings, plugin: &PluginPlan) ->
     if let Some(validation) = &spec.validation {
         out.validation_stall = validation_image_not_allowed(validation, settings);
         if out.validation_stall.is_none() {
-            let plan = validate(o, settings, plugin, validation, &readiness);
+            let plan = validate(o, settings, plugin, dra, validation, &readiness);
             for (node, state) in &plan.states {
                 if let Some(not_ready) = validation_not_ready(o, node, state) {
                     readiness.insert(node.clone(), Err(not_ready));
@@ -121,8 +127,9 @@ fn lifted(o: &Observed) -> Vec<TaintChange> {
     }
 }
 
-/// GPU readiness but for validation: Ready, schedulable, the plugin up, the GPUs there.
-fn base_readiness(o: &Observed, plugin: &PluginPlan, node: &NodeFacts) -> Readiness {
+/// GPU readiness but for validation: Ready, schedulable, the plugin (or the DRA driver) up,
+/// the GPUs there.
+fn base_readiness(o: &Observed, plugin: &PluginPlan, dra: &DraPlan, node: &NodeFacts) -> Readiness {
     let not_ready =
         |why: String, own: Option<Timestamp>| Err(NotReady::new(why, problem_since(o, node, own)));
     if node.ready != NodeReadiness::Ready {
@@ -130,6 +137,19 @@ fn base_readiness(o: &Observed, plugin: &PluginPlan, node: &NodeFacts) -> Readin
     }
     if node.unschedulable {
         return not_ready("the node is cordoned".into(), None);
+    }
+    if let Some(to) = dra.moving.get(&node.name) {
+        let why = match to {
+            Provider::Dra => "it is moving from the device plugin to the DRA driver",
+            Provider::DevicePlugin => "it is moving from the DRA driver to the device plugin",
+        };
+        return not_ready(why.into(), None);
+    }
+    if let Some(served) = dra.served.get(&node.name) {
+        if let Err((_, why)) = &served.judgement {
+            return not_ready(why.clone(), None);
+        }
+        return faults(o, node);
     }
     let platform = plugin.decision.shipped.contains_key(&node.name);
     let elsewhere = plugin.claims.excludes(&node.name);
@@ -147,16 +167,20 @@ fn base_readiness(o: &Observed, plugin: &PluginPlan, node: &NodeFacts) -> Readin
     if !platform && !elsewhere && !plugin_pod_ready(o, plugin, &node.name) {
         return not_ready("its device plugin pod is not ready yet".into(), None);
     }
-    let dra = o.dra_nodes.contains(&node.name);
-    if let Some(e) = plugin.expected.get(&node.name).filter(|_| !dra)
+    if let Some(e) = plugin.expected.get(&node.name)
         && let Err((_, why)) = judge(node, e)
     {
         return not_ready(why, None);
     }
+    faults(o, node)
+}
+
+/// A GPU fault the node reports keeps it from being ready, whoever serves its GPUs.
+fn faults(o: &Observed, node: &NodeFacts) -> Readiness {
     let extra = o.pool.spec.fault_conditions();
     if let Some(fault) = gpu_faults(node, extra).first() {
         let why = format!("it reports a GPU fault: {}: {}", fault.type_, fault.message);
-        return not_ready(why, fault.since);
+        return Err(NotReady::new(why, problem_since(o, node, fault.since)));
     }
     Ok(())
 }
@@ -193,7 +217,10 @@ fn plugin_pod_ready(o: &Observed, plugin: &PluginPlan, node: &str) -> bool {
 
 /// Which plugin a node runs, so a new plugin means validating again: a node a rollout has not
 /// reached yet keeps the plugin (and the validation) it has.
-fn node_plugin(o: &Observed, plugin: &PluginPlan, node: &str) -> String {
+fn node_plugin(o: &Observed, plugin: &PluginPlan, dra: &DraPlan, node: &str) -> String {
+    if dra.is_served(node) {
+        return format!("platform:{}", platform_name(ImageKind::Dra));
+    }
     if let Some(kind) = plugin.decision.shipped.get(node) {
         return format!("platform:{}", platform_name(*kind));
     }
@@ -220,6 +247,7 @@ fn validate(
     o: &Observed,
     settings: &Settings,
     plugin: &PluginPlan,
+    dra: &DraPlan,
     spec: &Validation,
     readiness: &BTreeMap<String, Readiness>,
 ) -> ValidationPlan {
@@ -227,7 +255,7 @@ fn validate(
         .nodes
         .iter()
         .filter(|n| !plugin.claims.excludes(&n.name) && !n.unschedulable && !n.deleting)
-        .map(|n| (n.as_ref(), node_plugin(o, plugin, &n.name)))
+        .map(|n| (n.as_ref(), node_plugin(o, plugin, dra, &n.name)))
         .partition(|(n, _)| readiness.get(&n.name).is_some_and(Result::is_ok));
     let mut tolerations: Vec<Toleration> = base_tolerations();
     tolerations.extend(tolerations_for(&plugin.tolerated));
@@ -251,7 +279,7 @@ fn validate(
         resources: o
             .nodes
             .iter()
-            .map(|n| (n.name.clone(), validation_resource(plugin, n)))
+            .map(|n| (n.name.clone(), validation_gpu(plugin, dra, n)))
             .collect(),
         retry: settings.validation_retry,
         now: o.now,
@@ -262,6 +290,13 @@ fn validate(
 /// pod asking `nvidia.com/gpu` never schedules where the plugin advertises
 /// `nvidia.com/gpu.shared` or `nvidia.com/mig-*` only), or, with MIG mixed and no known profile,
 /// a MIG resource the node has allocatable.
+fn validation_gpu(plugin: &PluginPlan, dra: &DraPlan, node: &NodeFacts) -> ValidationGpu {
+    if dra.is_served(&node.name) {
+        return ValidationGpu::Claim;
+    }
+    ValidationGpu::Resource(validation_resource(plugin, node))
+}
+
 fn validation_resource(plugin: &PluginPlan, node: &NodeFacts) -> String {
     match plugin.expected.get(&node.name) {
         Some(e) if e.resource == ANY_MIG => node
@@ -318,7 +353,6 @@ fn validation_image_not_allowed(spec: &Validation, settings: &Settings) -> Optio
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
     use std::sync::Arc;
 
     use super::*;
@@ -336,7 +370,9 @@ mod tests {
             other_pools: vec![],
             plugin_daemonsets: vec![],
             pods: vec![],
-            dra_nodes: HashSet::new(),
+            dra: Default::default(),
+            dra_api: true,
+            device_classes: Vec::new(),
             pool_uids: ["uid-1".to_string()].into(),
             rejection: None,
             problem_clocks: None,
@@ -380,7 +416,7 @@ mod tests {
             ),
         ] {
             let o = observed(spec.clone(), node.clone());
-            let plugin = plan_plugin(&o, &settings());
+            let plugin = plan_plugin(&o, &settings(), &Default::default());
             assert_eq!(validation_resource(&plugin, &node), want, "{spec:?}");
         }
     }
@@ -423,7 +459,8 @@ mod tests {
         deleting.deleting = true;
         o.strays = vec![Arc::new(deleting)];
         assert!(lifts(&o).is_empty(), "a node being deleted is left alone");
-        let plan = plan_readiness(&o, &settings(), &plan_plugin(&o, &settings()));
+        let dra = DraPlan::default();
+        let plan = plan_readiness(&o, &settings(), &plan_plugin(&o, &settings(), &dra), &dra);
         assert!(plan.lift.is_empty());
     }
 }

@@ -8,7 +8,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-    NodeSelectorTerm, Pod, PodSpec, ResourceRequirements, SecurityContext, Toleration,
+    NodeSelectorTerm, Pod, PodResourceClaim, PodSpec, ResourceClaim, ResourceRequirements,
+    SecurityContext, Toleration,
+};
+use k8s_openapi::api::resource::v1::{
+    DeviceClaim, DeviceRequest, ExactDeviceRequest, ResourceClaimSpec, ResourceClaimTemplate,
+    ResourceClaimTemplateSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -17,9 +22,72 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use crate::api::{API_VERSION_FULL, KIND, Validation};
 use crate::decide::facts::{NodeFacts, ObjectId, PodFacts, ValidationRecord, ValidationResult};
 use crate::decide::names::{
-    COMPONENT_LABEL, GPU_RESOURCE, MANAGED_BY, POOL_LABEL, VALIDATES_BOOT, VALIDATES_NODE,
-    VALIDATES_PLUGIN, VALIDATION_ATTEMPT, VALIDATION_COMPONENT, fnv1a,
+    COMPONENT_LABEL, GPU_DEVICE_CLASS, GPU_RESOURCE, MANAGED_BY, POOL_LABEL, VALIDATES_BOOT,
+    VALIDATES_NODE, VALIDATES_PLUGIN, VALIDATION_ATTEMPT, VALIDATION_COMPONENT, fnv1a,
 };
+
+/// The name of the claim a DRA node's validation pod takes its GPU through.
+const VALIDATION_CLAIM: &str = "gpu";
+
+/// The pool's ResourceClaimTemplate for validating DRA nodes (in the plugin namespace).
+pub fn validation_claim_template_name(pool_key: &str) -> String {
+    format!("{pool_key}-gpu-validation")
+}
+
+/// One GPU of DeviceClass `gpu.nvidia.com` (a whole GPU: what the CUDA sample needs), owned by
+/// the pool. The pod's node affinity pins it to its node; the scheduler allocates a device no
+/// other claim holds, so validation never takes a GPU from a workload.
+pub fn validation_claim_template(
+    pool: &str,
+    pool_uid: &str,
+    pool_key: &str,
+    namespace: &str,
+) -> ResourceClaimTemplate {
+    ResourceClaimTemplate {
+        metadata: ObjectMeta {
+            name: Some(validation_claim_template_name(pool_key)),
+            namespace: Some(namespace.to_string()),
+            labels: Some(
+                [
+                    (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+                    (POOL_LABEL.to_string(), pool_key.to_string()),
+                    (
+                        COMPONENT_LABEL.to_string(),
+                        VALIDATION_COMPONENT.to_string(),
+                    ),
+                ]
+                .into(),
+            ),
+            owner_references: Some(vec![OwnerReference {
+                api_version: API_VERSION_FULL.into(),
+                kind: KIND.into(),
+                name: pool.to_string(),
+                uid: pool_uid.to_string(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: ResourceClaimTemplateSpec {
+            metadata: None,
+            spec: ResourceClaimSpec {
+                devices: Some(DeviceClaim {
+                    requests: Some(vec![DeviceRequest {
+                        name: VALIDATION_CLAIM.into(),
+                        exactly: Some(ExactDeviceRequest {
+                            device_class_name: GPU_DEVICE_CLASS.into(),
+                            allocation_mode: Some("ExactCount".into()),
+                            count: Some(1),
+                            ..ExactDeviceRequest::default()
+                        }),
+                        first_available: None,
+                    }]),
+                    ..DeviceClaim::default()
+                }),
+            },
+        },
+    }
+}
 
 /// The longest wait between two attempts on a failing node.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
@@ -64,6 +132,19 @@ pub struct ValidationPlan {
     pub states: BTreeMap<String, NodeValidation>,
     /// When the first running validation times out.
     pub next_check: Option<Timestamp>,
+    /// The ResourceClaimTemplate the pods to create take their GPU through (DRA nodes), created
+    /// with them if it is not there.
+    pub claim_template: Option<ResourceClaimTemplate>,
+}
+
+/// How a validation pod gets its GPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValidationGpu {
+    /// One of this extended resource (the device plugin's).
+    Resource(String),
+    /// A ResourceClaim from the pool's template (`validation_claim_template`): one device of
+    /// DeviceClass `gpu.nvidia.com`, allocated by the scheduler from the node's free GPUs.
+    Claim,
 }
 
 /// Everything validation is decided from.
@@ -81,10 +162,11 @@ pub struct ValidationInputs<'a> {
     pub pods: Vec<&'a PodFacts>,
     /// Tolerations every validation pod carries (the gate taint, the pool's taints).
     pub tolerations: &'a [Toleration],
-    /// The GPU resource each node's pod asks one of (what the node's GPUs are advertised as:
-    /// `nvidia.com/gpu.shared` with renamed time-slicing, `nvidia.com/mig-<profile>` with MIG
-    /// mixed); nodes not listed: `nvidia.com/gpu`.
-    pub resources: BTreeMap<String, String>,
+    /// The GPU each node's pod asks for: one of a resource (what the node's GPUs are
+    /// advertised as: `nvidia.com/gpu.shared` with renamed time-slicing,
+    /// `nvidia.com/mig-<profile>` with MIG mixed), or a DRA claim; nodes not listed: one
+    /// `nvidia.com/gpu`.
+    pub resources: BTreeMap<String, ValidationGpu>,
     /// The first retry's delay; it doubles with every failure, up to 10 minutes.
     pub retry: Duration,
     pub now: Timestamp,
@@ -125,6 +207,18 @@ pub fn plan_validation(i: &ValidationInputs) -> ValidationPlan {
     for (node, plugin) in &i.not_ready {
         plan.states
             .insert(node.name.clone(), not_ready_validation(i, node, plugin));
+    }
+    let claims = plan
+        .create
+        .iter()
+        .any(|p| p.spec.as_ref().is_some_and(|s| s.resource_claims.is_some()));
+    if claims {
+        plan.claim_template = Some(validation_claim_template(
+            i.pool,
+            i.pool_uid,
+            i.pool_key,
+            i.namespace,
+        ));
     }
     let timeout = SignedDuration::from_secs(i64::from(i.spec.timeout_seconds) + 1);
     plan.next_check = i
@@ -399,8 +493,36 @@ pub fn validation_pod(i: &ValidationInputs, node: &NodeFacts, plugin: &str, atte
 }
 
 fn validation_pod_spec(i: &ValidationInputs, node: &str) -> PodSpec {
-    let resource = i.resources.get(node).map_or(GPU_RESOURCE, String::as_str);
+    let gpu = i
+        .resources
+        .get(node)
+        .cloned()
+        .unwrap_or_else(|| ValidationGpu::Resource(GPU_RESOURCE.into()));
+    let (resources, resource_claims) = match gpu {
+        ValidationGpu::Resource(resource) => (
+            ResourceRequirements {
+                limits: Some([(resource, Quantity("1".into()))].into()),
+                ..ResourceRequirements::default()
+            },
+            None,
+        ),
+        ValidationGpu::Claim => (
+            ResourceRequirements {
+                claims: Some(vec![ResourceClaim {
+                    name: VALIDATION_CLAIM.into(),
+                    request: None,
+                }]),
+                ..ResourceRequirements::default()
+            },
+            Some(vec![PodResourceClaim {
+                name: VALIDATION_CLAIM.into(),
+                resource_claim_template_name: Some(validation_claim_template_name(i.pool_key)),
+                resource_claim_name: None,
+            }]),
+        ),
+    };
     PodSpec {
+        resource_claims,
         // Through the scheduler (not nodeName): it starts only when a GPU is free, so validation
         // never takes a GPU from a workload.
         affinity: Some(Affinity {
@@ -428,10 +550,7 @@ fn validation_pod_spec(i: &ValidationInputs, node: &str) -> PodSpec {
             image: Some(i.spec.image.clone()),
             command: (!i.spec.command.is_empty()).then(|| i.spec.command.clone()),
             args: (!i.spec.args.is_empty()).then(|| i.spec.args.clone()),
-            resources: Some(ResourceRequirements {
-                limits: Some([(resource.to_string(), Quantity("1".into()))].into()),
-                ..ResourceRequirements::default()
-            }),
+            resources: Some(resources),
             security_context: Some(SecurityContext {
                 allow_privilege_escalation: Some(false),
                 capabilities: Some(Capabilities {

@@ -122,7 +122,27 @@ fn ready_assessment(
 }
 
 /// `Conflict`, while nodes are contested.
-pub(super) fn conflict_assessment(claims: &NodeClaims) -> Option<Assessment> {
+/// Conflict: nodes contested by pools or plugins. A device plugin and the DRA driver on the
+/// same node is the conflict named first: two providers hand out the same GPUs.
+pub(super) fn conflict_assessment(
+    claims: &NodeClaims,
+    both: &BTreeMap<String, (String, String)>,
+) -> Option<Assessment> {
+    if !both.is_empty() {
+        let listed: Vec<String> = both
+            .iter()
+            .map(|(node, (plugin, dra))| format!("{node} ({plugin} and {dra})"))
+            .collect();
+        let mut message = format!(
+            "a device plugin and NVIDIA's GPU DRA driver both serve {} nodes: {}; each hands out the same GPUs. Select the driver's kubelet plugin by gpupool.io/dra (gpupool sets it only once the plugin has left a node), or take the node out of the driver's node selector",
+            both.len(),
+            name_list(&listed, 10)
+        );
+        if claims.has_conflicts() {
+            message = format!("{message}. Also: {}", conflict_message(claims));
+        }
+        return Some(Assessment::ok(Reason::DevicePluginAndDraDriver, message));
+    }
     if !claims.has_conflicts() {
         return None;
     }

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::{CapacityStatus, MigResource, Reason};
+use crate::api::{CapacityStatus, DraCapacity, GpusPerNode, MigResource, ProductCount, Reason};
 use crate::decide::facts::Observed;
-use crate::decide::names::{GPU_RESOURCE, SHARED_RESOURCE};
+use crate::decide::names::{GPU_RESOURCE, NVIDIA_GPU_DRIVER, SHARED_RESOURCE};
 use crate::decide::plan::Plan;
 use crate::decide::text::name_list;
 
@@ -111,6 +111,16 @@ pub(super) fn health_assessment(s: &NodeSummary) -> Assessment {
             ),
         );
     }
+    if !s.tainted.is_empty() {
+        return Assessment::failed(
+            Reason::DeviceTaints,
+            format!(
+                "NVIDIA's GPU DRA driver taints GPUs on {} nodes (its health checks found XID errors or lost GPUs): {}; see status.problemNodes and the driver's log, then drain and repair the node",
+                s.tainted.len(),
+                name_list(&s.tainted, 10)
+            ),
+        );
+    }
     if !s.unhealthy.is_empty() {
         return Assessment::failed(
             Reason::UnhealthyGpus,
@@ -145,7 +155,45 @@ pub(super) fn capacity_status(o: &Observed, plan: &Plan, s: &NodeSummary) -> Cap
                 allocatable: *allocatable,
             })
             .collect(),
+        dra: dra_capacity(o, s),
     }
+}
+
+/// `status.capacity.dra`, when the DRA driver serves any of the pool's nodes.
+fn dra_capacity(o: &Observed, s: &NodeSummary) -> Option<DraCapacity> {
+    let d = &s.dra;
+    (d.nodes > 0).then(|| DraCapacity {
+        driver: NVIDIA_GPU_DRIVER.to_string(),
+        device_classes: o.device_classes.clone(),
+        nodes: d.nodes,
+        gpus: d.gpus,
+        usable: d.usable,
+        gpus_per_node: d
+            .per_node
+            .iter()
+            .map(|(gpus, nodes)| GpusPerNode {
+                gpus: *gpus,
+                nodes: *nodes,
+            })
+            .collect(),
+        products: d
+            .products
+            .iter()
+            .map(|(name, nodes)| ProductCount {
+                name: name.clone(),
+                nodes: *nodes,
+            })
+            .collect(),
+        mig_devices: d
+            .mig
+            .iter()
+            .map(|(name, (capacity, allocatable))| MigResource {
+                name: name.clone(),
+                capacity: *capacity,
+                allocatable: *allocatable,
+            })
+            .collect(),
+    })
 }
 
 /// The resource most of the pool's nodes are counted in (nodes whose platform runs the plugin

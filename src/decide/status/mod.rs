@@ -12,7 +12,6 @@ mod readiness;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
@@ -68,7 +67,10 @@ pub fn report(o: &Observed, plan: &Plan, applied: &Applied, settings: &Settings)
         &summary,
         plan.plugin.decision.mode,
     );
-    assessed.extend(conflict_assessment(&plan.plugin.claims).map(|c| (ConditionType::Conflict, c)));
+    assessed.extend(
+        conflict_assessment(&plan.plugin.claims, &plan.dra.both)
+            .map(|c| (ConditionType::Conflict, c)),
+    );
     let status = GpuPoolStatus {
         observed_generation: pool.metadata.generation,
         nodes: nodes.len() as i32,
@@ -198,9 +200,9 @@ fn node_summary(
         previous: &clocks,
         history: previous.observed_generation.is_some(),
     };
-    let dra: BTreeSet<&str> = o.dra_nodes.iter().map(String::as_str).collect();
-    let mut summary = summarize(nodes, expectations, &plan.plugin.claims, &dra);
+    let mut summary = summarize(nodes, expectations, &plan.plugin.claims, &plan.dra);
     nodes::plugin_pod_problems(o, &mut summary);
+    nodes::dra_problems(&plan.dra, &mut summary);
     if let Some(rollout) = &plan.plugin.rollout {
         nodes::rollout_problems(rollout, &mut summary);
     }
@@ -246,6 +248,9 @@ fn components(
         now: o.now,
         plugin_nodes: plan.plugin.plugin_nodes,
     });
+    if let Some(stall) = &plan.dra.stall {
+        plugin = Assessment::failed(stall.reason, stall.message.clone());
+    }
     let retrying = writes_retrying(&applied.failed_writes).filter(|_| stall.is_none());
     for progress in hand_over_progress(plan).into_iter().chain(retrying) {
         plugin.progressing = Some(
@@ -306,6 +311,25 @@ fn hand_over_progress(plan: &Plan) -> Option<String> {
             nodes.len(),
             name_list(&nodes, 10)
         ));
+    }
+    let moving: Vec<String> = plan.dra.moving.keys().cloned().collect();
+    if !moving.is_empty() || !plan.dra.queued.is_empty() {
+        let to = match plan.dra.allocation {
+            crate::api::Allocation::DevicePlugin => "the device plugin",
+            _ => "the DRA driver",
+        };
+        let mut part = format!(
+            "moving {} nodes to {to}: {}",
+            moving.len(),
+            name_list(&moving, 10)
+        );
+        if !plan.dra.queued.is_empty() {
+            part.push_str(&format!(
+                "; {} more wait for spec.rollout.maxUnavailable",
+                plan.dra.queued.len()
+            ));
+        }
+        parts.push(part);
     }
     if !plan.plugin.leftover_pods.is_empty() {
         let pods: Vec<String> = plan

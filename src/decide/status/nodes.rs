@@ -10,6 +10,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use crate::api::{ProblemNode, Reason};
 use crate::decide::capacity::health::{gpu_faults, problem_reason};
 use crate::decide::capacity::{Expected, Source, judge};
+use crate::decide::dra::{DraPlan, DraServed, Provider};
 use crate::decide::facts::{
     ContainerFailure, NodeFacts, NodeReadiness, ObjectId, Observed, PodRole, ProblemClocks,
 };
@@ -89,7 +90,7 @@ fn gpu_problem(reason: Reason) -> bool {
     reason != Reason::NotReady
 }
 
-pub(super) fn node_health(node: &NodeFacts, e: Expectations, dra: bool) -> NodeHealth {
+pub(super) fn node_health(node: &NodeFacts, e: Expectations, dra: &DraPlan) -> NodeHealth {
     if node.deleting {
         return NodeHealth::OutOfService(Reason::Deleting, "the node is being deleted".into());
     }
@@ -103,9 +104,25 @@ pub(super) fn node_health(node: &NodeFacts, e: Expectations, dra: bool) -> NodeH
         let message =
             "the node is not Ready: check the kubelet (kubectl describe node)".to_string();
         (Reason::NotReady, message, node.ready_since)
-    } else if dra {
-        // GPUs published through DRA: nvidia.com/gpu stays 0 by design.
-        return NodeHealth::Serving;
+    } else if let Some(to) = dra.moving.get(&node.name) {
+        let (reason, message) = moving(*to);
+        (reason, message.to_string(), None)
+    } else if let Some(dra_node) = dra.foreign.get(&node.name) {
+        let message = format!(
+            "spec.allocation is DevicePlugin, but the DRA driver serves the node ({dra_node}), so gpupool's device plugin stays off it: remove the node from the driver's node selector, or set spec.allocation to Auto or Dra"
+        );
+        (Reason::DraDriverOnNode, message, None)
+    } else if let Some(served) = dra.served.get(&node.name) {
+        match &served.judgement {
+            Ok(None) => return NodeHealth::Serving,
+            Ok(Some((reason, message))) => {
+                return NodeHealth::Degraded(*reason, message.clone());
+            }
+            Err((reason, message)) => {
+                let joined = node.created.filter(|c| e.grace_ends(*c) > e.now);
+                (*reason, message.clone(), joined)
+            }
+        }
     } else {
         let fallback;
         let expected = match e.expected.get(&node.name) {
@@ -140,6 +157,19 @@ pub(super) fn node_health(node: &NodeFacts, e: Expectations, dra: bool) -> NodeH
             message,
             since,
         }
+    }
+}
+
+fn moving(to: Provider) -> (Reason, &'static str) {
+    match to {
+        Provider::Dra => (
+            Reason::MovingToDra,
+            "moving from the device plugin to the DRA driver (spec.allocation): the plugin leaves first, then the node is labelled for the driver's kubelet plugin",
+        ),
+        Provider::DevicePlugin => (
+            Reason::MovingToDevicePlugin,
+            "moving from the DRA driver to the device plugin (spec.allocation): the driver's pod and ResourceSlices leave first, then the plugin starts",
+        ),
     }
 }
 
@@ -179,6 +209,24 @@ pub(super) struct NodeSummary {
     pub unknown_sizes: BTreeSet<String>,
     /// MIG mixed: (capacity, allocatable) per `nvidia.com/mig-*` resource.
     pub mig_resources: BTreeMap<String, (i64, i64)>,
+    /// Nodes whose GPUs the DRA driver taints.
+    pub tainted: Vec<String>,
+    /// The nodes counted from ResourceSlices, summed up.
+    pub dra: DraSummary,
+}
+
+/// The DRA nodes of a pool, summed up (`status.capacity.dra`).
+#[derive(Clone, Debug, Default)]
+pub(super) struct DraSummary {
+    pub nodes: i32,
+    pub gpus: i64,
+    pub usable: i64,
+    /// GPUs per node -> nodes.
+    pub per_node: BTreeMap<i64, i32>,
+    /// Product name -> nodes showing it.
+    pub products: BTreeMap<String, i32>,
+    /// MIG profile -> (published, untainted).
+    pub mig: BTreeMap<String, (i64, i64)>,
 }
 
 impl NodeSummary {
@@ -204,15 +252,20 @@ pub(super) fn summarize(
     nodes: &[&NodeFacts],
     e: Expectations,
     claims: &NodeClaims,
-    dra_nodes: &BTreeSet<&str>,
+    dra: &DraPlan,
 ) -> NodeSummary {
     let mut s = NodeSummary::default();
     for node in nodes {
-        count_capacity(&mut s, node, e.expected.get(&node.name));
-        let health = node_health(node, e, dra_nodes.contains(node.name.as_str()));
+        let served = dra.served.get(&node.name);
+        let expected = served.map(|d| &d.expected).or(e.expected.get(&node.name));
+        match served {
+            Some(d) => count_dra(&mut s, node, d),
+            None => count_capacity(&mut s, node, expected),
+        }
+        let health = node_health(node, e, dra);
         if !matches!(health, NodeHealth::OutOfService(..)) {
             s.in_service += 1;
-            count_expectation(&mut s, e.expected.get(&node.name));
+            count_expectation(&mut s, expected);
             record_faults(&mut s, node, e.fault_conditions);
         }
         match health {
@@ -304,6 +357,32 @@ fn count_capacity(s: &mut NodeSummary, node: &NodeFacts, expected: Option<&Expec
     }
 }
 
+/// A node the DRA driver serves: its GPUs as published (capacity) and untainted
+/// (allocatable), the product names, per-profile MIG devices, and its taints for GpusHealthy.
+fn count_dra(s: &mut NodeSummary, node: &NodeFacts, d: &DraServed) {
+    let Some(slices) = &d.slices else {
+        s.dra.nodes += 1;
+        return;
+    };
+    let gpus = slices.gpus();
+    s.gpus_capacity = s.gpus_capacity.saturating_add(gpus.physical);
+    s.gpus_allocatable = s.gpus_allocatable.saturating_add(gpus.usable);
+    s.dra.nodes += 1;
+    s.dra.gpus = s.dra.gpus.saturating_add(gpus.physical);
+    s.dra.usable = s.dra.usable.saturating_add(gpus.usable);
+    *s.dra.per_node.entry(gpus.physical).or_default() += 1;
+    for product in slices.products() {
+        *s.dra.products.entry(product.to_string()).or_default() += 1;
+    }
+    for (profile, (published, untainted)) in gpus.mig {
+        let entry = s.dra.mig.entry(profile).or_default();
+        *entry = (entry.0 + published, entry.1 + untainted);
+    }
+    if slices.tainted().next().is_some() {
+        s.tainted.push(node.name.clone());
+    }
+}
+
 fn count_expectation(s: &mut NodeSummary, expected: Option<&Expected>) {
     let Some(e) = expected else {
         s.gpus_expected = s.gpus_expected.saturating_add(1);
@@ -357,6 +436,24 @@ fn claim_problems(s: &mut NodeSummary, claims: &NodeClaims) {
             plugins.join(", ")
         );
         s.problem(node, Reason::ForeignDevicePlugin, message, None);
+    }
+}
+
+/// Nodes a device plugin and the DRA driver both serve: named with both.
+pub(super) fn dra_problems(dra: &DraPlan, s: &mut NodeSummary) {
+    for (node, (plugin, driver)) in &dra.both {
+        let since = s.problems.get(node).and_then(|p| p.since.clone());
+        s.problems.insert(
+            node.clone(),
+            ProblemNode {
+                name: node.clone(),
+                reason: Reason::DevicePluginAndDraDriver.to_string(),
+                message: format!(
+                    "{plugin} and {driver} both serve the node: each hands out the same GPUs; select the driver's kubelet plugin by gpupool.io/dra"
+                ),
+                since,
+            },
+        );
     }
 }
 
@@ -623,7 +720,9 @@ mod tests {
             other_pools: vec![],
             plugin_daemonsets: vec![],
             pods: pods.into_iter().map(Arc::new).collect(),
-            dra_nodes: HashSet::new(),
+            dra: Default::default(),
+            dra_api: true,
+            device_classes: Vec::new(),
             pool_uids: HashSet::new(),
             rejection: None,
             problem_clocks: None,

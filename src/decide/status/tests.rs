@@ -51,7 +51,7 @@ struct Case {
     previous: Vec<Condition>,
     previous_problems: Vec<crate::api::ProblemNode>,
     mode: NodeImage,
-    dra: std::collections::HashSet<String>,
+    dra: std::collections::BTreeSet<String>,
     clocks: Option<ProblemClocks>,
     at: Timestamp,
     plugin_nodes: usize,
@@ -108,7 +108,9 @@ impl Case {
             other_pools: vec![],
             plugin_daemonsets: vec![],
             pods: self.pods.iter().cloned().map(Arc::new).collect(),
-            dra_nodes: self.dra.clone(),
+            dra: Default::default(),
+            dra_api: true,
+            device_classes: Vec::new(),
             pool_uids: Default::default(),
             rejection: None,
             problem_clocks: self.clocks.clone().map(Arc::new),
@@ -118,6 +120,7 @@ impl Case {
         };
         let refs: Vec<&NodeFacts> = self.nodes.iter().collect();
         let plan = Plan {
+            dra: Default::default(),
             plugin: PluginPlan {
                 decision: decide_plugin(self.mode, &refs, &self.dra, None),
                 claims: self.claims.clone(),

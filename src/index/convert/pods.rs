@@ -44,8 +44,12 @@ fn termination(pod: &Pod) -> Option<Termination> {
     }
 }
 
-/// Unschedulable for want of a GPU resource: the scheduler's message names it ("Insufficient
-/// nvidia.com/gpu", "… nvidia.com/gpu.shared", "… nvidia.com/mig-1g.10gb").
+/// Unschedulable for want of a GPU: the scheduler's message names the resource ("Insufficient
+/// nvidia.com/gpu", "… nvidia.com/gpu.shared", "… nvidia.com/mig-1g.10gb"), or, for a pod taking
+/// its GPU through a ResourceClaim, says no free device is left ("cannot allocate all claims").
+/// The scheduler's DynamicResources plugin, when no device can be allocated for a pod's claims.
+const NO_FREE_DEVICE: &str = "cannot allocate all claims";
+
 fn waiting_for_gpu(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -55,7 +59,9 @@ fn waiting_for_gpu(pod: &Pod) -> bool {
                 c.type_ == "PodScheduled"
                     && c.status == "False"
                     && c.message.as_deref().is_some_and(|m| {
-                        m.contains(GPU_RESOURCE) || m.contains(MIG_RESOURCE_PREFIX)
+                        m.contains(GPU_RESOURCE)
+                            || m.contains(MIG_RESOURCE_PREFIX)
+                            || m.contains(NO_FREE_DEVICE)
                     })
             })
         })
@@ -118,8 +124,19 @@ impl PodFacts {
         } else {
             return None;
         };
+        Some(Self::with_role(pod, role))
+    }
+
+    /// A pod of the DRA driver's kubelet plugin (selected by the watch's label selector).
+    pub fn from_driver_pod(pod: &Pod) -> PodFacts {
+        Self::with_role(pod, PodRole::DraDriver)
+    }
+
+    fn with_role(pod: &Pod, role: PodRole) -> PodFacts {
+        let meta = &pod.metadata;
+        let label = |k: &str| meta.labels.as_ref()?.get(k).map(String::as_str);
         let status = pod.status.as_ref();
-        Some(PodFacts {
+        PodFacts {
             id: ObjectId {
                 namespace: meta.namespace.clone().unwrap_or_default(),
                 name: meta.name.clone().unwrap_or_default(),
@@ -150,7 +167,7 @@ impl PodFacts {
             finished: termination(pod),
             waiting_for_gpu: waiting_for_gpu(pod),
             container: container_health(pod),
-        })
+        }
     }
 }
 
