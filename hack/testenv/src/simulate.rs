@@ -21,6 +21,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub mod dra;
 mod plugin_gpus;
 
 pub use plugin_gpus::{
