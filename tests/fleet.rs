@@ -461,9 +461,28 @@ async fn managed_gpu_and_dra_nodes_get_no_plugin_and_miss_no_gpus() {
     )
     .await
     .unwrap();
-    create_node(c, &GpuNode::aks("mix-gpu-dra", "mixpool").gpus(0))
-        .await
-        .unwrap();
+    create_node(
+        c,
+        &GpuNode::aks("mix-gpu-dra", "mixpool")
+            .gpus(0)
+            .label("dratest", "mix")
+            .label(
+                testenv::simulate::dra::NFD_NVIDIA_PCI_LABEL.0,
+                testenv::simulate::dra::NFD_NVIDIA_PCI_LABEL.1,
+            ),
+    )
+    .await
+    .unwrap();
+    // The driver's kubelet plugin runs on the DRA node (its pod is what makes the node
+    // GPU-ready, with its slices); the slice itself is written here as the plugin would.
+    testenv::simulate::dra::install(
+        c,
+        &testenv::simulate::dra::Install::default()
+            .namespace("dra-mix")
+            .node_selector("dratest", "mix"),
+    )
+    .await
+    .unwrap();
     let slice = serde_json::json!({
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceSlice",
@@ -472,7 +491,7 @@ async fn managed_gpu_and_dra_nodes_get_no_plugin_and_miss_no_gpus() {
             "driver": "gpu.nvidia.com",
             "nodeName": "mix-gpu-dra",
             "pool": {"name": "mix-gpu-dra", "generation": 1, "resourceSliceCount": 1},
-            "devices": [{"name": "gpu-0", "attributes": {"type": {"string": "gpu"}, "productName": {"string": "NVIDIA H100 80GB HBM3"}}}]
+            "devices": [{"name": "gpu-0", "attributes": {"type": {"string": "gpu"}, "productName": {"string": "Tesla K80"}}}]
         }
     });
     let slices: Api<k8s_openapi::api::resource::v1::ResourceSlice> = Api::all(c.clone());

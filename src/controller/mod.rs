@@ -54,9 +54,12 @@ pub struct RunOptions {
     pub dra_driver_pods: String,
 }
 
-/// The labels NVIDIA's GPU DRA driver chart puts on its kubelet plugin pods.
+/// The label NVIDIA's GPU DRA driver chart puts on its pods: `app.kubernetes.io/name` is the
+/// chart's name, `dra-driver-nvidia-gpu` since the driver moved to kubernetes-sigs,
+/// `nvidia-dra-driver-gpu` before (v25.x). Of those pods, the kubelet plugin's are the ones
+/// labelled `<chart name>-component: kubelet-plugin` (see `PodFacts::from_driver_pod`).
 pub const DEFAULT_DRA_DRIVER_POD_SELECTOR: &str =
-    "app.kubernetes.io/name=nvidia-dra-driver-gpu,app.kubernetes.io/component=kubelet-plugin";
+    "app.kubernetes.io/name in (dra-driver-nvidia-gpu,nvidia-dra-driver-gpu)";
 
 /// How the watches get their initial state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -258,7 +258,7 @@ pub fn dra(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + 
             });
             refs(names.collect())
         }
-        Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+        Err(e) if not_served(&e) => {
             // Retried with backoff like any watch error: say it once.
             if !ctx.dra().is_synced() {
                 ctx.dra_mut().mark_unsupported();
@@ -291,8 +291,10 @@ pub fn dra_driver_pods(client: Client, ctx: Arc<Context>) -> impl Stream<Item = 
         ctx.clone(),
         move |event| {
             let done = is_init_done(&event);
-            let event = map_event(event, |p| PodFacts::from_driver_pod(&p.0));
-            let changes = ctx.driver_pods_mut().apply(event);
+            let changes = match filter_event(event, |p| PodFacts::from_driver_pod(&p.0)) {
+                Some(event) => ctx.driver_pods_mut().apply(event),
+                None => Vec::new(),
+            };
             if done {
                 ctx.listed(WatchKind::DraDriverPod, vanished(&changes));
             }
@@ -333,7 +335,7 @@ pub fn device_classes(client: Client, ctx: Arc<Context>) -> impl Stream<Item = T
             // Only a status field follows: every pool with DRA nodes says it at its next look.
             Vec::new()
         }
-        Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+        Err(e) if not_served(&e) => {
             ctx.listed(WatchKind::DeviceClass, 0);
             Vec::new()
         }
@@ -356,6 +358,17 @@ fn selects_gpu_driver(class: &DeviceClass) -> bool {
         .flatten()
         .filter_map(|s| s.cel.as_ref())
         .any(|cel| cel.expression.contains(NVIDIA_GPU_DRIVER))
+}
+
+/// The API server does not serve the kind at all (404 on its list): a cluster without DRA. A
+/// streaming list reports it when the watch starts, a paged one when the list fails.
+fn not_served(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            if s.code == 404
+    )
 }
 
 /// Like `map_event`, for kinds of which only some objects are kept.

@@ -160,6 +160,11 @@ fn apiserver_args(
             "--audit-log-batch-buffer-size=1000000".into(),
         ]));
     }
+    // An extra flag replaces a default of the same name (list flags such as
+    // `--authorization-mode` would otherwise be given twice, which the API server refuses).
+    let name = |arg: &str| arg.split('=').next().unwrap_or_default().to_string();
+    let replaced: Vec<String> = options.apiserver_args.iter().map(|a| name(a)).collect();
+    args.retain(|a| !replaced.contains(&name(&a.to_string_lossy())));
     args.extend(options.apiserver_args.iter().map(OsString::from));
     Ok(args)
 }

@@ -4,13 +4,14 @@
 
 use crate::api::Reason;
 use crate::decide::capacity::{Expected, Judgement, Source};
-use crate::decide::facts::{ContainerFailure, DraNode, PodFacts};
+use crate::decide::facts::{ContainerFailure, DraNode, NodeFacts, PodFacts};
 use crate::decide::text::name_list;
 use k8s_openapi::jiff::Timestamp;
 
 /// Ok(None): it serves what it should; Ok(Some): it does, but an admin should look (a taint
 /// that leaves enough GPUs, another GPU model than the VM size has); Err: it does not, and why.
 pub fn judge_dra(
+    node: &NodeFacts,
     slices: Option<&DraNode>,
     driver_pod: Option<&PodFacts>,
     e: &Expected,
@@ -18,9 +19,25 @@ pub fn judge_dra(
 ) -> Judgement {
     match driver_pod {
         None => {
+            let taints: Vec<String> = node
+                .taints
+                .iter()
+                .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+                .map(|t| format!("{}:{}", t.key, t.effect))
+                .collect();
+            let tolerate = if taints.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; its pod must tolerate the node's taints ({})",
+                    name_list(&taints, 5)
+                )
+            };
             return Err((
                 Reason::DraDriverNotReady,
-                "no pod of the NVIDIA DRA driver's kubelet plugin runs on the node: check the driver's DaemonSet and its node selector (gpupool.io/dra for pools with spec.allocation Dra)".into(),
+                format!(
+                    "no pod of the NVIDIA DRA driver's kubelet plugin runs on the node: check the driver's DaemonSet and its node affinity (gpupool.io/dra for pools with spec.allocation Dra){tolerate}"
+                ),
             ));
         }
         Some(pod) if pod.deleting || !pod.ready => {
@@ -104,12 +121,17 @@ fn unexpected_model(node: &DraNode, e: &Expected) -> Option<String> {
     let Source::Size(size) = &e.source else {
         return None;
     };
-    // "H100 80GB" → "H100": product names spell the memory differently ("NVIDIA H100 80GB HBM3").
-    let family = size.model.split_whitespace().next()?;
+    // The model's first word with a digit ("H100 80GB" → "H100", "Tesla K80" → "K80") as a word
+    // of the product name ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"): product names spell
+    // the rest differently, and "A10" must not match "A100".
+    let family = size
+        .model
+        .split_whitespace()
+        .find(|w| w.chars().any(|c| c.is_ascii_digit()))?;
     let products = node.products();
     let other: Vec<String> = products
         .iter()
-        .filter(|p| !p.contains(family))
+        .filter(|p| !p.split([' ', '-']).any(|w| w == family))
         .map(|p| p.to_string())
         .collect();
     (!other.is_empty()).then(|| {
@@ -153,6 +175,10 @@ mod tests {
         expected(&node, &spec, false)
     }
 
+    fn node() -> NodeFacts {
+        gpu_node("n", 0, 0)
+    }
+
     fn driver(ready: bool) -> PodFacts {
         PodFacts {
             role: PodRole::DraDriver,
@@ -190,9 +216,12 @@ mod tests {
         let now = Timestamp::now();
         let h100 = "NVIDIA H100 80GB HBM3";
         let ok = published(8, h100, 0);
-        assert_eq!(judge_dra(Some(&ok), Some(&driver(true)), &e, now), Ok(None));
+        assert_eq!(
+            judge_dra(&node(), Some(&ok), Some(&driver(true)), &e, now),
+            Ok(None)
+        );
         let reason = |slices: Option<&DraNode>, pod: Option<&PodFacts>| {
-            judge_dra(slices, pod, &e, now).unwrap_err().0
+            judge_dra(&node(), slices, pod, &e, now).unwrap_err().0
         };
         assert_eq!(reason(Some(&ok), None), Reason::DraDriverNotReady);
         assert_eq!(
@@ -213,15 +242,27 @@ mod tests {
             reason(Some(&half), Some(&driver(true))),
             Reason::IncompleteResourceSlices
         );
-        let (r, m) =
-            judge_dra(Some(&published(7, h100, 0)), Some(&driver(true)), &e, now).unwrap_err();
+        let (r, m) = judge_dra(
+            &node(),
+            Some(&published(7, h100, 0)),
+            Some(&driver(true)),
+            &e,
+            now,
+        )
+        .unwrap_err();
         assert_eq!(r, Reason::FewerGpusThanExpected);
         assert!(
             m.contains("7 of 8") && m.contains("Standard_ND96isr_H100_v5"),
             "{m}"
         );
-        let (r, m) =
-            judge_dra(Some(&published(8, h100, 1)), Some(&driver(true)), &e, now).unwrap_err();
+        let (r, m) = judge_dra(
+            &node(),
+            Some(&published(8, h100, 1)),
+            Some(&driver(true)),
+            &e,
+            now,
+        )
+        .unwrap_err();
         assert_eq!(r, Reason::DeviceTaints);
         assert!(m.contains("gpu-0 gpu.nvidia.com/xid=79:NoSchedule"), "{m}");
     }
@@ -232,6 +273,7 @@ mod tests {
         let mut lenient = h100_expectation();
         lenient.physical = 4;
         let degraded = judge_dra(
+            &node(),
             Some(&published(8, "NVIDIA H100 80GB HBM3", 1)),
             Some(&driver(true)),
             &lenient,
@@ -240,6 +282,7 @@ mod tests {
         assert_eq!(degraded.unwrap().unwrap().0, Reason::DeviceTaints);
         let e = h100_expectation();
         let a100 = judge_dra(
+            &node(),
             Some(&published(8, "NVIDIA A100-SXM4-80GB", 0)),
             Some(&driver(true)),
             &e,

@@ -251,10 +251,6 @@ fn place_on_dra(o: &Observed, plan: &mut DraPlan, s: &NodeState, key: &str) -> S
     }
     let served = served(o, s);
     let ok = served.judgement.is_ok();
-    if !ok && (s.dra_label.is_none() || !s.dra_present()) && plan.allocation == Allocation::Dra {
-        // Just labelled, the driver not there yet.
-        plan.moving.insert(name.clone(), Provider::Dra);
-    }
     plan.served.insert(name.clone(), served);
     Serving::Target(ok)
 }
@@ -323,6 +319,7 @@ fn plugin_serves(o: &Observed, s: &NodeState) -> bool {
 fn served(o: &Observed, s: &NodeState) -> DraServed {
     let expected = dra_expected(s.node, o);
     let judgement = judge_dra(
+        s.node,
         s.slices.as_deref(),
         s.driver_pod.as_deref(),
         &expected,

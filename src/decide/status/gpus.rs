@@ -200,7 +200,8 @@ fn dra_capacity(o: &Observed, s: &NodeSummary) -> Option<DraCapacity> {
 /// count plain `nvidia.com/gpu`).
 pub(super) fn counted_resource(o: &Observed, plan: &Plan) -> String {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for e in plan.plugin.expected.values() {
+    for (node, e) in &plan.plugin.expected {
+        let e = plan.dra.served.get(node).map_or(e, |d| &d.expected);
         *counts.entry(e.resource.as_str()).or_default() += 1;
     }
     counts

@@ -127,9 +127,20 @@ impl PodFacts {
         Some(Self::with_role(pod, role))
     }
 
-    /// A pod of the DRA driver's kubelet plugin (selected by the watch's label selector).
-    pub fn from_driver_pod(pod: &Pod) -> PodFacts {
-        Self::with_role(pod, PodRole::DraDriver)
+    /// A pod of the DRA driver's kubelet plugin, among the driver's pods the watch selects: the
+    /// chart labels it `<chart name>-component: kubelet-plugin` (its controller's pods carry
+    /// another component). A pod the selector picked without any such label is taken as it is
+    /// (a driver installed otherwise, selected by the admin's own `--dra-driver-pod-selector`).
+    pub fn from_driver_pod(pod: &Pod) -> Option<PodFacts> {
+        let labels = pod.metadata.labels.as_ref();
+        let components: Vec<&String> = labels
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.ends_with("-component"))
+            .map(|(_, v)| v)
+            .collect();
+        (components.is_empty() || components.iter().any(|v| *v == "kubelet-plugin"))
+            .then(|| Self::with_role(pod, PodRole::DraDriver))
     }
 
     fn with_role(pod: &Pod, role: PodRole) -> PodFacts {

@@ -620,6 +620,10 @@ pub struct Install {
     pub node_selector: BTreeMap<String, String>,
     /// The chart's default `resources.computeDomains.enabled` (a second container).
     pub compute_domains: bool,
+    /// Taint keys tolerated (`Exists`, any effect) besides the chart's `nvidia.com/gpu`
+    /// (`kubeletPlugin.tolerations`), e.g. a readiness gate's: a DaemonSet pod does not start on
+    /// a node with a taint it does not tolerate.
+    pub tolerations: Vec<String>,
 }
 
 impl Default for Install {
@@ -631,6 +635,7 @@ impl Default for Install {
             image: IMAGE.into(),
             node_selector: BTreeMap::new(),
             compute_domains: true,
+            tolerations: Vec::new(),
         }
     }
 }
@@ -638,6 +643,10 @@ impl Default for Install {
 impl Install {
     pub fn namespace(mut self, namespace: &str) -> Self {
         self.namespace = namespace.to_owned();
+        self
+    }
+    pub fn tolerate(mut self, key: &str) -> Self {
+        self.tolerations.push(key.to_owned());
         self
     }
     pub fn node_selector(mut self, key: &str, value: &str) -> Self {
@@ -758,6 +767,11 @@ pub fn kubelet_plugin_daemonset(install: &Install) -> DaemonSet {
         } } },
         "tolerations": [{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }],
     });
+    for key in &install.tolerations {
+        if let Some(list) = spec["tolerations"].as_array_mut() {
+            list.push(serde_json::json!({ "key": key, "operator": "Exists" }));
+        }
+    }
     if !install.node_selector.is_empty() {
         spec["nodeSelector"] = serde_json::to_value(&install.node_selector).unwrap_or_default();
     }
