@@ -1,6 +1,8 @@
 //! The benchmark (`cargo run --release -p testenv --bin bench`) at a small scale, as a smoke
 //! check that it runs end to end and reports sane numbers. No timing assertions: the numbers
-//! that matter come from the release build at 5,000 nodes (BENCHMARKS.md).
+//! that matter come from the release build at 5,000 nodes (BENCHMARKS.md). The invariants of the
+//! rollout phase are asserted: never more nodes without GPUs than maxUnavailable, no write for a
+//! pool not rolled, a broken plugin halts.
 
 use std::time::Duration;
 
@@ -13,6 +15,11 @@ async fn the_benchmark_runs_and_reports_sane_numbers() {
     opts.samples = 10;
     opts.timeout = Duration::from_secs(120);
     opts.spaced_pools = 3;
+    // The rollout phase scaled down: 2 of the 10 pools (100 nodes) two batches each, and the
+    // broken plugin's halt (30 s, the shortest deadline the API accepts).
+    opts.rollout_pools = Some(2);
+    opts.rollout_max_unavailable = 25;
+    opts.rollout_idle = Duration::from_secs(1);
     let json = tempfile::tempdir().unwrap();
     opts.json = Some(json.path().join("summary.json"));
     let report = run(opts).await.unwrap_or_else(|e| panic!("{e}"));
@@ -43,6 +50,20 @@ async fn the_benchmark_runs_and_reports_sane_numbers() {
         "the operator wrote while nothing changed: {:?}",
         report.requests.get("quiet")
     );
+    let rollout = report.rollout.as_ref().expect("the rollout phase ran");
+    assert_eq!((rollout.pools, rollout.nodes), (2, 100), "{rollout:?}");
+    assert!(
+        (1..=25).contains(&rollout.max_nodes_without_gpus),
+        "never more nodes without GPUs than maxUnavailable: {rollout:?}"
+    );
+    assert_eq!(rollout.nodes_replaced, 100, "{rollout:?}");
+    assert_eq!(rollout.quiet_nodes_lost_gpus, 0, "{rollout:?}");
+    assert_eq!(rollout.quiet_pool_writes, 0, "{rollout:?}");
+    assert_eq!(rollout.two_plugins, 0, "{rollout:?}");
+    assert!(rollout.requests_per_node() >= 2.0, "{rollout:?}");
+    let halt = rollout.halt.expect("the broken plugin halted");
+    assert!(halt >= Duration::from_secs(30), "{rollout:?}");
+    assert_eq!(rollout.halted_nodes.len(), 1, "{rollout:?}");
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(json.path().join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["quiet_writes"], 0, "{summary}");
@@ -55,6 +76,15 @@ async fn the_benchmark_runs_and_reports_sane_numbers() {
         !summary["versions"]["gpupool"].as_str().unwrap().is_empty(),
         "{summary}"
     );
+    assert_eq!(summary["rollout"]["nodes"], 100, "{summary}");
+    assert!(
+        summary["rollout"]["complete_s"].as_f64() > Some(0.0),
+        "{summary}"
+    );
+    assert!(
+        summary["rollout"]["halt_s"].as_f64() >= Some(30.0),
+        "{summary}"
+    );
     let text = report.to_string();
     for line in [
         "1. pool created",
@@ -62,6 +92,7 @@ async fn the_benchmark_runs_and_reports_sane_numbers() {
         "3. cold start",
         "4. operator",
         "5. operator API requests",
+        "6. GPU-verified rollout",
     ] {
         assert!(text.contains(line), "{text}");
     }

@@ -12,7 +12,13 @@
 //! 4. operator peak RSS (VmHWM) and CPU seconds (utime+stime), and the plane's CPU per component;
 //! 5. API requests made by the operator, per verb and resource, in each phase and during a quiet
 //!    period — from the API server's audit log: the operator runs as its own ServiceAccount and
-//!    the audit policy records exactly that user's requests.
+//!    the audit policy records exactly that user's requests;
+//! 6. a GPU-verified plugin rollout: the nodes' GPUs follow their plugin pods from then on
+//!    ([`crate::simulate::PluginGpus`] in this process), `--rollout-pools` pools get a new plugin
+//!    image at once; until every one reports its rollout Complete, the most nodes of a pool
+//!    without GPUs at once (from a Node watch), the requests per replaced node, the writes
+//!    attributable to the pools not rolled (none expected); then one pool is rolled to a broken
+//!    plugin and the time until it halts is measured.
 //!
 //! `--json PATH` also writes a [`Summary`] of these numbers with stable keys, with the versions
 //! measured and the machine measured on.
@@ -24,13 +30,15 @@ mod operator;
 mod phases;
 mod procfs;
 mod report;
+mod rollout;
 mod setup;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use report::{
-    Latencies, Machine, MillisSummary, ProcStats, Report, RequestCounts, Summary, Versions,
+    Latencies, Machine, MillisSummary, ProcStats, Report, RequestCounts, RolloutReport,
+    RolloutSummary, Summary, Versions,
 };
 
 use crate::{ControlPlane, Error, Options};
@@ -39,6 +47,11 @@ const PLUGIN_NAMESPACE: &str = "gpu-resources";
 const OPERATOR_NAMESPACE: &str = "gpupool-bench";
 const OPERATOR_SA: &str = "operator";
 const GPU_COUNTS: [u32; 4] = [1, 2, 4, 8];
+/// The plugin image the pools are created with, the one the rollout brings, and a broken one
+/// (registers no GPU: [`crate::simulate::BROKEN_PLUGIN_TAG`]).
+const PLUGIN_IMAGE: &str = "nvcr.io/nvidia/k8s-device-plugin:v0.17.0";
+const ROLLOUT_IMAGE: &str = "nvcr.io/nvidia/k8s-device-plugin:v0.18.0";
+const BROKEN_IMAGE: &str = "nvcr.io/nvidia/k8s-device-plugin:v0.18.2-broken";
 /// Pace of the spaced pools.
 const SPACED_POOL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -81,12 +94,32 @@ pub struct BenchOptions {
     /// Also write a JSON summary with stable keys here (see [`Summary`]).
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Pools whose plugin image changes at once in the rollout phase (the first R; default half
+    /// of --pools; 0: no rollout phase).
+    #[arg(long, value_name = "R")]
+    pub rollout_pools: Option<usize>,
+    /// `spec.rollout.maxUnavailable` of the pools rolled.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rollout_max_unavailable: u32,
+    /// `spec.rollout.progressDeadlineSeconds` of the pool then rolled to a broken plugin (pool 0,
+    /// maxUnavailable 1), which must halt at its first node (30-86400; 0: no halt case).
+    #[arg(long = "halt-deadline-seconds", value_name = "S", default_value_t = 30)]
+    pub halt_deadline_seconds: u32,
+    /// Seconds with the simulated device manager following every node before the rollout starts:
+    /// its CPU cost when nothing but heartbeats happens.
+    #[arg(long = "rollout-idle-seconds", value_name = "S", default_value = "30", value_parser = seconds)]
+    pub rollout_idle: Duration,
     /// Upper bound for every wait, in seconds.
     #[arg(long = "timeout-seconds", value_name = "S", default_value = "900", value_parser = seconds)]
     pub timeout: Duration,
 }
 
 impl BenchOptions {
+    /// Pools rolled in the rollout phase.
+    pub fn rolled_pools(&self) -> usize {
+        self.rollout_pools.unwrap_or(self.pools / 2).min(self.pools)
+    }
+
     /// The defaults of the command line with `nodes`, `pools` and the operator binary set.
     pub fn new(nodes: usize, pools: usize, operator: PathBuf) -> Self {
         use clap::Parser as _;
@@ -151,6 +184,12 @@ pub async fn run(opts: BenchOptions) -> Result<Report, Error> {
         return Err(Error::Config {
             what: format!("--nodes {} --pools {}", opts.nodes, opts.pools),
             detail: "need at least one pool and at least as many nodes as pools".into(),
+        });
+    }
+    if opts.halt_deadline_seconds != 0 && !(30..=86400).contains(&opts.halt_deadline_seconds) {
+        return Err(Error::Config {
+            what: format!("--halt-deadline-seconds {}", opts.halt_deadline_seconds),
+            detail: "progressDeadlineSeconds is 30..86400 (or 0: no halt case)".into(),
         });
     }
     if !opts.operator.is_file() {

@@ -33,6 +33,11 @@ impl Operator {
         })
     }
 
+    /// Stops the process (SIGTERM, then SIGKILL after 5 s).
+    pub async fn stop(mut self) {
+        self.process.stop(Duration::from_secs(5)).await;
+    }
+
     pub fn pid(&self) -> u32 {
         self.process.id()
     }

@@ -1,5 +1,6 @@
 //! The measured phases, in order: operator start, a burst of pools, pools one a second, GPU
-//! allocatable changes, a quiet period and a cold start.
+//! allocatable changes, a quiet period, a cold start and (in `rollout.rs`) a GPU-verified plugin
+//! rollout.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,11 +29,11 @@ pub(super) struct Bench<'a> {
     pub watched: Arc<Watched>,
     pub report: Report,
     /// Pools of the spaced phase created so far.
-    spaced_created: usize,
+    pub(super) spaced_created: usize,
     /// CPU seconds per process at the end of the last phase.
-    cpu_mark: BTreeMap<String, f64>,
+    pub(super) cpu_mark: BTreeMap<String, f64>,
     /// (phase, start, end), for counting requests in the audit log at the end.
-    windows: Vec<(&'static str, Instant, Instant)>,
+    pub(super) windows: Vec<(&'static str, Instant, Instant)>,
 }
 
 impl<'a> Bench<'a> {
@@ -58,7 +59,13 @@ impl<'a> Bench<'a> {
         self.spaced_pools(op.pid()).await?;
         self.allocatable_changes(op.pid()).await?;
         self.quiet_period(&op).await?;
-        self.cold_start(op, kubeconfig).await?;
+        let op = self.cold_start(op, kubeconfig).await?;
+        let rolled = self.rollout(&op).await;
+        // Counted once every request received so far is in the log (written in batches).
+        let counted = self.count_requests().await;
+        op.stop().await;
+        rolled?;
+        counted?;
         Ok(self.report)
     }
 
@@ -223,8 +230,8 @@ impl<'a> Bench<'a> {
     }
 
     /// Phase 3: the operator dies, every status is removed, a new operator starts; until every
-    /// status is current again. Then the requests of every phase are counted.
-    async fn cold_start(&mut self, mut op: Operator, kubeconfig: &Path) -> Result<(), Error> {
+    /// status is current again. Returns the new operator.
+    async fn cold_start(&mut self, mut op: Operator, kubeconfig: &Path) -> Result<Operator, Error> {
         log("phase 3: cold start");
         op.process.kill();
         self.clear_statuses().await?;
@@ -248,14 +255,18 @@ impl<'a> Bench<'a> {
         tokio::time::sleep(Duration::from_secs(3)).await;
         self.end_phase("3 cold start", Some(op2.pid()), phase_start);
         self.report.operator_cold = read_proc_stats(&op2, "restarted operator")?;
-        // Counted once every request received so far is in the log (written in batches).
+        Ok(op2)
+    }
+
+    /// The operator's requests in every phase, from the audit log.
+    async fn count_requests(&mut self) -> Result<(), Error> {
         crate::audit::flush(self.plane).await?;
         let audit = self.plane.audit_log_path();
         for (name, from, to) in &self.windows {
             let counts = count_requests(&audit, &self.user, *from, *to);
             self.report.requests.insert(name, counts);
         }
-        op2.process.stop(Duration::from_secs(5)).await;
+        self.count_rollout_writes(&audit);
         Ok(())
     }
 
@@ -288,7 +299,12 @@ impl<'a> Bench<'a> {
 /// Book-keeping shared by the phases.
 impl Bench<'_> {
     /// Closes a phase: its CPU use per process, and its window for the request counts.
-    fn end_phase(&mut self, name: &'static str, operator_pid: Option<u32>, from: Instant) {
+    pub(super) fn end_phase(
+        &mut self,
+        name: &'static str,
+        operator_pid: Option<u32>,
+        from: Instant,
+    ) {
         let snapshot = cpu_snapshot(self.plane, operator_pid);
         self.report
             .cpu
@@ -299,7 +315,7 @@ impl Bench<'_> {
 
     /// Every pool created so far with what its status must say: node j belongs to pool j mod P;
     /// the spaced pools select no node.
-    fn expected(&self) -> Vec<(String, Expected)> {
+    pub(super) fn expected(&self) -> Vec<(String, Expected)> {
         let pools = self.opts.pools;
         let mut out: Vec<(String, Expected)> = (0..pools)
             .map(|i| (super::pool_name(i), Expected::default()))
@@ -317,7 +333,7 @@ impl Bench<'_> {
 
     /// Waits until `ok` holds for every pool (with a state that arrived at or after `since`, if
     /// given); returns when the last of those states arrived.
-    async fn all_pools(
+    pub(super) async fn all_pools(
         &self,
         what: &str,
         since: Option<Instant>,
@@ -339,7 +355,7 @@ impl Bench<'_> {
         .await
     }
 
-    fn pools_api(&self) -> Api<DynamicObject> {
+    pub(super) fn pools_api(&self) -> Api<DynamicObject> {
         Api::all_with(self.client.clone(), &gpupool_resource())
     }
 
@@ -347,7 +363,10 @@ impl Bench<'_> {
         let body: DynamicObject = setup::object(serde_json::json!({
             "apiVersion": "gpupool.io/v1alpha1", "kind": "GpuPool",
             "metadata": {"name": name},
-            "spec": {"nodeSelector": {"matchLabels": {"kubernetes.azure.com/agentpool": agentpool}}},
+            "spec": {
+                "nodeSelector": {"matchLabels": {"kubernetes.azure.com/agentpool": agentpool}},
+                "devicePlugin": {"image": super::PLUGIN_IMAGE},
+            },
         }))?;
         self.pools_api()
             .create(&PostParams::default(), &body)
@@ -368,7 +387,7 @@ impl Bench<'_> {
     }
 }
 
-fn read_proc_stats(op: &Operator, which: &str) -> Result<super::ProcStats, Error> {
+pub(super) fn read_proc_stats(op: &Operator, which: &str) -> Result<super::ProcStats, Error> {
     proc_stats(op.pid()).ok_or_else(|| Error::Command {
         what: format!("reading the {which}'s /proc entry"),
         detail: format!("process {} is gone", op.pid()),

@@ -109,8 +109,86 @@ pub struct Report {
     pub reconciles: Option<(f64, f64)>,
     /// Reconciles during the quiet period (nothing changed but heartbeats: ideally none).
     pub quiet_reconciles: Option<f64>,
+    /// The GPU-verified rollout phase (None when not run).
+    pub rollout: Option<RolloutReport>,
     pub versions: Versions,
     pub machine: Machine,
+}
+
+/// The GPU-verified rollout phase: `pools` pools of `nodes` nodes in all get a new plugin image
+/// at once; then one pool gets a broken one.
+#[derive(Debug, Clone, Default)]
+pub struct RolloutReport {
+    pub pools: usize,
+    pub nodes: usize,
+    pub max_unavailable: u32,
+    /// From the first image patch to the last pool's first status with its rollout Complete.
+    pub complete: Duration,
+    /// The same, per pool.
+    pub pool_complete: Latencies,
+    /// The most nodes of one rolled pool without allocatable GPUs at once (any Node event).
+    pub max_nodes_without_gpus: usize,
+    /// Nodes of the rolled pools that lost their GPUs at least once (each replaced node once).
+    pub nodes_replaced: usize,
+    /// Nodes of the pools not rolled that lost their GPUs (none expected).
+    pub quiet_nodes_lost_gpus: usize,
+    /// Registrations of a new plugin with the simulated kubelets, and two plugins on one node
+    /// at once (none expected).
+    pub registrations: usize,
+    pub two_plugins: usize,
+    /// The operator's requests and writes during the rollout (until the last pool Complete).
+    pub requests: u64,
+    pub writes: u64,
+    /// Writes during the rollout and the halt that concern a pool not rolled (none expected), and
+    /// writes no pool can be named for.
+    pub quiet_pool_writes: u64,
+    pub unattributed_writes: u64,
+    /// The simulated device manager: listing 5,000 nodes and plugin pods, its node writes when it
+    /// started (none expected: every node shows its plugin's GPUs), and its idle window.
+    pub simulation_synced: Duration,
+    pub simulation_initial_writes: usize,
+    pub idle: Duration,
+    /// The pool rolled to a broken plugin with `progressDeadlineSeconds` = `halt_deadline`: from
+    /// its patch to its first status Halted; the most of its nodes without GPUs at once; the
+    /// nodes its status names as halted.
+    pub halt_deadline: u32,
+    pub halt: Option<Duration>,
+    pub halt_max_nodes_without_gpus: usize,
+    pub halted_nodes: Vec<String>,
+    /// Anything the operator reported that the benchmark did not expect (e.g. Complete with
+    /// nodes not updated).
+    pub notes: Vec<String>,
+}
+
+impl RolloutReport {
+    fn per_node(&self, n: u64) -> f64 {
+        if self.nodes == 0 {
+            0.0
+        } else {
+            n as f64 / self.nodes as f64
+        }
+    }
+
+    pub fn requests_per_node(&self) -> f64 {
+        self.per_node(self.requests)
+    }
+
+    pub fn writes_per_node(&self) -> f64 {
+        self.per_node(self.writes)
+    }
+
+    fn summary(&self) -> RolloutSummary {
+        RolloutSummary {
+            pools: self.pools,
+            nodes: self.nodes,
+            complete_s: self.complete.as_secs_f64(),
+            max_nodes_without_gpus: self.max_nodes_without_gpus,
+            requests_per_node: self.requests_per_node(),
+            writes_per_node: self.writes_per_node(),
+            quiet_pool_writes: self.quiet_pool_writes,
+            halt_s: self.halt.map(|d| d.as_secs_f64()),
+        }
+    }
 }
 
 /// Name of the quiet period in `requests` and `cpu`.
@@ -163,6 +241,7 @@ impl Report {
             quiet_writes: self.quiet_writes(),
             reconciles: self.reconciles.map_or(0, |(count, _)| count as u64),
             quiet_reconciles: self.quiet_reconciles.map_or(0, |count| count as u64),
+            rollout: self.rollout.as_ref().map(RolloutReport::summary),
             versions: self.versions.clone(),
             machine: self.machine.clone(),
         }
@@ -194,8 +273,25 @@ pub struct Summary {
     pub quiet_writes: u64,
     pub reconciles: u64,
     pub quiet_reconciles: u64,
+    /// The GPU-verified rollout phase (null when not run).
+    pub rollout: Option<RolloutSummary>,
     pub versions: Versions,
     pub machine: Machine,
+}
+
+/// The rollout phase in the summary: pools and nodes rolled, seconds until every pool was
+/// Complete, the most nodes of a pool without GPUs at once, the operator's requests and writes
+/// per replaced node, writes concerning pools not rolled, seconds until the broken pool halted.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutSummary {
+    pub pools: usize,
+    pub nodes: usize,
+    pub complete_s: f64,
+    pub max_nodes_without_gpus: usize,
+    pub requests_per_node: f64,
+    pub writes_per_node: f64,
+    pub quiet_pool_writes: u64,
+    pub halt_s: Option<f64>,
 }
 
 /// p50, p99 and max of a set of latencies, in milliseconds.
@@ -212,6 +308,11 @@ fn ms(d: Duration) -> String {
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn latencies_s(l: &Latencies) -> String {
+    let s = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    format!("p50 {}, p99 {}, max {}", s(l.p50()), s(l.p99()), s(l.max()))
 }
 
 fn latencies(l: &Latencies) -> String {
@@ -249,6 +350,7 @@ impl fmt::Display for Report {
         )?;
         self.fmt_latencies(f)?;
         self.fmt_operator(f)?;
+        self.fmt_rollout(f)?;
         self.fmt_requests_and_cpu(f)
     }
 }
@@ -314,6 +416,62 @@ impl Report {
         Ok(())
     }
 
+    fn fmt_rollout(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(r) = &self.rollout else {
+            return Ok(());
+        };
+        writeln!(
+            f,
+            "6. GPU-verified rollout, {} pools x {} nodes ({} nodes, maxUnavailable {}) at once: every pool Complete after {:.1} s (per pool {})",
+            r.pools,
+            r.nodes / r.pools.max(1),
+            r.nodes,
+            r.max_unavailable,
+            r.complete.as_secs_f64(),
+            latencies_s(&r.pool_complete)
+        )?;
+        writeln!(
+            f,
+            "   most nodes of a pool without GPUs at once: {} (node watch); nodes that lost GPUs: {} in the pools rolled, {} in the others; {} plugin registrations; two plugins on a node: {}",
+            r.max_nodes_without_gpus,
+            r.nodes_replaced,
+            r.quiet_nodes_lost_gpus,
+            r.registrations,
+            r.two_plugins
+        )?;
+        writeln!(
+            f,
+            "   operator: {} requests ({:.2} per node), {} writes ({:.2} per node); writes concerning the pools not rolled: {} (unattributed: {})",
+            r.requests,
+            r.requests_per_node(),
+            r.writes,
+            r.writes_per_node(),
+            r.quiet_pool_writes,
+            r.unattributed_writes
+        )?;
+        writeln!(
+            f,
+            "   simulated device manager: listed in {:.2} s, {} writes at start, then {} s idle (CPU in the table below)",
+            r.simulation_synced.as_secs_f64(),
+            r.simulation_initial_writes,
+            r.idle.as_secs()
+        )?;
+        if let Some(halt) = r.halt {
+            writeln!(
+                f,
+                "   broken plugin (progressDeadlineSeconds {}): Halted after {:.1} s; nodes without GPUs at once {}; halted nodes {:?}",
+                r.halt_deadline,
+                halt.as_secs_f64(),
+                r.halt_max_nodes_without_gpus,
+                r.halted_nodes
+            )?;
+        }
+        for note in &r.notes {
+            writeln!(f, "   NOTE: {note}")?;
+        }
+        Ok(())
+    }
+
     fn fmt_requests_and_cpu(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
@@ -360,6 +518,17 @@ mod tests {
             .cpu
             .insert(QUIET, BTreeMap::from([(OPERATOR.to_owned(), 0.5)]));
         report.reconciles = Some((42.0, 1.0));
+        assert!(serde_json::to_value(report.summary()).unwrap()["rollout"].is_null());
+        report.rollout = Some(RolloutReport {
+            pools: 2,
+            nodes: 100,
+            complete: Duration::from_secs(90),
+            max_nodes_without_gpus: 1,
+            requests: 550,
+            writes: 250,
+            halt: Some(Duration::from_secs(31)),
+            ..RolloutReport::default()
+        });
         let json = serde_json::to_value(report.summary()).unwrap();
         for key in [
             "/allocatable_to_status_ms/p50",
@@ -379,6 +548,14 @@ mod tests {
             "/machine/cores",
             "/machine/memory_mib",
             "/machine/kernel",
+            "/rollout/pools",
+            "/rollout/nodes",
+            "/rollout/complete_s",
+            "/rollout/max_nodes_without_gpus",
+            "/rollout/requests_per_node",
+            "/rollout/writes_per_node",
+            "/rollout/quiet_pool_writes",
+            "/rollout/halt_s",
         ] {
             assert!(json.pointer(key).is_some(), "{key} missing from {json}");
         }
@@ -386,5 +563,7 @@ mod tests {
         assert_eq!(json["pool_to_daemonset_ms"]["max"], 30.0);
         assert_eq!(json["quiet_cpu_percent"], 5.0);
         assert_eq!(json["reconciles"], 42);
+        assert_eq!(json["rollout"]["requests_per_node"], 5.5);
+        assert_eq!(json["rollout"]["halt_s"], 31.0);
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 
 use super::{BenchOptions, OPERATOR_NAMESPACE, OPERATOR_SA, PLUGIN_NAMESPACE, log};
 use crate::nodes::{self, GpuNode};
@@ -53,7 +53,10 @@ pub(super) fn object<T: serde::de::DeserializeOwned>(json: serde_json::Value) ->
     })
 }
 
-/// Creates the nodes (`create_concurrency` at a time) and returns how long that took.
+/// Creates the nodes (`create_concurrency` at a time) and returns how long that took. Each node
+/// shows its GPUs from the start and opts in to GPUs that follow its plugin pod
+/// ([`crate::simulate::GPUS_FOLLOW_PLUGIN_ANNOTATION`]), which matters only once the rollout
+/// phase starts [`crate::simulate::PluginGpus`].
 pub(super) async fn create_nodes(
     client: &kube::Client,
     opts: &BenchOptions,
@@ -70,6 +73,7 @@ pub(super) async fn create_nodes(
             let created = &created;
             async move {
                 nodes::create_node(client, &node).await?;
+                follow_plugin(client, &node.name, node.gpus).await?;
                 let n = created.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_multiple_of(1000) {
                     log(format!("  {n} nodes"));
@@ -85,6 +89,19 @@ pub(super) async fn create_nodes(
         started.elapsed().as_secs_f64()
     ));
     Ok(started.elapsed())
+}
+
+/// Annotates the node so that its GPUs follow its plugin pod once a [`crate::simulate::PluginGpus`]
+/// runs. (Not [`GpuNode::gpus_follow_plugin`]: that registers the node without GPUs, and the
+/// phases before the rollout measure nodes that have theirs.)
+async fn follow_plugin(client: &kube::Client, node: &str, gpus: u32) -> Result<(), Error> {
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        crate::simulate::GPUS_FOLLOW_PLUGIN_ANNOTATION: gpus.to_string(),
+    }}});
+    Api::<Node>::all(client.clone())
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
 }
 
 /// Waits until kwok has marked every node Ready, so the pool phases do not race node

@@ -15,15 +15,27 @@
 //!   the first one's endpoint in the kubelet), and the replaced one does not come back when the
 //!   later one stops. Two plugin pods running on one node at once are recorded
 //!   ([`PluginGpus::two_plugins`]): gpupool must never cause that.
+//!
+//! It scales to thousands of nodes, as the benchmark needs (5,000 nodes heartbeating every
+//! minute, 2,500 plugins replaced at once): nodes and pods are decoded slim (only the fields read
+//! here), an event costs the work of the one node it concerns (plugin pods are indexed by node,
+//! timers kept per node), and status writes go out concurrently, one at a time per node.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use futures::stream::FuturesUnordered;
+use k8s_openapi::api::core::v1::{
+    Container, Node, NodeStatus, Pod, PodCondition, PodSpec, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::Api;
+use kube::core::{ClusterResourceScope, NamespaceResourceScope};
 use kube::runtime::{WatchStreamExt, watcher};
+use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use crate::nodes::{self, KWOK_ANNOTATION};
@@ -118,6 +130,8 @@ pub struct PluginGpus {
     /// None once stopped.
     task: Option<JoinHandle<()>>,
     record: Arc<Mutex<Record>>,
+    /// True once both watches have listed and the first decisions are made.
+    synced: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PluginGpus {
@@ -140,9 +154,30 @@ impl PluginGpus {
 
     pub fn spawn_with(client: kube::Client, options: PluginGpusOptions) -> PluginGpus {
         let record = Arc::new(Mutex::new(Record::default()));
+        let (synced_tx, synced) = tokio::sync::watch::channel(false);
         PluginGpus {
-            task: Some(tokio::spawn(run(client, options, record.clone()))),
+            task: Some(tokio::spawn(run(
+                client,
+                options,
+                record.clone(),
+                synced_tx,
+            ))),
             record,
+            synced,
+        }
+    }
+
+    /// Waits until the simulation has listed the plugin pods and the nodes and made its first
+    /// decisions (from then on every plugin change is followed), for up to `timeout`.
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<(), crate::Error> {
+        let mut synced = self.synced.clone();
+        match tokio::time::timeout(timeout, synced.wait_for(|s| *s)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(crate::Error::Deadline {
+                what: "the simulated device manager to list the plugin pods and nodes".into(),
+                timeout,
+                detail: String::new(),
+            }),
         }
     }
 
@@ -190,71 +225,210 @@ pub fn is_broken_image(image: &str) -> bool {
         .is_some_and(|(_, tag)| tag.contains(BROKEN_PLUGIN_TAG))
 }
 
-/// The watched objects, as the last complete list plus the events since (what a reflector
-/// store holds), and whether a list has completed yet.
-struct Cache<K> {
-    objects: HashMap<String, K>,
-    listing: Option<HashMap<String, K>>,
-    listed: bool,
-    key: fn(&K) -> Option<String>,
-}
+/// A core/v1 kind decoded slim: its kind, plural and scope, and the wrapped object's metadata.
+macro_rules! slim_core_v1 {
+    ($slim:ident, $kind:literal, $plural:literal, $scope:ty) => {
+        impl kube::Resource for $slim {
+            type DynamicType = ();
+            type Scope = $scope;
 
-impl<K> Cache<K> {
-    fn new(key: fn(&K) -> Option<String>) -> Self {
-        Cache {
-            objects: HashMap::new(),
-            listing: None,
-            listed: false,
-            key,
-        }
-    }
-
-    fn apply(&mut self, event: watcher::Event<K>) {
-        match event {
-            watcher::Event::Apply(k) => {
-                if let Some(key) = (self.key)(&k) {
-                    self.objects.insert(key, k);
-                }
+            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+                $kind.into()
             }
-            watcher::Event::Delete(k) => {
-                if let Some(key) = (self.key)(&k) {
-                    self.objects.remove(&key);
-                }
+            fn group(_: &()) -> std::borrow::Cow<'_, str> {
+                "".into()
             }
-            watcher::Event::Init => self.listing = Some(HashMap::new()),
-            watcher::Event::InitApply(k) => {
-                if let (Some(listing), Some(key)) = (self.listing.as_mut(), (self.key)(&k)) {
-                    listing.insert(key, k);
-                }
+            fn version(_: &()) -> std::borrow::Cow<'_, str> {
+                "v1".into()
             }
-            watcher::Event::InitDone => {
-                if let Some(listing) = self.listing.take() {
-                    self.objects = listing;
-                }
-                self.listed = true;
+            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+                $plural.into()
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.0.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.0.metadata
             }
         }
+    };
+}
+
+/// A Node holding only what the simulation reads (name, resourceVersion, annotations, capacity
+/// and allocatable); `managedFields`, conditions, images and the rest are skipped while parsing.
+#[derive(Clone, Debug, Default)]
+struct SlimNode(Node);
+
+slim_core_v1!(SlimNode, "Node", "nodes", ClusterResourceScope);
+
+/// A Pod holding only what the simulation reads (identity, deletion, node, images, phase and
+/// conditions).
+#[derive(Clone, Debug, Default)]
+struct SlimPod(Pod);
+
+slim_core_v1!(SlimPod, "Pod", "pods", NamespaceResourceScope);
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    annotations: Option<BTreeMap<String, String>>,
+    deletion_timestamp: Option<Time>,
+}
+
+impl From<RawMeta> for ObjectMeta {
+    fn from(m: RawMeta) -> ObjectMeta {
+        ObjectMeta {
+            name: m.name,
+            namespace: m.namespace,
+            uid: m.uid,
+            resource_version: m.resource_version,
+            annotations: m.annotations,
+            deletion_timestamp: m.deletion_timestamp,
+            ..ObjectMeta::default()
+        }
     }
 }
 
-async fn run(client: kube::Client, options: PluginGpusOptions, record: Arc<Mutex<Record>>) {
+impl<'de> Deserialize<'de> for SlimNode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            metadata: RawMeta,
+            #[serde(default)]
+            status: Option<RawStatus>,
+        }
+        #[derive(Deserialize)]
+        struct RawStatus {
+            capacity: Option<BTreeMap<String, Quantity>>,
+            allocatable: Option<BTreeMap<String, Quantity>>,
+        }
+        let raw = Raw::deserialize(d)?;
+        Ok(SlimNode(Node {
+            metadata: raw.metadata.into(),
+            spec: None,
+            status: raw.status.map(|s| NodeStatus {
+                capacity: s.capacity,
+                allocatable: s.allocatable,
+                ..NodeStatus::default()
+            }),
+        }))
+    }
+}
+
+impl<'de> Deserialize<'de> for SlimPod {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            metadata: RawMeta,
+            #[serde(default)]
+            spec: Option<RawSpec>,
+            #[serde(default)]
+            status: Option<RawStatus>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct RawSpec {
+            node_name: Option<String>,
+            #[serde(default)]
+            containers: Vec<RawContainer>,
+        }
+        #[derive(Deserialize)]
+        struct RawContainer {
+            #[serde(default)]
+            name: String,
+            image: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct RawStatus {
+            phase: Option<String>,
+            conditions: Option<Vec<PodCondition>>,
+        }
+        let raw = Raw::deserialize(d)?;
+        Ok(SlimPod(Pod {
+            metadata: raw.metadata.into(),
+            spec: raw.spec.map(|s| PodSpec {
+                node_name: s.node_name,
+                containers: s
+                    .containers
+                    .into_iter()
+                    .map(|c| Container {
+                        name: c.name,
+                        image: c.image,
+                        ..Container::default()
+                    })
+                    .collect(),
+                ..PodSpec::default()
+            }),
+            status: raw.status.map(|s| PodStatus {
+                phase: s.phase,
+                conditions: s.conditions,
+                ..PodStatus::default()
+            }),
+        }))
+    }
+}
+
+/// A watch's objects as listed (a first list, or a re-list after the watch lost its place).
+enum Listed<K> {
+    /// A complete list.
+    Done(Vec<K>),
+    /// One object changed (or was deleted: `true`).
+    Changed(K, bool),
+    /// Nothing yet (a list is being buffered).
+    Nothing,
+}
+
+/// Folds one watcher event into `listing`.
+fn fold<K>(listing: &mut Option<Vec<K>>, event: watcher::Event<K>) -> Listed<K> {
+    match event {
+        watcher::Event::Init => {
+            *listing = Some(Vec::new());
+            Listed::Nothing
+        }
+        watcher::Event::InitApply(k) => {
+            if let Some(l) = listing.as_mut() {
+                l.push(k);
+            }
+            Listed::Nothing
+        }
+        watcher::Event::InitDone => Listed::Done(listing.take().unwrap_or_default()),
+        watcher::Event::Apply(k) => Listed::Changed(k, false),
+        watcher::Event::Delete(k) => Listed::Changed(k, true),
+    }
+}
+
+async fn run(
+    client: kube::Client,
+    options: PluginGpusOptions,
+    record: Arc<Mutex<Record>>,
+    synced: tokio::sync::watch::Sender<bool>,
+) {
     let (key, value) = DEVICE_PLUGIN_POD_LABEL;
     let pod_config = watcher::Config::default().labels(&format!("{key}={value}"));
-    let mut pods = watcher(Api::<Pod>::all(client.clone()), pod_config)
+    let mut pods = watcher(Api::<SlimPod>::all(client.clone()), pod_config)
         .default_backoff()
         .boxed();
     let mut node_config = watcher::Config::default();
     if !options.node_selector.is_empty() {
         node_config = node_config.labels(&options.node_selector);
     }
-    let mut nodes = watcher(Api::<Node>::all(client.clone()), node_config)
+    let mut nodes = watcher(Api::<SlimNode>::all(client.clone()), node_config)
         .default_backoff()
         .boxed();
-    let mut pod_cache: Cache<Pod> = Cache::new(|p| p.metadata.uid.clone());
-    let mut node_cache: Cache<Node> = Cache::new(|n| n.metadata.name.clone());
+    let (mut pod_listing, mut node_listing) = (None, None);
+    let (mut pods_listed, mut nodes_listed) = (false, false);
     let mut simulation = Simulation::new(&options, record.clone());
-    let mut wake: Option<Instant> = None;
+    // Node status writes in flight (one per node at most), owned by this task: stopping it
+    // stops them.
+    let mut writing = FuturesUnordered::new();
     loop {
+        let wake = simulation.next_wake(Instant::now());
         let sleep = async {
             match wake {
                 Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
@@ -264,54 +438,74 @@ async fn run(client: kube::Client, options: PluginGpusOptions, record: Arc<Mutex
         tokio::select! {
             Some(event) = pods.next() => {
                 // Errors: the watcher retries with backoff.
-                if let Ok(event) = event {
-                    pod_cache.apply(event);
+                let Ok(event) = event else { continue };
+                let now = Instant::now();
+                match fold(&mut pod_listing, event) {
+                    Listed::Done(list) => {
+                        simulation.pods_listed(now, list.iter().map(|p| &p.0));
+                        pods_listed = true;
+                    }
+                    Listed::Changed(pod, false) => simulation.pod_applied(now, &pod.0),
+                    Listed::Changed(pod, true) => simulation.pod_deleted(now, &pod.0),
+                    Listed::Nothing => {}
                 }
             }
             Some(event) = nodes.next() => {
-                if let Ok(event) = event {
-                    node_cache.apply(event);
+                let Ok(event) = event else { continue };
+                match fold(&mut node_listing, event) {
+                    Listed::Done(list) => {
+                        simulation.nodes_listed(list.iter().map(|n| &n.0));
+                        nodes_listed = true;
+                    }
+                    Listed::Changed(node, false) => simulation.node_applied(&node.0),
+                    Listed::Changed(node, true) => simulation.node_deleted(&node.0),
+                    Listed::Nothing => {}
+                }
+            }
+            Some((write, result)) = writing.next() => {
+                let write: GpuWrite = write;
+                match result {
+                    Ok(()) => {
+                        tracing::info!(
+                            node = %write.node,
+                            capacity = write.capacity,
+                            allocatable = write.allocatable,
+                            "simulated device manager: nvidia.com/gpu written"
+                        );
+                        record
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .writes
+                            .push(GpuWrite {
+                                at: Instant::now(),
+                                ..write.clone()
+                            });
+                        simulation.write_done(Instant::now(), &write.node, true);
+                    }
+                    Err(e) => {
+                        let e: crate::Error = e;
+                        tracing::warn!(node = %write.node, error = %e, "writing nvidia.com/gpu");
+                        simulation.write_done(Instant::now(), &write.node, false);
+                    }
                 }
             }
             () = sleep => {}
         }
         // Nothing is decided before both lists are complete: a plugin pod not listed yet would
         // look stopped.
-        if !(pod_cache.listed && node_cache.listed) {
+        if !(pods_listed && nodes_listed) {
             continue;
         }
-        let now = Instant::now();
-        let writes = simulation.step(now, pod_cache.objects.values(), node_cache.objects.values());
-        let mut retry = None;
-        for write in writes {
-            match nodes::set_gpus(&client, &write.node, write.capacity, write.allocatable).await {
-                Ok(()) => {
-                    tracing::info!(
-                        node = %write.node,
-                        capacity = write.capacity,
-                        allocatable = write.allocatable,
-                        "simulated device manager: nvidia.com/gpu written"
-                    );
-                    record
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .writes
-                        .push(GpuWrite {
-                            at: Instant::now(),
-                            ..write
-                        });
-                }
-                Err(e) => {
-                    tracing::warn!(node = %write.node, error = %e, "writing nvidia.com/gpu");
-                    simulation.write_failed(&write.node);
-                    retry = Some(Instant::now() + RETRY);
-                }
-            }
+        for write in simulation.evaluate(Instant::now()) {
+            simulation.write_started(&write.node);
+            let client = client.clone();
+            writing.push(async move {
+                let result =
+                    nodes::set_gpus(&client, &write.node, write.capacity, write.allocatable).await;
+                (write, result)
+            });
         }
-        wake = match (simulation.next_wake(now), retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        synced.send_if_modified(|s| !std::mem::replace(s, true));
     }
 }
 
@@ -336,6 +530,27 @@ impl PluginPod {
     }
 }
 
+/// What a node that opts in shows, as last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeView {
+    /// The machine's GPUs (the annotation).
+    gpus: u32,
+    /// `nvidia.com/gpu` (capacity, allocatable) in its status.
+    current: (Option<u32>, Option<u32>),
+    resource_version: Option<String>,
+}
+
+impl NodeView {
+    /// None for a node that does not opt in.
+    fn of(node: &Node) -> Option<NodeView> {
+        Some(NodeView {
+            gpus: opted_in(node)?,
+            current: nodes::gpu_resources(node),
+            resource_version: node.metadata.resource_version.clone(),
+        })
+    }
+}
+
 /// What the simulation knows of one node that opts in.
 #[derive(Debug, Default)]
 struct NodeState {
@@ -346,19 +561,35 @@ struct NodeState {
     /// The resourceVersion of the Node a write was decided on: no further write while the
     /// cache still shows that version (the write has not come back through the watch yet).
     written_on: Option<String>,
+    /// A write is in flight: the next one waits for its answer.
+    writing: bool,
+    /// When a failed write is due again.
+    retry_at: Option<Instant>,
 }
 
-/// The device manager's bookkeeping, apart from the API (so it can be tested on its own).
+/// The device manager's bookkeeping, apart from the API (so it can be tested on its own). Every
+/// event marks the one node it concerns; [`Simulation::evaluate`] looks at the marked nodes and
+/// those whose timer is due, nothing else.
 struct Simulation {
     delay: Duration,
     grace: Duration,
     /// By pod uid.
     pods: HashMap<String, PluginPod>,
+    /// Pod uids by node.
+    pods_on: HashMap<String, BTreeSet<String>>,
+    /// Nodes that opt in, as last seen.
+    views: HashMap<String, NodeView>,
     nodes: HashMap<String, NodeState>,
+    /// Nodes to look at in the next evaluation.
+    dirty: BTreeSet<String>,
+    /// Each node's next due time (a registration, the end of one, the end of the capacity grace,
+    /// a write to retry), and the same ordered by time.
+    timer_of: HashMap<String, Instant>,
+    timers: BTreeSet<(Instant, String)>,
     /// Pod uid pairs already recorded as two plugins at once.
     pairs: HashSet<(String, String)>,
-    /// Whether a step has run: plugin pods found running on the first one have registered
-    /// already (the simulation started after them).
+    /// Whether an evaluation has run: plugin pods found running before the first one have
+    /// registered already (the simulation started after them).
     started: bool,
     record: Arc<Mutex<Record>>,
 }
@@ -369,107 +600,294 @@ impl Simulation {
             delay: options.registration_delay,
             grace: options.capacity_grace,
             pods: HashMap::new(),
+            pods_on: HashMap::new(),
+            views: HashMap::new(),
             nodes: HashMap::new(),
+            dirty: BTreeSet::new(),
+            timer_of: HashMap::new(),
+            timers: BTreeSet::new(),
             pairs: HashSet::new(),
             started: false,
             record,
         }
     }
 
-    /// Takes in the current plugin pods and nodes at `now`; returns the node status writes due.
+    /// Takes in the complete set of plugin pods and nodes at `now` (as after a list) and returns
+    /// the node status writes due.
+    #[cfg(test)]
     fn step<'a>(
         &mut self,
         now: Instant,
         pods: impl Iterator<Item = &'a Pod>,
         nodes: impl Iterator<Item = &'a Node>,
     ) -> Vec<GpuWrite> {
-        self.track_pods(now, pods);
-        let mut writes = Vec::new();
-        let mut seen = HashSet::new();
-        for node in nodes {
-            let (Some(name), Some(gpus)) = (node.metadata.name.clone(), opted_in(node)) else {
-                continue;
-            };
-            seen.insert(name.clone());
-            self.note_two_plugins(now, &name);
-            self.register(now, &name, gpus);
-            if let Some(write) = self.decide(now, node, &name, gpus) {
-                writes.push(write);
+        self.pods_listed(now, pods);
+        self.nodes_listed(nodes);
+        self.evaluate(now)
+    }
+
+    /// A plugin pod was created or changed.
+    fn pod_applied(&mut self, now: Instant, pod: &Pod) {
+        let (Some(uid), Some(node)) = (
+            pod.metadata.uid.clone(),
+            pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        ) else {
+            return; // not bound yet
+        };
+        let running = is_running(pod);
+        // Found running before the first evaluation: it registered before the simulation began.
+        let since = if self.started {
+            now
+        } else {
+            now.checked_sub(self.delay).unwrap_or(now)
+        };
+        let tracked = self.pods.entry(uid.clone()).or_insert_with(|| PluginPod {
+            node: node.clone(),
+            name: format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                pod.metadata.name.as_deref().unwrap_or_default()
+            ),
+            broken: pod
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .any(|c| c.image.as_deref().is_some_and(is_broken_image)),
+            running_since: None,
+            registered_at: None,
+            stopped_at: None,
+        });
+        if running && !tracked.running() {
+            // Started, or started again (a container restart): it registers anew.
+            tracked.running_since = Some(since);
+            tracked.registered_at = None;
+            tracked.stopped_at = None;
+        } else if !running && tracked.running() {
+            tracked.stopped_at = Some(now);
+        }
+        self.pods_on.entry(node.clone()).or_default().insert(uid);
+        self.dirty.insert(node);
+    }
+
+    /// A plugin pod is gone: stopped now if it was running; forgotten if it never ran.
+    fn pod_deleted(&mut self, now: Instant, pod: &Pod) {
+        if let Some(uid) = &pod.metadata.uid {
+            self.pod_gone(now, uid);
+        }
+    }
+
+    fn pod_gone(&mut self, now: Instant, uid: &str) {
+        let Some(tracked) = self.pods.get_mut(uid) else {
+            return;
+        };
+        let node = tracked.node.clone();
+        if tracked.running() {
+            tracked.stopped_at = Some(now);
+        } else if tracked.running_since.is_none() {
+            self.forget_pod(uid);
+        }
+        self.dirty.insert(node);
+    }
+
+    fn forget_pod(&mut self, uid: &str) {
+        if let Some(pod) = self.pods.remove(uid)
+            && let Some(on) = self.pods_on.get_mut(&pod.node)
+        {
+            on.remove(uid);
+            if on.is_empty() {
+                self.pods_on.remove(&pod.node);
             }
         }
-        self.nodes.retain(|name, _| seen.contains(name));
-        let delay = self.delay;
-        self.pods
-            .retain(|_, p| p.stopped_at.is_none_or(|at| at + delay > now));
+    }
+
+    /// Every plugin pod, as listed: the ones not in the list are gone.
+    fn pods_listed<'a>(&mut self, now: Instant, pods: impl Iterator<Item = &'a Pod>) {
+        let mut present = HashSet::new();
+        for pod in pods {
+            if let Some(uid) = &pod.metadata.uid {
+                present.insert(uid.clone());
+            }
+            self.pod_applied(now, pod);
+        }
+        let gone: Vec<String> = self
+            .pods
+            .keys()
+            .filter(|uid| !present.contains(*uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            self.pod_gone(now, &uid);
+        }
+    }
+
+    /// A node was created or changed.
+    fn node_applied(&mut self, node: &Node) {
+        let Some(name) = node.metadata.name.clone() else {
+            return;
+        };
+        match NodeView::of(node) {
+            Some(view) => {
+                self.views.insert(name.clone(), view);
+            }
+            None => {
+                self.views.remove(&name);
+            }
+        }
+        self.dirty.insert(name);
+    }
+
+    fn node_deleted(&mut self, node: &Node) {
+        if let Some(name) = &node.metadata.name {
+            self.views.remove(name);
+            self.dirty.insert(name.clone());
+        }
+    }
+
+    /// Every node, as listed: the ones not in the list are gone.
+    fn nodes_listed<'a>(&mut self, nodes: impl Iterator<Item = &'a Node>) {
+        let before: Vec<String> = self.views.keys().cloned().collect();
+        self.views.clear();
+        for node in nodes {
+            self.node_applied(node);
+        }
+        self.dirty.extend(before);
+    }
+
+    /// A write to `node` is in flight: no other is made until it is answered.
+    fn write_started(&mut self, node: &str) {
+        if let Some(state) = self.nodes.get_mut(node) {
+            state.writing = true;
+        }
+    }
+
+    /// The write to `node` was answered; a failed one is tried again soon.
+    fn write_done(&mut self, now: Instant, node: &str, ok: bool) {
+        if let Some(state) = self.nodes.get_mut(node) {
+            state.writing = false;
+            if !ok {
+                state.written_on = None;
+                state.retry_at = Some(now + RETRY);
+            }
+        }
+        self.dirty.insert(node.to_owned());
+        self.schedule(now, node);
+    }
+
+    /// Looks at every node marked since the last call or whose timer is due at `now`; returns
+    /// the node status writes due.
+    fn evaluate(&mut self, now: Instant) -> Vec<GpuWrite> {
+        while let Some((at, node)) = self.timers.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, node.clone()));
+            self.timer_of.remove(&node);
+            self.dirty.insert(node);
+        }
+        let mut writes = Vec::new();
+        for name in std::mem::take(&mut self.dirty) {
+            if let Some(write) = self.evaluate_node(now, &name) {
+                writes.push(write);
+            }
+            self.schedule(now, &name);
+        }
         self.started = true;
         writes
     }
 
-    /// Follows each plugin pod's running and stopping.
-    fn track_pods<'a>(&mut self, now: Instant, pods: impl Iterator<Item = &'a Pod>) {
-        let initially_registered = now.checked_sub(self.delay).unwrap_or(now);
-        let mut present = HashSet::new();
-        for pod in pods {
-            let (Some(uid), Some(node)) = (
-                pod.metadata.uid.clone(),
-                pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-            ) else {
-                continue;
-            };
-            present.insert(uid.clone());
-            let running = is_running(pod);
-            let started = self.started;
-            let tracked = self.pods.entry(uid).or_insert_with(|| PluginPod {
-                node,
-                name: format!(
-                    "{}/{}",
-                    pod.metadata.namespace.as_deref().unwrap_or_default(),
-                    pod.metadata.name.as_deref().unwrap_or_default()
-                ),
-                broken: pod
-                    .spec
-                    .iter()
-                    .flat_map(|s| &s.containers)
-                    .any(|c| c.image.as_deref().is_some_and(is_broken_image)),
-                running_since: None,
-                registered_at: None,
-                stopped_at: None,
-            });
-            if running && !tracked.running() {
-                // Started, or started again (a container restart): it registers anew.
-                tracked.running_since = Some(if started { now } else { initially_registered });
-                tracked.registered_at = None;
-                tracked.stopped_at = None;
-            } else if !running && tracked.running() {
-                tracked.stopped_at = Some(now);
+    fn evaluate_node(&mut self, now: Instant, name: &str) -> Option<GpuWrite> {
+        let write = match self.views.get(name).cloned() {
+            Some(view) => {
+                self.note_two_plugins(now, name);
+                self.register(now, name, view.gpus);
+                self.decide(now, &view, name)
             }
+            None => {
+                self.nodes.remove(name);
+                None
+            }
+        };
+        // Plugins whose registration ended are forgotten.
+        let delay = self.delay;
+        let ended: Vec<String> = self
+            .pods_on
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(|uid| {
+                self.pods
+                    .get(*uid)
+                    .is_some_and(|p| p.stopped_at.is_some_and(|at| at + delay <= now))
+            })
+            .cloned()
+            .collect();
+        for uid in ended {
+            self.forget_pod(&uid);
         }
-        self.pods.retain(|uid, p| {
-            if !present.contains(uid) && p.running() {
-                p.stopped_at = Some(now); // deleted while running
-            }
-            present.contains(uid) || p.running_since.is_some()
-        });
+        write
+    }
+
+    /// Sets the node's timer to its next due time after `now`, if any.
+    fn schedule(&mut self, now: Instant, node: &str) {
+        if let Some(at) = self.timer_of.remove(node) {
+            self.timers.remove(&(at, node.to_owned()));
+        }
+        let delay = self.delay;
+        let pods = self
+            .pods_on
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|uid| self.pods.get(uid))
+            .filter_map(|p| {
+                if p.running() && p.registered_at.is_none() {
+                    Some(p.running_since? + delay)
+                } else {
+                    p.stopped_at.map(|at| at + delay)
+                }
+            });
+        let state = self.nodes.get(node);
+        let grace = state
+            .and_then(|s| s.unregistered_since)
+            .map(|at| at + self.grace);
+        let retry = state.and_then(|s| s.retry_at);
+        let next = pods.chain(grace).chain(retry).filter(|at| *at > now).min();
+        if let Some(at) = next {
+            self.timer_of.insert(node.to_owned(), at);
+            self.timers.insert((at, node.to_owned()));
+        }
     }
 
     fn note_two_plugins(&mut self, now: Instant, node: &str) {
         let mut running: Vec<(&String, &PluginPod)> = self
-            .pods
-            .iter()
-            .filter(|(_, p)| p.node == node && p.running())
+            .pods_on
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|uid| Some((uid, self.pods.get(uid)?)))
+            .filter(|(_, p)| p.running())
             .collect();
+        if running.len() < 2 {
+            return;
+        }
         running.sort_by_key(|(uid, p)| (p.running_since, *uid));
+        let mut found = Vec::new();
         for (i, (uid_a, a)) in running.iter().enumerate() {
             for (uid_b, b) in &running[i + 1..] {
-                if self.pairs.insert(((*uid_a).clone(), (*uid_b).clone())) {
+                let pair = ((*uid_a).clone(), (*uid_b).clone());
+                if !self.pairs.contains(&pair) {
                     tracing::warn!(node, first = %a.name, second = %b.name, "two device-plugin pods run on one node");
-                    self.lock().two_plugins.push(TwoPlugins {
-                        node: node.to_owned(),
-                        pods: [a.name.clone(), b.name.clone()],
-                        at: now,
-                    });
+                    found.push((pair, [a.name.clone(), b.name.clone()]));
                 }
             }
+        }
+        for (pair, pods) in found {
+            self.pairs.insert(pair);
+            self.lock().two_plugins.push(TwoPlugins {
+                node: node.to_owned(),
+                pods,
+                at: now,
+            });
         }
     }
 
@@ -478,9 +896,12 @@ impl Simulation {
     fn register(&mut self, now: Instant, node: &str, gpus: u32) {
         let delay = self.delay;
         let mut due: Vec<(Instant, String)> = self
-            .pods
-            .iter()
-            .filter(|(_, p)| p.node == node && p.running() && p.registered_at.is_none())
+            .pods_on
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|uid| Some((uid, self.pods.get(uid)?)))
+            .filter(|(_, p)| p.running() && p.registered_at.is_none())
             .filter_map(|(uid, p)| {
                 let at = p.running_since? + delay;
                 (at <= now).then(|| (at, uid.clone()))
@@ -508,8 +929,9 @@ impl Simulation {
     }
 
     /// The write the node needs now, if any.
-    fn decide(&mut self, now: Instant, node: &Node, name: &str, gpus: u32) -> Option<GpuWrite> {
+    fn decide(&mut self, now: Instant, node: &NodeView, name: &str) -> Option<GpuWrite> {
         let delay = self.delay;
+        let gpus = node.gpus;
         let in_effect = self
             .nodes
             .get(name)
@@ -519,7 +941,10 @@ impl Simulation {
             .filter(|p| p.stopped_at.is_none_or(|at| at + delay > now))
             .map(|p| p.broken);
         let state = self.nodes.entry(name.to_owned()).or_default();
-        let current = nodes::gpu_resources(node);
+        if state.retry_at.is_some_and(|at| at <= now) {
+            state.retry_at = None;
+        }
+        let current = node.current;
         let wanted = match in_effect {
             Some(broken) => {
                 state.unregistered_since = None;
@@ -542,11 +967,14 @@ impl Simulation {
                 (capacity, 0)
             }
         };
-        let version = node.metadata.resource_version.clone();
         if current == (Some(wanted.0), Some(wanted.1)) {
             state.written_on = None;
             return None;
         }
+        if state.writing || state.retry_at.is_some() {
+            return None; // the write in flight (or the retry) comes first
+        }
+        let version = node.resource_version.clone();
         if version.is_some() && state.written_on == version {
             return None; // our write has not come back yet
         }
@@ -559,26 +987,10 @@ impl Simulation {
         })
     }
 
-    fn write_failed(&mut self, node: &str) {
-        if let Some(state) = self.nodes.get_mut(node) {
-            state.written_on = None;
-        }
-    }
-
-    /// When the next registration, end of a registration or end of a grace is due after `now`.
+    /// When the next registration, end of a registration, end of a grace or retry is due after
+    /// `now`.
     fn next_wake(&self, now: Instant) -> Option<Instant> {
-        let pods = self.pods.values().filter_map(|p| {
-            if p.running() && p.registered_at.is_none() {
-                Some(p.running_since? + self.delay)
-            } else {
-                p.stopped_at.map(|at| at + self.delay)
-            }
-        });
-        let nodes = self
-            .nodes
-            .values()
-            .filter_map(|s| s.unregistered_since.map(|at| at + self.grace));
-        pods.chain(nodes).filter(|at| *at > now).min()
+        self.timers.iter().map(|(at, _)| *at).find(|at| *at > now)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
@@ -832,5 +1244,154 @@ mod tests {
             sim.step(t0, [].into_iter(), [&real, &bad, &plain].into_iter())
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn an_event_looks_at_its_node_only_and_writes_wait_for_their_answer() {
+        let (mut sim, _) = simulation();
+        let t0 = Instant::now();
+        let nodes: Vec<Node> = (0..3)
+            .map(|j| node(&format!("n{j}"), Some("2"), (Some(2), Some(2))))
+            .collect();
+        let pods: Vec<Pod> = (0..3)
+            .map(|j| pod(&format!("p{j}"), &format!("n{j}"), "img:v1", true, false))
+            .collect();
+        assert!(sim.step(t0, pods.iter(), nodes.iter()).is_empty());
+        assert!(sim.dirty.is_empty() && sim.next_wake(t0).is_none());
+        // A heartbeat (a new resourceVersion, the same GPUs): that node looked at, nothing due.
+        let mut beat = nodes[1].clone();
+        beat.metadata.resource_version = Some("beat".into());
+        sim.node_applied(&beat);
+        assert_eq!(sim.dirty, BTreeSet::from(["n1".to_owned()]));
+        assert!(sim.evaluate(t0).is_empty());
+        // n1's plugin stops: after the delay, one write for n1 alone.
+        let t1 = t0 + Duration::from_secs(1);
+        sim.pod_applied(t1, &pod("p1", "n1", "img:v1", true, true));
+        assert!(sim.evaluate(t1).is_empty());
+        assert_eq!(sim.next_wake(t1), Some(t1 + DELAY));
+        let t2 = t1 + DELAY;
+        let writes = sim.evaluate(t2);
+        assert_eq!(values(&writes), [("n1", 2, 0)]);
+        sim.write_started("n1");
+        // While it is in flight, another event for n1: no second write until the answer.
+        let mut beat2 = nodes[1].clone();
+        beat2.metadata.resource_version = Some("beat2".into());
+        sim.node_applied(&beat2);
+        assert!(sim.evaluate(t2).is_empty());
+        // The write failed: made again once the retry is due.
+        sim.write_done(t2, "n1", false);
+        assert!(sim.evaluate(t2).is_empty());
+        assert_eq!(sim.next_wake(t2), Some(t2 + RETRY));
+        let t3 = t2 + RETRY;
+        assert_eq!(values(&sim.evaluate(t3)), [("n1", 2, 0)]);
+        sim.write_started("n1");
+        sim.write_done(t3, "n1", true);
+        // Until the write comes back through the watch, it is not made again.
+        assert!(sim.evaluate(t3).is_empty());
+        let mut zero = node("n1", Some("2"), (Some(2), Some(0)));
+        zero.metadata.resource_version = Some("zero".into());
+        sim.node_applied(&zero);
+        assert!(sim.evaluate(t3).is_empty());
+        // The new plugin registers: its GPUs are back.
+        sim.pod_applied(t3, &pod("q1", "n1", "img:v2", true, false));
+        assert!(sim.evaluate(t3).is_empty());
+        assert_eq!(values(&sim.evaluate(t3 + DELAY)), [("n1", 2, 2)]);
+        sim.write_started("n1");
+        sim.write_done(t3 + DELAY, "n1", true);
+        let mut back = node("n1", Some("2"), (Some(2), Some(2)));
+        back.metadata.resource_version = Some("back".into());
+        sim.node_applied(&back);
+        assert!(sim.evaluate(t3 + DELAY).is_empty());
+        assert!(sim.next_wake(t3 + DELAY).is_none(), "no timer left");
+        // The replaced pod is gone from the index once its registration ended.
+        assert_eq!(sim.pods_on["n1"], BTreeSet::from(["q1".to_owned()]));
+        sim.pod_deleted(t3 + DELAY, &pod("p1", "n1", "img:v1", false, true));
+        assert!(!sim.pods.contains_key("p1"));
+    }
+
+    #[test]
+    fn nodes_and_pods_are_decoded_slim() {
+        let json = serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {
+                "name": "n", "resourceVersion": "7",
+                "annotations": { "kwok.x-k8s.io/node": "fake", GPUS_FOLLOW_PLUGIN_ANNOTATION: "4" },
+                "labels": { "type": "kwok" },
+                "managedFields": [{ "manager": "kwok", "fieldsV1": { "f:status": {} } }],
+            },
+            "spec": { "taints": [{ "key": "sku", "value": "gpu", "effect": "NoSchedule" }] },
+            "status": {
+                "capacity": { "cpu": "4", "nvidia.com/gpu": "4" },
+                "allocatable": { "cpu": "4", "nvidia.com/gpu": "0" },
+                "conditions": [{ "type": "Ready", "status": "True" }],
+                "images": [{ "names": ["a"], "sizeBytes": 1 }],
+            },
+        });
+        let SlimNode(n) = serde_json::from_value(json).unwrap();
+        assert!(n.metadata.managed_fields.is_none() && n.metadata.labels.is_none());
+        assert_eq!(
+            NodeView::of(&n),
+            Some(NodeView {
+                gpus: 4,
+                current: (Some(4), Some(0)),
+                resource_version: Some("7".into()),
+            })
+        );
+        let json = serde_json::json!({
+            "metadata": {
+                "name": "p", "namespace": "ns", "uid": "u",
+                "deletionTimestamp": "2026-01-01T00:00:00Z",
+                "managedFields": [{ "manager": "kwok" }],
+            },
+            "spec": {
+                "nodeName": "n",
+                "containers": [{ "name": "plugin", "image": "img:v0.18.2-broken", "env": [] }],
+                "volumes": [{ "name": "v", "hostPath": { "path": "/x" } }],
+            },
+            "status": {
+                "phase": "Running",
+                "conditions": [{ "type": "Ready", "status": "True" }],
+                "containerStatuses": [{ "name": "plugin", "image": "i", "imageID": "", "ready": true, "restartCount": 0 }],
+            },
+        });
+        let SlimPod(p) = serde_json::from_value(json).unwrap();
+        assert!(p.metadata.deletion_timestamp.is_some() && !is_running(&p));
+        let spec = p.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("n"));
+        assert_eq!(
+            spec.containers[0].image.as_deref(),
+            Some("img:v0.18.2-broken")
+        );
+        assert!(spec.volumes.is_none());
+        assert_eq!(p.status.unwrap().phase.as_deref(), Some("Running"));
+    }
+
+    /// Not a timing assertion: prints what one event costs at 5,000 nodes (release build:
+    /// `cargo test --release -p testenv --lib costs_at_5000 -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn costs_at_5000_nodes() {
+        let (mut sim, _) = simulation();
+        let t0 = Instant::now();
+        let nodes: Vec<Node> = (0..5000)
+            .map(|j| node(&format!("n{j}"), Some("2"), (Some(2), Some(2))))
+            .collect();
+        let pods: Vec<Pod> = (0..5000)
+            .map(|j| pod(&format!("p{j}"), &format!("n{j}"), "img:v1", true, false))
+            .collect();
+        let started = Instant::now();
+        sim.step(t0, pods.iter(), nodes.iter());
+        eprintln!(
+            "a full list of 5,000 nodes and pods: {:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        for (k, n) in nodes.iter().enumerate() {
+            let mut beat = n.clone();
+            beat.metadata.resource_version = Some(format!("beat{k}"));
+            sim.node_applied(&beat);
+            assert!(sim.evaluate(t0).is_empty());
+        }
+        eprintln!("a heartbeat: {:?}", started.elapsed() / 5000);
     }
 }
