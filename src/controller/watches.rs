@@ -20,7 +20,7 @@ use crate::api::GpuPool;
 use crate::decide::facts::{ConfigMapFacts, DaemonSetFacts, NodeFacts, ObjectId, PodFacts};
 use crate::decide::names::{CONFIG_COMPONENT, MANAGED_BY, NVIDIA_GPU_DRIVER, pool_key};
 use crate::index::slim::{SlimNode, SlimPod};
-use crate::index::{Change, GpuSlice, Keyed, Tracked};
+use crate::index::{Change, GpuSlice, Keyed, PodIndex, Tracked};
 
 use super::context::Context;
 use super::sync::{WatchKind, refusal};
@@ -156,16 +156,36 @@ pub fn daemonsets(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Trigg
 /// for another pool's plugin, so it reaches the pools selecting its node as well as its own.
 pub fn pods(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
     let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    pod_watch(
+        client,
+        ctx,
+        selector,
+        WatchKind::Pod,
+        Context::pods_mut,
+        |p| PodFacts::from_pod(&p.0),
+    )
+}
+
+/// A label-selected pod watch into one of the pod indexes, turned into the pools to look at:
+/// each pod's own pool and the pools selecting its node.
+fn pod_watch(
+    client: Client,
+    ctx: Arc<Context>,
+    selector: String,
+    kind: WatchKind,
+    index: for<'a> fn(&'a Context) -> std::sync::RwLockWriteGuard<'a, PodIndex>,
+    facts: fn(SlimPod) -> Option<PodFacts>,
+) -> impl Stream<Item = Triggers> + Send {
     let events =
         watcher(Api::<SlimPod>::all(client), config(&ctx).labels(&selector)).default_backoff();
-    triggers_of(events, WatchKind::Pod, None, ctx.clone(), move |event| {
+    triggers_of(events, kind, None, ctx.clone(), move |event| {
         let done = is_init_done(&event);
-        let changes = match filter_event(event, |p| PodFacts::from_pod(&p.0)) {
-            Some(event) => ctx.pods_mut().apply(event),
+        let changes = match filter_event(event, facts) {
+            Some(event) => index(&ctx).apply(event),
             None => Vec::new(),
         };
         if done {
-            ctx.listed(WatchKind::Pod, vanished(&changes));
+            ctx.listed(kind, vanished(&changes));
         }
         if !ctx.is_settled() || changes.is_empty() {
             return Vec::new();
@@ -279,37 +299,14 @@ pub fn dra(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + 
 /// The DRA driver's kubelet plugin pods (`--dra-driver-pod-selector`, any namespace): a DRA
 /// node serves GPUs only while the driver's pod there is ready.
 pub fn dra_driver_pods(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
-    let events = watcher(
-        Api::<SlimPod>::all(client),
-        config(&ctx).labels(&ctx.driver_pod_selector),
-    )
-    .default_backoff();
-    triggers_of(
-        events,
+    let selector = ctx.driver_pod_selector.clone();
+    pod_watch(
+        client,
+        ctx,
+        selector,
         WatchKind::DraDriverPod,
-        None,
-        ctx.clone(),
-        move |event| {
-            let done = is_init_done(&event);
-            let changes = match filter_event(event, |p| PodFacts::from_driver_pod(&p.0)) {
-                Some(event) => ctx.driver_pods_mut().apply(event),
-                None => Vec::new(),
-            };
-            if done {
-                ctx.listed(WatchKind::DraDriverPod, vanished(&changes));
-            }
-            if !ctx.is_settled() || changes.is_empty() {
-                return Vec::new();
-            }
-            let pools = ctx.pools.state();
-            let nodes = ctx.nodes();
-            refs(
-                changes
-                    .iter()
-                    .flat_map(|c| pools_for_pod(c, &pools, &nodes))
-                    .collect(),
-            )
-        },
+        Context::driver_pods_mut,
+        |p| PodFacts::from_driver_pod(&p.0),
     )
 }
 

@@ -197,21 +197,8 @@ mod tests {
         );
         pool.metadata.uid = Some("uid-1".into());
         Observed {
-            pool: Arc::new(pool),
             nodes: nodes.into_iter().map(Arc::new).collect(),
-            strays: vec![],
-            other_pools: vec![],
-            plugin_daemonsets: vec![],
-            pods: vec![],
-            dra: Default::default(),
-            dra_api: true,
-            device_classes: Vec::new(),
-            pool_uids: ["uid-1".to_string()].into(),
-            rejection: None,
-            problem_clocks: None,
-            plugin_configs: vec![],
-            gpu_busy: Default::default(),
-            now: Timestamp::UNIX_EPOCH,
+            ..crate::decide::testing::observed(Arc::new(pool))
         }
     }
 

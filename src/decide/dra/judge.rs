@@ -17,45 +17,7 @@ pub fn judge_dra(
     e: &Expected,
     now: Timestamp,
 ) -> Judgement {
-    match driver_pod {
-        None => {
-            let taints: Vec<String> = node
-                .taints
-                .iter()
-                .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-                .map(|t| format!("{}:{}", t.key, t.effect))
-                .collect();
-            let tolerate = if taints.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; its pod must tolerate the node's taints ({})",
-                    name_list(&taints, 5)
-                )
-            };
-            return Err((
-                Reason::DraDriverNotReady,
-                format!(
-                    "no pod of the NVIDIA DRA driver's kubelet plugin runs on the node: check the driver's DaemonSet and its node affinity (gpupool.io/dra for pools with spec.allocation Dra){tolerate}"
-                ),
-            ));
-        }
-        Some(pod) if pod.deleting || !pod.ready => {
-            let state = match pod.container.failure(now) {
-                Some(f) => failure_text(&f),
-                None if pod.deleting => "terminating".to_string(),
-                None => "not ready yet".to_string(),
-            };
-            return Err((
-                Reason::DraDriverNotReady,
-                format!(
-                    "the DRA driver's kubelet plugin pod {} is {state}: kubectl -n {} describe pod {}",
-                    pod.id, pod.id.namespace, pod.id.name
-                ),
-            ));
-        }
-        Some(_) => {}
-    }
+    driver_ready(node, driver_pod, now)?;
     let required = e.count().max(1);
     let Some(node) = slices.filter(|s| s.slices > 0) else {
         return Err((
@@ -114,6 +76,53 @@ pub fn judge_dra(
         return Ok(Some((Reason::UnexpectedGpuModel, found)));
     }
     Ok(None)
+}
+
+/// The driver's kubelet plugin pod runs ready on the node.
+fn driver_ready(
+    node: &NodeFacts,
+    driver_pod: Option<&PodFacts>,
+    now: Timestamp,
+) -> Result<(), (Reason, String)> {
+    match driver_pod {
+        None => {
+            let taints: Vec<String> = node
+                .taints
+                .iter()
+                .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+                .map(|t| format!("{}:{}", t.key, t.effect))
+                .collect();
+            let tolerate = if taints.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; its pod must tolerate the node's taints ({})",
+                    name_list(&taints, 5)
+                )
+            };
+            Err((
+                Reason::DraDriverNotReady,
+                format!(
+                    "no pod of the NVIDIA DRA driver's kubelet plugin runs on the node: check the driver's DaemonSet and its node affinity (gpupool.io/dra for pools with spec.allocation Dra){tolerate}"
+                ),
+            ))
+        }
+        Some(pod) if pod.deleting || !pod.ready => {
+            let state = match pod.container.failure(now) {
+                Some(f) => failure_text(&f),
+                None if pod.deleting => "terminating".to_string(),
+                None => "not ready yet".to_string(),
+            };
+            Err((
+                Reason::DraDriverNotReady,
+                format!(
+                    "the DRA driver's kubelet plugin pod {} is {state}: kubectl -n {} describe pod {}",
+                    pod.id, pod.id.namespace, pod.id.name
+                ),
+            ))
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// The VM size names a GPU model (e.g. "H100 80GB") and the driver publishes another.

@@ -116,23 +116,7 @@ pub fn plan_plugin(observed: &Observed, settings: &Settings, dra: &DraPlan) -> P
         live.is_some(),
         &leftover_pods,
     );
-    let strays: Vec<&NodeFacts> = observed.strays.iter().map(Arc::as_ref).collect();
-    // A node whose plugin the rollout replaces now is not served until its old pod is gone.
-    let replaced = |n: &NodeFacts| {
-        rollout
-            .as_ref()
-            .is_some_and(|r| r.take_off.contains(&n.name))
-    };
-    let placement = match &daemonset {
-        DaemonSetAction::Blocked(_) => Placement::default(),
-        _ => place(
-            &observed.pool_key(),
-            &nodes,
-            |n| serves(n) && !replaced(n),
-            &strays,
-            observed,
-        ),
-    };
+    let placement = placement(observed, &daemonset, &nodes, &serves, rollout.as_ref());
     let plugin_nodes = desired
         .as_ref()
         .map_or(0, |ds| plugin_nodes(observed, &placement, ds));
@@ -157,6 +141,30 @@ pub fn plan_plugin(observed: &Observed, settings: &Settings, dra: &DraPlan) -> P
         tolerated,
         rollout,
     }
+}
+
+/// The label changes that put the plugin where it `serves`, but for the nodes whose plugin the
+/// rollout replaces now (not served until their old pod is gone); none while the DaemonSet
+/// cannot be written.
+fn placement(
+    observed: &Observed,
+    daemonset: &DaemonSetAction,
+    nodes: &[&NodeFacts],
+    serves: &impl Fn(&NodeFacts) -> bool,
+    rollout: Option<&RolloutPlan>,
+) -> Placement {
+    if matches!(daemonset, DaemonSetAction::Blocked(_)) {
+        return Placement::default();
+    }
+    let strays: Vec<&NodeFacts> = observed.strays.iter().map(Arc::as_ref).collect();
+    let replaced = |n: &NodeFacts| rollout.is_some_and(|r| r.take_off.contains(&n.name));
+    place(
+        &observed.pool_key(),
+        nodes,
+        |n| serves(n) && !replaced(n),
+        &strays,
+        observed,
+    )
 }
 
 /// The nodes whose GPU use a rollout's next step chooses between (idle ones first): the pool's

@@ -110,17 +110,25 @@ pub struct RolloutPlan {
     pub blocked_by: Vec<String>,
 }
 
-pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
-    let deadline = SignedDuration::from_secs(i64::from(i.spec.progress_deadline_seconds));
+/// Where the rollout goes: the spec's plugin, or the last good one while a halt rolls back.
+struct Course {
+    previous: RolloutStatus,
+    /// The spec's revision halted before (a halt holds until the spec changes).
+    halted_before: bool,
+    rolling_back: bool,
+    last_good: Option<PluginRevision>,
+    render: PluginRevision,
+    deadline: SignedDuration,
+}
+
+fn course(i: &RolloutInputs) -> Course {
     let previous = i.previous.cloned().unwrap_or_default();
-    // A halt holds until the spec changes: then the new plugin is rolled out.
     let halted_before = previous
         .halted_revision
         .as_ref()
-        .filter(|r| **r == i.wanted.revision)
-        .cloned();
+        .is_some_and(|r| *r == i.wanted.revision);
     let last_good = previous.last_good.clone().or_else(|| first_good(i));
-    let rolling_back = halted_before.is_some()
+    let rolling_back = halted_before
         && i.spec.on_failure == RolloutFailurePolicy::Rollback
         && last_good
             .as_ref()
@@ -129,13 +137,76 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
         (Some(good), true) => good.clone(),
         _ => i.wanted.clone(),
     };
-    let target = render.revision.as_str();
+    Course {
+        previous,
+        halted_before,
+        rolling_back,
+        last_good,
+        render,
+        deadline: SignedDuration::from_secs(i64::from(i.spec.progress_deadline_seconds)),
+    }
+}
+
+pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
+    let c = course(i);
+    let target = c.render.revision.as_str();
     let by_name: BTreeMap<&str, &RolloutNodeView> =
         i.nodes.iter().map(|n| (n.node.name.as_str(), n)).collect();
+    let (mut in_progress, halted) = still_in_progress(i, &c, &by_name);
+    let halt = c.halted_before || !halted.is_empty();
+    let blocked_by = if !halt || c.rolling_back {
+        start_next(i, target, &mut in_progress)
+    } else {
+        Vec::new()
+    };
+    let take_off = in_progress
+        .iter()
+        .filter(|e| {
+            by_name
+                .get(e.name.as_str())
+                .is_some_and(|v| v.runs_other(target))
+        })
+        .map(|e| e.name.clone())
+        .collect();
+    let replacing: BTreeMap<String, Timestamp> = in_progress
+        .iter()
+        .filter(|e| !halted.iter().any(|h| h.name == e.name))
+        .map(|e| {
+            let end = e.since.0.checked_add(c.deadline).unwrap_or(Timestamp::MAX);
+            (e.name.clone(), end)
+        })
+        .collect();
+    let shows = in_progress
+        .iter()
+        .filter(|e| replacing.contains_key(&e.name))
+        .filter_map(|e| {
+            let view = by_name.get(e.name.as_str())?;
+            Some((e.name.clone(), self::shows(view, target, e)))
+        })
+        .collect();
+    let status = record(i, &c, halt, in_progress, &halted);
+    RolloutPlan {
+        halted: status.halted.clone(),
+        status,
+        render: c.render,
+        take_off,
+        replacing,
+        shows,
+        blocked_by,
+    }
+}
 
+/// The nodes of the previous record still being replaced, and those that halted the rollout
+/// (overdue, or halted before).
+fn still_in_progress(
+    i: &RolloutInputs,
+    c: &Course,
+    by_name: &BTreeMap<&str, &RolloutNodeView>,
+) -> (Vec<RolloutNode>, Vec<HaltedNode>) {
+    let target = c.render.revision.as_str();
     let mut in_progress = Vec::new();
     let mut halted = Vec::new();
-    for entry in &previous.in_progress {
+    for entry in &c.previous.in_progress {
         let Some(view) = by_name.get(entry.name.as_str()) else {
             continue; // no longer served: nothing to wait for
         };
@@ -152,10 +223,13 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
         if entry.gpus_before == 0 && view.revision() == Some(target) {
             continue;
         }
-        let since = entry.since.0;
-        let overdue = since.checked_add(deadline).is_ok_and(|end| end <= i.now);
-        let halted_before = previous.halted.iter().any(|h| h.name == entry.name);
-        if (overdue || halted_before) && !rolling_back {
+        let overdue = entry
+            .since
+            .0
+            .checked_add(c.deadline)
+            .is_ok_and(|end| end <= i.now);
+        let halted_before = c.previous.halted.iter().any(|h| h.name == entry.name);
+        if (overdue || halted_before) && !c.rolling_back {
             halted.push(HaltedNode {
                 name: entry.name.clone(),
                 message: shows(view, target, entry),
@@ -163,80 +237,69 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
         }
         in_progress.push(entry.clone());
     }
-    let halt = halted_before.is_some() || !halted.is_empty();
+    (in_progress, halted)
+}
+
+/// Starts replacing the next nodes, as `maxUnavailable` allows; returns the nodes without GPU
+/// service that use it up when none could start.
+fn start_next(i: &RolloutInputs, target: &str, in_progress: &mut Vec<RolloutNode>) -> Vec<String> {
     let slots = max_unavailable(&i.spec.max_unavailable, i.nodes.len());
-    let mut blocked_by = Vec::new();
-    if !halt || rolling_back {
-        let mut candidates: Vec<&RolloutNodeView> = i
-            .nodes
-            .iter()
-            .filter(|n| n.available() && n.runs_live_other(target))
-            .filter(|n| !in_progress.iter().any(|e| e.name == n.node.name))
-            .collect();
-        // Nodes without their GPUs already cost nothing to replace and go first; then idle
-        // nodes: no workload loses its GPU for an update another node can take.
-        candidates.sort_by_key(|n| {
-            (
-                n.serving(),
-                i.busy.contains(&n.node.name),
-                n.node.name.clone(),
-            )
-        });
-        // Nodes without GPU service count against maxUnavailable, whatever the reason.
-        let mut down = i
-            .nodes
-            .iter()
-            .filter(|n| n.available() && !n.serving())
-            .filter(|n| !in_progress.iter().any(|e| e.name == n.node.name))
-            .count();
-        for view in candidates {
-            let free = !view.serving();
-            if !free && in_progress.len() + down >= slots {
-                if in_progress.is_empty() {
-                    blocked_by = i
-                        .nodes
-                        .iter()
-                        .filter(|n| n.available() && !n.serving())
-                        .map(|n| n.node.name.clone())
-                        .collect();
-                }
-                break;
+    let mut candidates: Vec<&RolloutNodeView> = i
+        .nodes
+        .iter()
+        .filter(|n| n.available() && n.runs_live_other(target))
+        .filter(|n| !in_progress.iter().any(|e| e.name == n.node.name))
+        .collect();
+    // Nodes without their GPUs already cost nothing to replace and go first; then idle
+    // nodes: no workload loses its GPU for an update another node can take.
+    candidates.sort_by_key(|n| {
+        (
+            n.serving(),
+            i.busy.contains(&n.node.name),
+            n.node.name.clone(),
+        )
+    });
+    // Nodes without GPU service count against maxUnavailable, whatever the reason.
+    let mut down = i
+        .nodes
+        .iter()
+        .filter(|n| n.available() && !n.serving())
+        .filter(|n| !in_progress.iter().any(|e| e.name == n.node.name))
+        .count();
+    for view in candidates {
+        let free = !view.serving();
+        if !free && in_progress.len() + down >= slots {
+            if in_progress.is_empty() {
+                return i
+                    .nodes
+                    .iter()
+                    .filter(|n| n.available() && !n.serving())
+                    .map(|n| n.node.name.clone())
+                    .collect();
             }
-            if free {
-                down -= 1;
-            }
-            in_progress.push(RolloutNode {
-                name: view.node.name.clone(),
-                since: Time(whole_seconds(i.now)),
-                gpus_before: if free { 0 } else { view.gpus() },
-            });
+            break;
         }
+        if free {
+            down -= 1;
+        }
+        in_progress.push(RolloutNode {
+            name: view.node.name.clone(),
+            since: Time(whole_seconds(i.now)),
+            gpus_before: if free { 0 } else { view.gpus() },
+        });
     }
-    let take_off = in_progress
-        .iter()
-        .filter(|e| {
-            by_name
-                .get(e.name.as_str())
-                .is_some_and(|v| v.runs_other(target))
-        })
-        .map(|e| e.name.clone())
-        .collect();
-    let replacing: BTreeMap<String, Timestamp> = in_progress
-        .iter()
-        .filter(|e| !halted.iter().any(|h| h.name == e.name))
-        .map(|e| {
-            let end = e.since.0.checked_add(deadline).unwrap_or(Timestamp::MAX);
-            (e.name.clone(), end)
-        })
-        .collect();
-    let shows = in_progress
-        .iter()
-        .filter(|e| replacing.contains_key(&e.name))
-        .filter_map(|e| {
-            let view = by_name.get(e.name.as_str())?;
-            Some((e.name.clone(), self::shows(view, target, e)))
-        })
-        .collect();
+    Vec::new()
+}
+
+/// The rollout's record for the status.
+fn record(
+    i: &RolloutInputs,
+    c: &Course,
+    halt: bool,
+    in_progress: Vec<RolloutNode>,
+    halted: &[HaltedNode],
+) -> RolloutStatus {
+    let target = c.render.revision.as_str();
     let updated = i
         .nodes
         .iter()
@@ -255,7 +318,7 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
                 || in_progress.iter().any(|e| e.name == n.node.name)
         })
         .count();
-    let state = if rolling_back {
+    let state = if c.rolling_back {
         RolloutState::RolledBack
     } else if halt {
         RolloutState::Halted
@@ -268,14 +331,14 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
     // its plugin the one to go back to.
     let serves = i.nodes.iter().any(|n| gpu_ready(n, target, 0, false));
     let last_good = if state == RolloutState::Complete && serves {
-        Some(render.clone())
+        Some(c.render.clone())
     } else {
-        last_good
+        c.last_good.clone()
     };
     // What halted stays named (as it shows now) until the spec changes.
-    let halted: Vec<HaltedNode> = if halt && !rolling_back {
-        let mut all = halted;
-        for before in &previous.halted {
+    let halted: Vec<HaltedNode> = if halt && !c.rolling_back {
+        let mut all = halted.to_vec();
+        for before in &c.previous.halted {
             if !all.iter().any(|h| h.name == before.name) {
                 all.push(before.clone());
             }
@@ -284,27 +347,19 @@ pub fn plan_rollout(i: &RolloutInputs) -> RolloutPlan {
     } else {
         Vec::new()
     };
-    RolloutPlan {
-        status: RolloutStatus {
-            state,
-            target_revision: render.revision.clone(),
-            target_image: render.image.clone(),
-            halted_revision: (halt || rolling_back).then(|| i.wanted.revision.clone()),
-            updated: i32::try_from(updated).unwrap_or(i32::MAX),
-            left: i32::try_from(left).unwrap_or(i32::MAX),
-            in_progress: in_progress
-                .into_iter()
-                .filter(|e| !halted.iter().any(|h| h.name == e.name))
-                .collect(),
-            halted: halted.clone(),
-            last_good,
-        },
-        render,
-        take_off,
-        replacing,
-        shows,
+    RolloutStatus {
+        state,
+        target_revision: c.render.revision.clone(),
+        target_image: c.render.image.clone(),
+        halted_revision: (halt || c.rolling_back).then(|| i.wanted.revision.clone()),
+        updated: i32::try_from(updated).unwrap_or(i32::MAX),
+        left: i32::try_from(left).unwrap_or(i32::MAX),
+        in_progress: in_progress
+            .into_iter()
+            .filter(|e| !halted.iter().any(|h| h.name == e.name))
+            .collect(),
         halted,
-        blocked_by,
+        last_good,
     }
 }
 

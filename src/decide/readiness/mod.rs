@@ -364,21 +364,8 @@ mod tests {
         let mut pool = GpuPool::new("gpu", spec);
         pool.metadata.uid = Some("uid-1".into());
         Observed {
-            pool: Arc::new(pool),
             nodes: vec![Arc::new(node)],
-            strays: vec![],
-            other_pools: vec![],
-            plugin_daemonsets: vec![],
-            pods: vec![],
-            dra: Default::default(),
-            dra_api: true,
-            device_classes: Vec::new(),
-            pool_uids: ["uid-1".to_string()].into(),
-            rejection: None,
-            problem_clocks: None,
-            plugin_configs: vec![],
-            gpu_busy: Default::default(),
-            now: Timestamp::UNIX_EPOCH,
+            ..crate::decide::testing::observed(Arc::new(pool))
         }
     }
 

@@ -675,7 +675,6 @@ fn known_plugin_error(line: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
     use std::sync::Arc;
 
     use super::*;
@@ -714,21 +713,9 @@ mod tests {
             },
         );
         Observed {
-            pool: Arc::new(pool),
             nodes: nodes.into_iter().map(Arc::new).collect(),
-            strays: vec![],
-            other_pools: vec![],
-            plugin_daemonsets: vec![],
             pods: pods.into_iter().map(Arc::new).collect(),
-            dra: Default::default(),
-            dra_api: true,
-            device_classes: Vec::new(),
-            pool_uids: HashSet::new(),
-            rejection: None,
-            problem_clocks: None,
-            plugin_configs: vec![],
-            gpu_busy: Default::default(),
-            now: Timestamp::UNIX_EPOCH,
+            ..crate::decide::testing::observed(Arc::new(pool))
         }
     }
 
