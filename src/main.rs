@@ -65,11 +65,12 @@ struct RunArgs {
     /// every failure, up to 10 minutes).
     #[arg(long, env = "GPUPOOL_VALIDATION_RETRY", default_value = "30s", value_parser = humantime::parse_duration)]
     validation_retry: Duration,
-    /// Node writes (device-plugin labels, readiness-gate taints) per second, over all pools.
-    #[arg(long, env = "GPUPOOL_NODE_WRITES_PER_SECOND", default_value_t = 50)]
+    /// Node writes (device-plugin labels, readiness-gate taints) per second, over all pools, at
+    /// most: the API server's 429s halve it for a while.
+    #[arg(long, env = "GPUPOOL_NODE_WRITES_PER_SECOND", default_value_t = 200)]
     node_writes_per_second: u32,
     /// Node writes allowed in a burst above that rate.
-    #[arg(long, env = "GPUPOOL_NODE_WRITE_BURST", default_value_t = 100)]
+    #[arg(long, env = "GPUPOOL_NODE_WRITE_BURST", default_value_t = 400)]
     node_write_burst: u32,
     /// How long a node that joined may have no nvidia.com/gpu before it counts as failed rather
     /// than progressing (GPUs can take minutes to register).

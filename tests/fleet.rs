@@ -575,6 +575,21 @@ async fn the_plugin_label_goes_on_only_once_the_api_server_shows_the_node_free()
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
     writer.take(with_pod, None, Occupied, None).await;
+    // From the cached node (#26): the cache may be wrong, so the write falls back to reading the
+    // node and asking the API server whenever it cannot vouch for the cache: a node not vouched
+    // for, a plugin pod cached there, or a node changed since the cached version (409).
+    let seen = writer.nodes.get(with_pod).await.unwrap();
+    for (vouched, plugin_pod) in [(false, false), (true, true)] {
+        let cached = cached_node(&seen, vouched, plugin_pod);
+        writer
+            .take_cached(with_pod, None, Occupied, None, Some(&cached))
+            .await;
+    }
+    annotate(c, with_pod, "nw-changed", "yes").await;
+    let stale = cached_node(&seen, true, false);
+    writer
+        .take_cached(with_pod, None, Occupied, None, Some(&stale))
+        .await;
     // Terminating (kwok keeps a deleted plugin pod for a few seconds): still occupied.
     pods.delete("nw-old-plugin", &DeleteParams::default())
         .await
@@ -583,7 +598,10 @@ async fn the_plugin_label_goes_on_only_once_the_api_server_shows_the_node_free()
     assert!(terminating.metadata.deletion_timestamp.is_some());
     writer.take(with_pod, None, Occupied, None).await;
     wait_deleted(&pods, "nw-old-plugin").await;
-    writer.take(with_pod, None, Changed, Some("nw-new")).await;
+    let free = cached_node(&writer.nodes.get(with_pod).await.unwrap(), true, false);
+    writer
+        .take_cached(with_pod, None, Changed, Some("nw-new"), Some(&free))
+        .await;
 
     // Labelled for a pool whose DaemonSet runs (here one that would start no pod: it is the
     // DaemonSet itself that holds the node, not a pod seen or unseen).
@@ -640,6 +658,19 @@ impl LabelWriter {
         written: gpupool::controller::node_writes::Written,
         label_after: Option<&str>,
     ) {
+        self.take_cached(node, from, written, label_after, None)
+            .await;
+    }
+
+    /// `take`, offering the writer a cached view of the node.
+    async fn take_cached(
+        &self,
+        node: &str,
+        from: Option<&str>,
+        written: gpupool::controller::node_writes::Written,
+        label_after: Option<&str>,
+        cached: Option<&gpupool::controller::node_writes::CachedNode>,
+    ) {
         let update = NodeUpdate {
             node: node.to_string(),
             label: Some(LabelChange {
@@ -649,7 +680,11 @@ impl LabelWriter {
             }),
             ..NodeUpdate::default()
         };
-        let did = self.writer.write(node, &UpdateEdit(&update)).await.unwrap();
+        let did = self
+            .writer
+            .write(node, &UpdateEdit(&update), cached)
+            .await
+            .unwrap();
         assert_eq!(did, written, "{node}");
         let now = self.nodes.get(node).await.unwrap();
         assert_eq!(
@@ -658,6 +693,36 @@ impl LabelWriter {
             "{node}"
         );
     }
+}
+
+/// The node as a cache would show it, vouched for or not, with or without a plugin pod.
+fn cached_node(
+    node: &k8s_openapi::api::core::v1::Node,
+    vouched: bool,
+    plugin_pod: bool,
+) -> gpupool::controller::node_writes::CachedNode {
+    gpupool::controller::node_writes::CachedNode {
+        facts: std::sync::Arc::new(gpupool::decide::facts::NodeFacts::from_node(node)),
+        hint: gpupool::index::WriteHint {
+            resource_version: node.metadata.resource_version.clone().unwrap_or_default(),
+            vouched,
+        },
+        plugin_pod,
+    }
+}
+
+async fn annotate(c: &Client, node: &str, key: &str, value: &str) {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.clone());
+    nodes
+        .patch(
+            node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {key: value}}}),
+            ),
+        )
+        .await
+        .unwrap();
 }
 
 async fn wait_deleted<K>(api: &Api<K>, name: &str)

@@ -11,7 +11,7 @@ use crate::api::{API_VERSION_FULL, GpuPool, GpuPoolStatus, KIND, Reason};
 use crate::decide::applied::{Applied, DaemonSetChange, FailedWrite, PluginState};
 use crate::decide::facts::{DaemonSetFacts, ObjectId, Rejection, Stall};
 use crate::decide::names::{DESIRED_HASH_ANNOTATION, MANAGER};
-use crate::decide::plan::{NodeUpdate, node_updates};
+use crate::decide::plan::node_updates;
 use crate::decide::plugin::action::DaemonSetAction;
 use crate::decide::plugin::config::ConfigMapAction;
 use crate::decide::readiness::validation::ValidationPlan;
@@ -20,12 +20,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::resource::v1::ResourceClaimTemplate;
 use kube::api::PostParams;
 
-use super::node_writes::{NodeWriter, UpdateEdit, Written};
-
-/// When a pool whose node write found the node still occupied looks again at the latest: the
-/// occupant's deletion event (a pod, a DaemonSet) wakes it first; this only bounds a missed one,
-/// so a hand-over never polls.
-const OCCUPIED_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+use super::context::Context;
+use super::node_batch::write_nodes;
 
 #[derive(Debug, thiserror::Error)]
 #[error("transient API error: {0}")]
@@ -106,30 +102,20 @@ fn live_state(live: Option<&DaemonSetFacts>) -> PluginState {
     })
 }
 
-/// How many node writes one reconcile makes at most; the rest follow at once in the next one, so
-/// a big scale-up does not hold a pool's status back.
-pub const MAX_NODE_WRITES: usize = 100;
-
 /// Carries out the rest of the plan, which the pool's finalizer must already guard (node
 /// writes outlive the pool unless its cleanup undoes them): the node writes (labels, gate
 /// taints, validation records), then the validation pods. A write that fails does not stop the
 /// others: it is reported (`Applied::failed_writes`) and the pool's status still follows the rest.
-pub async fn apply_nodes(
-    client: &Client,
-    nodes: &NodeWriter,
-    pool: &str,
-    plan: &Plan,
-    mut applied: Applied,
-) -> Applied {
+pub async fn apply_nodes(ctx: &Context, pool: &str, plan: &Plan, mut applied: Applied) -> Applied {
     let updates = plan.node_updates();
-    let writes = write_nodes(nodes, pool, &updates).await;
+    let writes = write_nodes(ctx, pool, &updates).await;
     applied.nodes_written = writes.changed;
     applied.node_writes_due = writes.due;
     applied.failed_writes = writes.failed;
     if let Some(validation) = &plan.readiness.validation {
         applied
             .failed_writes
-            .extend(apply_validation_pods(client, validation).await);
+            .extend(apply_validation_pods(&ctx.client, validation).await);
     }
     applied
 }
@@ -137,13 +123,12 @@ pub async fn apply_nodes(
 /// A deleted pool's cleanup: its DaemonSets deleted, its node labels and gate taints removed.
 /// Returns the node writes that failed.
 pub async fn apply_cleanup(
-    client: &Client,
-    nodes: &NodeWriter,
+    ctx: &Context,
     pool: &str,
     cleanup: &Cleanup,
 ) -> Result<Vec<FailedWrite>, TransientError> {
     for id in &cleanup.delete_daemonsets {
-        delete(client, id, &DeleteParams::background())
+        delete(&ctx.client, id, &DeleteParams::background())
             .await
             .map_err(TransientError)?;
     }
@@ -153,11 +138,11 @@ pub async fn apply_cleanup(
         &cleanup.taint_changes,
         &[],
     );
-    Ok(write_nodes(nodes, pool, &updates).await.failed)
+    Ok(write_nodes(ctx, pool, &updates).await.failed)
 }
 
 /// A write that failed, as the report shows it.
-fn failed(target: String, error: &kube::Error) -> FailedWrite {
+pub(super) fn failed(target: String, error: &kube::Error) -> FailedWrite {
     let (code, message) = match error {
         kube::Error::Api(status) => (Some(status.code), status.message.clone()),
         other => (None, other.to_string()),
@@ -210,65 +195,6 @@ async fn apply_validation_pods(client: &Client, plan: &ValidationPlan) -> Vec<Fa
         }
     }
     failures
-}
-
-/// What a round of node writes did.
-struct NodeWrites {
-    /// The updates that changed a node.
-    changed: Vec<NodeUpdate>,
-    /// When to come back for the rest, if any are left.
-    due: Option<std::time::Duration>,
-    failed: Vec<FailedWrite>,
-}
-
-/// Node writes, as many as the rate limit allows now (at most a bounded batch): a reconcile never
-/// waits for the limiter, so a pool's DaemonSet is never held back behind other pools' node
-/// writes.
-async fn write_nodes(nodes: &NodeWriter, pool: &str, updates: &[NodeUpdate]) -> NodeWrites {
-    let (allowed, due) = nodes.take(pool, updates.len(), MAX_NODE_WRITES);
-    let mut results: Vec<(&NodeUpdate, Result<Written, kube::Error>)> = Vec::new();
-    let batch: Vec<&NodeUpdate> = updates.iter().take(allowed).collect();
-    for group in batch.chunks(8) {
-        let written = futures::future::join_all(group.iter().map(|u| write_node(nodes, u))).await;
-        results.extend(group.iter().copied().zip(written));
-    }
-    let mut out = NodeWrites {
-        changed: Vec::new(),
-        due,
-        failed: Vec::new(),
-    };
-    // Writes that found nothing to do (occupied, gone, already so) made no change: their slots
-    // go back. A refused write did reach the API server and keeps its slot.
-    let not_written = results
-        .iter()
-        .filter(|(_, r)| matches!(r, Ok(w) if *w != Written::Changed))
-        .count();
-    nodes.refund(not_written);
-    for (update, result) in results {
-        if let Some(label) = &update.label {
-            tracing::debug!(
-                node = %update.node,
-                from = ?label.from,
-                to = ?label.to,
-                result = ?result.as_ref().map_err(|e| e.to_string()),
-                "device-plugin label write"
-            );
-        }
-        match result {
-            Ok(Written::Changed) => out.changed.push(update.clone()),
-            // The pod's or DaemonSet's watch event wakes the pool too; this is the fallback.
-            Ok(Written::Occupied) => {
-                out.due = Some(out.due.map_or(OCCUPIED_RETRY, |d| d.min(OCCUPIED_RETRY)));
-            }
-            Ok(_) => {}
-            Err(e) => out.failed.push(failed(format!("node {}", update.node), &e)),
-        }
-    }
-    out
-}
-
-async fn write_node(nodes: &NodeWriter, update: &NodeUpdate) -> Result<Written, kube::Error> {
-    nodes.write(&update.node, &UpdateEdit(update)).await
 }
 
 /// Carries out the plan's workloads: stale DaemonSets first, then the pool's own. Both are

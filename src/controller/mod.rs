@@ -7,6 +7,7 @@ mod coalesce;
 mod context;
 mod finalizer;
 mod locking;
+mod node_batch;
 pub mod node_writes;
 mod observe;
 mod publisher;

@@ -4,6 +4,13 @@
 //! them through one rate limiter, so a 1,000-node scale-up does not flood the API server. A write
 //! that puts a pool's device-plugin label on a node first asks the API server whether the node is
 //! free (no plugin pod on it, no other pool's DaemonSet behind its current label).
+//!
+//! A label-only write may skip the read: it is made from the cached node, guarded by the cached
+//! resourceVersion (a node changed since is refused with 409 and then read), and hands a node to
+//! a pool without asking the API server only where the cache cannot be wrong about plugin pods
+//! (`WriteHint::vouched`: no version of the node since a consistent point carried a label a
+//! gpupool DaemonSet selects on). That is one request a node for a new pool, where the read path
+//! costs three (get, list pods, patch).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -15,11 +22,14 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
+use crate::decide::facts::NodeFacts;
 use crate::decide::names::{
     DEVICE_PLUGIN_LABEL, DRA_LABEL, MANAGED_BY, MANAGER, PLUGIN_POD_LABEL, POOL_LABEL,
     VALIDATION_ANNOTATION,
 };
 use crate::decide::plan::NodeUpdate;
+use crate::index::WriteHint;
+use crate::index::slim::SlimPod;
 
 use super::locking::lock;
 use super::write_schedule::WriteSchedule;
@@ -48,6 +58,19 @@ pub trait NodeEdit {
     fn gives_to_dra(&self, _current: &BTreeMap<String, String>) -> bool {
         false
     }
+    /// Whether this write changes labels only (which the cache keeps whole, unlike taints with
+    /// their times, or annotations), so it can be made from the cached node.
+    fn labels_only(&self) -> bool {
+        false
+    }
+}
+
+/// A node as the caches show it, for a write made without reading it first.
+pub struct CachedNode {
+    pub facts: std::sync::Arc<NodeFacts>,
+    pub hint: WriteHint,
+    /// The pod cache shows a gpupool plugin pod on the node (terminating ones included).
+    pub plugin_pod: bool,
 }
 
 /// What a node write did.
@@ -101,13 +124,47 @@ impl NodeWriter {
     }
 
     /// Applies `edit` to the node as it is now (its write token already taken, see `take`); a
-    /// conflict (someone wrote in between) reads the node again and decides anew.
+    /// conflict (someone wrote in between) reads the node again and decides anew. With `cached`,
+    /// a label-only write is first tried on the cached node (see the module's comment).
     pub async fn write(
         &self,
         name: &str,
         edit: &(impl NodeEdit + Sync),
+        cached: Option<&CachedNode>,
+    ) -> Result<Written, kube::Error> {
+        let result = self.write_node(name, edit, cached).await;
+        if let Err(kube::Error::Api(status)) = &result
+            && status.code == 429
+        {
+            lock(&self.schedule).throttled(Instant::now());
+            tracing::info!(
+                node = name,
+                rate = lock(&self.schedule).rate(),
+                "the API server throttles node writes: slowing down"
+            );
+        }
+        result
+    }
+
+    async fn write_node(
+        &self,
+        name: &str,
+        edit: &(impl NodeEdit + Sync),
+        cached: Option<&CachedNode>,
     ) -> Result<Written, kube::Error> {
         let api: Api<Node> = Api::all(self.client.clone());
+        if let Some(patch) = cached.and_then(|c| cached_patch(c, edit)) {
+            match api
+                .patch(name, &merge_params(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(Written::Changed),
+                // The node changed since the cache saw it: read it.
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Written::Gone),
+                Err(e) => return Err(e),
+            }
+        }
         for _ in 0..MAX_ATTEMPTS {
             let Some(node) = api.get_opt(name).await? else {
                 return Ok(Written::Gone);
@@ -132,11 +189,10 @@ impl NodeWriter {
             let Some(patch) = patch_for(&node, edit) else {
                 return Ok(Written::Unchanged);
             };
-            let params = PatchParams {
-                field_manager: Some(MANAGER.into()),
-                ..PatchParams::default()
-            };
-            match api.patch(name, &params, &Patch::Merge(&patch)).await {
+            match api
+                .patch(name, &merge_params(), &Patch::Merge(&patch))
+                .await
+            {
                 Ok(_) => return Ok(Written::Changed),
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
                 Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Written::Gone),
@@ -185,6 +241,25 @@ impl NodeWriter {
         self.plugin_pod_on(node).await
     }
 
+    /// The nodes gpupool's device-plugin pods are on (terminating ones included), from one
+    /// consistent list: what a batch of hand-overs asks once instead of once a node.
+    pub async fn plugin_pod_nodes(
+        &self,
+    ) -> Result<std::collections::BTreeSet<String>, kube::Error> {
+        let pods: Api<SlimPod> = Api::all(self.client.clone());
+        let plugins = ListParams::default().labels(&format!(
+            "{}={},{}={}",
+            MANAGED_BY.0, MANAGED_BY.1, PLUGIN_POD_LABEL.0, PLUGIN_POD_LABEL.1
+        ));
+        Ok(pods
+            .list(&plugins)
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|pod| pod.0.spec.and_then(|s| s.node_name))
+            .collect())
+    }
+
     /// A gpupool device-plugin pod on the node (terminating or not), as the API server says.
     async fn plugin_pod_on(&self, node: &str) -> Result<Option<String>, kube::Error> {
         let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
@@ -211,6 +286,47 @@ impl NodeWriter {
     }
 }
 
+fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+/// The patch of a label-only write made from the cached node, where the cache can be trusted
+/// for it: it must know the node's resourceVersion, and a write that gives the node to a plugin
+/// or the DRA driver needs the node vouched for and no plugin pod cached there.
+fn cached_patch(cached: &CachedNode, edit: &impl NodeEdit) -> Option<serde_json::Value> {
+    let labels = &cached.facts.labels;
+    let gives = edit.hands_to(labels).is_some() || edit.gives_to_dra(labels);
+    if !edit.labels_only()
+        || cached.hint.resource_version.is_empty()
+        || (gives && (!cached.hint.vouched || cached.plugin_pod))
+    {
+        return None;
+    }
+    let changes = edit.labels(labels)?;
+    Some(json!({
+        "metadata": {
+            "resourceVersion": cached.hint.resource_version,
+            "labels": map_of(changes),
+        }
+    }))
+}
+
+fn map_of(changes: MapChanges) -> serde_json::Value {
+    changes
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                v.map_or(serde_json::Value::Null, serde_json::Value::String),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// A merge patch carrying the resourceVersion read, so the API server refuses it (409) if the
 /// node changed in between.
 fn patch_for(node: &Node, edit: &impl NodeEdit) -> Option<serde_json::Value> {
@@ -227,23 +343,11 @@ fn patch_for(node: &Node, edit: &impl NodeEdit) -> Option<serde_json::Value> {
         return None;
     }
     let mut patch = json!({ "metadata": { "resourceVersion": node.metadata.resource_version } });
-    let as_map = |changes: MapChanges| -> serde_json::Value {
-        changes
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k,
-                    v.map_or(serde_json::Value::Null, serde_json::Value::String),
-                )
-            })
-            .collect::<serde_json::Map<_, _>>()
-            .into()
-    };
     if let Some(labels) = labels {
-        patch["metadata"]["labels"] = as_map(labels);
+        patch["metadata"]["labels"] = map_of(labels);
     }
     if let Some(annotations) = annotations {
-        patch["metadata"]["annotations"] = as_map(annotations);
+        patch["metadata"]["annotations"] = map_of(annotations);
     }
     if let Some(taints) = taints {
         patch["spec"] = json!({ "taints": taints });
@@ -282,6 +386,10 @@ impl NodeEdit for UpdateEdit<'_> {
                 && current.get(DRA_LABEL) == change.from.as_ref()
                 && !current.contains_key(DEVICE_PLUGIN_LABEL)
         })
+    }
+
+    fn labels_only(&self) -> bool {
+        self.0.taint.is_none() && self.0.record.is_none()
     }
 
     fn annotations(&self, current: &BTreeMap<String, String>) -> Option<MapChanges> {

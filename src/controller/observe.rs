@@ -60,6 +60,7 @@ pub fn observe(ctx: &Context, pool: Arc<GpuPool>) -> Observed {
         device_classes,
         gpu_busy: Default::default(),
         now: Timestamp::now(),
+        pods_by_node: Default::default(),
     }
 }
 

@@ -87,7 +87,7 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
         // No finalizer, so no node writes: they would outlive a pool that is going.
         return Ok(Action::requeue(PENDING_RETRY));
     }
-    let mut applied = apply_nodes(&ctx.client, &ctx.node_writer, &name, &plan, applied).await;
+    let mut applied = apply_nodes(ctx, &name, &plan, applied).await;
     ctx.keep(&observed.pool, || {
         ctx.count_failed_writes(&name, &mut applied.failed_writes)
     });
@@ -181,7 +181,7 @@ async fn clean_up(ctx: &Context, pool: Arc<GpuPool>) -> Result<Action, Reconcile
         info!(pool = %name, "deleted: its device plugin is off every node");
         return Ok(Action::await_change());
     }
-    let failed = apply_cleanup(&ctx.client, &ctx.node_writer, &name, &cleanup).await?;
+    let failed = apply_cleanup(ctx, &name, &cleanup).await?;
     if !failed.is_empty() {
         return Err(ReconcileError::writes(&failed));
     }

@@ -20,7 +20,7 @@ use crate::api::GpuPool;
 use crate::decide::facts::{ConfigMapFacts, DaemonSetFacts, NodeFacts, ObjectId, PodFacts};
 use crate::decide::names::{CONFIG_COMPONENT, MANAGED_BY, NVIDIA_GPU_DRIVER, pool_key};
 use crate::index::slim::{SlimNode, SlimPod};
-use crate::index::{Change, GpuSlice, Keyed, PodIndex, Tracked};
+use crate::index::{Change, GpuSlice, Keyed, PodIndex, Tracked, map_event};
 
 use super::context::Context;
 use super::sync::{WatchKind, refusal};
@@ -30,16 +30,6 @@ type Triggers = Vec<ObjectRef<GpuPool>>;
 
 fn refs(names: BTreeSet<String>) -> Triggers {
     names.iter().map(|n| ObjectRef::new(n)).collect()
-}
-
-fn map_event<A, B>(event: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Event<B> {
-    match event {
-        watcher::Event::Apply(a) => watcher::Event::Apply(f(a)),
-        watcher::Event::Delete(a) => watcher::Event::Delete(f(a)),
-        watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitApply(a) => watcher::Event::InitApply(f(a)),
-        watcher::Event::InitDone => watcher::Event::InitDone,
-    }
 }
 
 /// How many objects an event found gone (a re-list's end reports those deleted meanwhile).
@@ -90,9 +80,12 @@ fn triggers_of<K>(
 pub fn nodes(client: Client, ctx: Arc<Context>) -> impl Stream<Item = Triggers> + Send {
     let events = watcher(Api::<SlimNode>::all(client), config(&ctx)).default_backoff();
     triggers_of(events, WatchKind::Node, None, ctx.clone(), move |event| {
-        let event = map_event(event, |n| NodeFacts::from_owned(n.0));
+        let event = map_event(event, |mut n| {
+            let version = n.0.metadata.resource_version.take();
+            (NodeFacts::from_owned(n.0), version)
+        });
         let done = is_init_done(&event);
-        let changes = ctx.nodes_mut().apply(event);
+        let changes = ctx.nodes_mut().apply_versioned(event);
         if done {
             ctx.listed(WatchKind::Node, vanished(&changes));
         }

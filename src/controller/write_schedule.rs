@@ -15,6 +15,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// After a 429 the rate halves, down to one write a second; it then climbs back to the
+/// configured rate linearly, in this long from the slowest (additive increase, multiplicative
+/// decrease: the API server's API Priority and Fairness says when it is too much, the configured
+/// rate stays the bound).
+const SLOWEST: Duration = Duration::from_secs(1);
+const RECOVERY: Duration = Duration::from_secs(20);
+
 /// Reservations not picked up for this long are dropped (their pool was deleted, or no longer
 /// needed the writes); their slots are simply not reused.
 const RESERVATION_TTL: Duration = Duration::from_secs(60);
@@ -28,7 +35,12 @@ struct Reservation {
 
 #[derive(Debug)]
 pub struct WriteSchedule {
+    /// The configured rate, as the time between two writes.
+    fastest: Duration,
+    /// The rate now (slower than `fastest` for a while after the API server throttled).
     interval: Duration,
+    /// When `interval` was last changed.
+    adjusted_at: Option<Instant>,
     burst: u32,
     free_at: Option<Instant>,
     reserved: HashMap<String, Reservation>,
@@ -45,8 +57,11 @@ pub struct Grant {
 
 impl WriteSchedule {
     pub fn new(per_second: u32, burst: u32) -> WriteSchedule {
+        let fastest = Duration::from_secs(1) / per_second.max(1);
         WriteSchedule {
-            interval: Duration::from_secs(1) / per_second.max(1),
+            fastest,
+            interval: fastest,
+            adjusted_at: None,
             burst: burst.max(1),
             free_at: None,
             reserved: HashMap::new(),
@@ -55,6 +70,7 @@ impl WriteSchedule {
 
     /// `pool` wants to make `wanted` writes, at most `batch` of them in this reconcile.
     pub fn take(&mut self, pool: &str, wanted: usize, batch: usize, now: Instant) -> Grant {
+        self.recover(now);
         self.reserved.retain(|_, r| r.due + RESERVATION_TTL > now);
         let cap = wanted.min(batch.max(1));
         let mut granted = 0;
@@ -107,6 +123,37 @@ impl WriteSchedule {
         Grant {
             now: granted,
             come_back,
+        }
+    }
+
+    /// The API server answered a write with 429 (Too Many Requests): half the rate from now on,
+    /// and no burst banked.
+    pub fn throttled(&mut self, now: Instant) {
+        self.recover(now);
+        self.interval = (self.interval * 2).min(SLOWEST).max(self.fastest);
+        self.adjusted_at = Some(now);
+        self.free_at = Some(self.free_at.map_or(now, |f| f.max(now)));
+    }
+
+    /// The writes per second allowed now.
+    pub fn rate(&self) -> f64 {
+        1.0 / self.interval.as_secs_f64()
+    }
+
+    /// Climbs back towards the configured rate, linearly over time.
+    fn recover(&mut self, now: Instant) {
+        let Some(since) = self.adjusted_at else {
+            return;
+        };
+        let fastest = 1.0 / self.fastest.as_secs_f64();
+        let elapsed = now.saturating_duration_since(since).as_secs_f64();
+        let rate = self.rate() + fastest * elapsed / RECOVERY.as_secs_f64();
+        if rate >= fastest {
+            self.interval = self.fastest;
+            self.adjusted_at = None;
+        } else {
+            self.interval = Duration::from_secs_f64(1.0 / rate);
+            self.adjusted_at = Some(now);
         }
     }
 
@@ -298,5 +345,36 @@ mod tests {
         assert!(s.take("gone", 5, 100, t0).come_back.is_some());
         s.forget("gone");
         assert!(s.reserved.is_empty());
+    }
+
+    #[test]
+    fn a_throttled_rate_halves_and_climbs_back_to_the_configured_one() {
+        let t0 = Instant::now();
+        let mut s = WriteSchedule::new(200, 1000);
+        assert_eq!(s.take("a", 100, 100, t0).now, 100, "the burst");
+        s.throttled(t0);
+        assert!((s.rate() - 100.0).abs() < 1e-6, "{}", s.rate());
+        let after = s.take("a", 10, 100, t0);
+        assert_eq!(after.now, 0, "no burst banked after a 429: {after:?}");
+        for _ in 0..10 {
+            s.throttled(t0);
+        }
+        assert!(
+            (s.rate() - 1.0).abs() < 1e-6,
+            "one a second at the slowest: {}",
+            s.rate()
+        );
+        s.recover(t0 + RECOVERY / 2);
+        assert!(
+            (s.rate() - 101.0).abs() < 1e-3,
+            "half way back after half the recovery time: {}",
+            s.rate()
+        );
+        s.recover(t0 + RECOVERY * 2);
+        assert!(
+            (s.rate() - 200.0).abs() < 1e-6,
+            "never past the bound: {}",
+            s.rate()
+        );
     }
 }

@@ -25,6 +25,8 @@ pub mod plugin;
 #[cfg(test)]
 mod proptests;
 pub mod readiness;
+#[cfg(test)]
+mod scale;
 pub mod scheduling;
 pub mod settings;
 pub mod status;
@@ -170,6 +172,7 @@ pub(crate) mod testing {
             plugin_configs: vec![],
             gpu_busy: Default::default(),
             now: k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            pods_by_node: Default::default(),
         }
     }
 

@@ -478,6 +478,7 @@ impl Sim {
             plugin_configs: vec![],
             gpu_busy: Default::default(),
             now: Timestamp::UNIX_EPOCH,
+            pods_by_node: Default::default(),
         }
     }
 
@@ -751,6 +752,7 @@ fn report_step(
         plugin_configs: vec![],
         gpu_busy: Default::default(),
         now,
+        pods_by_node: Default::default(),
     };
     let plan = plan_with(&observed, plugin, claims);
     let applied = Applied::kept(daemonset, step.stall.clone());

@@ -10,9 +10,9 @@ pub mod slim;
 mod tracked;
 
 pub use dra::{DraIndex, GpuSlice};
-pub use nodes::NodeIndex;
+pub use nodes::{NodeIndex, WriteHint};
 pub use pods::PodIndex;
-pub use tracked::{Change, Keyed, Tracked};
+pub use tracked::{Change, Keyed, Tracked, map_event};
 
 use crate::decide::facts::{ConfigMapFacts, DaemonSetFacts};
 

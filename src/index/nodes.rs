@@ -10,7 +10,7 @@ use kube::runtime::watcher::Event;
 use crate::api::{PoolSelector, SelectorOperator};
 use crate::decide::facts::NodeFacts;
 use crate::decide::names::{DEVICE_PLUGIN_LABEL, DRA_LABEL};
-use crate::index::{Change, Keyed, Tracked};
+use crate::index::{Change, Keyed, Tracked, map_event};
 
 impl Keyed for NodeFacts {
     fn key(&self) -> Cow<'_, str> {
@@ -21,12 +21,28 @@ impl Keyed for NodeFacts {
 /// Node names by label value, for the label keys pool selectors use.
 type LabelIndex = HashMap<String, HashMap<String, BTreeSet<String>>>;
 
+/// What a node write may rely on without reading the node first (see
+/// `controller::node_writes`): the resourceVersion last seen, and whether the cache can be trusted
+/// that no gpupool plugin pod is on the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteHint {
+    pub resource_version: String,
+    /// Every version of the node since a point where no plugin pod was on it (its creation, seen
+    /// by this watch, or a consistent list of plugin pods) was seen, and none carried a
+    /// device-plugin or DRA label: no gpupool DaemonSet can have selected it since, so a plugin
+    /// pod there would have to be one the pod cache shows. Lost at any such label and at a
+    /// re-list (versions may have been missed).
+    pub vouched: bool,
+}
+
 #[derive(Debug)]
 pub struct NodeIndex {
     nodes: Tracked<NodeFacts>,
     /// Only keys some pool selects on are indexed: an AKS node has ~30 labels, a pool selects on
     /// one or two, and 5,000 nodes must fit in a small replica.
     by_label: LabelIndex,
+    /// Kept apart from the facts: a heartbeat changes the resourceVersion, not the facts.
+    hints: HashMap<String, WriteHint>,
 }
 
 impl Default for NodeIndex {
@@ -39,6 +55,7 @@ impl Default for NodeIndex {
                 (DRA_LABEL.to_string(), HashMap::new()),
             ]
             .into(),
+            hints: HashMap::new(),
         }
     }
 }
@@ -56,7 +73,31 @@ impl NodeIndex {
     }
 
     pub fn apply(&mut self, event: Event<NodeFacts>) -> Vec<Change<NodeFacts>> {
-        let changes = self.nodes.apply(event);
+        self.apply_versioned(map_event(event, |facts| (facts, None)))
+    }
+
+    /// Applies a watch event whose objects carry their resourceVersion.
+    pub fn apply_versioned(
+        &mut self,
+        event: Event<(NodeFacts, Option<String>)>,
+    ) -> Vec<Change<NodeFacts>> {
+        // A node first seen by a live watch was seen from its creation; one from a list was not.
+        let live = matches!(event, Event::Apply(_))
+            && self.nodes.is_synced()
+            && !self.nodes.is_relisting();
+        match &event {
+            Event::Init => {
+                for hint in self.hints.values_mut() {
+                    hint.vouched = false;
+                }
+            }
+            Event::Apply((facts, Some(version))) | Event::InitApply((facts, Some(version))) => {
+                let hint = self.hints.entry(facts.name.clone()).or_default();
+                hint.resource_version.clone_from(version);
+            }
+            _ => {}
+        }
+        let changes = self.nodes.apply(map_event(event, |(facts, _)| facts));
         for change in &changes {
             let (old, new) = change.states();
             if let Some(old) = old {
@@ -65,8 +106,49 @@ impl NodeIndex {
             if let Some(new) = new {
                 index(&mut self.by_label, new);
             }
+            match (old, new) {
+                (_, Some(new)) if carries_a_gpu_label(new) => {
+                    self.hints.entry(new.name.clone()).or_default().vouched = false;
+                }
+                (None, Some(new)) if live => {
+                    self.hints.entry(new.name.clone()).or_default().vouched = true;
+                }
+                (Some(old), None) => {
+                    self.hints.remove(&old.name);
+                }
+                _ => {}
+            }
         }
         changes
+    }
+
+    /// What a write to this node may rely on (None: the node is not known).
+    pub fn hint(&self, name: &str) -> Option<&WriteHint> {
+        self.hints.get(name)
+    }
+
+    /// A consistent list of gpupool's plugin pods showed none on any node but `occupied`: every
+    /// node the cache shows without a device-plugin or DRA label is vouched for from here on.
+    /// A node whose cached version is older than the list may have been labelled meanwhile;
+    /// the label reaches this index (and un-vouches the node) before or after, and a write made
+    /// before it is guarded by the cached resourceVersion, which the label changed.
+    pub fn vouch_unoccupied(&mut self, occupied: &BTreeSet<String>) -> usize {
+        if self.nodes.is_relisting() || !self.nodes.is_synced() {
+            return 0;
+        }
+        let mut vouched = 0;
+        for node in self.nodes.values() {
+            if carries_a_gpu_label(node) || occupied.contains(&node.name) {
+                continue;
+            }
+            if let Some(hint) = self.hints.get_mut(&node.name)
+                && !hint.vouched
+            {
+                hint.vouched = true;
+                vouched += 1;
+            }
+        }
+        vouched
     }
 
     pub fn is_synced(&self) -> bool {
@@ -163,6 +245,11 @@ impl NodeIndex {
     pub fn values(&self) -> impl Iterator<Item = &Arc<NodeFacts>> {
         self.nodes.values()
     }
+}
+
+/// A label that makes a gpupool DaemonSet (the plugin's, or the DRA driver's) select the node.
+fn carries_a_gpu_label(node: &NodeFacts) -> bool {
+    node.labels.contains_key(DEVICE_PLUGIN_LABEL) || node.labels.contains_key(DRA_LABEL)
 }
 
 /// Keys a selector requires to be present (the ones an index can narrow by).
@@ -269,5 +356,71 @@ mod tests {
             !index.by_label["agentpool"].contains_key("gpu"),
             "no empty sets left behind"
         );
+    }
+
+    fn versioned(
+        name: &str,
+        labels: &[(&str, &str)],
+        version: &str,
+    ) -> (NodeFacts, Option<String>) {
+        (node_labelled(name, labels), Some(version.to_string()))
+    }
+
+    fn vouched(index: &NodeIndex, name: &str) -> bool {
+        index.hint(name).is_some_and(|h| h.vouched)
+    }
+
+    #[test]
+    fn only_nodes_whose_every_version_was_seen_without_a_gpu_label_are_vouched_for() {
+        let mut index = NodeIndex::default();
+        index.apply_versioned(Event::Init);
+        index.apply_versioned(Event::InitApply(versioned("listed", &[], "1")));
+        index.apply_versioned(Event::InitDone);
+        assert!(!vouched(&index, "listed"), "its past is unknown");
+        index.apply_versioned(Event::Apply(versioned("new", &[], "2")));
+        assert!(vouched(&index, "new"), "seen from its creation");
+        index.apply_versioned(Event::Apply(versioned("new", &[], "3")));
+        assert_eq!(
+            index.hint("new").unwrap().resource_version,
+            "3",
+            "a heartbeat"
+        );
+        assert!(vouched(&index, "new"));
+
+        index.apply_versioned(Event::Apply(versioned(
+            "new",
+            &[(DEVICE_PLUGIN_LABEL, "a")],
+            "4",
+        )));
+        assert!(!vouched(&index, "new"), "a DaemonSet may have selected it");
+        index.apply_versioned(Event::Apply(versioned("new", &[], "5")));
+        assert!(!vouched(&index, "new"), "its pod may still be there");
+        let labelled_new = versioned("dra", &[(DRA_LABEL, "p")], "6");
+        index.apply_versioned(Event::Apply(labelled_new));
+        assert!(!vouched(&index, "dra"), "created labelled");
+
+        // A consistent list of plugin pods vouches for the label-free nodes it shows free.
+        let occupied: BTreeSet<String> = ["new".to_string()].into();
+        assert_eq!(index.vouch_unoccupied(&occupied), 1);
+        assert!(vouched(&index, "listed"));
+        assert!(!vouched(&index, "new") && !vouched(&index, "dra"));
+
+        // A re-list may have missed versions: nothing is vouched for any more.
+        index.apply_versioned(Event::Init);
+        assert!(!vouched(&index, "listed"));
+        assert_eq!(
+            index.vouch_unoccupied(&BTreeSet::new()),
+            0,
+            "not while re-listing"
+        );
+        index.apply_versioned(Event::InitApply(versioned("listed", &[], "7")));
+        index.apply_versioned(Event::InitDone);
+        assert!(
+            index.hint("new").is_none() && index.hint("dra").is_none(),
+            "gone"
+        );
+        assert!(!vouched(&index, "listed"));
+        index.apply_versioned(Event::Delete(versioned("listed", &[], "8")));
+        assert!(index.hint("listed").is_none());
     }
 }

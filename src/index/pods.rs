@@ -49,6 +49,12 @@ impl PodIndex {
         self.pods.is_synced()
     }
 
+    /// Whether every pod the API server had at the last list (and every event since) is here:
+    /// synced, and no re-list under way.
+    pub fn is_current(&self) -> bool {
+        self.pods.is_synced() && !self.pods.is_relisting()
+    }
+
     /// gpupool's pods bound to this node, terminating ones included.
     pub fn on_node(&self, node: &str) -> impl Iterator<Item = &Arc<PodFacts>> {
         self.by_node

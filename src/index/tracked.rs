@@ -38,6 +38,17 @@ impl<T> Change<T> {
     }
 }
 
+/// The same watch event over another object type.
+pub fn map_event<A, B>(event: Event<A>, f: impl FnOnce(A) -> B) -> Event<B> {
+    match event {
+        Event::Apply(a) => Event::Apply(f(a)),
+        Event::Delete(a) => Event::Delete(f(a)),
+        Event::Init => Event::Init,
+        Event::InitApply(a) => Event::InitApply(f(a)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
 #[derive(Debug)]
 pub struct Tracked<T> {
     objects: HashMap<String, Arc<T>>,
@@ -120,6 +131,11 @@ impl<T: Keyed + PartialEq> Tracked<T> {
 
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()
+    }
+
+    /// Whether a re-list is being applied (objects not listed yet are not known to be gone).
+    pub fn is_relisting(&self) -> bool {
+        self.relisted.is_some()
     }
 
     /// Whether a complete list has been applied at least once.

@@ -178,16 +178,17 @@ pub fn plan_dra(o: &Observed, dra_api: bool) -> DraPlan {
 }
 
 fn state<'a>(o: &'a Observed, node: &'a NodeFacts, key: &str) -> NodeState<'a> {
-    let pods = o.pods_on(&node.name);
+    let pods = o.shared_pods_on(&node.name);
     let plugin_pod = pods
         .iter()
+        .copied()
         .filter(|p| p.role == PodRole::Plugin)
         .min_by_key(|p| p.deleting)
-        .copied();
-    let driver_pod = o
-        .pods
+        .map(Arc::as_ref);
+    let driver_pod = pods
         .iter()
-        .filter(|p| p.role == PodRole::DraDriver && p.node.as_deref() == Some(&node.name))
+        .copied()
+        .filter(|p| p.role == PodRole::DraDriver)
         .min_by_key(|p| p.deleting)
         .cloned();
     NodeState {

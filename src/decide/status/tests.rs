@@ -117,6 +117,7 @@ impl Case {
             plugin_configs: vec![],
             gpu_busy: Default::default(),
             now: self.at,
+            pods_by_node: Default::default(),
         };
         let refs: Vec<&NodeFacts> = self.nodes.iter().collect();
         let plan = Plan {
