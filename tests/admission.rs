@@ -347,6 +347,8 @@ async fn valid_gpupools_are_accepted_with_defaults() {
         "examples/aks-specialized-pool.yaml",
         "examples/aks-gated-pool.yaml",
         "examples/aks-h100-pool.yaml",
+        "examples/aks-rollout-pool.yaml",
+        "examples/aks-dra-pool.yaml",
     ] {
         let path = format!("{}/{example}", env!("CARGO_MANIFEST_DIR"));
         let out = plane

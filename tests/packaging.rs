@@ -489,10 +489,22 @@ async fn kustomize_install_runs_the_operator_with_least_privilege() {
             "gpuspecial",
             "gpugated",
             "gpuh100",
+            "gpuroll",
+            "gpudra",
         ],
     )
     .await;
 }
+
+/// The pools of examples/.
+const EXAMPLE_POOLS: [&str; 6] = [
+    "gpu",
+    "gpuspecial",
+    "gpugated",
+    "gpuh100",
+    "gpuroll",
+    "gpudra",
+];
 
 /// Applying examples/ again, client-side or server-side, writes nothing: no generation bump, no
 /// new resourceVersion, no status churn.
@@ -512,7 +524,7 @@ async fn reapplying_the_examples_changes_nothing(plane: &ControlPlane, c: &Clien
     let examples = path_str("examples");
     run(plane.kubectl().args(["apply", "-f", &examples]));
     // Every example pool settled (those without nodes here are Ready with NoNodes).
-    for name in ["gpu", "gpuspecial", "gpugated", "gpuh100"] {
+    for name in EXAMPLE_POOLS {
         op.wait_pool(c, name, "Ready=True, not Reconciling", |p| {
             cond(p, "Ready").is_some_and(|r| r.0 == "True") && cond(p, "Reconciling").is_none()
         })
@@ -540,7 +552,7 @@ async fn reapplying_the_examples_changes_nothing(plane: &ControlPlane, c: &Clien
     };
     let pools_now = || async {
         let mut out = Vec::new();
-        for name in ["gpu", "gpuspecial", "gpugated", "gpuh100"] {
+        for name in EXAMPLE_POOLS {
             out.push(snapshot(&get_pool(c, name).await.unwrap()));
         }
         out

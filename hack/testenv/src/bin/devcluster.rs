@@ -19,6 +19,19 @@
 //!   `gpupool.io/simulate-validation=fail`).
 //! - `gpuh100` pool: 2 `Standard_ND96isr_H100_v5` nodes (8 H100 each); one shows 7 of its 8
 //!   GPUs (one fell off the bus), which gpupool catches from the VM size alone.
+//! - `gpuroll` pool: 3 `Standard_NC12s_v3` nodes (2 GPUs each) tainted `sku=gpu:NoSchedule`
+//!   whose GPUs follow their device-plugin pod, as [`testenv::simulate::PluginGpus`] plays the
+//!   kubelet's device manager: a node shows its GPUs only while a plugin pod runs there, none
+//!   while it is replaced, and a plugin whose image tag contains
+//!   [`testenv::simulate::BROKEN_PLUGIN_TAG`] registers none usable (NVIDIA k8s-device-plugin
+//!   #1645), for the demo's GPU-verified rollouts.
+//! - `gpudra` pool: 2 `Standard_ND96isr_H100_v5` nodes for DRA (8 H100 each, no
+//!   `nvidia.com/gpu`, NFD's NVIDIA PCI label) joining with the readiness gate's taint; NVIDIA's
+//!   GPU DRA driver is installed as its chart would be with the README's values (DeviceClasses,
+//!   the kubelet-plugin DaemonSet in `dra-driver-nvidia-gpu`, selecting the nodes gpupool labels
+//!   `gpupool.io/dra=gpudra`, tolerating the gate's and the AKS `sku` taint), and
+//!   [`testenv::simulate::dra::DraDriver`] publishes a node's GPUs as ResourceSlices while the
+//!   driver's pod runs there.
 //!
 //! GPU validation pods (`app.kubernetes.io/component=gpu-validation`) finish after 3 s with the
 //! CUDA sample's "Test PASSED", as [`testenv::simulate::ValidationPods`] plays their kubelet;
@@ -37,7 +50,8 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use testenv::nodes::{self, GpuNode};
-use testenv::simulate::{SIMULATE_VALIDATION_LABEL, ValidationPods};
+use testenv::simulate::dra::{self, DraDriver, DraGpus};
+use testenv::simulate::{PluginGpus, SIMULATE_VALIDATION_LABEL, ValidationPods};
 use testenv::{ControlPlane, Error};
 
 /// A small simulated AKS cluster on a private control plane, for demos and manual testing of
@@ -87,6 +101,25 @@ const H100_NODES: [&str; 2] = [
     "aks-gpuh100-17320508-vmss000000",
     "aks-gpuh100-17320508-vmss000001",
 ];
+const ROLL_NODES: [&str; 3] = [
+    "aks-gpuroll-22360679-vmss000000",
+    "aks-gpuroll-22360679-vmss000001",
+    "aks-gpuroll-22360679-vmss000002",
+];
+/// The nodes whose GPUs follow their plugin pod ([`PluginGpus`]).
+const ROLL_SELECTOR: &str = "kubernetes.azure.com/agentpool=gpuroll";
+const DRA_NODES: [&str; 2] = [
+    "aks-gpudra-24494897-vmss000000",
+    "aks-gpudra-24494897-vmss000001",
+];
+/// The nodes the simulated DRA driver serves ([`DraDriver`]).
+const DRA_SELECTOR: &str = "kubernetes.azure.com/agentpool=gpudra";
+/// What gpupool labels a node of the `gpudra` pool with once no plugin pod is left on it
+/// (`gpupool.io/dra=<pool>`): the driver's kubelet plugin selects its nodes by it, as the
+/// README's chart values do.
+const DRA_NODE_LABEL: (&str, &str) = ("gpupool.io/dra", "gpudra");
+/// The gate's taint, on the gated pools' nodes when they join.
+const GATE_TAINT: &str = "gpupool.io/gpu-not-ready";
 /// The H100 node with one GPU missing.
 const SHORT_NODE: &str = "aks-gpuh100-17320508-vmss000001";
 /// The node whose GPU fails validation.
@@ -161,6 +194,12 @@ async fn serve(
     lose_one_gpu(&client).await?;
     // GPU validation pods finish as on real GPU nodes (see testenv::simulate).
     let _validation = ValidationPods::spawn(client.clone());
+    // The 'gpuroll' nodes' GPUs follow their plugin pods from the start.
+    let plugin_gpus = PluginGpus::spawn_selecting(client.clone(), ROLL_SELECTOR);
+    plugin_gpus.wait_synced(Duration::from_secs(60)).await?;
+    // NVIDIA's GPU DRA driver, for the 'gpudra' nodes gpupool hands to it.
+    install_dra_driver(&client).await?;
+    let _dra_driver = DraDriver::spawn_selecting(client.clone(), DRA_SELECTOR);
 
     let kubeconfig = state_dir.join("kubeconfig");
     std::fs::copy(plane.kubeconfig_path(), &kubeconfig)
@@ -176,7 +215,9 @@ async fn serve(
             + GPU_NODES.len()
             + SPECIAL_NODES.len()
             + GATED_NODES.len()
-            + H100_NODES.len(),
+            + H100_NODES.len()
+            + ROLL_NODES.len()
+            + DRA_NODES.len(),
         args.register_gpus_after
     );
 
@@ -218,7 +259,7 @@ async fn create_nodes(client: &kube::Client) -> Result<(), Error> {
     for name in GATED_NODES {
         let mut node = GpuNode::aks(name, "gpugated")
             .instance_type("Standard_NC24ads_A100_v4")
-            .taint("gpupool.io/gpu-not-ready", "true", "NoSchedule")
+            .taint(GATE_TAINT, "true", "NoSchedule")
             .no_gpus_yet();
         if name == BROKEN_NODE {
             node = node.label(SIMULATE_VALIDATION_LABEL, "fail");
@@ -231,7 +272,32 @@ async fn create_nodes(client: &kube::Client) -> Result<(), Error> {
             .gpus(8);
         nodes::create_node(client, &node).await?;
     }
+    for name in ROLL_NODES {
+        let node = GpuNode::aks(name, "gpuroll")
+            .instance_type("Standard_NC12s_v3")
+            .gpus(2)
+            .taint("sku", "gpu", "NoSchedule")
+            .gpus_follow_plugin();
+        nodes::create_node(client, &node).await?;
+    }
+    for name in DRA_NODES {
+        let node = dra::dra_node(name, "gpudra", 8)
+            .instance_type("Standard_ND96isr_H100_v5")
+            .taint(GATE_TAINT, "true", "NoSchedule");
+        dra::create_dra_node(client, &node, &DraGpus::h100_80gb(8)).await?;
+    }
     Ok(())
+}
+
+/// The DRA driver's cluster pieces as `helm install` with the README's values puts them: its
+/// kubelet plugin goes only where gpupool hands a node to it, and tolerates the AKS GPU taint
+/// and the readiness gate's (it must run on a gated node to open it).
+async fn install_dra_driver(client: &kube::Client) -> Result<(), Error> {
+    let install = dra::Install::default()
+        .node_selector(DRA_NODE_LABEL.0, DRA_NODE_LABEL.1)
+        .tolerate("sku")
+        .tolerate(GATE_TAINT);
+    dra::install(client, &install).await
 }
 
 /// One GPU fell off the bus: the plugin still counts 8, one is not allocatable. Written once the
