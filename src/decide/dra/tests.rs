@@ -316,3 +316,39 @@ fn dra_without_the_api_stalls() {
     assert_eq!(plan.stall.unwrap().reason, Reason::DraNotSupported);
     assert!(plan.labels.is_empty() && plan.plugin_off.is_empty());
 }
+
+/// A DRA node's validation pod tolerates the node's taints (AKS `sku=gpu:NoSchedule`): the
+/// plugin's tolerations come from the nodes it serves, and it serves no DRA node (found by the
+/// demo: the pods stayed Pending and the pool in ValidationPending).
+#[test]
+fn validation_pods_tolerate_the_taints_of_the_dra_nodes_they_validate() {
+    use crate::decide::testing::{settings, taint};
+    let mut w = World::on_plugin("Dra", 1);
+    for _ in 0..10 {
+        let plan = w.plan();
+        w.apply(&plan);
+        w.controllers_act();
+    }
+    assert_eq!(w.serving(), (0, 1), "the node is the driver's");
+    w.node("n0").taints = vec![taint("sku", "gpu", "NoSchedule")];
+    let mut o = w.observed();
+    let mut pool = (*o.pool).clone();
+    pool.spec.validation = Some(serde_json::from_value(serde_json::json!({})).unwrap());
+    o.pool = Arc::new(pool);
+    let plan = crate::decide::plan::plan(&o, &settings());
+    let validation = plan.readiness.validation.expect("the pool validates");
+    let pod = validation.create.first().expect("a validation pod for n0");
+    let tolerations = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .tolerations
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.key.as_deref() == Some("sku") && t.effect.as_deref() == Some("NoSchedule")),
+        "{tolerations:?}"
+    );
+}

@@ -24,7 +24,7 @@ use crate::decide::readiness::gate::{
 use crate::decide::readiness::validation::{
     NodeValidation, ValidationGpu, ValidationInputs, ValidationPlan, plan_validation,
 };
-use crate::decide::scheduling::{base_tolerations, tolerations_for};
+use crate::decide::scheduling::{base_tolerations, pool_taint_keys, tolerations_for};
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReadinessPlan {
@@ -257,8 +257,14 @@ fn validate(
         .filter(|n| !plugin.claims.excludes(&n.name) && !n.unschedulable && !n.deleting)
         .map(|n| (n.as_ref(), node_plugin(o, plugin, dra, &n.name)))
         .partition(|(n, _)| readiness.get(&n.name).is_some_and(Result::is_ok));
+    // What the plugin tolerates, and the taints of the nodes validated (a DRA node's are not
+    // the plugin's: the plugin does not serve it, yet its validation pod must run there).
+    let mut tolerated = plugin.tolerated.clone();
+    tolerated.extend(pool_taint_keys(
+        eligible.iter().flat_map(|(n, _)| n.taints.iter()),
+    ));
     let mut tolerations: Vec<Toleration> = base_tolerations();
-    tolerations.extend(tolerations_for(&plugin.tolerated));
+    tolerations.extend(tolerations_for(&tolerated));
     let key = o.pool_key();
     let name = o.pool_name();
     plan_validation(&ValidationInputs {

@@ -240,7 +240,7 @@ fn rollout_assessment(r: &RolloutPlan, i: &PluginInputs) -> Option<Assessment> {
             Some(Assessment::failed(
                 Reason::PluginRolloutHalted,
                 format!(
-                    "the device plugin rollout to {} (revision {}) halted: {} did not serve their GPUs within {} s of getting it: {}; no further node is touched ({} still run the previous plugin). Fix spec.devicePlugin (image, env) or the sharing/MIG config and gpupool rolls the fix out{back}",
+                    "the device plugin rollout to {} (revision {}) halted: {} node(s) did not serve their GPUs within {} s of getting it: {}; no further node is touched ({} still run the previous plugin). Fix spec.devicePlugin (image, env) or the sharing/MIG config and gpupool rolls the fix out{back}",
                     s.target_image,
                     revision(&s.target_revision),
                     halted.len(),
