@@ -548,7 +548,7 @@ async fn managed_gpu_and_dra_nodes_get_no_plugin_and_miss_no_gpus() {
 /// labelled for another pool.
 #[tokio::test]
 async fn the_plugin_label_goes_on_only_once_the_api_server_shows_the_node_free() {
-    use gpupool::controller::node_writes::Written::{Changed, Occupied};
+    use gpupool::controller::node_writes::Written::{Changed, Occupied, Stale};
 
     let env = fleet().await;
     let c = &env.client;
@@ -585,8 +585,15 @@ async fn the_plugin_label_goes_on_only_once_the_api_server_shows_the_node_free()
             .take_cached(with_pod, None, Occupied, None, Some(&cached))
             .await;
     }
+    // A node changed since the cached version: not written from the cache (the next reconcile
+    // writes from the newer one the watch brings); one that keeps changing is read again.
     annotate(c, with_pod, "nw-changed", "yes").await;
     let stale = cached_node(&seen, true, false);
+    for _ in 0..2 {
+        writer
+            .take_cached(with_pod, None, Stale, None, Some(&stale))
+            .await;
+    }
     writer
         .take_cached(with_pod, None, Occupied, None, Some(&stale))
         .await;

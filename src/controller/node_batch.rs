@@ -77,12 +77,19 @@ pub(super) async fn write_nodes(ctx: &Context, pool: &str, updates: &[NodeUpdate
             Ok(Written::Occupied) => {
                 out.due = Some(out.due.map_or(OCCUPIED_RETRY, |d| d.min(OCCUPIED_RETRY)));
             }
+            Ok(Written::Stale) => {
+                out.due = Some(out.due.map_or(STALE_RETRY, |d| d.min(STALE_RETRY)));
+            }
             Ok(_) => {}
             Err(e) => out.failed.push(failed(format!("node {}", update.node), &e)),
         }
     }
     out
 }
+
+/// When a pool whose write from the cache was refused as stale writes again: by then the watch
+/// has brought the newer node.
+const STALE_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Hand-overs to nodes the cache does not vouch for, from which on one consistent list of
 /// plugin pods is cheaper than reading each node and listing the pods on it.

@@ -84,13 +84,23 @@ pub enum Written {
     /// Not written: the node still runs a device-plugin pod, or its label names a pool whose
     /// DaemonSet runs (the reconcile's caches had not seen it yet).
     Occupied,
+    /// Not written: the cached node was older than the API server's (a kubelet's status update
+    /// raced the write). The next reconcile writes from the newer one, which the watch brings
+    /// within moments: one more patch instead of reading the node and listing its pods.
+    Stale,
 }
+
+/// A node whose writes from the cache were refused this often in a row (it keeps changing)
+/// is read first again.
+const MAX_STALE: u32 = 2;
 
 const MAX_ATTEMPTS: usize = 5;
 
 pub struct NodeWriter {
     client: Client,
     schedule: Mutex<WriteSchedule>,
+    /// Nodes whose last writes from the cache were refused as stale, and how often in a row.
+    stale: Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl NodeWriter {
@@ -98,6 +108,7 @@ impl NodeWriter {
         NodeWriter {
             client,
             schedule: Mutex::new(WriteSchedule::new(per_second, burst)),
+            stale: Mutex::default(),
         }
     }
 
@@ -153,18 +164,30 @@ impl NodeWriter {
         cached: Option<&CachedNode>,
     ) -> Result<Written, kube::Error> {
         let api: Api<Node> = Api::all(self.client.clone());
-        if let Some(patch) = cached.and_then(|c| cached_patch(c, edit)) {
-            match api
+        let refused = lock(&self.stale).get(name).copied().unwrap_or(0);
+        if let Some(patch) = cached
+            .filter(|_| refused < MAX_STALE)
+            .and_then(|c| cached_patch(c, edit))
+        {
+            let result = api
                 .patch(name, &merge_params(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => return Ok(Written::Changed),
-                // The node changed since the cache saw it: read it.
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                .await;
+            let mut stale = lock(&self.stale);
+            match result {
+                Ok(_) => {
+                    stale.remove(name);
+                    return Ok(Written::Changed);
+                }
+                // The node changed since the cache saw it.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    *stale.entry(name.to_string()).or_default() += 1;
+                    return Ok(Written::Stale);
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Written::Gone),
                 Err(e) => return Err(e),
             }
         }
+        lock(&self.stale).remove(name);
         for _ in 0..MAX_ATTEMPTS {
             let Some(node) = api.get_opt(name).await? else {
                 return Ok(Written::Gone);
