@@ -424,7 +424,7 @@ impl Bench<'_> {
                 log(format!(
                     "  {:.0} s: {} of {} nodes",
                     now.saturating_duration_since(since).as_secs_f64(),
-                    pods.ready_nodes(),
+                    pods.ready_among(nodes),
                     nodes.len()
                 ));
             }

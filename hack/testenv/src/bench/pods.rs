@@ -91,9 +91,13 @@ impl PodsReady {
         self.book().pods.len()
     }
 
-    /// Nodes that have had a Ready pod.
-    pub fn ready_nodes(&self) -> usize {
-        self.book().ready_at.len()
+    /// How many of `nodes` have had a Ready pod.
+    pub fn ready_among(&self, nodes: &[String]) -> usize {
+        let book = self.book();
+        nodes
+            .iter()
+            .filter(|n| book.ready_at.contains_key(*n))
+            .count()
     }
 
     /// When a Ready pod was first seen on each of `nodes`, if it was on every one.
