@@ -26,13 +26,19 @@
 //!    requests per node and CPU seconds until then, and one node's allocatable change in that big
 //!    pool → its status.
 //!
+//! 8. with `--dra-nodes N`: a pool with `allocation: Dra` over N nodes that NVIDIA's GPU DRA
+//!    driver serves (#23; `dra.rs`): the time until the driver runs on every node, then until the
+//!    pool is Ready with every node's ResourceSlice counted, the operator's RSS before and after
+//!    the slices (memory per slice), and its CPU and writes in a quiet period afterwards.
+//!
 //! `--pools 0` runs none of phases 1–6 (and creates no `--nodes`): only the phases turned on by
-//! their own flags, e.g. `--pools 0 --new-pool-nodes 5000`.
+//! their own flags, e.g. `--pools 0 --new-pool-nodes 5000` or `--pools 0 --dra-nodes 5000`.
 //!
 //! `--json PATH` also writes a [`Summary`] of these numbers with stable keys, with the versions
 //! measured and the machine measured on.
 
 mod audit;
+mod dra;
 pub mod gate;
 mod newpool;
 mod observe;
@@ -48,9 +54,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use report::{
-    GrowReport, GrowSummary, Latencies, Machine, MillisSummary, NewPoolReport, NewPoolSummary,
-    ProcStats, Report, RequestCounts, RolloutReport, RolloutSummary, Summary, Versions,
-    requests_per_node,
+    DraReport, DraSummary, GrowReport, GrowSummary, Latencies, Machine, MillisSummary,
+    NewPoolReport, NewPoolSummary, ProcStats, Report, RequestCounts, RolloutReport, RolloutSummary,
+    Summary, Versions, requests_per_node,
 };
 
 use crate::{ControlPlane, Error, Options};
@@ -75,7 +81,8 @@ pub struct BenchOptions {
     #[arg(long, value_name = "N", default_value_t = 5000)]
     pub nodes: usize,
     /// GpuPools; node j belongs to pool j mod P. 0: none of the pool phases (1-6) and no
-    /// `--nodes`; only the phases turned on by their own flags (`--new-pool-nodes`).
+    /// `--nodes`; only the phases turned on by their own flags (`--new-pool-nodes`,
+    /// `--dra-nodes`).
     #[arg(long, value_name = "P", default_value_t = 100)]
     pub pools: usize,
     /// Quiet period in which the operator's API requests are counted, in seconds.
@@ -134,6 +141,14 @@ pub struct BenchOptions {
     /// (0: not measured).
     #[arg(long, value_name = "M", default_value_t = 0)]
     pub new_pool_grow: usize,
+    /// The DRA phase (after the new-pool phase): N more GPU nodes served by NVIDIA's GPU DRA
+    /// driver, one pool with `allocation: Dra` over them, then one ResourceSlice per node (0: no
+    /// DRA phase).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub dra_nodes: usize,
+    /// Quiet period after the DRA pool counted every slice, in seconds.
+    #[arg(long = "dra-quiet-seconds", value_name = "S", default_value = "60", value_parser = seconds)]
+    pub dra_quiet: Duration,
     /// Upper bound for every wait, in seconds.
     #[arg(long = "timeout-seconds", value_name = "S", default_value = "900", value_parser = seconds)]
     pub timeout: Duration,
@@ -211,10 +226,10 @@ pub async fn run(opts: BenchOptions) -> Result<Report, Error> {
             detail: "need at least as many nodes as pools".into(),
         });
     }
-    if opts.pools == 0 && opts.new_pool_nodes == 0 {
+    if opts.pools == 0 && opts.new_pool_nodes == 0 && opts.dra_nodes == 0 {
         return Err(Error::Config {
             what: "--pools 0".into(),
-            detail: "nothing to run: turn a phase on (--new-pool-nodes N)".into(),
+            detail: "nothing to run: turn a phase on (--new-pool-nodes N, --dra-nodes N)".into(),
         });
     }
     if opts.halt_deadline_seconds != 0 && !(30..=86400).contains(&opts.halt_deadline_seconds) {

@@ -398,7 +398,7 @@ impl Bench<'_> {
         Ok(grow)
     }
 
-    async fn wait_listed(&self, pods: &PodsReady) -> Result<(), Error> {
+    pub(super) async fn wait_listed(&self, pods: &PodsReady) -> Result<(), Error> {
         poll_until(
             "a pod watch listed",
             self.opts.timeout,
@@ -409,7 +409,7 @@ impl Bench<'_> {
     }
 
     /// Waits until a Ready pod was seen on every one of `nodes`; returns when the last one was.
-    async fn every_node_ready(
+    pub(super) async fn every_node_ready(
         &self,
         pods: &PodsReady,
         nodes: &[String],

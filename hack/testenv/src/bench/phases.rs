@@ -67,6 +67,9 @@ impl<'a> Bench<'a> {
         if measured.is_ok() {
             measured = self.new_pool(&op).await;
         }
+        if measured.is_ok() {
+            measured = self.dra(&op).await;
+        }
         // Counted once every request received so far is in the log (written in batches).
         let counted = self.count_requests().await;
         op.stop().await;
@@ -280,6 +283,12 @@ impl<'a> Bench<'a> {
                 grow.requests = counts(super::newpool::GROW);
             }
         }
+        if let Some(dra) = self.report.dra.as_mut() {
+            let counts = |phase| self.report.requests.get(phase).cloned().unwrap_or_default();
+            dra.driver_requests = counts(super::dra::DRIVER_EVERYWHERE);
+            dra.slice_requests = counts(super::dra::SLICES);
+            dra.quiet_requests = counts(super::dra::QUIET);
+        }
         Ok(())
     }
 
@@ -373,13 +382,24 @@ impl Bench<'_> {
     }
 
     pub(super) async fn create_pool(&self, name: &str, agentpool: &str) -> Result<(), Error> {
+        let spec = serde_json::json!({"devicePlugin": {"image": super::PLUGIN_IMAGE}});
+        self.create_pool_with(name, agentpool, spec).await
+    }
+
+    /// A pool of the agent pool's nodes, with `spec` besides its nodeSelector.
+    pub(super) async fn create_pool_with(
+        &self,
+        name: &str,
+        agentpool: &str,
+        mut spec: serde_json::Value,
+    ) -> Result<(), Error> {
+        spec["nodeSelector"] = serde_json::json!({
+            "matchLabels": {"kubernetes.azure.com/agentpool": agentpool},
+        });
         let body: DynamicObject = setup::object(serde_json::json!({
             "apiVersion": "gpupool.io/v1alpha1", "kind": "GpuPool",
             "metadata": {"name": name},
-            "spec": {
-                "nodeSelector": {"matchLabels": {"kubernetes.azure.com/agentpool": agentpool}},
-                "devicePlugin": {"image": super::PLUGIN_IMAGE},
-            },
+            "spec": spec,
         }))?;
         self.pools_api()
             .create(&PostParams::default(), &body)

@@ -113,6 +113,8 @@ pub struct Report {
     pub rollout: Option<RolloutReport>,
     /// The new-pool phase (None when not run).
     pub new_pool: Option<NewPoolReport>,
+    /// The DRA phase (None when not run).
+    pub dra: Option<DraReport>,
     pub versions: Versions,
     pub machine: Machine,
 }
@@ -268,6 +270,97 @@ impl NewPoolReport {
     }
 }
 
+/// The DRA phase (#23): a pool with `allocation: Dra` over `nodes` nodes, the driver's pods on
+/// them, then one ResourceSlice per node.
+#[derive(Debug, Clone, Default)]
+pub struct DraReport {
+    pub nodes: usize,
+    pub slices: usize,
+    /// Devices (GPUs) in all the slices.
+    pub devices: usize,
+    /// From the pool's create request until the driver's pod was seen Ready on every node, and
+    /// the operator's requests in that window.
+    pub driver_everywhere: Duration,
+    pub driver_requests: RequestCounts,
+    /// From the first slice's create request until the last one's returned, and until the
+    /// pool's status was Ready with every node and GPU counted from them.
+    pub slices_created: Duration,
+    pub slices_to_ready: Duration,
+    /// The operator's CPU seconds and requests in that window.
+    pub operator_cpu_s: f64,
+    pub slice_requests: RequestCounts,
+    /// The operator's VmRSS before the slices (once the driver ran everywhere and the pool's
+    /// status was current), after them (once the pool counted every one), and after the quiet
+    /// period; its VmHWM after the slices.
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub rss_after_quiet_kib: u64,
+    pub peak_rss_kib: u64,
+    /// The quiet period after: its length, the operator's CPU seconds, requests and reconciles.
+    pub quiet: Duration,
+    pub quiet_cpu_s: f64,
+    pub quiet_requests: RequestCounts,
+    pub quiet_reconciles: Option<f64>,
+}
+
+fn writes(requests: &RequestCounts) -> u64 {
+    requests
+        .iter()
+        .filter(|((verb, _), _)| !matches!(verb.as_str(), "get" | "list" | "watch"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+impl DraReport {
+    /// RSS after the slices minus before, per slice (negative when the allocator gave memory
+    /// back meanwhile).
+    pub fn kib_per_slice(&self) -> f64 {
+        (self.rss_after_kib as f64 - self.rss_before_kib as f64) / self.slices.max(1) as f64
+    }
+
+    pub fn kib_per_device(&self) -> f64 {
+        (self.rss_after_kib as f64 - self.rss_before_kib as f64) / self.devices.max(1) as f64
+    }
+
+    pub fn quiet_cpu_percent(&self) -> f64 {
+        if self.quiet.is_zero() {
+            0.0
+        } else {
+            self.quiet_cpu_s / self.quiet.as_secs_f64() * 100.0
+        }
+    }
+
+    pub fn quiet_writes(&self) -> u64 {
+        writes(&self.quiet_requests)
+    }
+
+    fn summary(&self) -> DraSummary {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        DraSummary {
+            nodes: self.nodes,
+            slices: self.slices,
+            devices: self.devices,
+            driver_everywhere_s: self.driver_everywhere.as_secs_f64(),
+            driver_requests_per_node: requests_per_node(&self.driver_requests, self.nodes),
+            slices_created_s: self.slices_created.as_secs_f64(),
+            slices_to_ready_s: self.slices_to_ready.as_secs_f64(),
+            operator_cpu_s: self.operator_cpu_s,
+            requests_per_slice: requests_per_node(&self.slice_requests, self.slices),
+            rss_before_mib: mib(self.rss_before_kib),
+            rss_after_mib: mib(self.rss_after_kib),
+            rss_after_quiet_mib: mib(self.rss_after_quiet_kib),
+            peak_rss_mib: mib(self.peak_rss_kib),
+            kib_per_slice: self.kib_per_slice(),
+            kib_per_device: self.kib_per_device(),
+            quiet_s: self.quiet.as_secs_f64(),
+            quiet_cpu_percent: self.quiet_cpu_percent(),
+            quiet_requests: self.quiet_requests.values().sum(),
+            quiet_writes: self.quiet_writes(),
+            quiet_reconciles: self.quiet_reconciles.map(|n| n as u64),
+        }
+    }
+}
+
 /// Name of the quiet period in `requests` and `cpu`.
 pub(super) const QUIET: &str = "quiet";
 /// The operator's name in `cpu`.
@@ -276,15 +369,7 @@ pub(super) const OPERATOR: &str = "gpupool-operator";
 impl Report {
     /// Writes counted by the operator during the quiet period.
     pub fn quiet_writes(&self) -> u64 {
-        self.requests
-            .get(QUIET)
-            .map(|c| {
-                c.iter()
-                    .filter(|((verb, _), _)| !matches!(verb.as_str(), "get" | "list" | "watch"))
-                    .map(|(_, n)| n)
-                    .sum()
-            })
-            .unwrap_or(0)
+        self.requests.get(QUIET).map_or(0, writes)
     }
 
     /// Operator CPU during the quiet period, in % of one core.
@@ -320,6 +405,7 @@ impl Report {
             quiet_reconciles: self.quiet_reconciles.map_or(0, |count| count as u64),
             rollout: self.rollout.as_ref().map(RolloutReport::summary),
             new_pool: self.new_pool.as_ref().map(NewPoolReport::summary),
+            dra: self.dra.as_ref().map(DraReport::summary),
             versions: self.versions.clone(),
             machine: self.machine.clone(),
         }
@@ -355,8 +441,40 @@ pub struct Summary {
     pub rollout: Option<RolloutSummary>,
     /// The new-pool phase (null when not run).
     pub new_pool: Option<NewPoolSummary>,
+    /// The DRA phase (null when not run).
+    pub dra: Option<DraSummary>,
     pub versions: Versions,
     pub machine: Machine,
+}
+
+/// The DRA phase in the summary: nodes, slices (one per node) and devices; seconds from the
+/// pool's creation until the driver ran on every node, with the operator's requests per node;
+/// seconds from the first slice until the pool was Ready with all of them counted, with the
+/// operator's CPU seconds and requests per slice; the operator's RSS before and after the slices
+/// and after the quiet period, its peak, and the difference per slice and per device; the quiet
+/// period's length, the operator's CPU (% of a core), requests, writes and reconciles in it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DraSummary {
+    pub nodes: usize,
+    pub slices: usize,
+    pub devices: usize,
+    pub driver_everywhere_s: f64,
+    pub driver_requests_per_node: BTreeMap<String, f64>,
+    pub slices_created_s: f64,
+    pub slices_to_ready_s: f64,
+    pub operator_cpu_s: f64,
+    pub requests_per_slice: BTreeMap<String, f64>,
+    pub rss_before_mib: f64,
+    pub rss_after_mib: f64,
+    pub rss_after_quiet_mib: f64,
+    pub peak_rss_mib: f64,
+    pub kib_per_slice: f64,
+    pub kib_per_device: f64,
+    pub quiet_s: f64,
+    pub quiet_cpu_percent: f64,
+    pub quiet_requests: u64,
+    pub quiet_writes: u64,
+    pub quiet_reconciles: Option<u64>,
 }
 
 /// The new-pool phase in the summary: nodes; seconds until a plain DaemonSet (the floor) and
@@ -466,6 +584,7 @@ impl fmt::Display for Report {
             self.fmt_rollout(f)?;
         }
         self.fmt_new_pool(f)?;
+        self.fmt_dra(f)?;
         self.fmt_requests_and_cpu(f)
     }
 }
@@ -664,6 +783,55 @@ impl Report {
         )
     }
 
+    fn fmt_dra(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(r) = &self.dra else {
+            return Ok(());
+        };
+        let s = |d: Duration| d.as_secs_f64();
+        writeln!(
+            f,
+            "8. DRA pool over {} nodes ({} ResourceSlices, {} GPUs):",
+            r.nodes, r.slices, r.devices
+        )?;
+        let total: u64 = r.driver_requests.values().sum();
+        writeln!(
+            f,
+            "   GpuPool (allocation: Dra) created -> the driver Ready on every node: {:.2} s; operator {total} requests ({:.2}/node){}",
+            s(r.driver_everywhere),
+            total as f64 / r.nodes.max(1) as f64,
+            requests_line(&r.driver_requests, r.nodes)
+        )?;
+        let total: u64 = r.slice_requests.values().sum();
+        writeln!(
+            f,
+            "   first slice created -> pool Ready with every GPU counted: {:.2} s (slices created in {:.1} s); operator {:.2} CPU-s, {total} requests{}",
+            s(r.slices_to_ready),
+            s(r.slices_created),
+            r.operator_cpu_s,
+            requests_line(&r.slice_requests, r.slices).replace("/node", "/slice")
+        )?;
+        writeln!(
+            f,
+            "   operator RSS: {} before the slices, {} after ({:+.2} KiB per slice, {:+.2} KiB per GPU), {} after the quiet period; peak {}",
+            mib(r.rss_before_kib),
+            mib(r.rss_after_kib),
+            r.kib_per_slice(),
+            r.kib_per_device(),
+            mib(r.rss_after_quiet_kib),
+            mib(r.peak_rss_kib)
+        )?;
+        writeln!(
+            f,
+            "   quiet {} s: operator CPU {:.2}% of a core, {} requests, {} writes, {} reconciles",
+            r.quiet.as_secs(),
+            r.quiet_cpu_percent(),
+            r.quiet_requests.values().sum::<u64>(),
+            r.quiet_writes(),
+            r.quiet_reconciles
+                .map_or_else(|| "?".to_owned(), |n| format!("{n:.0}"))
+        )
+    }
+
     fn fmt_requests_and_cpu(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.pools > 0 {
             writeln!(
@@ -786,5 +954,41 @@ mod tests {
         assert_eq!(json["new_pool"]["requests_per_node"]["get nodes"], 0.5);
         assert_eq!(json["new_pool"]["requests_per_node"]["total"], 1.5);
         assert!(json["new_pool"]["grow"].is_null());
+        assert!(json["dra"].is_null());
+        report.dra = Some(DraReport {
+            nodes: 4,
+            slices: 4,
+            devices: 16,
+            rss_before_kib: 1000,
+            rss_after_kib: 1160,
+            quiet: Duration::from_secs(10),
+            quiet_cpu_s: 0.1,
+            quiet_requests: RequestCounts::from([(("patch".into(), "nodes".into()), 1)]),
+            ..DraReport::default()
+        });
+        let json = serde_json::to_value(report.summary()).unwrap();
+        for key in [
+            "/dra/nodes",
+            "/dra/slices",
+            "/dra/devices",
+            "/dra/driver_everywhere_s",
+            "/dra/driver_requests_per_node/total",
+            "/dra/slices_to_ready_s",
+            "/dra/operator_cpu_s",
+            "/dra/requests_per_slice/total",
+            "/dra/rss_before_mib",
+            "/dra/rss_after_mib",
+            "/dra/kib_per_slice",
+            "/dra/kib_per_device",
+            "/dra/quiet_cpu_percent",
+            "/dra/quiet_writes",
+            "/dra/quiet_reconciles",
+        ] {
+            assert!(json.pointer(key).is_some(), "{key} missing from {json}");
+        }
+        assert_eq!(json["dra"]["kib_per_slice"], 40.0);
+        assert_eq!(json["dra"]["kib_per_device"], 10.0);
+        assert_eq!(json["dra"]["quiet_cpu_percent"], 1.0);
+        assert_eq!(json["dra"]["quiet_writes"], 1);
     }
 }
