@@ -20,14 +20,31 @@
 //!    attributable to the pools not rolled (none expected); then one pool is rolled to a broken
 //!    plugin and the time until it halts is measured.
 //!
+//! 7. with `--new-pool-nodes N`: a new pool over N nodes that had none (#26; `newpool.rs`): the
+//!    floor (a plain DaemonSet of the plugin's pod template over the same nodes, run by the
+//!    benchmark), then the time until the pool's plugin is Ready on every node, the operator's
+//!    requests per node and CPU seconds until then, and one node's allocatable change in that big
+//!    pool → its status.
+//!
+//! 8. with `--dra-nodes N`: a pool with `allocation: Dra` over N nodes that NVIDIA's GPU DRA
+//!    driver serves (#23; `dra.rs`): the time until the driver runs on every node, then until the
+//!    pool is Ready with every node's ResourceSlice counted, the operator's RSS before and after
+//!    the slices (memory per slice), and its CPU and writes in a quiet period afterwards.
+//!
+//! `--pools 0` runs none of phases 1–6 (and creates no `--nodes`): only the phases turned on by
+//! their own flags, e.g. `--pools 0 --new-pool-nodes 5000` or `--pools 0 --dra-nodes 5000`.
+//!
 //! `--json PATH` also writes a [`Summary`] of these numbers with stable keys, with the versions
 //! measured and the machine measured on.
 
 mod audit;
+mod dra;
 pub mod gate;
+mod newpool;
 mod observe;
 mod operator;
 mod phases;
+mod pods;
 mod procfs;
 mod report;
 mod rollout;
@@ -37,8 +54,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use report::{
-    Latencies, Machine, MillisSummary, ProcStats, Report, RequestCounts, RolloutReport,
-    RolloutSummary, Summary, Versions,
+    DraReport, DraSummary, GrowReport, GrowSummary, Latencies, Machine, MillisSummary,
+    NewPoolReport, NewPoolSummary, ProcStats, Report, RequestCounts, RolloutReport, RolloutSummary,
+    Summary, Versions, requests_per_node,
 };
 
 use crate::{ControlPlane, Error, Options};
@@ -62,7 +80,9 @@ pub struct BenchOptions {
     /// Simulated GPU nodes.
     #[arg(long, value_name = "N", default_value_t = 5000)]
     pub nodes: usize,
-    /// GpuPools; node j belongs to pool j mod P.
+    /// GpuPools; node j belongs to pool j mod P. 0: none of the pool phases (1-6) and no
+    /// `--nodes`; only the phases turned on by their own flags (`--new-pool-nodes`,
+    /// `--dra-nodes`).
     #[arg(long, value_name = "P", default_value_t = 100)]
     pub pools: usize,
     /// Quiet period in which the operator's API requests are counted, in seconds.
@@ -109,6 +129,26 @@ pub struct BenchOptions {
     /// its CPU cost when nothing but heartbeats happens.
     #[arg(long = "rollout-idle-seconds", value_name = "S", default_value = "30", value_parser = seconds)]
     pub rollout_idle: Duration,
+    /// The new-pool phase (last): N more GPU nodes of their own agent pool, a plain DaemonSet
+    /// over them (the floor), then one GpuPool selecting them (0: no new-pool phase).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub new_pool_nodes: usize,
+    /// Nodes of the new pool whose nvidia.com/gpu allocatable is changed, one at a time (down,
+    /// then back up).
+    #[arg(long, value_name = "K", default_value_t = 10)]
+    pub new_pool_samples: usize,
+    /// Then M more nodes join the new pool's agent pool: per node, created -> plugin Ready
+    /// (0: not measured).
+    #[arg(long, value_name = "M", default_value_t = 0)]
+    pub new_pool_grow: usize,
+    /// The DRA phase (after the new-pool phase): N more GPU nodes served by NVIDIA's GPU DRA
+    /// driver, one pool with `allocation: Dra` over them, then one ResourceSlice per node (0: no
+    /// DRA phase).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub dra_nodes: usize,
+    /// Quiet period after the DRA pool counted every slice, in seconds.
+    #[arg(long = "dra-quiet-seconds", value_name = "S", default_value = "60", value_parser = seconds)]
+    pub dra_quiet: Duration,
     /// Upper bound for every wait, in seconds.
     #[arg(long = "timeout-seconds", value_name = "S", default_value = "900", value_parser = seconds)]
     pub timeout: Duration,
@@ -180,10 +220,16 @@ fn log(msg: impl AsRef<str>) {
 /// Runs the benchmark. Progress goes to stderr; the report is returned (and written as JSON to
 /// `--json`, if given).
 pub async fn run(opts: BenchOptions) -> Result<Report, Error> {
-    if opts.pools == 0 || opts.nodes < opts.pools {
+    if opts.pools > 0 && opts.nodes < opts.pools {
         return Err(Error::Config {
             what: format!("--nodes {} --pools {}", opts.nodes, opts.pools),
-            detail: "need at least one pool and at least as many nodes as pools".into(),
+            detail: "need at least as many nodes as pools".into(),
+        });
+    }
+    if opts.pools == 0 && opts.new_pool_nodes == 0 && opts.dra_nodes == 0 {
+        return Err(Error::Config {
+            what: "--pools 0".into(),
+            detail: "nothing to run: turn a phase on (--new-pool-nodes N, --dra-nodes N)".into(),
         });
     }
     if opts.halt_deadline_seconds != 0 && !(30..=86400).contains(&opts.halt_deadline_seconds) {
@@ -238,21 +284,25 @@ fn plane_options_for(heartbeat: Duration, lease_seconds: u32, user: &str) -> Opt
 async fn measure(plane: &ControlPlane, opts: &BenchOptions, user: String) -> Result<Report, Error> {
     let kubeconfig = setup::operator_identity(plane).await?;
     let client = plane.client().await;
-    // Node j belongs to pool j % P, with 1, 2, 4 or 8 GPUs.
-    let gpus: Vec<(u32, u32)> = (0..opts.nodes)
+    // Node j belongs to pool j % P, with 1, 2, 4 or 8 GPUs; no such nodes without pools.
+    let nodes = if opts.pools == 0 { 0 } else { opts.nodes };
+    let gpus: Vec<(u32, u32)> = (0..nodes)
         .map(|j| {
             let g = GPU_COUNTS[(j / opts.pools) % GPU_COUNTS.len()];
             (g, g)
         })
         .collect();
-    let setup_nodes = setup::create_nodes(&client, opts, &gpus).await?;
-    setup::wait_nodes_ready(&client, opts).await?;
+    let mut setup_nodes = Duration::ZERO;
+    if nodes > 0 {
+        setup_nodes = setup::create_nodes(&client, opts, &gpus).await?;
+        setup::wait_nodes_ready(&client, opts).await?;
+    }
 
     let mut bench = phases::Bench::new(plane, opts, client);
     bench.user = user;
     bench.gpus = gpus;
     bench.report = Report {
-        nodes: opts.nodes,
+        nodes,
         pools: opts.pools,
         quiet: opts.quiet,
         setup_nodes,

@@ -43,6 +43,9 @@ pub(super) struct Seen {
     pub allocatable: Option<i64>,
     pub plugin_desired: Option<i64>,
     pub plugin_ready: Option<i64>,
+    /// `capacity.dra`: nodes and GPUs counted from ResourceSlices.
+    pub dra_nodes: Option<i64>,
+    pub dra_gpus: Option<i64>,
     /// The `Ready` condition is True.
     pub ready: bool,
     /// `status.devicePlugin.rollout`: state, nodes updated and left, target image, halted nodes.
@@ -75,6 +78,8 @@ impl Seen {
             allocatable: int("/gpusAllocatable"),
             plugin_desired: int("/devicePlugin/desired"),
             plugin_ready: int("/devicePlugin/ready"),
+            dra_nodes: int("/capacity/dra/nodes"),
+            dra_gpus: int("/capacity/dra/gpus"),
             ready: status
                 .and_then(|s| s.get("conditions")?.as_array())
                 .into_iter()

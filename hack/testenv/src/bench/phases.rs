@@ -54,17 +54,26 @@ impl<'a> Bench<'a> {
 
     /// Runs every phase with the operator identity of `kubeconfig`.
     pub async fn run(mut self, kubeconfig: &Path) -> Result<Report, Error> {
-        let op = self.start_operator(kubeconfig).await?;
-        self.pool_burst(op.pid()).await?;
-        self.spaced_pools(op.pid()).await?;
-        self.allocatable_changes(op.pid()).await?;
-        self.quiet_period(&op).await?;
-        let op = self.cold_start(op, kubeconfig).await?;
-        let rolled = self.rollout(&op).await;
+        let mut op = self.start_operator(kubeconfig).await?;
+        let mut measured = Ok(());
+        if self.opts.pools > 0 {
+            self.pool_burst(op.pid()).await?;
+            self.spaced_pools(op.pid()).await?;
+            self.allocatable_changes(op.pid()).await?;
+            self.quiet_period(&op).await?;
+            op = self.cold_start(op, kubeconfig).await?;
+            measured = self.rollout(&op).await;
+        }
+        if measured.is_ok() {
+            measured = self.new_pool(&op).await;
+        }
+        if measured.is_ok() {
+            measured = self.dra(&op).await;
+        }
         // Counted once every request received so far is in the log (written in batches).
         let counted = self.count_requests().await;
         op.stop().await;
-        rolled?;
+        measured?;
         counted?;
         Ok(self.report)
     }
@@ -267,6 +276,19 @@ impl<'a> Bench<'a> {
             self.report.requests.insert(name, counts);
         }
         self.count_rollout_writes(&audit);
+        if let Some(new_pool) = self.report.new_pool.as_mut() {
+            let counts = |phase| self.report.requests.get(phase).cloned().unwrap_or_default();
+            new_pool.requests = counts(super::newpool::PLUGIN_EVERYWHERE);
+            if let Some(grow) = new_pool.grow.as_mut() {
+                grow.requests = counts(super::newpool::GROW);
+            }
+        }
+        if let Some(dra) = self.report.dra.as_mut() {
+            let counts = |phase| self.report.requests.get(phase).cloned().unwrap_or_default();
+            dra.driver_requests = counts(super::dra::DRIVER_EVERYWHERE);
+            dra.slice_requests = counts(super::dra::SLICES);
+            dra.quiet_requests = counts(super::dra::QUIET);
+        }
         Ok(())
     }
 
@@ -359,14 +381,25 @@ impl Bench<'_> {
         Api::all_with(self.client.clone(), &gpupool_resource())
     }
 
-    async fn create_pool(&self, name: &str, agentpool: &str) -> Result<(), Error> {
+    pub(super) async fn create_pool(&self, name: &str, agentpool: &str) -> Result<(), Error> {
+        let spec = serde_json::json!({"devicePlugin": {"image": super::PLUGIN_IMAGE}});
+        self.create_pool_with(name, agentpool, spec).await
+    }
+
+    /// A pool of the agent pool's nodes, with `spec` besides its nodeSelector.
+    pub(super) async fn create_pool_with(
+        &self,
+        name: &str,
+        agentpool: &str,
+        mut spec: serde_json::Value,
+    ) -> Result<(), Error> {
+        spec["nodeSelector"] = serde_json::json!({
+            "matchLabels": {"kubernetes.azure.com/agentpool": agentpool},
+        });
         let body: DynamicObject = setup::object(serde_json::json!({
             "apiVersion": "gpupool.io/v1alpha1", "kind": "GpuPool",
             "metadata": {"name": name},
-            "spec": {
-                "nodeSelector": {"matchLabels": {"kubernetes.azure.com/agentpool": agentpool}},
-                "devicePlugin": {"image": super::PLUGIN_IMAGE},
-            },
+            "spec": spec,
         }))?;
         self.pools_api()
             .create(&PostParams::default(), &body)

@@ -104,22 +104,53 @@ async fn follow_plugin(client: &kube::Client, node: &str, gpus: u32) -> Result<(
     Ok(())
 }
 
+/// Creates `nodes` as they are (`concurrency` at a time); returns how long that took.
+pub(super) async fn create_plain_nodes(
+    client: &kube::Client,
+    nodes: Vec<GpuNode>,
+    concurrency: usize,
+) -> Result<Duration, Error> {
+    let started = Instant::now();
+    futures::stream::iter(nodes)
+        .map(|node| async move { nodes::create_node(client, &node).await.map(drop) })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(started.elapsed())
+}
+
 /// Waits until kwok has marked every node Ready, so the pool phases do not race node
 /// initialisation.
 pub(super) async fn wait_nodes_ready(
     client: &kube::Client,
     opts: &BenchOptions,
 ) -> Result<(), Error> {
+    wait_ready(client, "", opts.nodes, opts.timeout).await?;
+    log("every node is Ready");
+    Ok(())
+}
+
+/// Waits until at least `count` nodes matching the label selector `labels` (every node: "") are
+/// Ready.
+pub(super) async fn wait_ready(
+    client: &kube::Client,
+    labels: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<(), Error> {
     let api: Api<Node> = Api::all(client.clone());
     poll_until(
-        "every node Ready",
-        opts.timeout,
+        &format!("{count} nodes Ready"),
+        timeout,
         Duration::from_secs(1),
         || async {
             let mut ready = 0;
             let mut token: Option<String> = None;
             loop {
                 let mut lp = ListParams::default().limit(1000);
+                if !labels.is_empty() {
+                    lp = lp.labels(labels);
+                }
                 if let Some(t) = &token {
                     lp = lp.continue_token(t);
                 }
@@ -130,10 +161,8 @@ pub(super) async fn wait_nodes_ready(
                     break;
                 }
             }
-            (ready >= opts.nodes).then_some(())
+            (ready >= count).then_some(())
         },
     )
-    .await?;
-    log("every node is Ready");
-    Ok(())
+    .await
 }
