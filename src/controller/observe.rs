@@ -9,7 +9,7 @@ use kube::ResourceExt;
 
 use crate::api::GpuPool;
 use crate::decide::Observed;
-use crate::decide::facts::{DaemonSetFacts, NodeFacts, PodFacts, PoolRef};
+use crate::decide::facts::{DaemonSetFacts, NodeFacts, ObjectId, PodFacts, PoolRef};
 use crate::decide::names::{DEVICE_PLUGIN_LABEL, DRA_LABEL, MANAGED_BY, pool_key};
 
 use super::context::Context;
@@ -100,19 +100,19 @@ fn pool_nodes(
 fn pods_of(ctx: &Context, nodes: &[Arc<NodeFacts>], key: &str) -> Vec<Arc<PodFacts>> {
     let index = ctx.pods();
     let known = ctx.nodes();
-    let mut pods: BTreeMap<String, _> = BTreeMap::new();
+    let drivers = ctx.driver_pods();
+    let mut pods: BTreeMap<&ObjectId, &Arc<PodFacts>> = BTreeMap::new();
     for pod in nodes.iter().flat_map(|n| index.on_node(&n.name)).chain(
         index
             .of_pool(key)
             .filter(|p| p.node.as_ref().is_none_or(|n| known.get(n).is_some())),
     ) {
-        pods.insert(pod.id.to_string(), pod.clone());
+        pods.insert(&pod.id, pod);
     }
-    let drivers = ctx.driver_pods();
     for pod in nodes.iter().flat_map(|n| drivers.on_node(&n.name)) {
-        pods.insert(pod.id.to_string(), pod.clone());
+        pods.insert(&pod.id, pod);
     }
-    pods.into_values().collect()
+    pods.into_values().cloned().collect()
 }
 
 /// Every device plugin DaemonSet (and the tombstones of deleted foreign ones, read under the
