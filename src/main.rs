@@ -98,8 +98,7 @@ struct RunArgs {
     #[arg(long, env = "GPUPOOL_WATCH_LIST", value_enum, default_value_t = WatchListArg::Auto)]
     watch_list: WatchListArg,
     /// A pool's first node, DaemonSet or pod event is handled at once; further events within
-    /// this window are coalesced into one more reconcile at its end (a pool whose reconcile
-    /// costs more than a twentieth of it gets a longer window).
+    /// this window are coalesced into one more reconcile at its end.
     #[arg(long, env = "GPUPOOL_DEBOUNCE", default_value = "200ms", value_parser = humantime::parse_duration)]
     debounce: Duration,
     /// Address of the HTTP endpoint serving /metrics, /healthz and /readyz.
