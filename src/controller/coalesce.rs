@@ -33,9 +33,6 @@ struct Bucket {
     pending: bool,
 }
 
-/// Each item's window.
-type WindowOf<I> = Box<dyn Fn(&I) -> Duration + Send>;
-
 pub struct Coalesce<S: Stream> {
     input: Fuse<S>,
     /// Each bucket's next refill.
@@ -43,24 +40,11 @@ pub struct Coalesce<S: Stream> {
     buckets: HashMap<S::Item, Bucket>,
     /// Items to send now.
     ready: std::collections::VecDeque<S::Item>,
-    window_of: WindowOf<S::Item>,
+    window: Duration,
 }
 
 /// Each item of `input` goes out at once while its bucket has tokens, then once per `window`.
-#[cfg(test)]
 pub fn coalesce<S>(input: S, window: Duration) -> Coalesce<S>
-where
-    S: Stream + Unpin,
-    S::Item: Hash + Eq + Clone,
-{
-    coalesce_by(input, move |_| window)
-}
-
-/// `coalesce`, with a window per item (read at every trigger: it may change over time).
-pub fn coalesce_by<S>(
-    input: S,
-    window_of: impl Fn(&S::Item) -> Duration + Send + 'static,
-) -> Coalesce<S>
 where
     S: Stream + Unpin,
     S::Item: Hash + Eq + Clone,
@@ -70,7 +54,7 @@ where
         refills: DelayQueue::new(),
         buckets: HashMap::new(),
         ready: std::collections::VecDeque::new(),
-        window_of: Box::new(move |item| window_of(item).max(Duration::from_millis(1))),
+        window: window.max(Duration::from_millis(1)),
     }
 }
 
@@ -90,7 +74,7 @@ where
     S::Item: Hash + Eq + Clone + Unpin,
 {
     fn trigger(&mut self, item: S::Item, now: Instant) {
-        let window = (self.window_of)(&item);
+        let window = self.window;
         match self.buckets.get_mut(&item) {
             None => {
                 self.buckets.insert(
@@ -120,7 +104,7 @@ where
     }
 
     fn refilled(&mut self, item: S::Item, now: Instant) {
-        let window = (self.window_of)(&item);
+        let window = self.window;
         let Some(bucket) = self.buckets.get_mut(&item) else {
             return;
         };
@@ -253,40 +237,5 @@ mod tests {
         }
         // The burst of a and b and c's one at once; a's third when its first token is back.
         assert_eq!(got, vec!["a", "b", "a", "b", "c", "a"]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn each_item_waits_its_own_window() {
-        let (tx, rx) = mpsc::unbounded::<&str>();
-        let mut out = coalesce_by(rx, |item: &&str| match *item {
-            "big" => Duration::from_secs(1),
-            _ => Duration::from_millis(200),
-        });
-        let start = Instant::now();
-        for item in ["big", "small"] {
-            for _ in 0..3 {
-                tx.unbounded_send(item).unwrap();
-            }
-        }
-        // The burst of each at once, then the third of each after its own window.
-        let mut seen = Vec::new();
-        for _ in 0..6 {
-            let item = out.next().await.unwrap();
-            seen.push((item, start.elapsed()));
-        }
-        let at = |item: &str| -> Vec<Duration> {
-            seen.iter()
-                .filter(|(i, _)| *i == item)
-                .map(|(_, t)| *t)
-                .collect()
-        };
-        assert_eq!(
-            at("small"),
-            [Duration::ZERO, Duration::ZERO, Duration::from_millis(200)]
-        );
-        assert_eq!(
-            at("big"),
-            [Duration::ZERO, Duration::ZERO, Duration::from_secs(1)]
-        );
     }
 }

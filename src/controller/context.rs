@@ -73,13 +73,7 @@ pub struct Context {
     problem_clocks: Mutex<HashMap<String, Arc<ProblemClocks>>>,
     /// Held while a pool's bookkeeping is written or forgotten (see `keep`).
     keeping: Mutex<()>,
-    /// What observing and deciding cost at each pool's last reconcile (see `window_for`).
-    decide_costs: Mutex<HashMap<String, Duration>>,
 }
-
-/// See `Context::window_for`.
-const COST_FACTOR: u32 = 20;
-const MAX_WINDOW: Duration = Duration::from_secs(10);
 
 impl Context {
     pub fn new(
@@ -130,7 +124,6 @@ impl Context {
             rejections: Mutex::default(),
             problem_clocks: Mutex::default(),
             keeping: Mutex::default(),
-            decide_costs: Mutex::default(),
         }
     }
 
@@ -300,26 +293,6 @@ impl Context {
         lock(&self.failed_writes).remove(pool);
         lock(&self.rejections).remove(pool);
         lock(&self.problem_clocks).remove(pool);
-        lock(&self.decide_costs).remove(pool);
-    }
-
-    /// A pool's reconcile spent `cost` observing and deciding.
-    pub fn decided(&self, pool: &str, cost: Duration) {
-        lock(&self.decide_costs).insert(pool.to_string(), cost);
-    }
-
-    /// How long a pool's triggers are batched once its burst is spent: `debounce`, or
-    /// `COST_FACTOR` times what its last reconcile spent observing and deciding, whichever is
-    /// longer (at most 10 s). A reconcile is linear in the pool's nodes (~4 µs a node): at 50
-    /// nodes this is the debounce, at 5,000 (~25 ms) about half a second, so a large pool's
-    /// event storm (its rollout: every pod created, scheduled, started, ready) costs a bounded
-    /// share of a core. A change after a quiet spell still goes out at once (the burst).
-    pub fn window_for(&self, pool: &str, debounce: Duration) -> Duration {
-        let cost = lock(&self.decide_costs)
-            .get(pool)
-            .copied()
-            .unwrap_or_default();
-        (cost * COST_FACTOR).clamp(debounce, debounce.max(MAX_WINDOW))
     }
 
     pub fn problem_clocks(&self, pool: &str) -> Option<Arc<ProblemClocks>> {

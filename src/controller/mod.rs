@@ -24,11 +24,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::Client;
 use kube::runtime::controller::Config as ControllerConfig;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, reflector};
 use tracing::{info, warn};
 
-use crate::api::GpuPool;
 use crate::decide::Settings;
 use crate::server::Health;
 use crate::telemetry::Metrics;
@@ -143,13 +141,7 @@ pub async fn run(
     .flat_map(futures::stream::iter);
     // Node, DaemonSet and pod changes batched per pool, one window at most (kube-runtime's own
     // debounce restarts on every trigger: a steady stream would starve a pool's reconcile).
-    // A pool whose reconcile costs more than a twentieth of the window gets a longer one: a
-    // 5,000-node pool's events during its rollout cost at most ~5 % of a core.
-    let costs = ctx.clone();
-    let debounce = options.debounce;
-    let triggers = coalesce::coalesce_by(triggers, move |pool: &ObjectRef<GpuPool>| {
-        costs.window_for(&pool.name, debounce)
-    });
+    let triggers = coalesce::coalesce(triggers, options.debounce);
 
     let tombstones = tokio::spawn(watches::clear_tombstones(client.clone(), ctx.clone()));
     Controller::for_shared_stream(subscriber, pools)

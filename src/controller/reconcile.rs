@@ -71,17 +71,12 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
     if pool.metadata.deletion_timestamp.is_some() {
         return clean_up(ctx, pool).await;
     }
-    let observing = Instant::now();
     let mut observed = observe(ctx, pool);
-    let mut cost = observing.elapsed();
     let ask = gpu_use_wanted(&observed, &ctx.settings);
     if !ask.is_empty() {
         observed.gpu_busy = gpu_busy(&ctx.client, &ask).await;
     }
-    let deciding = Instant::now();
     let plan = plan(&observed, &ctx.settings);
-    cost += deciding.elapsed();
-    ctx.decided(&name, cost);
     let applied = apply_daemonsets(&ctx.client, &ctx.settings.plugin_namespace, &plan).await?;
     if !finalizer::has_finalizer(&observed.pool)
         && finalizer::add(&ctx.client, &observed.pool)
