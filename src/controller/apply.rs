@@ -21,7 +21,7 @@ use k8s_openapi::api::resource::v1::ResourceClaimTemplate;
 use kube::api::PostParams;
 
 use super::context::Context;
-use super::node_batch::write_nodes;
+use super::node_batch::{failed, write_nodes};
 
 #[derive(Debug, thiserror::Error)]
 #[error("transient API error: {0}")]
@@ -139,20 +139,6 @@ pub async fn apply_cleanup(
         &[],
     );
     Ok(write_nodes(ctx, pool, &updates).await.failed)
-}
-
-/// A write that failed, as the report shows it.
-pub(super) fn failed(target: String, error: &kube::Error) -> FailedWrite {
-    let (code, message) = match error {
-        kube::Error::Api(status) => (Some(status.code), status.message.clone()),
-        other => (None, other.to_string()),
-    };
-    FailedWrite {
-        target,
-        code,
-        message,
-        attempts: 1,
-    }
 }
 
 /// Validation pods: finished and stale ones deleted, new ones created (both idempotent).

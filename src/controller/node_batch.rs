@@ -9,7 +9,6 @@ use crate::decide::applied::FailedWrite;
 use crate::decide::facts::PodRole;
 use crate::decide::plan::NodeUpdate;
 
-use super::apply::failed;
 use super::context::Context;
 use super::node_writes::{CachedNode, NodeEdit, UpdateEdit, Written};
 
@@ -141,4 +140,18 @@ async fn cached_nodes(ctx: &Context, batch: &[&NodeUpdate]) -> HashMap<String, C
             ))
         })
         .collect()
+}
+
+/// A write that failed, as the report shows it.
+pub(super) fn failed(target: String, error: &kube::Error) -> FailedWrite {
+    let (code, message) = match error {
+        kube::Error::Api(status) => (Some(status.code), status.message.clone()),
+        other => (None, other.to_string()),
+    };
+    FailedWrite {
+        target,
+        code,
+        message,
+        attempts: 1,
+    }
 }
