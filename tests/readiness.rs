@@ -506,6 +506,17 @@ async fn a_concurrent_taint_writer_loses_nothing() {
             stop.clone(),
             Duration::ZERO,
         ));
+        // The writer that does not pause stops after 2 s: long enough to race the operator's
+        // write, not so long that the operator (which backs off after five lost attempts in a
+        // row) is kept out past the deadline on a loaded machine (seen once in the full suite:
+        // 1,800 taints later, still racing).
+        let stopper = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                stop.store(true, Ordering::Relaxed);
+            })
+        };
         let open = !gate_on(&get_node(c, "race-0").await);
         set_gpus(c, "race-0", 1, if open { 0 } else { 1 })
             .await
@@ -515,6 +526,7 @@ async fn a_concurrent_taint_writer_loses_nothing() {
         })
         .await;
         stop.store(true, Ordering::Relaxed);
+        stopper.abort();
         let added = writer.await.unwrap();
         let have: BTreeSet<String> = taints(&get_node(c, "race-0").await)
             .into_iter()
