@@ -73,6 +73,9 @@ pub struct Context {
     problem_clocks: Mutex<HashMap<String, Arc<ProblemClocks>>>,
     /// Held while a pool's bookkeeping is written or forgotten (see `keep`).
     keeping: Mutex<()>,
+    /// The status this process last wrote for each pool, and the pool's resourceVersion it was
+    /// written over (see `as_written`).
+    written: Mutex<HashMap<String, (Option<String>, crate::api::GpuPoolStatus)>>,
 }
 
 impl Context {
@@ -124,6 +127,7 @@ impl Context {
             rejections: Mutex::default(),
             problem_clocks: Mutex::default(),
             keeping: Mutex::default(),
+            written: Mutex::default(),
         }
     }
 
@@ -293,6 +297,36 @@ impl Context {
         lock(&self.failed_writes).remove(pool);
         lock(&self.rejections).remove(pool);
         lock(&self.problem_clocks).remove(pool);
+        lock(&self.written).remove(pool);
+    }
+
+    /// The status was written over `pool` (as the cache showed it).
+    pub fn wrote_status(&self, pool: &GpuPool, status: &crate::api::GpuPoolStatus) {
+        lock(&self.written).insert(
+            pool.name_any(),
+            (pool.metadata.resource_version.clone(), status.clone()),
+        );
+    }
+
+    /// The pool with the status this process last wrote, while the cache still shows the pool as
+    /// it was before that write (the write's watch event not in yet): a reconcile that follows
+    /// its predecessor closely must not decide from the status before it (a rollout would
+    /// forget the node it is replacing and call itself Complete, or replace a second one).
+    pub fn as_written(&self, pool: Arc<GpuPool>) -> Arc<GpuPool> {
+        let mut written = lock(&self.written);
+        let name = pool.name_any();
+        match written.get(&name) {
+            Some((version, status)) if *version == pool.metadata.resource_version => {
+                let mut newer = (*pool).clone();
+                newer.status = Some(status.clone());
+                Arc::new(newer)
+            }
+            Some(_) => {
+                written.remove(&name);
+                pool
+            }
+            None => pool,
+        }
     }
 
     pub fn problem_clocks(&self, pool: &str) -> Option<Arc<ProblemClocks>> {

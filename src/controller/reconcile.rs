@@ -71,7 +71,7 @@ async fn reconcile_pool(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action, Rec
     if pool.metadata.deletion_timestamp.is_some() {
         return clean_up(ctx, pool).await;
     }
-    let mut observed = observe(ctx, pool);
+    let mut observed = observe(ctx, ctx.as_written(pool));
     let ask = gpu_use_wanted(&observed, &ctx.settings);
     if !ask.is_empty() {
         observed.gpu_busy = gpu_busy(&ctx.client, &ask).await;
@@ -202,6 +202,7 @@ async fn publish(
         write_status(&ctx.client, &pool.name_any(), &outcome.status)
             .await
             .map_err(ReconcileError::Status)?;
+        ctx.wrote_status(pool, &outcome.status);
     }
     for event in &outcome.events {
         let ev = Event {
