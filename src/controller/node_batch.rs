@@ -121,8 +121,9 @@ async fn cached_nodes(ctx: &Context, batch: &[&NodeUpdate]) -> HashMap<String, C
             Err(e) => tracing::debug!(error = %e, "listing plugin pods failed"),
         }
     }
-    let nodes = ctx.nodes();
+    // The same lock order as `observe` (pods, then nodes): a waiting writer blocks new readers.
     let pods = ctx.pods();
+    let nodes = ctx.nodes();
     let current = pods.is_current();
     batch
         .iter()
