@@ -92,8 +92,19 @@ impl NodeIndex {
                 }
             }
             Event::Apply((facts, Some(version))) | Event::InitApply((facts, Some(version))) => {
-                let hint = self.hints.entry(facts.name.clone()).or_default();
-                hint.resource_version.clone_from(version);
+                // Every heartbeat passes here: no new key (an allocation) unless the node is new.
+                match self.hints.get_mut(&facts.name) {
+                    Some(hint) => hint.resource_version.clone_from(version),
+                    None => {
+                        self.hints.insert(
+                            facts.name.clone(),
+                            WriteHint {
+                                resource_version: version.clone(),
+                                vouched: false,
+                            },
+                        );
+                    }
+                }
             }
             _ => {}
         }
