@@ -128,3 +128,18 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 pub fn hash_hex(bytes: &[u8]) -> String {
     format!("{:016x}", fnv1a(bytes))
 }
+
+/// The owner reference that makes an object the pool's (garbage-collected with it).
+pub fn pool_owner(
+    pool: &str,
+    pool_uid: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: crate::api::API_VERSION_FULL.into(),
+        kind: crate::api::KIND.into(),
+        name: pool.to_string(),
+        uid: pool_uid.to_string(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}

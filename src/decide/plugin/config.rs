@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 
-use crate::api::{API_VERSION_FULL, GpuPoolSpec, KIND, MigStrategy};
+use crate::api::{GpuPoolSpec, MigStrategy};
 use crate::decide::facts::{ConfigMapFacts, ObjectId};
 use crate::decide::names::{
     CONFIG_COMPONENT, CONFIG_KEY, DESIRED_HASH_ANNOTATION, GPU_RESOURCE, MANAGED_BY, POOL_LABEL,
@@ -75,14 +75,7 @@ pub fn desired_config_map(
             namespace: Some(namespace.to_string()),
             labels: Some(labels),
             annotations: Some([(DESIRED_HASH_ANNOTATION.to_string(), config.hash.clone())].into()),
-            owner_references: Some(vec![OwnerReference {
-                api_version: API_VERSION_FULL.into(),
-                kind: KIND.into(),
-                name: pool.to_string(),
-                uid: pool_uid.to_string(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![crate::decide::names::pool_owner(pool, pool_uid)]),
             ..ObjectMeta::default()
         },
         data: Some([(CONFIG_KEY.to_string(), config.text.clone())].into()),

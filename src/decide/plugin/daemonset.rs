@@ -12,12 +12,10 @@ use k8s_openapi::api::core::v1::{
     NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec,
     PodTemplateSpec, SecurityContext, Toleration, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::{
-    API_VERSION_FULL, DevicePluginSpec, KIND, MigStrategy, PluginToleration, TolerationOperator,
-};
+use crate::api::{DevicePluginSpec, MigStrategy, PluginToleration, TolerationOperator};
 use crate::decide::facts::{TaintKey, format_taint_keys};
 use crate::decide::names::{
     CONFIG_HASH_ANNOTATION, CONFIG_KEY, DESIRED_HASH_ANNOTATION, DEVICE_PLUGIN_LABEL, MANAGED_BY,
@@ -75,7 +73,7 @@ pub fn desired_daemonset(p: &PluginPlacement) -> DaemonSet {
             name: Some(daemonset_name(p.pool)),
             namespace: Some(p.namespace.to_string()),
             labels: Some(ds_labels),
-            owner_references: Some(vec![owner_reference(p)]),
+            owner_references: Some(vec![crate::decide::names::pool_owner(p.pool, p.pool_uid)]),
             ..ObjectMeta::default()
         },
         spec: Some(DaemonSetSpec {
@@ -149,17 +147,6 @@ fn pod_template(
             ..ObjectMeta::default()
         }),
         spec: Some(pod_spec(p, key)),
-    }
-}
-
-fn owner_reference(p: &PluginPlacement) -> OwnerReference {
-    OwnerReference {
-        api_version: API_VERSION_FULL.into(),
-        kind: KIND.into(),
-        name: p.pool.to_string(),
-        uid: p.pool_uid.to_string(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
     }
 }
 

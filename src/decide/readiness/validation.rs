@@ -16,10 +16,10 @@ use k8s_openapi::api::resource::v1::{
     ResourceClaimTemplateSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::api::{API_VERSION_FULL, KIND, Validation};
+use crate::api::Validation;
 use crate::decide::facts::{NodeFacts, ObjectId, PodFacts, ValidationRecord, ValidationResult};
 use crate::decide::names::{
     COMPONENT_LABEL, GPU_DEVICE_CLASS, GPU_RESOURCE, MANAGED_BY, POOL_LABEL, VALIDATES_BOOT,
@@ -58,14 +58,7 @@ pub fn validation_claim_template(
                 ]
                 .into(),
             ),
-            owner_references: Some(vec![OwnerReference {
-                api_version: API_VERSION_FULL.into(),
-                kind: KIND.into(),
-                name: pool.to_string(),
-                uid: pool_uid.to_string(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![crate::decide::names::pool_owner(pool, pool_uid)]),
             ..ObjectMeta::default()
         },
         spec: ResourceClaimTemplateSpec {
@@ -477,14 +470,7 @@ pub fn validation_pod(i: &ValidationInputs, node: &NodeFacts, plugin: &str, atte
                 ]
                 .into(),
             ),
-            owner_references: Some(vec![OwnerReference {
-                api_version: API_VERSION_FULL.into(),
-                kind: KIND.into(),
-                name: i.pool.to_string(),
-                uid: i.pool_uid.to_string(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![crate::decide::names::pool_owner(i.pool, i.pool_uid)]),
             ..ObjectMeta::default()
         },
         spec: Some(validation_pod_spec(i, &node.name)),
