@@ -1424,6 +1424,9 @@ struct Sim {
     started: bool,
 }
 
+/// How long a command waits for its node to appear in the driver's node watch.
+const UNKNOWN_NODE_WAIT: Duration = Duration::from_secs(30);
+
 async fn run(
     client: kube::Client,
     options: DraDriverOptions,
@@ -1459,7 +1462,9 @@ async fn run(
         started: false,
     };
     let none = HashSet::new();
-    let mut pending: Vec<Command> = Vec::new();
+    // Commands with when they arrived: one for a node the node watch has not shown yet waits for
+    // it (the test usually creates the node just before), up to UNKNOWN_NODE_WAIT.
+    let mut pending: Vec<(Instant, Command)> = Vec::new();
     let mut wake: Option<Instant> = None;
     loop {
         let sleep = async {
@@ -1478,7 +1483,7 @@ async fn run(
             Some(event) = slice_events.next() => {
                 if let Ok(event) = event { sim.slices.apply(event, &sim.deleted); }
             }
-            Some(command) = commands.recv() => pending.push(command),
+            Some(command) = commands.recv() => pending.push((Instant::now(), command)),
             () = sleep => {}
         }
         if !(pod_cache.listed && node_cache.listed && sim.slices.listed) {
@@ -1486,7 +1491,11 @@ async fn run(
         }
         let now = Instant::now();
         sim.track(now, pod_cache.objects.values(), node_cache.objects.values());
-        for command in std::mem::take(&mut pending) {
+        for (arrived, command) in std::mem::take(&mut pending) {
+            if !sim.nodes.contains_key(&command.node) && now < arrived + UNKNOWN_NODE_WAIT {
+                pending.push((arrived, command));
+                continue;
+            }
             let result = sim.command(&command.node, command.knob).await;
             let _ = command.reply.send(result);
         }
@@ -1494,7 +1503,8 @@ async fn run(
         for name in names {
             sim.step_node(&name).await;
         }
-        wake = sim.next_wake();
+        let give_up = pending.iter().map(|(at, _)| *at + UNKNOWN_NODE_WAIT).min();
+        wake = sim.next_wake().into_iter().chain(give_up).min();
     }
 }
 
