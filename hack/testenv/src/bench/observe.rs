@@ -217,6 +217,8 @@ struct GpuBook {
     worst: Vec<usize>,
     /// Nodes that lost their GPUs since the reset.
     lost: HashSet<String>,
+    /// Node update events (not the initial list's) since the reset, of any node.
+    updates: u64,
 }
 
 /// What [`NodeGpus`] saw since its reset.
@@ -269,6 +271,9 @@ impl NodeGpus {
                 .boxed();
             while let Some(event) = events.next().await {
                 let mut book = lock(&book);
+                if let Ok(watcher::Event::Apply(_)) = &event {
+                    book.updates += 1;
+                }
                 match event {
                     Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
                         if let Some(name) = n.metadata.name {
@@ -294,6 +299,17 @@ impl NodeGpus {
         let mut book = lock(&self.inner);
         book.worst = book.without.clone();
         book.lost.clear();
+        book.updates = 0;
+    }
+
+    /// Whether the watch's first list is complete.
+    pub fn listed(&self) -> bool {
+        lock(&self.inner).listed
+    }
+
+    /// Node update events received since the reset.
+    pub fn updates(&self) -> u64 {
+        lock(&self.inner).updates
     }
 
     pub fn snapshot(&self) -> GpuSnapshot {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 
 use super::audit::count_requests;
-use super::observe::{Expected, Seen, Watched, gpupool_resource};
+use super::observe::{Expected, NodeGpus, Seen, Watched, gpupool_resource};
 use super::operator::Operator;
 use super::procfs::{cpu_delta, cpu_snapshot, proc_stats};
 use super::report::{QUIET, Report};
@@ -224,11 +224,23 @@ impl<'a> Bench<'a> {
             Seen::settled,
         )
         .await?;
+        // A watch of its own counts the node events the operator's node watch takes in.
+        let node_events = NodeGpus::start(&self.client, self.opts.pools.max(1));
+        poll_until(
+            "the benchmark's node watch listed",
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+            || async { node_events.listed().then_some(()) },
+        )
+        .await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         log(format!("quiet period: {} s", self.opts.quiet.as_secs()));
         let before = op.reconcile_metrics().await;
+        node_events.reset();
         let phase_start = Instant::now();
         tokio::time::sleep(self.opts.quiet).await;
+        self.report.quiet_node_events = node_events.updates();
+        drop(node_events);
         self.end_phase(QUIET, Some(op.pid()), phase_start);
         self.report.reconciles = op.reconcile_metrics().await;
         self.report.quiet_reconciles = before

@@ -109,6 +109,9 @@ pub struct Report {
     pub reconciles: Option<(f64, f64)>,
     /// Reconciles during the quiet period (nothing changed but heartbeats: ideally none).
     pub quiet_reconciles: Option<f64>,
+    /// Node update events a watch of the benchmark's own received during the quiet period: what
+    /// the operator's node watch had to take in (kwok's heartbeats).
+    pub quiet_node_events: u64,
     /// The GPU-verified rollout phase (None when not run).
     pub rollout: Option<RolloutReport>,
     /// The new-pool phase (None when not run).
@@ -387,6 +390,17 @@ impl Report {
         }
     }
 
+    /// Node events per second in the quiet period, and the operator's CPU per node event (µs):
+    /// when nothing else happens, the cost of taking in one heartbeat.
+    pub fn quiet_node_event_rate(&self) -> (f64, f64) {
+        if self.quiet.is_zero() || self.quiet_node_events == 0 {
+            return (0.0, 0.0);
+        }
+        let rate = self.quiet_node_events as f64 / self.quiet.as_secs_f64();
+        let cpu_s = self.quiet_cpu_percent() / 100.0 * self.quiet.as_secs_f64();
+        (rate, cpu_s / self.quiet_node_events as f64 * 1e6)
+    }
+
     /// The summary `--json` writes.
     pub fn summary(&self) -> Summary {
         let mib = |kib: u64| kib as f64 / 1024.0;
@@ -400,6 +414,8 @@ impl Report {
             peak_rss_mib: mib(self.operator.peak_rss_kib),
             cold_start_peak_rss_mib: mib(self.operator_cold.peak_rss_kib),
             quiet_cpu_percent: self.quiet_cpu_percent(),
+            quiet_node_events_per_s: self.quiet_node_event_rate().0,
+            quiet_cpu_us_per_node_event: self.quiet_node_event_rate().1,
             quiet_writes: self.quiet_writes(),
             reconciles: self.reconciles.map_or(0, |(count, _)| count as u64),
             quiet_reconciles: self.quiet_reconciles.map_or(0, |count| count as u64),
@@ -434,6 +450,10 @@ pub struct Summary {
     pub peak_rss_mib: f64,
     pub cold_start_peak_rss_mib: f64,
     pub quiet_cpu_percent: f64,
+    /// Node update events per second in the quiet period (0 when not counted), and the
+    /// operator's CPU per such event in µs.
+    pub quiet_node_events_per_s: f64,
+    pub quiet_cpu_us_per_node_event: f64,
     pub quiet_writes: u64,
     pub reconciles: u64,
     pub quiet_reconciles: u64,
@@ -834,14 +854,17 @@ impl Report {
 
     fn fmt_requests_and_cpu(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.pools > 0 {
+            let (rate, per_event) = self.quiet_node_event_rate();
             writeln!(
                 f,
-                "5. operator API requests in a quiet period of {} s: {} writes; operator CPU {:.2}% of a core; {} reconciles",
+                "5. operator API requests in a quiet period of {} s: {} writes; operator CPU {:.2}% of a core; {} reconciles; {:.1} node events/s, {:.0} µs of operator CPU each",
                 self.quiet.as_secs(),
                 self.quiet_writes(),
                 self.quiet_cpu_percent(),
                 self.quiet_reconciles
-                    .map_or_else(|| "?".to_owned(), |n| format!("{n:.0}"))
+                    .map_or_else(|| "?".to_owned(), |n| format!("{n:.0}")),
+                rate,
+                per_event
             )?;
         } else {
             writeln!(f, "operator API requests per phase:")?;
@@ -882,6 +905,7 @@ mod tests {
             .cpu
             .insert(QUIET, BTreeMap::from([(OPERATOR.to_owned(), 0.5)]));
         report.reconciles = Some((42.0, 1.0));
+        report.quiet_node_events = 200;
         assert!(serde_json::to_value(report.summary()).unwrap()["rollout"].is_null());
         report.rollout = Some(RolloutReport {
             pools: 2,
@@ -914,6 +938,8 @@ mod tests {
             "/peak_rss_mib",
             "/cold_start_peak_rss_mib",
             "/quiet_cpu_percent",
+            "/quiet_node_events_per_s",
+            "/quiet_cpu_us_per_node_event",
             "/quiet_writes",
             "/reconciles",
             "/quiet_reconciles",
@@ -947,6 +973,9 @@ mod tests {
         assert_eq!(json["pool_to_daemonset_ms"]["p50"], 10.0);
         assert_eq!(json["pool_to_daemonset_ms"]["max"], 30.0);
         assert_eq!(json["quiet_cpu_percent"], 5.0);
+        // 0.5 CPU-s over 200 events in 10 s: 20 events/s, 2,500 µs each.
+        assert_eq!(json["quiet_node_events_per_s"], 20.0);
+        assert_eq!(json["quiet_cpu_us_per_node_event"], 2500.0);
         assert_eq!(json["reconciles"], 42);
         assert_eq!(json["rollout"]["requests_per_node"], 5.5);
         assert_eq!(json["rollout"]["halt_s"], 31.0);
