@@ -948,21 +948,27 @@ async fn five_hundred_hand_overs_cost_one_check_per_node() {
             .filter(|r| r.verb == verb && r.resource == resource)
             .count()
     };
+    // A patch from the cache that kwok's heartbeat or the simulated plugin's allocatable update
+    // raced is refused (409) and made again later: a race, not a poll. They are counted apart;
+    // how many there are depends on how far the watch lags, i.e. on the machine's load.
+    let conflicts = requests
+        .iter()
+        .filter(|r| r.verb == "patch" && r.resource == "nodes" && r.code == Some(409))
+        .count();
     let (pod_lists, node_gets, node_patches) = (
         count("list", "pods"),
         count("get", "nodes"),
-        count("patch", "nodes"),
+        count("patch", "nodes") - conflicts,
     );
     eprintln!(
-        "{NODES} hand-overs: {pod_lists} pod LISTs, {node_gets} node GETs, {node_patches} node PATCHes, {} DaemonSet LISTs",
+        "{NODES} hand-overs: {pod_lists} pod LISTs, {node_gets} node GETs, {node_patches} node PATCHes and {conflicts} refused as stale, {} DaemonSet LISTs",
         count("list", "daemonsets")
     );
     // At most one check per node the new pool labels (no polling while the old pods
     // terminate). Since #26 a label write is made from the cached node: the old pool's removal
     // is one patch; the new pool's label too once one list of every plugin pod, made after the
-    // old pods are gone, vouches for the nodes; a write that kwok's status heartbeat raced (409)
-    // costs one more patch rather than a read (107 of them in one run). Before #26: a GET per
-    // write and a pod LIST per node, about 2,000 requests.
+    // old pods are gone, vouches for the nodes. Before #26: a GET per write and a pod LIST per
+    // node, about 2,000 requests.
     assert!(
         pod_lists <= NODES + NODES / 10,
         "{pod_lists} pod LISTs for {NODES} hand-overs"
@@ -976,5 +982,12 @@ async fn five_hundred_hand_overs_cost_one_check_per_node() {
         pod_lists + node_gets + node_patches <= 3 * NODES,
         "{} node requests for {NODES} hand-overs",
         pod_lists + node_gets + node_patches
+    );
+    // A write refused as stale is made from the cache at most twice before it reads the node,
+    // 250 ms apart: about one refusal per write at most, far below a retry loop's count.
+    assert!(
+        conflicts <= 2 * NODES,
+        "{conflicts} node PATCHes refused as stale for {} writes",
+        node_patches
     );
 }
