@@ -61,8 +61,8 @@ pub(super) struct Expectations<'a> {
 
 impl Expectations<'_> {
     /// When this node's current problem began: kept from the previous status while the problem
-    /// stays of the same kind; else the node's own record (its Ready transition, its creation
-    /// for a node that just joined); else now.
+    /// stays of the same kind; else the node's own record (its Ready transition); else, with no
+    /// status written before, the node's creation; else now.
     fn problem_since(&self, node: &NodeFacts, reason: Reason, own: Option<Timestamp>) -> Timestamp {
         let same_kind = |r: &str| {
             r.parse::<Reason>()
@@ -118,10 +118,7 @@ pub(super) fn node_health(node: &NodeFacts, e: Expectations, dra: &DraPlan) -> N
             Ok(Some((reason, message))) => {
                 return NodeHealth::Degraded(*reason, message.clone());
             }
-            Err((reason, message)) => {
-                let joined = node.created.filter(|c| e.grace_ends(*c) > e.now);
-                (*reason, message.clone(), joined)
-            }
+            Err((reason, message)) => (*reason, message.clone(), None),
         }
     } else {
         let fallback;
@@ -135,11 +132,10 @@ pub(super) fn node_health(node: &NodeFacts, e: Expectations, dra: &DraPlan) -> N
         match judge(node, expected) {
             Ok(None) => return NodeHealth::Serving,
             Ok(Some((reason, message))) => return NodeHealth::Degraded(reason, message),
-            Err((reason, message)) => {
-                // A node that just joined has had no GPUs since it was created.
-                let joined = node.created.filter(|c| e.grace_ends(*c) > e.now);
-                (reason, message, joined)
-            }
+            // Not backdated to the node's creation: a young node that served GPUs and lost
+            // them gets its whole grace period from the loss (a node that never had any is
+            // seen within moments of joining, or, with no status yet, dated from its creation).
+            Err((reason, message)) => (reason, message, None),
         }
     };
     let since = e.problem_since(node, reason, own_since);

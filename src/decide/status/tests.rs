@@ -452,6 +452,27 @@ fn not_ready_nodes() {
     assert_eq!(reason_of(&s, ConditionType::Ready), Reason::NodesNotReady);
 }
 
+/// A node that joined a minute ago, served its GPUs and lost them now gets its whole grace
+/// period from the loss, not from its creation (under the full suite's load the readiness test
+/// saw a Continuous gate close 3.8 s after a loss with a 4 s grace, because the node was young).
+#[test]
+fn a_young_node_that_loses_its_gpus_gets_the_grace_period_from_the_loss() {
+    let mut young = gpu_node("young", 1, 0);
+    young.created = Some("2026-11-23T11:59:00Z".parse().unwrap());
+    let mut case = Case::new(vec![old_node("a", 1, 1), young]);
+    case.previous = Case::new(vec![old_node("a", 1, 1)]).run().status.conditions;
+    let out = case.run();
+    assert_eq!(
+        out.status.problem_nodes[0].since.as_ref().map(|t| t.0),
+        Some(now())
+    );
+    assert_eq!(
+        out.recheck_after,
+        Some(Duration::from_secs(10 * 60 + 1)),
+        "the whole grace period, from now"
+    );
+}
+
 /// A reboot or a plugin restart is progress for a grace period from when that problem began,
 /// and a failure only after it (#10.5).
 #[test]
