@@ -54,10 +54,11 @@ pub(super) async fn write_nodes(ctx: &Context, pool: &str, updates: &[NodeUpdate
         failed: Vec::new(),
     };
     // Writes that found nothing to do (occupied, gone, already so) made no change: their slots
-    // go back. A refused write did reach the API server and keeps its slot.
+    // go back. A refused write (an error, or a patch refused as stale) did reach the API server
+    // and keeps its slot.
     let not_written = results
         .iter()
-        .filter(|(_, r)| matches!(r, Ok(w) if *w != Written::Changed))
+        .filter(|(_, r)| matches!(r, Ok(w) if !matches!(w, Written::Changed | Written::Stale)))
         .count();
     nodes.refund(not_written);
     for (update, result) in results {
