@@ -27,6 +27,45 @@
 //! Processes never outlive the test process: they are forked from one long-lived thread with
 //! `PR_SET_PDEATHSIG`, and [`Drop`] stops them too.
 
+/// `kube::Resource` for a core/v1 kind decoded slim (only the fields a watch of this crate reads):
+/// its kind, plural and scope, and where its metadata is (`self.0.metadata` for a newtype around
+/// the full object, or the named field).
+macro_rules! slim_core_v1 {
+    ($slim:ident, $kind:literal, $plural:literal, $scope:ty) => {
+        slim_core_v1!(@impl $slim, $kind, $plural, $scope, |s| s.0.metadata);
+    };
+    ($slim:ident, $kind:literal, $plural:literal, $scope:ty, field $field:ident) => {
+        slim_core_v1!(@impl $slim, $kind, $plural, $scope, |s| s.$field);
+    };
+    (@impl $slim:ident, $kind:literal, $plural:literal, $scope:ty, |$s:ident| $($meta:tt)+) => {
+        impl kube::Resource for $slim {
+            type DynamicType = ();
+            type Scope = $scope;
+
+            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+                $kind.into()
+            }
+            fn group(_: &()) -> std::borrow::Cow<'_, str> {
+                "".into()
+            }
+            fn version(_: &()) -> std::borrow::Cow<'_, str> {
+                "v1".into()
+            }
+            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+                $plural.into()
+            }
+            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                let $s = self;
+                &$($meta)+
+            }
+            fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                let $s = self;
+                &mut $($meta)+
+            }
+        }
+    };
+}
+
 pub mod audit;
 pub mod bench;
 mod binaries;

@@ -26,8 +26,8 @@ use super::pods::PodsReady;
 use super::procfs::cpu_snapshot;
 use super::report::{DraReport, OPERATOR};
 use super::{GPU_COUNTS, log, setup};
+use crate::Error;
 use crate::simulate::dra::{self, DraGpus, Install};
-use crate::{Error, poll_until};
 
 /// Phase names in `requests` and `cpu`.
 pub(super) const NODES_JOIN: &str = "8a dra: nodes join";
@@ -141,16 +141,9 @@ impl Bench<'_> {
         report: &mut DraReport,
     ) -> Result<(), Error> {
         let pid = Some(op.pid());
-        poll_until(
-            "the DRA pool's status current",
-            self.opts.timeout,
-            Duration::from_millis(50),
-            || async {
-                let (seen, _) = self.watched.pool(POOL)?;
-                (seen.observed_generation.is_some() && seen.observed_generation == seen.generation)
-                    .then_some(())
-            },
-        )
+        self.pool_seen(POOL, "the DRA pool's status current", None, |seen| {
+            seen.observed_generation.is_some() && seen.observed_generation == seen.generation
+        })
         .await?;
         tokio::time::sleep(SETTLE).await;
         report.rss_before_kib = read_proc_stats(op, "operator")?.rss_kib;
@@ -178,16 +171,14 @@ impl Bench<'_> {
         let counted = |seen: &Seen| {
             seen.ready && seen.dra_nodes == Some(want_nodes) && seen.dra_gpus == Some(want_gpus)
         };
-        let at = poll_until(
-            "the DRA pool Ready with every slice counted",
-            self.opts.timeout,
-            Duration::from_millis(20),
-            || async {
-                let (seen, at) = self.watched.pool(POOL)?;
-                (at >= t0 && counted(&seen)).then_some(at)
-            },
-        )
-        .await?;
+        let at = self
+            .pool_seen(
+                POOL,
+                "the DRA pool Ready with every slice counted",
+                Some(t0),
+                counted,
+            )
+            .await?;
         report.slices_to_ready = at.saturating_duration_since(t0);
         self.end_phase(SLICES, pid, t0);
         report.operator_cpu_s = self.report.cpu[SLICES]

@@ -133,14 +133,11 @@ impl Bench<'_> {
             "the operator renders a plugin DaemonSet for a pool of one node (the floor's template)",
         );
         self.create_pool(TEMPLATE_POOL, TEMPLATE_AGENTPOOL).await?;
-        poll_until(
+        self.pool_seen(
+            TEMPLATE_POOL,
             "the template pool's plugin pod ready",
-            self.opts.timeout,
-            Duration::from_millis(50),
-            || async {
-                let (seen, _) = self.watched.pool(TEMPLATE_POOL)?;
-                (seen.plugin_ready == Some(1)).then_some(())
-            },
+            None,
+            |seen| seen.plugin_ready == Some(1),
         )
         .await?;
         let daemonsets: Api<DaemonSet> = Api::namespaced(self.client.clone(), PLUGIN_NAMESPACE);
@@ -301,22 +298,10 @@ impl Bench<'_> {
                 let want: i64 = gpus.iter().map(|g| i64::from(*g)).sum::<i64>()
                     - i64::from(capacity - allocatable);
                 tokio::time::sleep(CHANGE_SPACING).await;
-                let t0 = Instant::now();
-                nodes::set_gpus(&self.client, &node_name(j), capacity, allocatable).await?;
-                let at = poll_until(
-                    &format!("{POOL} to show {want} allocatable GPUs"),
-                    Duration::from_secs(60),
-                    Duration::from_millis(2),
-                    || async {
-                        let (seen, at) = self.watched.pool(POOL)?;
-                        (seen.allocatable == Some(want) && at >= t0).then_some(at)
-                    },
-                )
-                .await?;
-                report
-                    .gpu_change_to_status
-                    .samples
-                    .push(at.saturating_duration_since(t0));
+                let took = self
+                    .time_gpu_change(POOL, &node_name(j), (capacity, allocatable), want)
+                    .await?;
+                report.gpu_change_to_status.samples.push(took);
             }
         }
         self.end_phase(GPU_CHANGES, Some(op.pid()), start);
@@ -385,14 +370,11 @@ impl Bench<'_> {
             nodes: gpus.len() as i64,
             allocatable: gpus.iter().map(|g| i64::from(*g)).sum(),
         };
-        poll_until(
+        self.pool_seen(
+            POOL,
             "the grown pool's status current and Ready",
-            self.opts.timeout,
-            Duration::from_millis(50),
-            || async {
-                let (seen, _) = self.watched.pool(POOL)?;
-                seen.settled(&want).then_some(())
-            },
+            None,
+            |seen| seen.settled(&want),
         )
         .await?;
         Ok(grow)

@@ -198,19 +198,48 @@ impl<'a> Bench<'a> {
         self.gpus[j] = (capacity, allocatable);
         let pool = super::pool_name(j % self.opts.pools);
         let want = self.expected()[j % self.opts.pools].1.allocatable;
+        self.time_gpu_change(&pool, &super::node_name(j), (capacity, allocatable), want)
+            .await
+    }
+
+    /// Sets `node`'s `nvidia.com/gpu` (capacity, allocatable); returns the time until `pool`'s
+    /// status, as the benchmark's watch saw it, showed `want` allocatable GPUs.
+    pub(super) async fn time_gpu_change(
+        &self,
+        pool: &str,
+        node: &str,
+        (capacity, allocatable): (u32, u32),
+        want: i64,
+    ) -> Result<Duration, Error> {
         let t0 = Instant::now();
-        nodes::set_gpus(&self.client, &super::node_name(j), capacity, allocatable).await?;
-        let at = poll_until(
-            &format!("{pool} to show {want} allocatable GPUs"),
-            Duration::from_secs(60),
-            Duration::from_millis(2),
+        nodes::set_gpus(&self.client, node, capacity, allocatable).await?;
+        let what = format!("{pool} to show {want} allocatable GPUs");
+        let at = self
+            .pool_seen(pool, &what, Some(t0), |seen| seen.allocatable == Some(want))
+            .await?;
+        Ok(at.saturating_duration_since(t0))
+    }
+
+    /// Waits until `pool`'s status passes `ok` in a version the benchmark's watch received at
+    /// or after `since`; returns when the watch received it.
+    pub(super) async fn pool_seen(
+        &self,
+        pool: &str,
+        what: &str,
+        since: Option<Instant>,
+        ok: impl Fn(&Seen) -> bool,
+    ) -> Result<Instant, Error> {
+        // The time is the watch's, not this loop's: polling often only ends the wait sooner.
+        poll_until(
+            what,
+            self.opts.timeout,
+            Duration::from_millis(5),
             || async {
-                let (seen, at) = self.watched.pool(&pool)?;
-                (seen.allocatable == Some(want) && at >= t0).then_some(at)
+                let (seen, at) = self.watched.pool(pool)?;
+                (since.is_none_or(|s| at >= s) && ok(&seen)).then_some(at)
             },
         )
-        .await?;
-        Ok(at.saturating_duration_since(t0))
+        .await
     }
 
     /// Nothing changes but kwok's heartbeats; then the first operator's totals are read.

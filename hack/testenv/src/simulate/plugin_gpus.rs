@@ -225,35 +225,6 @@ pub fn is_broken_image(image: &str) -> bool {
         .is_some_and(|(_, tag)| tag.contains(BROKEN_PLUGIN_TAG))
 }
 
-/// A core/v1 kind decoded slim: its kind, plural and scope, and the wrapped object's metadata.
-macro_rules! slim_core_v1 {
-    ($slim:ident, $kind:literal, $plural:literal, $scope:ty) => {
-        impl kube::Resource for $slim {
-            type DynamicType = ();
-            type Scope = $scope;
-
-            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
-                $kind.into()
-            }
-            fn group(_: &()) -> std::borrow::Cow<'_, str> {
-                "".into()
-            }
-            fn version(_: &()) -> std::borrow::Cow<'_, str> {
-                "v1".into()
-            }
-            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
-                $plural.into()
-            }
-            fn meta(&self) -> &ObjectMeta {
-                &self.0.metadata
-            }
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.0.metadata
-            }
-        }
-    };
-}
-
 /// A Node holding only what the simulation reads (name, resourceVersion, annotations, capacity
 /// and allocatable); `managedFields`, conditions, images and the rest are skipped while parsing.
 #[derive(Clone, Debug, Default)]
